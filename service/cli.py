@@ -1,0 +1,278 @@
+"""The ``candlecast`` command: one entry point, a subcommand per part.
+
+This is a composition root: it reads :class:`Settings`, configures logging, builds the parts and
+owns their lifetime (SIGINT/SIGTERM stop them cleanly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import orjson
+
+from service.settings import ConfigError, Settings, load_settings
+from streaming.ingestor import IngestConfig, Ingestor
+from streaming.memory_store import MemoryStore
+from streaming.metrics import IngestMetrics
+from streaming.redis_store import RedisStore
+from streaming.store import WindowStore
+
+log = logging.getLogger("candlecast")
+
+DEFAULT_REPLAY = [
+    "../shared/data/klines_1m/bybit_linear_BTCUSDT_1m.csv.gz",
+    "../shared/data/klines_1m/bybit_linear_ETHUSDT_1m.csv.gz",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        handler: Callable[[argparse.Namespace], Awaitable[int]] = args.handler
+        return asyncio.run(_until_signal(handler(args)))
+    except ConfigError as exc:
+        print(f"candlecast: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _until_signal(work: Awaitable[int]) -> int:
+    """Run ``work``; SIGINT/SIGTERM cancel it so its ``finally`` blocks shut things down in order."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        log.info("stopped")
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="candlecast", description="Live trading signals for Bybit linear perpetuals.")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "simulate",
+        help="run the Bybit-compatible exchange simulator (WS public linear + REST kline) on loopback",
+        description=(
+            "Replays historical 1m bars (gzip CSV: open_time_ms,open,high,low,close,volume) as a Bybit v5 "
+            "public linear stream, serving kline.{1,5,15,60} (5/15/60 aggregated from 1m) and orderbook "
+            "topics, plus REST /v5/market/kline, at --speed times real time. The ORDER BOOK IS SYNTHETIC: "
+            "a plausible ladder around the replayed price path, not real depth. With --recorded it replays "
+            "a JSON-lines stream written by `candlecast record` instead."
+        ),
+    )
+    s.add_argument("--data", nargs="+", type=Path, default=[Path(x) for x in DEFAULT_REPLAY])
+    s.add_argument("--recorded", type=Path, default=None, help="JSON-lines stream from `candlecast record`")
+    s.add_argument("--speed", type=float, default=60.0, help="market ms per wall ms (600 = 10 min/s)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--start-offset-bars", type=int, default=1500, help="history (1m bars) before the clock")
+    s.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND:EVERY_S",
+        help="inject a fault periodically: drop, stall, gap, malformed, rest403, resterror (e.g. drop:30)",
+    )
+    s.set_defaults(handler=_cmd_simulate)
+
+    i = sub.add_parser("ingest", help="run ingestion: Bybit WS + REST backfill into the window store")
+    i.add_argument(
+        "--replay",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="ingest from an in-process simulator replaying these 1m CSVs (no internet needed)",
+    )
+    i.add_argument("--speed", type=float, default=60.0, help="replay speed with --replay")
+    i.set_defaults(handler=_cmd_ingest)
+
+    r = sub.add_parser("record", help="record the live raw stream to JSON lines (replay with simulate --recorded)")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--duration", type=float, default=None, help="seconds to record (default: until stopped)")
+    r.set_defaults(handler=_cmd_record)
+
+    n = sub.add_parser("inspect", help="print, as JSON, what the store holds for a symbol")
+    n.add_argument("symbol")
+    n.add_argument("--bars", type=int, default=5, help="bars to show per interval (newest; 0 = all)")
+    n.set_defaults(handler=_cmd_inspect)
+
+    b = sub.add_parser("bench", help="benchmarks that print JSON")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bi = bsub.add_parser("ingest", help="sustained ingest rate vs the raw receive+parse ceiling")
+    bi.add_argument("--symbols", type=int, default=100)
+    bi.add_argument("--frames", type=int, default=200_000)
+    bi.set_defaults(handler=_cmd_bench_ingest)
+    return p
+
+
+async def _cmd_simulate(args: argparse.Namespace) -> int:
+    from streaming.simulator import ExchangeSimulator, SimulatorConfig
+
+    faults = [_parse_fault(f) for f in args.fault]
+    config = SimulatorConfig(
+        sources=list(args.data) if args.recorded is None else [],
+        recorded=args.recorded,
+        speed=args.speed,
+        start_offset_bars=args.start_offset_bars,
+        host=args.host,
+        port=args.port,
+    )
+    async with ExchangeSimulator(config) as sim:
+        print(f"simulator: WS {sim.ws_url}  REST {sim.rest_url}  symbols {', '.join(sim.symbols)}", flush=True)
+        print("  (the order book is synthetic; klines are the real bars replayed)", flush=True)
+        async with asyncio.TaskGroup() as tg:
+            for kind, every in faults:
+                tg.create_task(_fault_loop(sim, kind, every), name=f"fault-{kind}")
+            tg.create_task(sim.finished.wait(), name="until-finished")
+        print("simulator: end of data reached", flush=True)
+    return 0
+
+
+def _parse_fault(text: str) -> tuple[str, float]:
+    kind, _, every = text.partition(":")
+    kinds = {"drop", "stall", "gap", "malformed", "rest403", "resterror"}
+    try:
+        seconds = float(every)
+    except ValueError:
+        raise ConfigError(f"--fault {text!r}: expected KIND:SECONDS, e.g. drop:30") from None
+    if kind not in kinds or seconds <= 0:
+        raise ConfigError(f"--fault {text!r}: kind must be one of {sorted(kinds)} and seconds > 0")
+    return kind, seconds
+
+
+async def _fault_loop(sim: object, kind: str, every: float) -> None:
+    from streaming.simulator import ExchangeSimulator
+
+    assert isinstance(sim, ExchangeSimulator)
+    while True:
+        await asyncio.sleep(every)
+        log.warning("injecting fault: %s", kind)
+        if kind == "drop":
+            sim.drop_connections()
+        elif kind == "stall":
+            sim.stall(min(every / 2, 15.0))
+        elif kind == "gap":
+            for symbol in sim.symbols:
+                sim.skip_u(symbol)
+        elif kind == "malformed":
+            sim.send_malformed()
+        elif kind == "rest403":
+            sim.fail_rest("http403")
+        elif kind == "resterror":
+            sim.fail_rest("retcode")
+
+
+def ingest_config(settings: Settings, ws_url: str | None = None, rest_url: str | None = None) -> IngestConfig:
+    return IngestConfig(
+        ws_url=ws_url or settings.bybit_ws_url,
+        rest_url=rest_url or settings.bybit_rest_url,
+        symbols=tuple(settings.symbols),
+        intervals=tuple(settings.intervals),
+        book_depth=settings.book_depth,
+        symbols_per_connection=settings.symbols_per_connection,
+        depth_sample_ms=settings.depth_sample_ms,
+        book_silence_s=settings.book_silence_s,
+        kline_silence_s=settings.kline_silence_s,
+        rest_rate_per_s=settings.rest_requests_per_second,
+    )
+
+
+def open_store(settings: Settings) -> WindowStore:
+    if settings.redis_url is None:
+        log.warning("CANDLECAST_REDIS_URL is not set: using the in-memory store (this process only)")
+        return MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
+    return RedisStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        window_bars=settings.window_bars,
+        depth_rows=settings.depth_window,
+    )
+
+
+async def _cmd_ingest(args: argparse.Namespace) -> int:
+    from streaming.simulator import ExchangeSimulator, SimulatorConfig
+
+    settings = load_settings()
+    store = open_store(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        ws_url = rest_url = None
+        if args.replay is not None:
+            sources = list(args.replay) or [Path(x) for x in DEFAULT_REPLAY]
+            sim = await stack.enter_async_context(
+                ExchangeSimulator(SimulatorConfig(sources=sources, speed=args.speed, start_offset_bars=20_000))
+            )
+            ws_url, rest_url = sim.ws_url, sim.rest_url
+            settings = settings.model_copy(update={"symbols": sim.symbols})
+            print(f"replaying {', '.join(sim.symbols)} at {args.speed:g}x from {sim.ws_url} (no internet)", flush=True)
+        config = ingest_config(settings, ws_url, rest_url)
+        ingestor = Ingestor(config, store, IngestMetrics())
+        print(
+            f"ingesting {', '.join(config.symbols)} intervals {','.join(config.intervals)} "
+            f"book depth {config.book_depth} from {config.ws_url} into "
+            f"{settings.redis_url or 'the in-memory store'}",
+            flush=True,
+        )
+        await ingestor.run()
+    return 0
+
+
+async def _cmd_record(args: argparse.Namespace) -> int:
+    from streaming.recorder import record
+
+    settings = load_settings()
+    topics = [f"kline.{iv}.{s}" for s in settings.symbols for iv in settings.intervals]
+    topics += [f"orderbook.{settings.book_depth}.{s}" for s in settings.symbols]
+    print(f"recording {len(topics)} topics from {settings.bybit_ws_url} to {args.out}", flush=True)
+    n = await record(settings.bybit_ws_url, topics, args.out, args.duration)
+    print(f"wrote {n} frames to {args.out}", flush=True)
+    return 0
+
+
+async def _cmd_inspect(args: argparse.Namespace) -> int:
+    from service.inspect import inspect_symbol
+
+    settings = load_settings()
+    if settings.redis_url is None:
+        raise ConfigError("CANDLECAST_REDIS_URL: inspect reads the Redis store; set it (e.g. redis://127.0.0.1:6379/0)")
+    store = open_store(settings)
+    try:
+        report = await inspect_symbol(store, args.symbol, settings, bars=args.bars)
+    finally:
+        await store.close()
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if report.get("known", False) else 1
+
+
+async def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from service.bench_ingest import bench_ingest
+
+    result = await bench_ingest(symbols=args.symbols, frames=args.frames)
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The one typed settings object, read from ``CANDLECAST_*`` environment variables.
+
+Built by entry points (``candlecast ...``), never at import time. Validation errors name the
+environment variable so an operator knows what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,40}$")
+# Fixed-length intervals only: hole detection needs start_next == start_prev + interval.
+_INTERVALS = {"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"}
+_DEPTHS = {50, 200, 1000}  # 500 is offline since 2025-09-30; 1 is snapshot-only and too thin.
+ENV_PREFIX = "CANDLECAST_"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the offending variable(s)."""
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset means the in-memory store (single process only)."
+    )
+    redis_prefix: str = Field(default="cc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
+    intervals: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["1", "5", "15", "60"])
+    bybit_ws_url: str = "wss://stream.bybit.com/v5/public/linear"
+    bybit_rest_url: str = "https://api.bybit.com"
+    book_depth: int = 50
+    window_bars: int = Field(default=256, ge=32, le=5000)
+    depth_sample_ms: int = Field(default=1000, ge=100, le=60_000)
+    depth_window: int = Field(default=300, ge=10, le=10_000)
+    symbols_per_connection: int = Field(default=10, ge=1, le=200)
+    rest_requests_per_second: float = Field(default=20.0, gt=0, le=120)
+    book_silence_s: float = Field(default=10.0, gt=0)
+    kline_silence_s: float = Field(default=90.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _parse_symbols(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, list):
+            out = [str(v).strip().upper() for v in value]
+            bad = [s for s in out if not _SYMBOL.match(s)]
+            if bad:
+                raise ValueError(f"invalid symbol(s) {bad}: expected letters and digits, e.g. BTCUSDT")
+            if not out:
+                raise ValueError("at least one symbol is required")
+            return list(dict.fromkeys(out))
+        return value
+
+    @field_validator("intervals", mode="before")
+    @classmethod
+    def _parse_intervals(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, list):
+            out = [str(v).strip() for v in value]
+            bad = [i for i in out if i not in _INTERVALS]
+            if bad or not out:
+                raise ValueError(f"invalid interval(s) {bad}: choose minutes from {sorted(_INTERVALS, key=int)}")
+            return sorted(dict.fromkeys(out), key=int)
+        return value
+
+    @field_validator("book_depth")
+    @classmethod
+    def _check_depth(cls, value: int) -> int:
+        if value not in _DEPTHS:
+            raise ValueError(f"book depth {value} is not offered on linear; choose one of {sorted(_DEPTHS)}")
+        return value
+
+    @field_validator("bybit_ws_url")
+    @classmethod
+    def _check_ws(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @field_validator("bybit_rest_url")
+    @classmethod
+    def _check_rest(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides) and validate, naming variables in errors."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else ENV_PREFIX + "?"
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,347 @@
+"""One Bybit public WebSocket connection and its reconnect loop.
+
+Per connection (bybit_protocol.md §2, §7):
+
+* subscribe the shard's topics once per new connection, in batches of ``batch_size`` args with
+  distinct ``req_id``s, and check every ack; a ``success:false`` ack is reported to the handler and
+  counted — the topic is not retried on this connection (an alert, not a retry loop);
+* an app-level ``{"op":"ping"}`` every 20 s from its own task; the receive loop yields regularly so
+  a burst of frames cannot starve it; no pong within ``pong_timeout_s`` ⇒ reconnect;
+* a per-topic silence watchdog (a busy socket can look alive while one topic stopped);
+* reconnect with capped, jittered exponential backoff that resets after a healthy connection, and a
+  shared connect-rate budget across all connections.
+
+Decoding and book/kline logic live elsewhere: this module only moves frames to a :class:`FeedHandler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from streaming.backoff import Backoff
+from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
+from streaming.frames import CommandResponse, Message, Pong, parse_frame
+from streaming.metrics import IngestMetrics
+from streaming.ratelimit import RateLimiter
+
+__all__ = ["FeedConnection", "FeedHandler"]
+
+log = logging.getLogger(__name__)
+
+_YIELD_EVERY = 64  # frames handled between explicit yields to the event loop
+
+
+class FeedHandler(Protocol):
+    """What a connection reports to its owner. Every method is synchronous and must be quick."""
+
+    def on_connected(self, conn: FeedConnection) -> None: ...
+
+    def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None: ...
+
+    def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None: ...
+
+    def on_subscribe_failed(self, conn: FeedConnection, topics: Sequence[str], ret_msg: str) -> None: ...
+
+    def on_disconnected(self, conn: FeedConnection, reason: str) -> None: ...
+
+
+class FeedConnection:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        topics: Sequence[str],
+        handler: FeedHandler,
+        metrics: IngestMetrics,
+        *,
+        silence_s: Callable[[str], float],
+        ping_interval_s: float = 20.0,
+        pong_timeout_s: float = 10.0,
+        ack_timeout_s: float = 10.0,
+        open_timeout_s: float = 10.0,
+        batch_size: int = 10,
+        backoff: Backoff | None = None,
+        connect_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.topics = list(topics)
+        self._handler = handler
+        self._metrics = metrics
+        self._silence_s = silence_s
+        self._ping_interval_s = ping_interval_s
+        self._pong_timeout_s = pong_timeout_s
+        self._ack_timeout_s = ack_timeout_s
+        self._open_timeout_s = open_timeout_s
+        self._batch_size = batch_size
+        self._backoff = backoff or Backoff()
+        self._connect_limiter = connect_limiter
+        self.connection_number = 0  # increments on every successful connect
+        self.conn_id = ""  # Bybit's conn_id from the first ack, for log lines
+        self._ws: ClientConnection | None = None
+        self._req_ids = itertools.count(1)
+        self._acks: dict[str, asyncio.Future[CommandResponse]] = {}
+        self._active: set[str] = set()  # topics acked on this connection
+        self._failed: set[str] = set()
+        self._last_rx: dict[str, float] = {}
+        self._last_pong = 0.0
+        self._ping_sent_at: float | None = None
+        self._close_reason = ""
+        self._resync_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=max(16, len(self.topics) * 2))
+        self._resync_pending: set[str] = set()
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    @property
+    def failed_topics(self) -> frozenset[str]:
+        return frozenset(self._failed)
+
+    def resync(self, topic: str) -> None:
+        """Ask for a fresh snapshot of ``topic`` (unsubscribe + subscribe) on this connection."""
+        if topic in self._resync_pending or self._ws is None:
+            return
+        self._resync_pending.add(topic)
+        self._resync_queue.put_nowait(topic)
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect — until cancelled."""
+        while True:
+            started = time.monotonic()
+            reason = await self._connect_and_serve()
+            lived = time.monotonic() - started
+            self._metrics.reconnects.labels(reason=reason).inc()
+            self._backoff.connection_ended(lived)
+            delay = self._backoff.next_delay()
+            log.warning(
+                "[%s] connection ended (%s) after %.1f s; reconnecting in %.2f s",
+                self.name,
+                reason,
+                lived,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    # -- one connection -------------------------------------------------------------------------
+    async def _connect_and_serve(self) -> str:
+        if self._connect_limiter is not None:
+            await self._connect_limiter.acquire()
+        try:
+            ws = await connect(
+                self.url,
+                open_timeout=self._open_timeout_s,
+                ping_interval=None,  # Bybit wants app-level {"op":"ping"}; see _pinger
+                close_timeout=1.0,
+                max_size=2**22,
+                max_queue=1024,
+                compression=None,
+            )
+        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            log.warning("[%s] connect to %s failed: %s", self.name, self.url, exc)
+            return "connect_failed"
+        self._ws = ws
+        self.connection_number += 1
+        self._reset_session_state()
+        self._metrics.connections.inc()
+        self._handler.on_connected(self)
+        log.info("[%s] connected to %s (connection #%d)", self.name, self.url, self.connection_number)
+        helpers = [
+            asyncio.create_task(self._guard(self._subscribe_all(ws)), name=f"{self.name}-subscribe"),
+            asyncio.create_task(self._guard(self._pinger(ws)), name=f"{self.name}-ping"),
+            asyncio.create_task(self._guard(self._watchdog(ws)), name=f"{self.name}-watchdog"),
+            asyncio.create_task(self._guard(self._resyncer(ws)), name=f"{self.name}-resync"),
+        ]
+        try:
+            await self._receive(ws)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            for fut in self._acks.values():
+                fut.cancel()
+            self._acks.clear()
+            self._ws = None
+            self._metrics.connections.dec()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ws.close())
+        reason = self._close_reason or "server_closed"
+        self._handler.on_disconnected(self, reason)
+        return reason
+
+    def _reset_session_state(self) -> None:
+        self._active.clear()
+        self._failed.clear()
+        self._last_rx.clear()
+        self._close_reason = ""
+        self._ping_sent_at = None
+        self._last_pong = time.monotonic()
+        self._resync_pending.clear()
+        while not self._resync_queue.empty():
+            self._resync_queue.get_nowait()
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        handler = self._handler
+        n = 0
+        try:
+            async for raw in ws:
+                recv_wall = time.time()
+                try:
+                    msg = parse_frame(raw)
+                except FrameError as exc:
+                    self._metrics.messages.labels(
+                        type="unknown_topic" if isinstance(exc, UnknownTopicError) else "malformed"
+                    ).inc()
+                    handler.on_frame_error(self, raw, exc)
+                    continue
+                if isinstance(msg, Pong):
+                    self._metrics.messages.labels(type="pong").inc()
+                    self._last_pong = time.monotonic()
+                    self._ping_sent_at = None
+                elif isinstance(msg, CommandResponse):
+                    self._metrics.messages.labels(type="ack").inc()
+                    if msg.conn_id and not self.conn_id:
+                        self.conn_id = msg.conn_id
+                    fut = self._acks.pop(msg.req_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                    elif fut is None:
+                        log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
+                else:
+                    self._last_rx[msg.topic] = time.monotonic()
+                    handler.on_message(self, msg, recv_wall)
+                n += 1
+                if n % _YIELD_EVERY == 0:
+                    # A socket with a backlog returns frames without suspending; yield so the
+                    # pinger, watchdog and writer run even under a flood.
+                    await asyncio.sleep(0)
+        except websockets.ConnectionClosed as exc:
+            if not self._close_reason:
+                self._close_reason = "server_closed" if exc.rcvd is not None else "connection_lost"
+
+    async def _guard(self, coro: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+        """Run a helper; an unexpected error in it closes the connection instead of vanishing."""
+        try:
+            await coro  # type: ignore[misc]
+        except ConnectionLost as exc:
+            await self._abort(exc.reason, exc.detail)
+        except websockets.ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("[%s] helper task failed; dropping the connection", self.name)
+            await self._abort("internal_error")
+
+    async def _abort(self, reason: str, detail: str = "") -> None:
+        if not self._close_reason:
+            self._close_reason = reason
+            log.warning("[%s] closing connection: %s %s", self.name, reason, detail)
+        ws = self._ws
+        if ws is not None:
+            # A stalled peer will not answer a close handshake; abort the transport instead.
+            ws.transport.abort()
+
+    async def _request(self, ws: ClientConnection, op: str, args: list[str]) -> CommandResponse:
+        req_id = f"{self.name}.{self.connection_number}.{next(self._req_ids)}"
+        fut: asyncio.Future[CommandResponse] = asyncio.get_running_loop().create_future()
+        self._acks[req_id] = fut
+        await ws.send(orjson.dumps({"req_id": req_id, "op": op, "args": args}).decode())
+        try:
+            return await asyncio.wait_for(fut, self._ack_timeout_s)
+        except TimeoutError:
+            self._acks.pop(req_id, None)
+            self._metrics.ack_failures.labels(reason="timeout").inc()
+            raise ConnectionLost("ack_timeout", f"{op} {args[:3]} req_id={req_id}") from None
+
+    async def _subscribe_all(self, ws: ClientConnection) -> None:
+        batches = [self.topics[i : i + self._batch_size] for i in range(0, len(self.topics), self._batch_size)]
+        replies = await asyncio.gather(*(self._request(ws, "subscribe", b) for b in batches))
+        now = time.monotonic()
+        for batch, reply in zip(batches, replies, strict=True):
+            failed = self._failed_topics(batch, reply)
+            for topic in batch:
+                if topic not in failed:
+                    self._active.add(topic)
+                    self._last_rx.setdefault(topic, now)
+            if failed:
+                self._failed.update(failed)
+                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
+                log.error(
+                    "[%s] subscribe failed for %s: %r (conn_id %s)",
+                    self.name,
+                    failed,
+                    reply.ret_msg,
+                    reply.conn_id,
+                )
+                self._handler.on_subscribe_failed(self, failed, reply.ret_msg)
+        log.info("[%s] subscribed %d topics (%d failed)", self.name, len(self._active), len(self._failed))
+
+    @staticmethod
+    def _failed_topics(batch: list[str], reply: CommandResponse) -> list[str]:
+        if reply.success:
+            return []
+        # Bybit names one topic: "error:handler not found,topic:orderbook.50.BTCUSDTX". Linear acks
+        # have no per-topic list, so without a name the whole batch is treated as failed.
+        named = reply.ret_msg.rpartition("topic:")[2].strip() if "topic:" in reply.ret_msg else ""
+        if "already subscribed" in reply.ret_msg:
+            return []  # the first subscription keeps delivering (P13); counted and logged above
+        if named in batch:
+            return [named]
+        return list(batch)
+
+    async def _pinger(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self._ping_interval_s)
+            if self._ping_sent_at is None:
+                self._ping_sent_at = time.monotonic()
+            req_id = f"{self.name}.ping.{next(self._req_ids)}"
+            await ws.send(orjson.dumps({"req_id": req_id, "op": "ping"}).decode())
+
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        tick = 0.25
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self._ping_sent_at is not None and now - self._ping_sent_at > self._pong_timeout_s:
+                raise ConnectionLost("pong_timeout", f"no pong for {now - self._ping_sent_at:.1f} s")
+            for topic in self._active:
+                age = now - self._last_rx.get(topic, now)
+                self._metrics.last_message_age.labels(topic=topic).set(age)
+                if age > self._silence_s(topic) and topic not in self._resync_pending:
+                    raise ConnectionLost("silence", f"{topic} silent for {age:.1f} s")
+
+    async def _resyncer(self, ws: ClientConnection) -> None:
+        while True:
+            topic = await self._resync_queue.get()
+            reply = await self._request(ws, "unsubscribe", [topic])
+            if not reply.success:
+                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
+                raise ConnectionLost("resync_failed", f"unsubscribe {topic}: {reply.ret_msg}")
+            self._active.discard(topic)
+            reply = await self._request(ws, "subscribe", [topic])
+            if not reply.success:
+                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
+                raise ConnectionLost("resync_failed", f"subscribe {topic}: {reply.ret_msg}")
+            self._active.add(topic)
+            self._last_rx[topic] = time.monotonic()
+            self._resync_pending.discard(topic)
+
+
+def _failure_kind(ret_msg: str) -> str:
+    if "handler not found" in ret_msg:
+        return "handler_not_found"
+    if "already subscribed" in ret_msg:
+        return "already_subscribed"
+    return "other"

@@ -1,0 +1,239 @@
+"""Sans-I/O decoding of Bybit v5 public WebSocket frames into typed, frozen messages.
+
+Only this module looks inside the JSON. Everything downstream works with the dataclasses below.
+Responses to commands carry ``op``; data pushes carry ``topic`` (bybit_protocol.md §2.2).
+
+Wire examples::
+
+    {"success":true,"ret_msg":"","conn_id":"3cd8...","req_id":"7-1","op":"subscribe"}
+    {"success":true,"ret_msg":"pong","conn_id":"4657...","req_id":"","op":"ping"}
+    {"topic":"kline.5.BTCUSDT","type":"snapshot","ts":1672324988882,"data":[{"start":1672324800000,
+     "end":1672325099999,"interval":"5","open":"16649.5","close":"16677","high":"16677","low":"16608",
+     "volume":"2.081","turnover":"34666.4005","confirm":false,"timestamp":1672324988882}]}
+    {"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1687940967466,"data":{"s":"BTCUSDT",
+     "b":[["30247.20","30.028"],["30240.00","0"]],"a":[],"u":177400507,"seq":66544703342},"cts":1687940967464}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import orjson
+
+from streaming.errors import FrameError, UnknownTopicError
+
+__all__ = [
+    "BookUpdate",
+    "CommandResponse",
+    "KlineBar",
+    "KlineUpdate",
+    "Level",
+    "Message",
+    "Pong",
+    "parse_frame",
+]
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,40}$")
+KLINE_INTERVALS = frozenset({"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"})
+# 500 went offline 2025-09-30 but appears in historical files (data/orderbook); we never subscribe it.
+BOOK_DEPTHS = frozenset({1, 50, 200, 500, 1000})
+
+Level = tuple[Decimal, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class KlineBar:
+    """One candle. ``confirm`` is true only for a closed bar (bybit_protocol.md §3)."""
+
+    start: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    turnover: Decimal
+    confirm: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KlineUpdate:
+    topic: str
+    symbol: str
+    interval: str
+    ts: int
+    bars: tuple[KlineBar, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BookUpdate:
+    topic: str
+    symbol: str
+    depth: int
+    kind: Literal["snapshot", "delta"]
+    ts: int
+    u: int
+    seq: int
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResponse:
+    """The reply to a subscribe/unsubscribe (or any other) command."""
+
+    op: str
+    success: bool
+    ret_msg: str
+    req_id: str
+    conn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    req_id: str
+    conn_id: str
+
+
+Message = KlineUpdate | BookUpdate | CommandResponse | Pong
+
+
+def parse_frame(raw: str | bytes) -> Message:
+    """Decode one frame. Returns a typed message or raises :class:`FrameError`.
+
+    :class:`UnknownTopicError` (a ``FrameError``) means the frame was well formed but for a topic
+    we do not consume (``publicTrade.*``, ``tickers.*``, ...).
+    """
+    try:
+        obj = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise FrameError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError(f"expected a JSON object, got {type(obj).__name__}")
+    topic = obj.get("topic")
+    if topic is not None:
+        if not isinstance(topic, str):
+            raise FrameError("'topic' is not a string")
+        return _parse_push(topic, obj)
+    op = obj.get("op")
+    if isinstance(op, str):
+        return _parse_response(op, obj)
+    raise FrameError("frame has neither 'topic' nor 'op'")
+
+
+def _parse_response(op: str, obj: dict[str, Any]) -> CommandResponse | Pong:
+    success = obj.get("success")
+    ret_msg = obj.get("ret_msg", "")
+    req_id = obj.get("req_id", "")
+    conn_id = obj.get("conn_id", "")
+    if not isinstance(ret_msg, str) or not isinstance(req_id, str) or not isinstance(conn_id, str):
+        raise FrameError(f"malformed '{op}' response")
+    # Linear/inverse pongs echo op "ping" with ret_msg "pong"; option/spread use op "pong".
+    if op == "pong" or (op == "ping" and (ret_msg == "pong" or success is True)):
+        return Pong(req_id=req_id, conn_id=conn_id)
+    if not isinstance(success, bool):
+        raise FrameError(f"'{op}' response without a boolean 'success'")
+    return CommandResponse(op=op, success=success, ret_msg=ret_msg, req_id=req_id, conn_id=conn_id)
+
+
+def _parse_push(topic: str, obj: dict[str, Any]) -> KlineUpdate | BookUpdate:
+    parts = topic.split(".")
+    if len(parts) != 3:
+        raise UnknownTopicError(f"unknown topic {topic!r}")
+    kind, param, symbol = parts
+    if kind == "kline":
+        if param not in KLINE_INTERVALS or not SYMBOL_RE.match(symbol):
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        return _parse_kline(topic, param, symbol, obj)
+    if kind == "orderbook":
+        if not param.isdigit() or int(param) not in BOOK_DEPTHS or not SYMBOL_RE.match(symbol):
+            raise UnknownTopicError(f"unknown topic {topic!r}")
+        return _parse_book(topic, int(param), symbol, obj)
+    raise UnknownTopicError(f"unknown topic {topic!r}")
+
+
+def _int(obj: dict[str, Any], key: str, where: str) -> int:
+    value = obj.get(key)
+    if type(value) is not int or value < 0:
+        raise FrameError(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _dec(value: Any, where: str, *, positive: bool) -> Decimal:
+    if not isinstance(value, str):
+        raise FrameError(f"{where}: expected a decimal string, got {value!r}")
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise FrameError(f"{where}: {value!r} is not a decimal") from None
+    if not d.is_finite() or d < 0 or (positive and d == 0):
+        raise FrameError(f"{where}: {value!r} is out of range")
+    return d
+
+
+def _parse_kline(topic: str, interval: str, symbol: str, obj: dict[str, Any]) -> KlineUpdate:
+    ts = _int(obj, "ts", topic)
+    data = obj.get("data")
+    if not isinstance(data, list) or not data:
+        raise FrameError(f"{topic}: 'data' must be a non-empty array")
+    bars = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise FrameError(f"{topic}: kline element is not an object")
+        if item.get("interval") != interval:
+            raise FrameError(f"{topic}: element interval {item.get('interval')!r} does not match topic")
+        confirm = item.get("confirm")
+        if not isinstance(confirm, bool):
+            raise FrameError(f"{topic}: 'confirm' must be a boolean")
+        bar = KlineBar(
+            start=_int(item, "start", topic),
+            open=_dec(item.get("open"), topic, positive=True),
+            high=_dec(item.get("high"), topic, positive=True),
+            low=_dec(item.get("low"), topic, positive=True),
+            close=_dec(item.get("close"), topic, positive=True),
+            volume=_dec(item.get("volume"), topic, positive=False),
+            turnover=_dec(item.get("turnover", "0"), topic, positive=False),
+            confirm=confirm,
+        )
+        if not bar.low <= min(bar.open, bar.close) or not max(bar.open, bar.close) <= bar.high:
+            raise FrameError(f"{topic}: inconsistent OHLC at start {bar.start}")
+        bars.append(bar)
+    return KlineUpdate(topic=topic, symbol=symbol, interval=interval, ts=ts, bars=tuple(bars))
+
+
+def _levels(raw: Any, where: str) -> tuple[Level, ...]:
+    if not isinstance(raw, list):
+        raise FrameError(f"{where}: side must be an array")
+    out = []
+    for level in raw:
+        if not isinstance(level, list) or len(level) != 2:
+            raise FrameError(f"{where}: level must be [price, size]")
+        out.append((_dec(level[0], where, positive=True), _dec(level[1], where, positive=False)))
+    return tuple(out)
+
+
+def _parse_book(topic: str, depth: int, symbol: str, obj: dict[str, Any]) -> BookUpdate:
+    kind = obj.get("type")
+    if kind != "snapshot" and kind != "delta":
+        raise FrameError(f"{topic}: 'type' must be snapshot or delta, got {kind!r}")
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise FrameError(f"{topic}: 'data' must be an object")
+    if data.get("s") != symbol:
+        raise FrameError(f"{topic}: data.s {data.get('s')!r} does not match topic")
+    seq = data.get("seq", 0)
+    if type(seq) is not int:
+        raise FrameError(f"{topic}: 'seq' must be an integer")
+    return BookUpdate(
+        topic=topic,
+        symbol=symbol,
+        depth=depth,
+        kind=kind,
+        ts=_int(obj, "ts", topic),
+        u=_int(data, "u", topic),
+        seq=seq,
+        bids=_levels(data.get("b"), topic),
+        asks=_levels(data.get("a"), topic),
+    )

@@ -1,0 +1,365 @@
+"""The ingestor: Bybit public stream + REST backfill ⇒ bounded windows in the store.
+
+Owns the connections (topics sharded over several), one :class:`OrderBook` per symbol, the kline
+hole detector, the REST reconciler and the coalescing writer. Every task it starts is named, held
+and cancelled on :meth:`Ingestor.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streaming.backoff import Backoff
+from streaming.book import ApplyResult, BookState, OrderBook
+from streaming.clock import ExchangeClock
+from streaming.connection import FeedConnection
+from streaming.depth import sample_row
+from streaming.errors import FrameError, RestBanned, RestRejected, RestRetryable, StoreError
+from streaming.frames import BookUpdate, KlineUpdate, Message
+from streaming.klines import Bar, interval_ms
+from streaming.metrics import IngestMetrics
+from streaming.ratelimit import RateLimiter
+from streaming.rest import BybitRest
+from streaming.store import BarEvent, BookStatus, WindowStore
+from streaming.writer import WindowWriter
+
+__all__ = ["IngestConfig", "Ingestor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    ws_url: str
+    rest_url: str
+    symbols: tuple[str, ...]
+    intervals: tuple[str, ...] = ("1", "5", "15", "60")
+    book_depth: int = 50
+    symbols_per_connection: int = 10
+    depth_sample_ms: int = 1000
+    book_silence_s: float = 10.0
+    kline_silence_s: float = 90.0
+    ping_interval_s: float = 20.0
+    pong_timeout_s: float = 10.0
+    ack_timeout_s: float = 10.0
+    subscribe_batch: int = 10
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    healthy_after_s: float = 30.0
+    connects_per_minute: float = 60.0
+    rest_rate_per_s: float = 20.0
+    rest_ban_s: float = 600.0
+    rest_retry_s: float = 2.0
+    missed_close_grace_ms: int = 5000  # after a boundary, how long to wait for the confirm push
+
+
+class Ingestor:
+    def __init__(
+        self,
+        config: IngestConfig,
+        store: WindowStore,
+        metrics: IngestMetrics,
+        *,
+        rest: BybitRest | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = ExchangeClock()
+        self.rest = rest or BybitRest(config.rest_url, rate_per_s=config.rest_rate_per_s, ban_seconds=config.rest_ban_s)
+        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered, on_events=self._on_events)
+        self.books = {s: OrderBook(s, config.book_depth) for s in config.symbols}
+        self.newest: dict[tuple[str, str], int] = {}  # newest closed start known per window
+        self._last_slot: dict[str, int] = {}
+        self._reconcile_queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        self._reconcile_pending: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.events_seen = 0
+        limiter = RateLimiter(config.connects_per_minute / 60.0, burst=max(5, len(config.symbols)))
+        self.connections = [
+            FeedConnection(
+                f"ws{i}",
+                config.ws_url,
+                self._topics(shard),
+                self,
+                metrics,
+                silence_s=self._silence_for,
+                ping_interval_s=config.ping_interval_s,
+                pong_timeout_s=config.pong_timeout_s,
+                ack_timeout_s=config.ack_timeout_s,
+                batch_size=config.subscribe_batch,
+                backoff=Backoff(config.backoff_base_s, config.backoff_cap_s, config.healthy_after_s),
+                connect_limiter=limiter,
+            )
+            for i, shard in enumerate(self._shards())
+        ]
+        self._conn_symbols = {c.name: self._shards()[i] for i, c in enumerate(self.connections)}
+
+    # -- topology -------------------------------------------------------------------------------
+    def _shards(self) -> list[tuple[str, ...]]:
+        n = self.config.symbols_per_connection
+        syms = self.config.symbols
+        return [syms[i : i + n] for i in range(0, len(syms), n)]
+
+    def _topics(self, symbols: Sequence[str]) -> list[str]:
+        topics = []
+        for s in symbols:
+            topics += [f"kline.{iv}.{s}" for iv in self.config.intervals]
+            topics.append(f"orderbook.{self.config.book_depth}.{s}")
+        return topics
+
+    def _silence_for(self, topic: str) -> float:
+        return self.config.book_silence_s if topic.startswith("orderbook.") else self.config.kline_silence_s
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load what the store already holds, then start connections, writer and reconciler."""
+        await self._load_store_state()
+        self._tasks.append(asyncio.create_task(self._supervise(self.writer.run(), "writer"), name="writer"))
+        self._tasks.append(asyncio.create_task(self._supervise(self._reconciler(), "reconciler"), name="reconciler"))
+        for conn in self.connections:
+            self._tasks.append(asyncio.create_task(self._supervise(conn.run(), conn.name), name=conn.name))
+        for symbol in self.config.symbols:
+            for iv in self.config.intervals:
+                self._schedule_reconcile(symbol, iv, "startup")
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.close()
+
+    async def _supervise(self, coro: object, name: str) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ingestor task %s crashed", name)
+            raise
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop connections, mark books stopped, flush what is pending. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.wait(self._tasks, timeout=timeout_s) if self._tasks else None
+        for symbol, book in self.books.items():
+            if book.state is not BookState.INVALID:
+                book.invalidate("ingestor stopped")
+            self._publish_book(symbol)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.writer.flush()), timeout_s)
+        except (StoreError, TimeoutError) as exc:
+            log.error("final flush failed; %s", exc)
+        await self.rest.close()
+
+    async def _load_store_state(self) -> None:
+        for symbol in self.config.symbols:
+            try:
+                windows = await self.store.read_symbol(symbol, self.config.intervals, self.config.book_depth)
+            except StoreError as exc:
+                log.error("cannot read existing windows for %s (%s); backfill will rebuild them", symbol, exc)
+                continue
+            for iv, bars in windows.bars.items():
+                if bars:
+                    self.newest[(symbol, iv)] = bars[-1].start
+            if windows.depth:
+                self._last_slot[symbol] = windows.depth[-1].ts
+
+    # -- FeedHandler ----------------------------------------------------------------------------
+    def on_connected(self, conn: FeedConnection) -> None:
+        for symbol in self._conn_symbols[conn.name]:
+            self.books[symbol].reset(f"connection #{conn.connection_number}: awaiting snapshot")
+            self._publish_book(symbol)
+            if conn.connection_number > 1:
+                # A disconnect can hide a kline close (no sequence numbers on klines).
+                for iv in self.config.intervals:
+                    self._schedule_reconcile(symbol, iv, "reconnect")
+
+    def on_disconnected(self, conn: FeedConnection, reason: str) -> None:
+        for symbol in self._conn_symbols[conn.name]:
+            self.books[symbol].invalidate(f"disconnected: {reason}")
+            self._publish_book(symbol)
+
+    def on_subscribe_failed(self, conn: FeedConnection, topics: Sequence[str], ret_msg: str) -> None:
+        for topic in topics:
+            symbol = topic.rsplit(".", 1)[-1]
+            if symbol not in self.books:
+                continue
+            self.writer.put_status(symbol, {f"subscribe:{topic}": f"failed: {ret_msg}"})
+            if topic.startswith("orderbook."):
+                self.books[symbol].invalidate(f"subscribe failed: {ret_msg}")
+                self._publish_book(symbol)
+
+    def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None:
+        log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
+
+    def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
+        if isinstance(msg, BookUpdate):
+            self._on_book(conn, msg)
+        elif isinstance(msg, KlineUpdate):
+            self._on_kline(msg)
+        self.clock.observe(msg.ts)  # type: ignore[union-attr]
+        self.metrics.ingest_lag.observe(max(0.0, recv_wall - msg.ts / 1000.0))  # type: ignore[union-attr]
+
+    def _on_book(self, conn: FeedConnection, msg: BookUpdate) -> None:
+        self.metrics.messages.labels(type=f"book_{msg.kind}").inc()
+        book = self.books.get(msg.symbol)
+        if book is None or msg.depth != self.config.book_depth:
+            self.metrics.messages.labels(type="unknown_topic").inc()
+            return
+        was = book.state
+        result = book.apply(msg)
+        if result is ApplyResult.DROPPED:
+            self.metrics.deltas_dropped.inc()
+            return
+        if result is ApplyResult.INVALIDATED:
+            kind = book.reason.split(":", 1)[0].replace(" ", "_")
+            self.metrics.book_resyncs.labels(reason=kind).inc()
+            log.warning("[%s] %s book INVALID (%s); resyncing", conn.name, msg.symbol, book.reason)
+            self._publish_book(msg.symbol)
+            conn.resync(msg.topic)
+            return
+        slot = msg.ts - msg.ts % self.config.depth_sample_ms
+        if was is not BookState.READY or slot > self._last_slot.get(msg.symbol, -1):
+            if slot > self._last_slot.get(msg.symbol, -1):
+                self._last_slot[msg.symbol] = slot
+                self.writer.put_depth_row(msg.symbol, self.config.book_depth, sample_row(book.view(), slot))
+            self._publish_book(msg.symbol)
+
+    def _publish_book(self, symbol: str) -> None:
+        book = self.books[symbol]
+        bid, ask = book.best_bid(), book.best_ask()
+        status = BookStatus(
+            state=book.state.value,
+            reason=book.reason,
+            u=book.last_u,
+            ts=book.ts,
+            best_bid=str(bid[0]) if bid and book.ready else "",
+            best_bid_size=str(bid[1]) if bid and book.ready else "",
+            best_ask=str(ask[0]) if ask and book.ready else "",
+            best_ask_size=str(ask[1]) if ask and book.ready else "",
+            updated_wall_ms=int(time.time() * 1000),
+        )
+        self.writer.put_book(symbol, self.config.book_depth, status)
+        self.metrics.book_ready.labels(symbol=symbol).set(1 if book.ready else 0)
+
+    def _on_kline(self, msg: KlineUpdate) -> None:
+        self.metrics.messages.labels(type="kline").inc()
+        if msg.symbol not in self.books or msg.interval not in self.config.intervals:
+            self.metrics.messages.labels(type="unknown_topic").inc()
+            return
+        key = (msg.symbol, msg.interval)
+        step = interval_ms(msg.interval)
+        closed = [Bar(b.start, b.open, b.high, b.low, b.close, b.volume, b.turnover) for b in msg.bars if b.confirm]
+        if closed:
+            self.writer.put_bars(msg.symbol, msg.interval, closed)
+        prev = self.newest.get(key)
+        for bar in closed:
+            if prev is not None and bar.start > prev + step:
+                self.metrics.gaps_found.labels(trigger="stream").inc()
+                log.warning("%s %s: hole before %d (newest was %d); backfilling", *key, bar.start, prev)
+                self._schedule_reconcile(msg.symbol, msg.interval, "stream")
+            prev = bar.start if prev is None else max(prev, bar.start)
+        if prev is not None:
+            self.newest[key] = prev
+        for b in msg.bars:
+            # An open bar at S while the newest closed bar is older than S - step: the close push
+            # for S - step was missed (no sequence numbers on klines). Give it a grace period.
+            if (
+                not b.confirm
+                and prev is not None
+                and prev < b.start - step
+                and msg.ts >= b.start + self.config.missed_close_grace_ms
+            ):
+                self.metrics.gaps_found.labels(trigger="stream").inc()
+                self._schedule_reconcile(msg.symbol, msg.interval, "stream")
+
+    def _on_events(self, events: list[BarEvent]) -> None:
+        self.events_seen += len(events)
+
+    # -- backfill -------------------------------------------------------------------------------
+    def _schedule_reconcile(self, symbol: str, interval: str, trigger: str) -> None:
+        if (symbol, interval) in self._reconcile_pending:
+            return
+        self._reconcile_pending.add((symbol, interval))
+        self._reconcile_queue.put_nowait((symbol, interval, trigger))
+
+    async def _store_recovered(self) -> None:
+        for symbol in self.config.symbols:
+            self._publish_book(symbol)
+            for iv in self.config.intervals:
+                self._schedule_reconcile(symbol, iv, "store_recovered")
+
+    @property
+    def reconcile_idle(self) -> bool:
+        return not self._reconcile_pending
+
+    async def _reconciler(self) -> None:
+        while True:
+            symbol, iv, trigger = await self._reconcile_queue.get()
+            try:
+                await self._reconcile(symbol, iv, trigger)
+            except RestBanned as exc:
+                self.metrics.rest_requests.labels(outcome="banned").inc()
+                self.writer.put_status(symbol, {f"backfill:{iv}": f"paused: {exc}"})
+                await asyncio.sleep(max(0.0, exc.until_monotonic - time.monotonic()))
+                self._requeue(symbol, iv, trigger)
+            except RestRetryable as exc:
+                self.metrics.rest_requests.labels(outcome="retryable").inc()
+                log.warning("backfill %s %s failed (%s); retrying", symbol, iv, exc)
+                self.writer.put_status(symbol, {f"backfill:{iv}": f"retrying: {exc}"})
+                await asyncio.sleep(self.config.rest_retry_s)
+                self._requeue(symbol, iv, trigger)
+            except RestRejected as exc:
+                self.metrics.rest_requests.labels(outcome="rejected").inc()
+                log.error("backfill %s %s rejected: %s", symbol, iv, exc)
+                self.writer.put_status(symbol, {f"backfill:{iv}": f"rejected: {exc}"})
+                self._reconcile_pending.discard((symbol, iv))
+            except StoreError as exc:
+                # The bars stay pending in the writer; the writer's recovery hook reschedules us.
+                log.warning("backfill %s %s could not be written yet: %s", symbol, iv, exc)
+                self._reconcile_pending.discard((symbol, iv))
+            else:
+                self._reconcile_pending.discard((symbol, iv))
+
+    def _requeue(self, symbol: str, iv: str, trigger: str) -> None:
+        self._reconcile_queue.put_nowait((symbol, iv, trigger))
+
+    async def _reconcile(self, symbol: str, iv: str, trigger: str) -> None:
+        """Make the window hold the newest ``window_bars`` closed bars REST knows, without holes."""
+        want = self.store.window_bars
+        collected: dict[int, Bar] = {}
+        end: int | None = None
+        for _ in range(want // 1000 + 2):  # bounded even if a server ignores ``end``
+            page = await self.rest.klines(symbol, iv, end=end, limit=min(1000, want + 1))
+            self.metrics.rest_requests.labels(outcome="ok").inc()
+            self.clock.observe(page.server_time)
+            for bar in page.bars:
+                collected[bar.start] = bar
+            if page.oldest_start is None or not page.bars or len(collected) >= want:
+                break
+            end = page.oldest_start - 1
+        if not collected:
+            return
+        bars = [collected[s] for s in sorted(collected)[-want:]]
+        self.writer.put_bars(symbol, iv, bars)
+        result = await self.writer.flush()
+        inserted = result.inserted.get((symbol, iv), 0)
+        key = (symbol, iv)
+        self.newest[key] = max(self.newest.get(key, bars[-1].start), bars[-1].start)
+        self.writer.put_status(symbol, {f"backfill:{iv}": "ok"})
+        if inserted:
+            self.metrics.bars_backfilled.inc(inserted)
+            if trigger != "startup" or len(bars) != inserted:
+                self.metrics.gaps_found.labels(trigger=trigger).inc()
+            log.info("backfilled %d bar(s) of %s %s (%s)", inserted, symbol, iv, trigger)

@@ -1,0 +1,97 @@
+"""Closed-bar windows: the bar type, interval arithmetic, contiguity and hole finding.
+
+A window's invariant (bybit_protocol.md §7): consecutive starts differ by exactly one interval, and
+its last bar is the most recent fully closed one, judged on the exchange clock. Pure functions only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from streaming.errors import StoreError
+
+__all__ = [
+    "Bar",
+    "decode_bar",
+    "encode_bar",
+    "interval_ms",
+    "last_closed_start",
+    "missing_ranges",
+]
+
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A closed bar. Values keep the exchange's exact decimal strings."""
+
+    start: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    turnover: Decimal
+
+
+def interval_ms(interval: str) -> int:
+    """Milliseconds in a fixed-length Bybit interval given in minutes (``"1"``, ``"60"``, ...)."""
+    if not interval.isdigit() or int(interval) <= 0:
+        raise ValueError(f"not a fixed-length minute interval: {interval!r}")
+    return int(interval) * MINUTE_MS
+
+
+def last_closed_start(now_ms: int, step_ms: int) -> int:
+    """Start of the most recent bar that has fully closed at ``now_ms``."""
+    return (now_ms // step_ms) * step_ms - step_ms
+
+
+def missing_ranges(starts: Iterable[int], lo: int, hi: int, step_ms: int) -> list[tuple[int, int]]:
+    """Inclusive ``(first, last)`` start ranges in ``[lo, hi]`` (aligned to ``step_ms``) not in ``starts``."""
+    have = set(starts)
+    out: list[tuple[int, int]] = []
+    run_start: int | None = None
+    t = lo
+    while t <= hi:
+        if t not in have:
+            if run_start is None:
+                run_start = t
+        elif run_start is not None:
+            out.append((run_start, t - step_ms))
+            run_start = None
+        t += step_ms
+    if run_start is not None:
+        out.append((run_start, hi))
+    return out
+
+
+def is_contiguous(starts: Sequence[int], step_ms: int) -> bool:
+    return all(b - a == step_ms for a, b in itertools.pairwise(starts))
+
+
+def encode_bar(bar: Bar) -> bytes:
+    """``start|open|high|low|close|volume|turnover`` with exact decimal strings."""
+    return f"{bar.start}|{bar.open}|{bar.high}|{bar.low}|{bar.close}|{bar.volume}|{bar.turnover}".encode()
+
+
+def decode_bar(raw: bytes | str) -> Bar:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    parts = text.split("|")
+    if len(parts) != 7:
+        raise StoreError(f"corrupt bar record {text[:80]!r}")
+    try:
+        return Bar(
+            start=int(parts[0]),
+            open=Decimal(parts[1]),
+            high=Decimal(parts[2]),
+            low=Decimal(parts[3]),
+            close=Decimal(parts[4]),
+            volume=Decimal(parts[5]),
+            turnover=Decimal(parts[6]),
+        )
+    except ArithmeticError as exc:
+        raise StoreError(f"corrupt bar record {text[:80]!r}") from exc

@@ -1,0 +1,79 @@
+"""In-process implementation of :class:`streaming.store.WindowStore`, for the single-process run
+without Redis. Same semantics as :class:`streaming.redis_store.RedisStore`, checked by one contract
+test suite."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+
+from streaming.depth import DepthRow
+from streaming.klines import Bar, encode_bar
+from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, trim_oldest
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    def __init__(self, *, window_bars: int = 256, depth_rows: int = 300, events_maxlen: int = 100_000) -> None:
+        self.window_bars = window_bars
+        self.depth_rows = depth_rows
+        self._bars: dict[tuple[str, str], dict[int, Bar]] = {}
+        self._books: dict[tuple[str, int], BookStatus] = {}
+        self._depth: dict[tuple[str, int], dict[int, DepthRow]] = {}
+        self._status: dict[str, dict[str, str]] = {}
+        self._events: deque[tuple[str, BarEvent]] = deque(maxlen=events_maxlen)
+        self._seq = itertools.count(1)
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        result = WriteResult()
+        for key, bars in batch.bars.items():
+            window = self._bars.setdefault(key, {})
+            before = max(window, default=-1)
+            inserted = revised = 0
+            for bar in bars:
+                old = window.get(bar.start)
+                if old is None:
+                    inserted += 1
+                elif encode_bar(old) != encode_bar(bar):  # exact strings, like Redis members
+                    revised += 1
+                window[bar.start] = bar
+            trim_oldest(window, self.window_bars)
+            after = max(window, default=-1)
+            result.inserted[key] = inserted
+            result.revised[key] = revised
+            if after > before:
+                result.events.append(BarEvent(key[0], key[1], after))
+        self._books.update(batch.books)
+        for dkey, rows in batch.depth_rows.items():
+            dwindow = self._depth.setdefault(dkey, {})
+            for row in rows:
+                dwindow[row.ts] = row
+            trim_oldest(dwindow, self.depth_rows)
+        for symbol, fields in batch.status.items():
+            self._status.setdefault(symbol, {}).update(fields)
+        for ev in result.events:
+            self._events.append((f"{next(self._seq)}-0", ev))
+        return result
+
+    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
+        bars = {iv: [b for _, b in sorted(self._bars.get((symbol, iv), {}).items())] for iv in intervals}
+        rows = [r for _, r in sorted(self._depth.get((symbol, depth), {}).items())]
+        return SymbolWindows(
+            symbol=symbol,
+            bars=bars,
+            book=self._books.get((symbol, depth)),
+            depth=rows,
+            status=dict(self._status.get(symbol, {})),
+        )
+
+    async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
+        after_n = int(after.split("-")[0])
+        return [(i, e) for i, e in self._events if int(i.split("-")[0]) > after_n][:count]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,81 @@
+"""Prometheus metrics for ingestion, registered on a registry the owner passes in (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["IngestMetrics"]
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "candlecast_ingest_messages_total",
+            "WebSocket frames received, by decoded type (kline, book_snapshot, book_delta, ack, pong, "
+            "malformed, unknown_topic).",
+            ["type"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "candlecast_ingest_reconnects_total", "WebSocket reconnects, by reason.", ["reason"], registry=r
+        )
+        self.book_resyncs = Counter(
+            "candlecast_ingest_book_resyncs_total", "Order-book resyncs, by reason.", ["reason"], registry=r
+        )
+        self.deltas_dropped = Counter(
+            "candlecast_ingest_book_deltas_dropped_total",
+            "Order-book deltas dropped because the book had no valid snapshot yet.",
+            registry=r,
+        )
+        self.bars_backfilled = Counter(
+            "candlecast_ingest_bars_backfilled_total", "Closed bars added to windows from REST.", registry=r
+        )
+        self.gaps_found = Counter(
+            "candlecast_ingest_gaps_found_total",
+            "Kline window holes detected, by trigger (stream, startup, reconnect, store_recovered).",
+            ["trigger"],
+            registry=r,
+        )
+        self.ack_failures = Counter(
+            "candlecast_ingest_subscribe_failures_total",
+            "Subscribe/unsubscribe requests answered success=false or not answered in time.",
+            ["reason"],
+            registry=r,
+        )
+        self.rest_requests = Counter(
+            "candlecast_ingest_rest_requests_total",
+            "Bybit REST kline requests, by outcome (ok, banned, retryable, rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "candlecast_ingest_store_errors_total", "Failed flushes to the window store.", registry=r
+        )
+        self.store_up = Gauge(
+            "candlecast_ingest_store_up", "1 when the last flush to the window store succeeded.", registry=r
+        )
+        self.bars_revised = Counter(
+            "candlecast_ingest_bars_revised_total",
+            "Closed bars whose values changed on a later write (REST and WS disagreed).",
+            registry=r,
+        )
+        self.ingest_lag = Histogram(
+            "candlecast_ingest_lag_seconds",
+            "Local receive time minus the frame's exchange timestamp (meaningful only live, not in replay).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.last_message_age = Gauge(
+            "candlecast_ingest_last_message_age_seconds",
+            "Seconds since the last frame on each subscribed topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.book_ready = Gauge(
+            "candlecast_ingest_book_ready", "1 while a symbol's order book is READY.", ["symbol"], registry=r
+        )
+        self.connections = Gauge(
+            "candlecast_ingest_connections", "WebSocket connections currently subscribed.", registry=r
+        )

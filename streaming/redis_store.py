@@ -1,0 +1,188 @@
+"""Redis implementation of :class:`streaming.store.WindowStore` (layout in ``streaming.store``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from streaming.depth import decode_row, encode_row
+from streaming.errors import StoreError, StoreUnavailable
+from streaming.klines import decode_bar, encode_bar
+from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+# Idempotent upsert into a bounded time-keyed window, atomically (a script runs alone).
+# KEYS[1] = ZSET; ARGV = maxlen, then (score, member) pairs.
+# Returns {newest start before, newest start after, inserted, revised}.
+_UPSERT_WINDOW = """
+local key = KEYS[1]
+local maxlen = tonumber(ARGV[1])
+local function newest()
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if top[2] then return top[2] end
+  return '-1'
+end
+local before = newest()
+local inserted, revised = 0, 0
+for i = 2, #ARGV, 2 do
+  local score, member = ARGV[i], ARGV[i + 1]
+  local old = redis.call('ZRANGEBYSCORE', key, score, score)
+  if #old == 0 then
+    redis.call('ZADD', key, score, member)
+    inserted = inserted + 1
+  elseif old[1] ~= member then
+    redis.call('ZREMRANGEBYSCORE', key, score, score)
+    redis.call('ZADD', key, score, member)
+    revised = revised + 1
+  end
+end
+local n = redis.call('ZCARD', key)
+if n > maxlen then redis.call('ZREMRANGEBYRANK', key, 0, n - maxlen - 1) end
+return {before, newest(), inserted, revised}
+"""
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _translate(exc: Exception) -> StoreError:
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
+        return StoreUnavailable(f"redis unavailable: {exc}")
+    return StoreError(f"redis error: {exc}")
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "cc",
+        window_bars: int = 256,
+        depth_rows: int = 300,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        self._r = client
+        self.prefix = prefix
+        self.window_bars = window_bars
+        self.depth_rows = depth_rows
+        self._events_maxlen = events_maxlen
+        self._upsert = client.register_script(_UPSERT_WINDOW)
+        self._events_key = f"{prefix}:events:bars"
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10)
+        return cls(client, **kwargs)
+
+    @property
+    def events_key(self) -> str:
+        return self._events_key
+
+    def kline_key(self, symbol: str, interval: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:kline:{interval}"
+
+    def book_key(self, symbol: str, depth: int) -> str:
+        return f"{self.prefix}:{{{symbol}}}:book:{depth}"
+
+    def depth_key(self, symbol: str, depth: int) -> str:
+        return f"{self.prefix}:{{{symbol}}}:depth:{depth}"
+
+    def status_key(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:status"
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        result = WriteResult()
+        if not batch:
+            return result
+        bar_keys = list(batch.bars)
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for symbol, interval in bar_keys:
+                    args: list[Any] = [self.window_bars]
+                    for bar in batch.bars[(symbol, interval)]:
+                        args += [bar.start, encode_bar(bar)]
+                    await self._upsert(keys=[self.kline_key(symbol, interval)], args=args, client=pipe)
+                for (symbol, depth), book in batch.books.items():
+                    pipe.hset(self.book_key(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
+                for (symbol, depth), rows in batch.depth_rows.items():
+                    args = [self.depth_rows]
+                    for row in rows:
+                        args += [row.ts, encode_row(row)]
+                    await self._upsert(keys=[self.depth_key(symbol, depth)], args=args, client=pipe)
+                for symbol, fields in batch.status.items():
+                    pipe.hset(self.status_key(symbol), mapping=fields)  # type: ignore[arg-type]
+                replies = await pipe.execute()
+            for (symbol, interval), reply in zip(bar_keys, replies, strict=False):
+                before, after, inserted, revised = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+                result.inserted[(symbol, interval)] = inserted
+                result.revised[(symbol, interval)] = revised
+                if after > before:
+                    result.events.append(BarEvent(symbol, interval, after))
+            if result.events:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for ev in result.events:
+                        pipe.xadd(
+                            self._events_key,
+                            {"symbol": ev.symbol, "interval": ev.interval, "start": str(ev.start)},
+                            maxlen=self._events_maxlen,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+        except (rex.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+        return result
+
+    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
+        try:
+            async with self._r.pipeline(transaction=True) as pipe:
+                for interval in intervals:
+                    pipe.zrange(self.kline_key(symbol, interval), 0, -1)
+                pipe.hgetall(self.book_key(symbol, depth))
+                pipe.zrange(self.depth_key(symbol, depth), 0, -1)
+                pipe.hgetall(self.status_key(symbol))
+                replies = await pipe.execute()
+        except (rex.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+        n = len(intervals)
+        bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
+        book_raw: dict[bytes, bytes] = replies[n]
+        book = BookStatus.from_fields({k.decode(): v.decode() for k, v in book_raw.items()}) if book_raw else None
+        rows = [decode_row(m) for m in replies[n + 1]]
+        status = {k.decode(): v.decode() for k, v in replies[n + 2].items()}
+        return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status)
+
+    async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
+        try:
+            entries = await self._r.xrange(self._events_key, min=f"({after}" if after != "0" else "-", count=count)
+        except (rex.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+        out = []
+        for entry_id, fields in entries or []:
+            f = {_text(k): _text(v) for k, v in (fields or {}).items()}
+            out.append((_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"]))))
+        return out
+
+    async def ping(self) -> None:
+        try:
+            await self._r.ping()
+        except (rex.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    async def delete_all(self) -> None:
+        """Remove every key under this store's prefix (tests and ``--reset``)."""
+        try:
+            async for key in self._r.scan_iter(match=f"{self.prefix}:*", count=1000):
+                await self._r.unlink(key)
+        except (rex.RedisError, OSError) as exc:
+            raise _translate(exc) from exc
+
+    async def close(self) -> None:
+        await self._r.aclose()

@@ -1,0 +1,147 @@
+"""The window store: what ingestion writes and what a worker reads, behind one interface.
+
+Two implementations share this contract (and one contract test suite): :class:`RedisStore` for
+deployments and :class:`MemoryStore` for the single-process run without Redis.
+
+Redis layout (``P`` = key prefix, default ``cc``; ``{SYM}`` is a Redis Cluster hash tag, so every
+key of one symbol lives in one slot and a worker reads them all in one MULTI round trip):
+
+=============================  ======  ===================================================
+``P:{SYM}:kline:{interval}``   ZSET    score = bar start (ms), member = ``encode_bar``
+``P:{SYM}:book:{depth}``       HASH    book state, reason, u, ts, best bid/ask, sizes
+``P:{SYM}:depth:{depth}``      ZSET    score = sample slot (ms), member = ``encode_row``
+``P:{SYM}:status``             HASH    surfaced problems (failed subscriptions, REST bans)
+``P:events:bars``              STREAM  one entry each time a window's newest bar advances
+=============================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from streaming.depth import DepthRow
+from streaming.klines import Bar
+
+__all__ = [
+    "BarEvent",
+    "BookStatus",
+    "SymbolWindows",
+    "WindowStore",
+    "WriteBatch",
+    "WriteResult",
+    "trim_oldest",
+]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class BookStatus:
+    """The published state of one (symbol, depth) book. Prices are exact decimal strings."""
+
+    state: str  # NOT_READY | READY | INVALID
+    reason: str
+    u: int
+    ts: int  # exchange time of the last applied message
+    best_bid: str = ""
+    best_bid_size: str = ""
+    best_ask: str = ""
+    best_ask_size: str = ""
+    updated_wall_ms: int = 0  # local wall time of the write: tells whether the ingestor is alive
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "u": str(self.u),
+            "ts": str(self.ts),
+            "best_bid": self.best_bid,
+            "best_bid_size": self.best_bid_size,
+            "best_ask": self.best_ask,
+            "best_ask_size": self.best_ask_size,
+            "updated_wall_ms": str(self.updated_wall_ms),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> BookStatus:
+        return cls(
+            state=fields.get("state", "NOT_READY"),
+            reason=fields.get("reason", ""),
+            u=int(fields.get("u", "0") or 0),
+            ts=int(fields.get("ts", "0") or 0),
+            best_bid=fields.get("best_bid", ""),
+            best_bid_size=fields.get("best_bid_size", ""),
+            best_ask=fields.get("best_ask", ""),
+            best_ask_size=fields.get("best_ask_size", ""),
+            updated_wall_ms=int(fields.get("updated_wall_ms", "0") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BarEvent:
+    """A window's newest closed bar advanced to ``start``."""
+
+    symbol: str
+    interval: str
+    start: int
+
+
+@dataclass
+class WriteBatch:
+    """Everything one flush writes. Each part is idempotent, so a batch may be replayed."""
+
+    bars: dict[tuple[str, str], list[Bar]] = field(default_factory=dict)
+    books: dict[tuple[str, int], BookStatus] = field(default_factory=dict)
+    depth_rows: dict[tuple[str, int], list[DepthRow]] = field(default_factory=dict)
+    status: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.bars or self.books or self.depth_rows or self.status)
+
+
+@dataclass
+class WriteResult:
+    inserted: dict[tuple[str, str], int] = field(default_factory=dict)  # bars new to the window
+    revised: dict[tuple[str, str], int] = field(default_factory=dict)  # same start, other values
+    events: list[BarEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SymbolWindows:
+    symbol: str
+    bars: dict[str, list[Bar]]  # interval -> ascending by start
+    book: BookStatus | None
+    depth: list[DepthRow]
+    status: dict[str, str]
+
+
+class WindowStore(Protocol):
+    """Bounded, atomic, idempotent windows per symbol."""
+
+    window_bars: int
+    depth_rows: int
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        """Apply a batch. Per window the update is atomic; raises ``StoreUnavailable`` if unreachable."""
+        ...
+
+    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
+        """Every window of one symbol, read consistently in one round trip."""
+        ...
+
+    async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
+        """Bar-closed events after stream id ``after`` (oldest first)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def trim_oldest(window: dict[int, _T], maxlen: int) -> None:
+    """Bound a time-keyed window in place, dropping the oldest keys."""
+    if len(window) > maxlen:
+        for key in sorted(window)[: len(window) - maxlen]:
+            del window[key]

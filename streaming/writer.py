@@ -1,0 +1,157 @@
+"""Coalescing writer between the hot receive path and the window store.
+
+The receive loop never awaits the store: it hands closed bars, book states and depth rows to this
+writer, which keeps *the latest value per key* (bars by start, one state per book, depth rows by
+slot) and flushes them in one pipelined batch. Memory is bounded by the windows themselves: at most
+``window_bars`` bars per (symbol, interval), one state per book, ``depth_rows`` rows per book.
+
+When the store is unreachable nothing is dropped: the pending batch is kept (still bounded) and
+retried with backoff; on recovery ``on_recovered`` runs so the owner can backfill what REST knows
+and the buffer could not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from streaming.backoff import Backoff
+from streaming.depth import DepthRow
+from streaming.errors import StoreError, StoreUnavailable
+from streaming.klines import Bar
+from streaming.metrics import IngestMetrics
+from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch, WriteResult, trim_oldest
+
+__all__ = ["WindowWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class WindowWriter:
+    def __init__(
+        self,
+        store: WindowStore,
+        metrics: IngestMetrics,
+        *,
+        linger_s: float = 0.005,
+        backoff: Backoff | None = None,
+        on_recovered: Callable[[], Awaitable[None]] | None = None,
+        on_events: Callable[[list[BarEvent]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._linger_s = linger_s
+        self._backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
+        self._on_recovered = on_recovered
+        self._on_events = on_events
+        self._bars: dict[tuple[str, str], dict[int, Bar]] = {}
+        self._books: dict[tuple[str, int], BookStatus] = {}
+        self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
+        self._status: dict[str, dict[str, str]] = {}
+        self._dirty = asyncio.Event()
+        self._lock = asyncio.Lock()  # one flush at a time
+        self._healthy = True
+        self.flushes = 0
+
+    # -- producers (synchronous, never block) ---------------------------------------------------
+    def put_bars(self, symbol: str, interval: str, bars: list[Bar]) -> None:
+        pending = self._bars.setdefault((symbol, interval), {})
+        for bar in bars:
+            pending[bar.start] = bar
+        trim_oldest(pending, self._store.window_bars)
+        self._dirty.set()
+
+    def put_book(self, symbol: str, depth: int, status: BookStatus) -> None:
+        self._books[(symbol, depth)] = status
+        self._dirty.set()
+
+    def put_depth_row(self, symbol: str, depth: int, row: DepthRow) -> None:
+        pending = self._rows.setdefault((symbol, depth), {})
+        pending[row.ts] = row
+        trim_oldest(pending, self._store.depth_rows)
+        self._dirty.set()
+
+    def put_status(self, symbol: str, fields: dict[str, str]) -> None:
+        self._status.setdefault(symbol, {}).update(fields)
+        self._dirty.set()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._bars or self._books or self._rows or self._status)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    # -- flushing -------------------------------------------------------------------------------
+    async def flush(self) -> WriteResult:
+        """Write everything pending now. Raises ``StoreError`` and keeps the batch on failure."""
+        async with self._lock:
+            batch = WriteBatch(
+                bars={k: sorted(v.values(), key=lambda b: b.start) for k, v in self._bars.items()},
+                books=dict(self._books),
+                depth_rows={k: sorted(v.values(), key=lambda r: r.ts) for k, v in self._rows.items()},
+                status={k: dict(v) for k, v in self._status.items()},
+            )
+            self._bars, self._books, self._rows, self._status = {}, {}, {}, {}
+            try:
+                result = await self._store.write(batch)
+            except StoreError:
+                self._restore(batch)
+                raise
+            self.flushes += 1
+            for key, n in result.revised.items():
+                if n:
+                    log.warning("%d closed bar(s) of %s %s changed on rewrite", n, *key)
+                    self._metrics.bars_revised.inc(n)
+            if result.events and self._on_events is not None:
+                self._on_events(result.events)
+            return result
+
+    def _restore(self, batch: WriteBatch) -> None:
+        """Put a failed batch back underneath anything newer that arrived meanwhile."""
+        for key, bars in batch.bars.items():
+            newer = self._bars.get(key, {})
+            merged = {b.start: b for b in bars}
+            merged.update(newer)
+            trim_oldest(merged, self._store.window_bars)
+            self._bars[key] = merged
+        for bkey, book in batch.books.items():
+            self._books.setdefault(bkey, book)
+        for rkey, rows in batch.depth_rows.items():
+            newer_rows = self._rows.get(rkey, {})
+            merged_rows = {r.ts: r for r in rows}
+            merged_rows.update(newer_rows)
+            trim_oldest(merged_rows, self._store.depth_rows)
+            self._rows[rkey] = merged_rows
+        for symbol, fields in batch.status.items():
+            self._status[symbol] = {**fields, **self._status.get(symbol, {})}
+        self._dirty.set()
+
+    async def run(self) -> None:
+        """Flush loop; runs until cancelled. Store outages are retried with backoff, never raised."""
+        while True:
+            await self._dirty.wait()
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)  # let a burst of updates coalesce
+            self._dirty.clear()
+            try:
+                await self.flush()
+            except StoreError as exc:
+                self._metrics.store_errors.inc()
+                self._metrics.store_up.set(0)
+                if self._healthy:
+                    log.error("window store write failed, keeping %s pending: %s", "updates", exc)
+                self._healthy = False
+                await asyncio.sleep(self._backoff.next_delay())
+                if not isinstance(exc, StoreUnavailable):
+                    log.error("store rejected a batch: %s", exc)
+                continue
+            self._metrics.store_up.set(1)
+            if not self._healthy:
+                self._healthy = True
+                self._backoff.reset()
+                log.warning("window store is reachable again; pending updates written")
+                if self._on_recovered is not None:
+                    await self._on_recovered()

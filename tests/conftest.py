@@ -1,0 +1,47 @@
+"""Shared fixtures: a real Redis (never mocked), isolated per test by a unique key prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from streaming.redis_store import RedisStore
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA_1M = SHARED / "data" / "klines_1m"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("CANDLECAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"tests need a real Redis at {url} (run them with `make test`): {exc}", pytrace=False)
+    return url
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(client, prefix=f"test-{uuid.uuid4().hex[:12]}", window_bars=64, depth_rows=20)
+    try:
+        yield store
+    finally:
+        await store.delete_all()
+        await store.close()
+
+
+@pytest.fixture(scope="session")
+def bybit_btc_1m() -> Path:
+    path = DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz"
+    if not path.exists():
+        pytest.fail(f"missing shared data file {path} (../shared must sit beside the checkout)", pytrace=False)
+    return path

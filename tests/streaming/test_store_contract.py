@@ -1,0 +1,167 @@
+"""One contract, two stores: RedisStore (real Redis) and MemoryStore behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from streaming.depth import BINS_PER_SIDE, DepthRow
+from streaming.errors import StoreUnavailable
+from streaming.klines import MINUTE_MS, Bar
+from streaming.memory_store import MemoryStore
+from streaming.redis_store import RedisStore
+from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch
+from tests.redis_server import free_port
+
+WINDOW = 8
+T0 = 1_750_000_020_000 - 1_750_000_020_000 % MINUTE_MS
+
+
+def bar(i: int, close: str = "100.5") -> Bar:
+    return Bar(
+        T0 + i * MINUTE_MS,
+        Decimal("100.0"),
+        Decimal("101.25"),
+        Decimal("99.5"),
+        Decimal(close),
+        Decimal("12.000"),
+        Decimal("1206.0"),
+    )
+
+
+def row(ts: int, level: float = 1.0) -> DepthRow:
+    return DepthRow(
+        ts=ts,
+        mid=100.0,
+        bids=np.full(BINS_PER_SIDE, level, np.float32),
+        asks=np.full(BINS_PER_SIDE, level * 2, np.float32),
+    )
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[WindowStore]:
+    if request.param == "memory":
+        yield MemoryStore(window_bars=WINDOW, depth_rows=4)
+        return
+    rs = RedisStore(
+        aioredis.Redis.from_url(redis_url), prefix=f"t{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=4
+    )
+    try:
+        yield rs
+    finally:
+        await rs.delete_all()
+        await rs.close()
+
+
+async def write_bars(store: WindowStore, bars: list[Bar], symbol: str = "BTCUSDT", iv: str = "1"):  # type: ignore[no-untyped-def]
+    return await store.write(WriteBatch(bars={(symbol, iv): bars}))
+
+
+async def test_upsert_is_idempotent(store: WindowStore) -> None:
+    first = await write_bars(store, [bar(0), bar(1), bar(2)])
+    again = await write_bars(store, [bar(0), bar(1), bar(2)])
+    assert first.inserted[("BTCUSDT", "1")] == 3
+    assert again.inserted[("BTCUSDT", "1")] == 0
+    assert again.revised[("BTCUSDT", "1")] == 0
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert [b.start for b in w.bars["1"]] == [T0, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS]
+
+
+async def test_exact_decimal_strings_survive(store: WindowStore) -> None:
+    await write_bars(store, [bar(0, close="100.50")])
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert str(w.bars["1"][0].close) == "100.50"
+    assert str(w.bars["1"][0].volume) == "12.000"
+
+
+async def test_revised_bar_replaces_and_is_reported(store: WindowStore) -> None:
+    await write_bars(store, [bar(0), bar(1)])
+    res = await write_bars(store, [bar(1, close="100.75")])
+    assert res.revised[("BTCUSDT", "1")] == 1
+    assert res.inserted[("BTCUSDT", "1")] == 0
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert [str(b.close) for b in w.bars["1"]] == ["100.5", "100.75"]
+
+
+async def test_event_only_when_newest_bar_advances(store: WindowStore) -> None:
+    r1 = await write_bars(store, [bar(0), bar(1), bar(2)])
+    assert r1.events == [BarEvent("BTCUSDT", "1", T0 + 2 * MINUTE_MS)]
+    r2 = await write_bars(store, [bar(1)])  # older bar re-written: no event
+    assert r2.events == []
+    r3 = await write_bars(store, [bar(3)])
+    assert r3.events == [BarEvent("BTCUSDT", "1", T0 + 3 * MINUTE_MS)]
+    events = await store.read_events()
+    assert [e for _, e in events] == r1.events + r3.events
+    after_first = await store.read_events(after=events[0][0])
+    assert [e for _, e in after_first] == r3.events
+
+
+async def test_window_is_bounded_keeping_newest(store: WindowStore) -> None:
+    await write_bars(store, [bar(i) for i in range(WINDOW + 5)])
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert len(w.bars["1"]) == WINDOW
+    assert w.bars["1"][0].start == T0 + 5 * MINUTE_MS
+    assert w.bars["1"][-1].start == T0 + (WINDOW + 4) * MINUTE_MS
+
+
+async def test_windows_are_separate_per_symbol_and_interval(store: WindowStore) -> None:
+    await write_bars(store, [bar(0)], symbol="BTCUSDT", iv="1")
+    await write_bars(store, [bar(0), bar(5)], symbol="BTCUSDT", iv="5")
+    await write_bars(store, [bar(1)], symbol="ETHUSDT", iv="1")
+    w = await store.read_symbol("BTCUSDT", ["1", "5", "60"], 50)
+    assert [len(w.bars[iv]) for iv in ("1", "5", "60")] == [1, 2, 0]
+    assert w.book is None and w.depth == [] and w.status == {}
+
+
+async def test_book_depth_and_status_round_trip(store: WindowStore) -> None:
+    status = BookStatus("READY", "", 42, T0, "100.1", "2", "100.2", "3", updated_wall_ms=123)
+    await store.write(
+        WriteBatch(
+            books={("BTCUSDT", 50): status},
+            depth_rows={("BTCUSDT", 50): [row(T0 + i * 1000, i) for i in range(6)]},
+            status={"BTCUSDT": {"subscribe:kline.1.BTCUSDT": "failed: x"}},
+        )
+    )
+    await store.write(WriteBatch(status={"BTCUSDT": {"backfill:1": "ok"}}))
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert w.book == status
+    assert [r.ts for r in w.depth] == [T0 + i * 1000 for i in range(2, 6)]  # bounded to 4 rows
+    assert float(w.depth[-1].bids[0]) == 5.0 and float(w.depth[-1].asks[99]) == 10.0
+    assert w.status == {"subscribe:kline.1.BTCUSDT": "failed: x", "backfill:1": "ok"}
+    assert (await store.read_symbol("BTCUSDT", ["1"], 200)).book is None
+
+
+async def test_concurrent_writers_keep_one_bar_per_start(store: WindowStore) -> None:
+    await asyncio.gather(*(write_bars(store, [bar(i % 4), bar((i + 1) % 4)]) for i in range(20)))
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert [b.start for b in w.bars["1"]] == [T0 + i * MINUTE_MS for i in range(4)]
+
+
+async def test_redis_keys_of_one_symbol_share_a_cluster_slot(redis_url: str) -> None:
+    rs = RedisStore(aioredis.Redis.from_url(redis_url), prefix="cc")
+    keys = [
+        rs.kline_key("BTCUSDT", "1"),
+        rs.kline_key("BTCUSDT", "60"),
+        rs.book_key("BTCUSDT", 50),
+        rs.depth_key("BTCUSDT", 50),
+        rs.status_key("BTCUSDT"),
+    ]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert key_slot(rs.kline_key("ETHUSDT", "1").encode()) != key_slot(keys[0].encode())
+    await rs.close()
+
+
+async def test_unreachable_redis_is_store_unavailable() -> None:
+    rs = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(StoreUnavailable):
+        await write_bars(rs, [bar(0)])
+    with pytest.raises(StoreUnavailable):
+        await rs.read_symbol("BTCUSDT", ["1"], 50)
+    await rs.close()
