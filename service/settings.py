@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         value = _split(value)
         if isinstance(value, list):
             out = [str(v).strip().upper() for v in value]
-            bad = [s for s in out if not _SYMBOL.match(s)]
+            bad = [s for s in out if not _SYMBOL.fullmatch(s)]
             if bad:
                 raise ValueError(f"invalid symbol(s) {bad}: expected letters and digits, e.g. BTCUSDT")
             if not out:

@@ -132,6 +132,8 @@ class OrderBook:
         """A new connection: nothing is known until its first snapshot."""
         self.state = BookState.NOT_READY
         self.reason = reason
+        self.last_u = 0
+        self.ts = 0
         self._bids = _Side()
         self._asks = _Side()
 
@@ -150,6 +152,16 @@ class OrderBook:
             return None
         p = self._asks.prices[0]
         return p, self._asks.sizes[p]
+
+    def float_levels(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """Bid prices, bid sizes, ask prices, ask sizes as floats (ascending price), for sampling."""
+        b, a = self._bids, self._asks
+        return (
+            [float(p) for p in b.prices],
+            [float(b.sizes[p]) for p in b.prices],
+            [float(p) for p in a.prices],
+            [float(a.sizes[p]) for p in a.prices],
+        )
 
     def view(self) -> BookView:
         bids = tuple((p, self._bids.sizes[p]) for p in reversed(self._bids.prices))

@@ -33,23 +33,31 @@ class DepthRow:
 
 
 def sample_row(view: BookView, slot_ts: int) -> DepthRow:
-    best_bid = float(view.bids[0][0])
-    best_ask = float(view.asks[0][0])
-    mid = (best_bid + best_ask) / 2.0
+    """Bin a READY book's levels (best first on each side) into one heatmap row."""
+    return sample_levels(
+        [float(p) for p, _ in view.bids],
+        [float(q) for _, q in view.bids],
+        [float(p) for p, _ in view.asks],
+        [float(q) for _, q in view.asks],
+        slot_ts,
+    )
+
+
+def sample_levels(
+    bid_prices: list[float], bid_sizes: list[float], ask_prices: list[float], ask_sizes: list[float], slot_ts: int
+) -> DepthRow:
+    """As :func:`sample_row`, from float lists (any order): the ingestor's fast path."""
+    bp, bs = np.array(bid_prices), np.array(bid_sizes)
+    ap, aq = np.array(ask_prices), np.array(ask_sizes)
+    mid = (bp.max() + ap.min()) / 2.0
     width = mid * BAND / BINS_PER_SIDE
-    bids = np.zeros(BINS_PER_SIDE, dtype=np.float32)
-    asks = np.zeros(BINS_PER_SIDE, dtype=np.float32)
-    bp = np.fromiter((float(p) for p, _ in view.bids), dtype=np.float64, count=len(view.bids))
-    bs = np.fromiter((float(s) for _, s in view.bids), dtype=np.float64, count=len(view.bids))
-    ap = np.fromiter((float(p) for p, _ in view.asks), dtype=np.float64, count=len(view.asks))
-    as_ = np.fromiter((float(s) for _, s in view.asks), dtype=np.float64, count=len(view.asks))
-    bi = np.floor((mid - bp) / width).astype(np.int64)
-    ai = np.floor((ap - mid) / width).astype(np.int64)
-    keep_b = (bi >= 0) & (bi < BINS_PER_SIDE)
-    keep_a = (ai >= 0) & (ai < BINS_PER_SIDE)
-    np.add.at(bids, bi[keep_b], bs[keep_b])
-    np.add.at(asks, ai[keep_a], as_[keep_a])
-    return DepthRow(ts=slot_ts, mid=mid, bids=bids, asks=asks)
+    return DepthRow(ts=slot_ts, mid=float(mid), bids=_bin((mid - bp) / width, bs), asks=_bin((ap - mid) / width, aq))
+
+
+def _bin(offsets: npt.NDArray[np.float64], sizes: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    idx = np.floor(offsets).astype(np.int64)
+    keep = (idx >= 0) & (idx < BINS_PER_SIDE)
+    return np.bincount(idx[keep], weights=sizes[keep], minlength=BINS_PER_SIDE).astype(np.float32)
 
 
 def encode_row(row: DepthRow) -> bytes:

@@ -40,7 +40,7 @@ class Bar:
 
 def interval_ms(interval: str) -> int:
     """Milliseconds in a fixed-length Bybit interval given in minutes (``"1"``, ``"60"``, ...)."""
-    if not interval.isdigit() or int(interval) <= 0:
+    if not (interval.isascii() and interval.isdigit()) or int(interval) <= 0:
         raise ValueError(f"not a fixed-length minute interval: {interval!r}")
     return int(interval) * MINUTE_MS
 
