@@ -309,6 +309,11 @@ class Ingestor:
                 self._schedule_reconcile(symbol, iv, "store_recovered")
 
     @property
+    def frames_handled(self) -> int:
+        """Kline and order-book frames handled so far."""
+        return self._frames
+
+    @property
     def reconcile_idle(self) -> bool:
         return not self._reconcile_pending
 

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 10.0, interval: float = 0.02, what: str = ""
 ) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if not isinstance(result, bool):
@@ -19,5 +19,5 @@ async def eventually(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {what or predicate}")
+            raise AssertionError(f"condition not met within {within} s: {what or predicate}")
         await asyncio.sleep(interval)

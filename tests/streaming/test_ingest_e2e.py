@@ -1,0 +1,376 @@
+"""End to end: the project's Bybit simulator on 127.0.0.1:0 → Ingestor → real Redis.
+
+Every fault the simulator can inject must end in the right recovery, never in a wrong window, and
+never with a book published READY while the local book is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from streaming.ingestor import IngestConfig, Ingestor
+from streaming.klines import interval_ms, is_contiguous
+from streaming.metrics import IngestMetrics
+from streaming.redis_store import RedisStore
+from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.store import SymbolWindows
+from tests.helpers import eventually
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(90)
+
+INTERVALS = ("1", "5", "15", "60")
+WINDOW = 40
+SYMBOL = "BTCUSDT"
+
+
+def read_csv(path: Path) -> dict[int, tuple[str, str, str, str, str]]:
+    out = {}
+    with gzip.open(path, "rt") as fh:
+        next(fh)
+        for line in fh:
+            t, o, h, lo, c, v = line.strip().split(",")
+            out[int(t)] = (o, h, lo, c, v)
+    return out
+
+
+@pytest.fixture(scope="module")
+def source_rows(bybit_btc_1m: Path) -> dict[int, tuple[str, str, str, str, str]]:
+    return read_csv(bybit_btc_1m)
+
+
+@pytest.fixture
+async def sim(bybit_btc_1m: Path) -> AsyncIterator[ExchangeSimulator]:
+    # 60 h of history so even the 1h window can be filled from REST at start-up.
+    config = SimulatorConfig(sources=[bybit_btc_1m], speed=600.0, start_offset_bars=WINDOW * 60 + 120)
+    async with ExchangeSimulator(config) as s:
+        yield s
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(
+        aioredis.Redis.from_url(redis_url), prefix=f"e2e-{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=50
+    )
+    try:
+        yield s
+    finally:
+        await s.delete_all()
+        await s.close()
+
+
+def make_ingestor(sim: ExchangeSimulator, store: RedisStore, **overrides: object) -> Ingestor:
+    fields: dict[str, object] = {
+        "ws_url": sim.ws_url,
+        "rest_url": sim.rest_url,
+        "symbols": (SYMBOL,),
+        "intervals": INTERVALS,
+        "ping_interval_s": 0.5,
+        "pong_timeout_s": 1.5,
+        "ack_timeout_s": 2.0,
+        "book_silence_s": 1.5,
+        "kline_silence_s": 5.0,
+        "backoff_base_s": 0.05,
+        "backoff_cap_s": 0.3,
+        "rest_retry_s": 0.1,
+        "rest_ban_s": 1.0,
+        "rest_rate_per_s": 200.0,
+    }
+    fields.update(overrides)
+    return Ingestor(IngestConfig(**fields), store, IngestMetrics())  # type: ignore[arg-type]
+
+
+async def windows(store: RedisStore) -> SymbolWindows:
+    return await store.read_symbol(SYMBOL, INTERVALS, 50)
+
+
+def aggregate(rows: dict[int, tuple[str, str, str, str, str]], start: int, minutes: int) -> tuple[str, ...]:
+    """Source bar for an aggregated interval, computed here independently of the simulator."""
+    parts = [rows[start + i * 60_000] for i in range(minutes)]
+    high = max(parts, key=lambda r: float(r[1]))[1]
+    low = min(parts, key=lambda r: float(r[2]))[2]
+    volume = sum(float(r[4]) for r in parts)
+    return parts[0][0], high, low, parts[-1][3], f"{volume:.6f}"
+
+
+async def windows_match_source(
+    store: RedisStore, sim: ExchangeSimulator, rows: dict[int, tuple[str, str, str, str, str]]
+) -> bool:
+    """Full, contiguous, current windows whose every bar equals the source CSV."""
+    w = await windows(store)
+    now = sim.clock.now_ms()
+    for iv in INTERVALS:
+        bars = w.bars[iv]
+        step = interval_ms(iv)
+        if len(bars) != WINDOW or not is_contiguous([b.start for b in bars], step):
+            return False
+        if now - (bars[-1].start + step) > 2 * step:  # not current (allow the in-flight close)
+            return False
+        for b in bars:
+            got = (str(b.open), str(b.high), str(b.low), str(b.close), str(b.volume))
+            if iv == "1":
+                assert got == rows[b.start], f"1m bar {b.start} differs from the CSV"
+            else:
+                want = aggregate(rows, b.start, int(iv))
+                assert got[:4] == want[:4], f"{iv}m bar {b.start}: {got} != {want}"
+                assert float(got[4]) == pytest.approx(float(want[4]), rel=1e-9)
+    return True
+
+
+def book_ok(w: SymbolWindows) -> bool:
+    return w.book is not None and w.book.state == "READY" and float(w.book.best_bid) < float(w.book.best_ask)
+
+
+async def run_until_healthy(ing: Ingestor, store: RedisStore, sim: ExchangeSimulator, rows: dict) -> None:  # type: ignore[type-arg]
+    async def healthy() -> bool:
+        return await windows_match_source(store, sim, rows) and book_ok(await windows(store))
+
+    await eventually(healthy, 30, 0.1, "windows full, equal to the CSV, and the book READY")
+
+
+def subscriptions(sim: ExchangeSimulator) -> dict[int, list[str]]:
+    per_conn: dict[int, list[str]] = {}
+    for conn, op, args, success in sim.subscribe_log:
+        if op == "subscribe" and success:
+            per_conn.setdefault(conn, []).extend(args)
+    return per_conn
+
+
+async def test_full_run_fills_windows_equal_to_the_source_csv(
+    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
+) -> None:  # type: ignore[type-arg]
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        w = await windows(store)
+        assert len(w.depth) > 0
+        assert w.depth[-1].bids.sum() > 0
+        events = await store.read_events()
+        assert {e.interval for _, e in events} == set(INTERVALS)
+        newest_1m = max(e.start for _, e in events if e.interval == "1")
+        assert newest_1m >= w.bars["1"][-1].start - 60_000
+        assert ing.metrics.bars_backfilled._value.get() >= WINDOW * len(INTERVALS) - len(INTERVALS)
+        # each topic subscribed exactly once on the one connection
+        subs = subscriptions(sim)
+        assert list(subs) == [1]
+        assert sorted(subs[1]) == sorted([f"kline.{iv}.{SYMBOL}" for iv in INTERVALS] + [f"orderbook.50.{SYMBOL}"])
+    finally:
+        await ing.close()
+    w = await windows(store)
+    assert w.book is not None and w.book.state == "INVALID" and w.book.reason == "ingestor stopped"
+
+
+async def test_dropped_connection_reconnects_resubscribes_once_and_backfills(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        sim.drop_connections()
+        await eventually(lambda: ing.connections[0].connection_number >= 2, 10, what="reconnected")
+        await asyncio.sleep(0.5)  # bars close meanwhile; the new connection must not leave holes
+        await run_until_healthy(ing, store, sim, source_rows)
+        subs = subscriptions(sim)
+        assert len(subs) >= 2
+        for conn, topics in subs.items():
+            assert len(topics) == len(set(topics)), f"connection {conn} subscribed a topic twice: {topics}"
+        assert not [e for e in sim.subscribe_log if not e[3]], "no failed (e.g. already subscribed) acks"
+        assert (
+            ing.metrics.reconnects.labels(reason="connection_lost")._value.get()
+            + ing.metrics.reconnects.labels(reason="server_closed")._value.get()
+            >= 1
+        )
+    finally:
+        await ing.close()
+
+
+async def test_stall_is_detected_and_the_book_is_not_served_meanwhile(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        sim.stall(4.0)
+        await eventually(lambda: ing.books[SYMBOL].state.value != "READY", 5, what="stall noticed")
+
+        async def published_not_ready() -> bool:
+            w = await windows(store)
+            return w.book is not None and w.book.state != "READY"
+
+        await eventually(published_not_ready, 5, what="store says the book is not READY")
+        reasons = {r: ing.metrics.reconnects.labels(reason=r)._value.get() for r in ("silence", "pong_timeout")}
+        assert sum(reasons.values()) >= 1, reasons
+        await run_until_healthy(ing, store, sim, source_rows)
+    finally:
+        await ing.close()
+
+
+async def test_u_gap_invalidates_and_resyncs_the_book(
+    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
+) -> None:  # type: ignore[type-arg]
+    ing = make_ingestor(sim, store)
+    published: list[tuple[str, int]] = []
+    put_book = ing.writer.put_book
+
+    def spy(symbol: str, depth: int, status):  # type: ignore[no-untyped-def]
+        published.append((status.state, status.u))
+        put_book(symbol, depth, status)
+
+    ing.writer.put_book = spy  # type: ignore[method-assign]
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        sim.skip_u(SYMBOL)
+        await eventually(
+            lambda: ing.metrics.book_resyncs.labels(reason="u_gap")._value.get() == 1, 5, what="gap detected"
+        )
+        await eventually(lambda: ing.books[SYMBOL].ready, 5, what="book READY again after resync")
+        await run_until_healthy(ing, store, sim, source_rows)
+        # unsubscribe + subscribe of the book topic on the same connection, no reconnect
+        ops = [(c, op) for c, op, args, ok in sim.subscribe_log if args == [f"orderbook.50.{SYMBOL}"]]
+        assert ops == [(1, "unsubscribe"), (1, "subscribe")]
+        assert ing.connections[0].connection_number == 1
+        # what was published around the gap: READY states have contiguous-or-snapshot u, the INVALID one
+        # came before any further READY
+        states = [s for s, _ in published]
+        i = states.index("INVALID")
+        assert "READY" in states[i:]
+    finally:
+        await ing.close()
+
+
+async def test_malformed_frame_is_counted_and_changes_nothing(
+    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
+) -> None:  # type: ignore[type-arg]
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        sim.send_malformed()
+        sim.send_malformed(
+            '{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1,"data":{"s":"BTCUSDT","b":'
+            '[["abc","1"]],"a":[],"u":5,"seq":1}}'
+        )
+        sim.send_malformed('{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[]}')
+        await eventually(lambda: ing.metrics.messages.labels(type="malformed")._value.get() == 2, 5)
+        await eventually(lambda: ing.metrics.messages.labels(type="unknown_topic")._value.get() == 1, 5)
+        await run_until_healthy(ing, store, sim, source_rows)
+        assert ing.connections[0].connection_number == 1
+        assert ing.books[SYMBOL].ready
+    finally:
+        await ing.close()
+
+
+async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulator, store: RedisStore) -> None:
+    sim.fail_subscribe(f"orderbook.50.{SYMBOL}")
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await eventually(lambda: ing.metrics.ack_failures.labels(reason="handler_not_found")._value.get() == 1, 5)
+
+        async def surfaced() -> bool:
+            w = await windows(store)
+            return (
+                w.book is not None
+                and w.book.state == "INVALID"
+                and "subscribe failed" in w.book.reason
+                and "failed" in w.status.get(f"subscribe:orderbook.50.{SYMBOL}", "")
+                and len(w.bars["1"]) == WINDOW
+            )
+
+        await eventually(surfaced, 15, what="failure surfaced in the store while klines keep flowing")
+        await asyncio.sleep(2.0)  # longer than the book silence threshold: no reconnect loop
+        assert ing.connections[0].connection_number == 1
+        assert ing.metrics.ack_failures.labels(reason="handler_not_found")._value.get() == 1
+    finally:
+        await ing.close()
+
+
+@pytest.mark.parametrize("kind", ["retcode", "http500", "http403"])
+async def test_rest_errors_are_retried_and_windows_complete(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,
+    kind: str,  # type: ignore[type-arg]
+) -> None:
+    sim.fail_rest(kind, count=3)  # type: ignore[arg-type]
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        outcome = "banned" if kind == "http403" else "retryable"
+        await eventually(lambda: ing.metrics.rest_requests.labels(outcome=outcome)._value.get() >= 1, 5)
+        if kind == "http403":
+            assert ing.rest.banned
+
+            async def ban_surfaced() -> bool:
+                status = (await windows(store)).status
+                return any(v.startswith("paused: ") for k, v in status.items() if k.startswith("backfill:"))
+
+            await eventually(ban_surfaced, 5, what="the REST ban is visible in the symbol status")
+        await run_until_healthy(ing, store, sim, source_rows)
+    finally:
+        await ing.close()
+
+
+async def test_restart_keeps_windows_and_fills_what_was_missed(
+    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
+) -> None:  # type: ignore[type-arg]
+    first = make_ingestor(sim, store)
+    await first.start()
+    await run_until_healthy(first, store, sim, source_rows)
+    await first.close()
+    before = await windows(store)
+    await asyncio.sleep(1.0)  # ~10 one-minute bars close while no ingestor runs
+    second = make_ingestor(sim, store)
+    await second.start()
+    try:
+        assert second.newest[(SYMBOL, "1")] == before.bars["1"][-1].start  # loaded from the store
+        await run_until_healthy(second, store, sim, source_rows)
+        after = await windows(store)
+        assert after.bars["1"][-1].start >= before.bars["1"][-1].start + 5 * 60_000
+        assert second.metrics.gaps_found.labels(trigger="startup")._value.get() >= 1
+    finally:
+        await second.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_redis_restart_mid_run_loses_nothing(
+    sim: ExchangeSimulator, own_redis: RedisServer, source_rows: dict
+) -> None:  # type: ignore[type-arg]
+    store = RedisStore.from_url(own_redis.url, window_bars=WINDOW, depth_rows=50)
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        own_redis.stop()
+        await eventually(lambda: not ing.writer.healthy, 5, what="outage noticed")
+        await asyncio.sleep(1.0)  # bars keep closing during the outage
+        own_redis.start()
+        await eventually(lambda: ing.writer.healthy, 10, what="store back")
+        await run_until_healthy(ing, store, sim, source_rows)
+    finally:
+        await ing.close()
+        await store.close()
