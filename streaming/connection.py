@@ -268,38 +268,36 @@ class FeedConnection:
     async def _subscribe_all(self, ws: ClientConnection) -> None:
         batches = [self.topics[i : i + self._batch_size] for i in range(0, len(self.topics), self._batch_size)]
         replies = await asyncio.gather(*(self._request(ws, "subscribe", b) for b in batches))
-        now = time.monotonic()
         for batch, reply in zip(batches, replies, strict=True):
-            failed = self._failed_topics(batch, reply)
+            if reply.success:
+                self._activate(batch)
+                continue
+            self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
+            log.error("[%s] subscribe %s answered %r (conn_id %s)", self.name, batch, reply.ret_msg, reply.conn_id)
+            # Linear acks name at most one topic and say nothing of the rest of the batch (protocol
+            # §2.2: "not documented — verify live"). Settle each other topic with its own request:
+            # success or "already subscribed" means it is flowing; anything else means it failed.
+            named = reply.ret_msg.rpartition("topic:")[2].strip()
+            failed = [named] if named in batch and "already subscribed" not in reply.ret_msg else []
             for topic in batch:
-                if topic not in failed:
-                    self._active.add(topic)
-                    self._last_rx.setdefault(topic, now)
+                if topic in failed:
+                    continue
+                single = await self._request(ws, "subscribe", [topic])
+                if single.success or "already subscribed" in single.ret_msg:
+                    self._activate([topic])
+                else:
+                    failed.append(topic)
             if failed:
                 self._failed.update(failed)
-                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
-                log.error(
-                    "[%s] subscribe failed for %s: %r (conn_id %s)",
-                    self.name,
-                    failed,
-                    reply.ret_msg,
-                    reply.conn_id,
-                )
+                log.error("[%s] not subscribed: %s", self.name, failed)
                 self._handler.on_subscribe_failed(self, failed, reply.ret_msg)
         log.info("[%s] subscribed %d topics (%d failed)", self.name, len(self._active), len(self._failed))
 
-    @staticmethod
-    def _failed_topics(batch: list[str], reply: CommandResponse) -> list[str]:
-        if reply.success:
-            return []
-        # Bybit names one topic: "error:handler not found,topic:orderbook.50.BTCUSDTX". Linear acks
-        # have no per-topic list, so without a name the whole batch is treated as failed.
-        named = reply.ret_msg.rpartition("topic:")[2].strip() if "topic:" in reply.ret_msg else ""
-        if "already subscribed" in reply.ret_msg:
-            return []  # the first subscription keeps delivering (P13); counted and logged above
-        if named in batch:
-            return [named]
-        return list(batch)
+    def _activate(self, topics: list[str]) -> None:
+        now = time.monotonic()
+        for topic in topics:
+            self._active.add(topic)
+            self._last_rx.setdefault(topic, now)
 
     async def _pinger(self, ws: ClientConnection) -> None:
         while True:

@@ -374,3 +374,30 @@ async def test_redis_restart_mid_run_loses_nothing(
     finally:
         await ing.close()
         await store.close()
+
+
+async def test_topics_shard_over_connections_and_unknown_symbols_surface(store: RedisStore, bybit_btc_1m: Path) -> None:
+    eth = bybit_btc_1m.with_name("bybit_linear_ETHUSDT_1m.csv.gz")
+    config = SimulatorConfig(sources=[bybit_btc_1m, eth], speed=600.0, start_offset_bars=WINDOW * 60 + 120)
+    async with ExchangeSimulator(config) as sim:
+        ing = make_ingestor(sim, store, symbols=("BTCUSDT", "ETHUSDT", "NOPEUSDT"), symbols_per_connection=1)
+        await ing.start()
+        try:
+            assert len(ing.connections) == 3
+            await eventually(lambda: ing.books["BTCUSDT"].ready and ing.books["ETHUSDT"].ready, 10)
+
+            async def nope_surfaced() -> bool:
+                w = await store.read_symbol("NOPEUSDT", INTERVALS, 50)
+                failed = [k for k, v in w.status.items() if k.startswith("subscribe:") and v.startswith("failed")]
+                rejected = [k for k, v in w.status.items() if k.startswith("backfill:") and v.startswith("rejected")]
+                return len(failed) == 5 and len(rejected) == 4 and not any(w.bars.values())
+
+            await eventually(nope_surfaced, 10, what="unknown symbol: failed subscriptions and rejected backfill")
+            subs = subscriptions(sim)
+            by_symbol = {frozenset(t.rsplit(".", 1)[1] for t in topics) for topics in subs.values()}
+            assert by_symbol == {frozenset({"BTCUSDT"}), frozenset({"ETHUSDT"})}
+            eth_w = await store.read_symbol("ETHUSDT", INTERVALS, 50)
+            assert all(len(eth_w.bars[iv]) == WINDOW for iv in INTERVALS)
+            assert all(c.connection_number == 1 for c in ing.connections)
+        finally:
+            await ing.close()

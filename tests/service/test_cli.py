@@ -1,0 +1,133 @@
+"""The ``candlecast`` command as an operator runs it: real processes, real sockets, real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+CLI = [sys.executable, "-m", "service.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CANDLECAST_")}
+    base.update(extra)
+    return base
+
+
+def test_invalid_configuration_exits_2_and_names_the_variable() -> None:
+    proc = subprocess.run(
+        [*CLI, "inspect", "BTCUSDT"],
+        env=env(CANDLECAST_SYMBOLS="btc-usdt"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "CANDLECAST_SYMBOLS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_inspect_needs_redis_and_says_so() -> None:
+    proc = subprocess.run([*CLI, "inspect", "BTCUSDT"], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "CANDLECAST_REDIS_URL" in proc.stderr
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    name = f"cli-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{name}:*"):
+        client.delete(key)
+
+
+def test_simulate_ingest_inspect_round_trip(redis_url: str, prefix: str, bybit_btc_1m: Path, tmp_path: Path) -> None:
+    """README path: simulate in one process, ingest in another, inspect the store from a third."""
+    port = free_port()
+    sim_log, ingest_log = tmp_path / "sim.log", tmp_path / "ingest.log"
+    settings = env(
+        CANDLECAST_REDIS_URL=redis_url,
+        CANDLECAST_REDIS_PREFIX=prefix,
+        CANDLECAST_SYMBOLS="btcusdt",
+        CANDLECAST_WINDOW_BARS="32",
+        CANDLECAST_BYBIT_WS_URL=f"ws://127.0.0.1:{port}/v5/public/linear",
+        CANDLECAST_BYBIT_REST_URL=f"http://127.0.0.1:{port}",
+    )
+    sim_cmd = [
+        *CLI,
+        "simulate",
+        "--data",
+        str(bybit_btc_1m),
+        "--port",
+        str(port),
+        "--speed",
+        "600",
+        "--start-offset-bars",
+        "2400",
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    with sim_log.open("wb") as sim_out, ingest_log.open("wb") as ingest_out:
+        try:
+            procs.append(subprocess.Popen(sim_cmd, env=env(), cwd=ROOT, stdout=sim_out, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 30
+            while "simulator:" not in sim_log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert f"WS ws://127.0.0.1:{port}/v5/public/linear" in sim_log.read_text()
+            ingest = subprocess.Popen(
+                [*CLI, "ingest"], env=settings, cwd=ROOT, stdout=ingest_out, stderr=subprocess.STDOUT
+            )
+            procs.append(ingest)
+            report = _inspect_until_full(settings, 32)
+            assert report["configured"] is True
+            assert set(report["intervals"]) == {"1", "5", "15", "60"}
+            assert float(report["book"]["best_bid"]) < float(report["book"]["best_ask"])
+            assert report["depth_window"]["rows"] > 0
+            assert set(report["intervals"]["1"]["bars"][-1]) == {"start", "open", "high", "low", "close", "volume"}
+
+            ingest.send_signal(signal.SIGTERM)
+            assert ingest.wait(timeout=20) == 0, ingest_log.read_text()[-3000:]
+            stopped = _inspect(settings)
+            assert stopped["book"]["state"] == "INVALID"
+            assert stopped["book"]["reason"] == "ingestor stopped"
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _inspect(settings: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    proc = subprocess.run(
+        [*CLI, "inspect", "BTCUSDT", "--bars", "0"], env=settings, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _inspect_until_full(settings: dict[str, str], bars: int) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 60
+    report: dict = {}  # type: ignore[type-arg]
+    while time.monotonic() < deadline:
+        report = _inspect(settings)
+        ivs = report["intervals"]
+        full = all(ivs[iv]["count"] == bars and ivs[iv]["contiguous"] for iv in ivs)
+        if full and (report["book"] or {}).get("state") == "READY":
+            return report
+        time.sleep(0.3)
+    pytest.fail(f"windows never filled: {json.dumps(report)[:2000]}")
