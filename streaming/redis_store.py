@@ -8,6 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError, StoreUnavailable

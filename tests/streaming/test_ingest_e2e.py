@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from streaming.errors import StoreUnavailable
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.klines import interval_ms, is_contiguous
 from streaming.metrics import IngestMetrics
@@ -130,9 +133,36 @@ def book_ok(w: SymbolWindows) -> bool:
 
 async def run_until_healthy(ing: Ingestor, store: RedisStore, sim: ExchangeSimulator, rows: dict) -> None:  # type: ignore[type-arg]
     async def healthy() -> bool:
-        return await windows_match_source(store, sim, rows) and book_ok(await windows(store))
+        try:
+            return await windows_match_source(store, sim, rows) and book_ok(await windows(store))
+        except StoreUnavailable:  # e.g. a pooled connection that died with a restarted Redis
+            return False
 
     await eventually(healthy, 30, 0.1, "windows full, equal to the CSV, and the book READY")
+
+
+def assert_metrics_exposed(ing: Ingestor) -> None:
+    """The ingestion metrics parse as Prometheus text and carry what operators watch."""
+    text = generate_latest(ing.metrics.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "candlecast_ingest_messages",
+        "candlecast_ingest_reconnects",
+        "candlecast_ingest_book_resyncs",
+        "candlecast_ingest_bars_backfilled",
+        "candlecast_ingest_gaps_found",
+        "candlecast_ingest_subscribe_failures",
+        "candlecast_ingest_lag_seconds",
+        "candlecast_ingest_last_message_age_seconds",
+        "candlecast_ingest_book_ready",
+    ):
+        assert name in families, name
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("candlecast_ingest_messages_total", (("type", "book_delta"),))] > 0
+    assert samples[("candlecast_ingest_messages_total", (("type", "kline"),))] > 0
+    assert samples[("candlecast_ingest_book_ready", (("symbol", SYMBOL),))] == 1
+    assert samples[("candlecast_ingest_lag_seconds_count", ())] > 0
+    assert ("candlecast_ingest_last_message_age_seconds", (("topic", f"orderbook.50.{SYMBOL}"),)) in samples
 
 
 def subscriptions(sim: ExchangeSimulator) -> dict[int, list[str]]:
@@ -162,6 +192,9 @@ async def test_full_run_fills_windows_equal_to_the_source_csv(
         subs = subscriptions(sim)
         assert list(subs) == [1]
         assert sorted(subs[1]) == sorted([f"kline.{iv}.{SYMBOL}" for iv in INTERVALS] + [f"orderbook.50.{SYMBOL}"])
+        age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
+        await eventually(lambda: ing.metrics.registry.get_sample_value(*age) is not None, 5, what="watchdog ran")
+        assert_metrics_exposed(ing)
     finally:
         await ing.close()
     w = await windows(store)
