@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -39,6 +40,11 @@ __all__ = ["FeedConnection", "FeedHandler"]
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 64  # frames handled between explicit yields to the event loop
+# A book that needs a fresh snapshot again and again (a broken feed) must not turn into a
+# subscribe storm: space resyncs of a topic, and reconnect (with backoff) past a limit.
+RESYNC_MIN_SPACING_S = 0.5
+RESYNC_STORM_COUNT = 10
+RESYNC_STORM_WINDOW_S = 60.0
 
 
 class FeedHandler(Protocol):
@@ -49,6 +55,8 @@ class FeedHandler(Protocol):
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None: ...
 
     def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None: ...
+
+    def on_subscribed(self, conn: FeedConnection, topics: Sequence[str]) -> None: ...
 
     def on_subscribe_failed(self, conn: FeedConnection, topics: Sequence[str], ret_msg: str) -> None: ...
 
@@ -94,26 +102,19 @@ class FeedConnection:
         self._active: set[str] = set()  # topics acked on this connection
         self._failed: set[str] = set()
         self._last_rx: dict[str, float] = {}
-        self._last_pong = 0.0
         self._ping_sent_at: float | None = None
         self._close_reason = ""
-        self._resync_queue: asyncio.Queue[str] = asyncio.Queue(maxsize=max(16, len(self.topics) * 2))
-        self._resync_pending: set[str] = set()
+        # Deduplicated by _resync_wanted, so the queue never holds more than one entry per topic.
+        self._resync_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._resync_wanted: set[str] = set()
+        self._resync_history: dict[str, deque[float]] = {}
 
     # -- public ---------------------------------------------------------------------------------
-    @property
-    def connected(self) -> bool:
-        return self._ws is not None
-
-    @property
-    def failed_topics(self) -> frozenset[str]:
-        return frozenset(self._failed)
-
     def resync(self, topic: str) -> None:
         """Ask for a fresh snapshot of ``topic`` (unsubscribe + subscribe) on this connection."""
-        if topic in self._resync_pending or self._ws is None:
+        if self._ws is None or topic not in self._active or topic in self._resync_wanted:
             return
-        self._resync_pending.add(topic)
+        self._resync_wanted.add(topic)
         self._resync_queue.put_nowait(topic)
 
     async def run(self) -> None:
@@ -186,8 +187,9 @@ class FeedConnection:
         self._last_rx.clear()
         self._close_reason = ""
         self._ping_sent_at = None
-        self._last_pong = time.monotonic()
-        self._resync_pending.clear()
+        self.conn_id = ""
+        self._resync_wanted.clear()
+        self._resync_history.clear()
         while not self._resync_queue.empty():
             self._resync_queue.get_nowait()
 
@@ -207,7 +209,6 @@ class FeedConnection:
                     continue
                 if isinstance(msg, Pong):
                     self._metrics.messages.labels(type="pong").inc()
-                    self._last_pong = time.monotonic()
                     self._ping_sent_at = None
                 elif isinstance(msg, CommandResponse):
                     self._metrics.messages.labels(type="ack").inc()
@@ -220,7 +221,12 @@ class FeedConnection:
                         log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
                 else:
                     self._last_rx[msg.topic] = time.monotonic()
-                    handler.on_message(self, msg, recv_wall)
+                    try:
+                        handler.on_message(self, msg, recv_wall)
+                    except Exception:
+                        # A bug or an unforeseen value must cost one frame, not the connection.
+                        self._metrics.messages.labels(type="handler_error").inc()
+                        log.exception("[%s] handling %s failed; frame dropped", self.name, msg.topic)
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     # A socket with a backlog returns frames without suspending; yield so the
@@ -298,6 +304,7 @@ class FeedConnection:
         for topic in topics:
             self._active.add(topic)
             self._last_rx.setdefault(topic, now)
+        self._handler.on_subscribed(self, topics)
 
     async def _pinger(self, ws: ClientConnection) -> None:
         while True:
@@ -317,24 +324,27 @@ class FeedConnection:
             for topic in self._active:
                 age = now - self._last_rx.get(topic, now)
                 self._metrics.last_message_age.labels(topic=topic).set(age)
-                if age > self._silence_s(topic) and topic not in self._resync_pending:
+                if age > self._silence_s(topic):
                     raise ConnectionLost("silence", f"{topic} silent for {age:.1f} s")
 
     async def _resyncer(self, ws: ClientConnection) -> None:
         while True:
             topic = await self._resync_queue.get()
-            reply = await self._request(ws, "unsubscribe", [topic])
-            if not reply.success:
-                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
-                raise ConnectionLost("resync_failed", f"unsubscribe {topic}: {reply.ret_msg}")
-            self._active.discard(topic)
-            reply = await self._request(ws, "subscribe", [topic])
-            if not reply.success:
-                self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
-                raise ConnectionLost("resync_failed", f"subscribe {topic}: {reply.ret_msg}")
-            self._active.add(topic)
+            # From here on a new gap asks again, even one found while this resync is in flight.
+            self._resync_wanted.discard(topic)
+            history = self._resync_history.setdefault(topic, deque(maxlen=RESYNC_STORM_COUNT))
+            now = time.monotonic()
+            if len(history) == RESYNC_STORM_COUNT and now - history[0] < RESYNC_STORM_WINDOW_S:
+                raise ConnectionLost("resync_storm", f"{topic}: {RESYNC_STORM_COUNT} resyncs within a minute")
+            if history and now - history[-1] < RESYNC_MIN_SPACING_S:
+                await asyncio.sleep(RESYNC_MIN_SPACING_S - (now - history[-1]))
+            history.append(time.monotonic())
+            for op in ("unsubscribe", "subscribe"):
+                reply = await self._request(ws, op, [topic])
+                if not reply.success:
+                    self._metrics.ack_failures.labels(reason=_failure_kind(reply.ret_msg)).inc()
+                    raise ConnectionLost("resync_failed", f"{op} {topic}: {reply.ret_msg}")
             self._last_rx[topic] = time.monotonic()
-            self._resync_pending.discard(topic)
 
 
 def _failure_kind(ret_msg: str) -> str:

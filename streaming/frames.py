@@ -158,10 +158,13 @@ def _route(topic: str) -> tuple[str, str, str]:
     raise UnknownTopicError(f"unknown topic {topic[:100]!r}")
 
 
+_MAX_INT = 2**53  # timestamps and ids must stay exact as doubles (Redis sorted-set scores)
+
+
 def _int(obj: dict[str, Any], key: str, where: str) -> int:
     value = obj.get(key)
-    if type(value) is not int or value < 0:
-        raise FrameError(f"{where}: '{key}' must be a non-negative integer, got {value!r}")
+    if type(value) is not int or not 0 <= value < _MAX_INT:
+        raise FrameError(f"{where}: '{key}' must be a non-negative integer, got {value!r:.40} (limit 2**53)")
     return value
 
 

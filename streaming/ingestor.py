@@ -20,11 +20,11 @@ from streaming.connection import FeedConnection
 from streaming.depth import sample_levels
 from streaming.errors import FrameError, RestBanned, RestRejected, RestRetryable, StoreError
 from streaming.frames import BookUpdate, KlineUpdate, Message
-from streaming.klines import Bar, interval_ms
+from streaming.klines import Bar, interval_ms, last_closed_start
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.rest import BybitRest
-from streaming.store import BarEvent, BookStatus, WindowStore
+from streaming.store import BookStatus, WindowStore
 from streaming.writer import WindowWriter
 
 __all__ = ["IngestConfig", "Ingestor"]
@@ -71,20 +71,23 @@ class Ingestor:
         self.metrics = metrics
         self.clock = ExchangeClock()
         self.rest = rest or BybitRest(config.rest_url, rate_per_s=config.rest_rate_per_s, ban_seconds=config.rest_ban_s)
-        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered, on_events=self._on_events)
+        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered)
         self.books = {s: OrderBook(s, config.book_depth) for s in config.symbols}
         self.newest: dict[tuple[str, str], int] = {}  # newest closed start known per window
         self._last_slot: dict[str, int] = {}
         self._reconcile_queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
-        self._reconcile_pending: set[tuple[str, str]] = set()
+        self._reconcile_pending: set[tuple[str, str]] = set()  # queued or running
+        self._reconcile_running: tuple[str, str] | None = None
+        self._reconcile_rerun: set[tuple[str, str]] = set()  # asked again while running
+        self._overdue_asked: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self.events_seen = 0
         self._frames = 0
         # Labelled children resolved once: ``labels()`` costs about a microsecond per call.
         self._m_kline = metrics.messages.labels(type="kline")
         self._m_book = {k: metrics.messages.labels(type=f"book_{k}") for k in ("snapshot", "delta")}
-        limiter = RateLimiter(config.connects_per_minute / 60.0, burst=max(5, len(config.symbols)))
+        shards = self._shards()
+        limiter = RateLimiter(config.connects_per_minute / 60.0, burst=max(2, len(shards)))
         self.connections = [
             FeedConnection(
                 f"ws{i}",
@@ -100,9 +103,9 @@ class Ingestor:
                 backoff=Backoff(config.backoff_base_s, config.backoff_cap_s, config.healthy_after_s),
                 connect_limiter=limiter,
             )
-            for i, shard in enumerate(self._shards())
+            for i, shard in enumerate(shards)
         ]
-        self._conn_symbols = {c.name: self._shards()[i] for i, c in enumerate(self.connections)}
+        self._conn_symbols = {c.name: shards[i] for i, c in enumerate(self.connections)}
 
     # -- topology -------------------------------------------------------------------------------
     def _shards(self) -> list[tuple[str, ...]]:
@@ -126,6 +129,7 @@ class Ingestor:
         await self._load_store_state()
         self._tasks.append(asyncio.create_task(self._supervise(self.writer.run(), "writer"), name="writer"))
         self._tasks.append(asyncio.create_task(self._supervise(self._reconciler(), "reconciler"), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self._supervise(self._freshness(), "freshness"), name="freshness"))
         for conn in self.connections:
             self._tasks.append(asyncio.create_task(self._supervise(conn.run(), conn.name), name=conn.name))
         for symbol in self.config.symbols:
@@ -193,6 +197,12 @@ class Ingestor:
         for symbol in self._conn_symbols[conn.name]:
             self.books[symbol].invalidate(f"disconnected: {reason}")
             self._publish_book(symbol)
+
+    def on_subscribed(self, conn: FeedConnection, topics: Sequence[str]) -> None:
+        for topic in topics:
+            symbol = topic.rsplit(".", 1)[-1]
+            if symbol in self.books:
+                self.writer.put_status(symbol, {f"subscribe:{topic}": "ok"})
 
     def on_subscribe_failed(self, conn: FeedConnection, topics: Sequence[str], ret_msg: str) -> None:
         for topic in topics:
@@ -268,9 +278,20 @@ class Ingestor:
             return
         key = (msg.symbol, msg.interval)
         step = interval_ms(msg.interval)
-        closed = [Bar(b.start, b.open, b.high, b.low, b.close, b.volume, b.turnover) for b in msg.bars if b.confirm]
-        if closed:
-            self.writer.put_bars(msg.symbol, msg.interval, closed)
+        closed = []
+        for b in msg.bars:
+            if not b.confirm:
+                continue
+            # A closed bar starts on the interval grid and has ended by the push's own timestamp
+            # (1 s of slack); anything else would poison the window and its newest-bar events.
+            if b.start % step or b.start + step > msg.ts + 1_000:
+                self.metrics.messages.labels(type="malformed").inc()
+                log.warning("%s %s: rejecting closed bar at %d (push ts %d)", *key, b.start, msg.ts)
+                continue
+            closed.append(Bar(b.start, b.open, b.high, b.low, b.close, b.volume, b.turnover))
+        if not closed:
+            return
+        self.writer.put_bars(msg.symbol, msg.interval, closed)
         prev = self.newest.get(key)
         for bar in closed:
             if prev is not None and bar.start > prev + step:
@@ -280,23 +301,31 @@ class Ingestor:
             prev = bar.start if prev is None else max(prev, bar.start)
         if prev is not None:
             self.newest[key] = prev
-        for b in msg.bars:
-            # An open bar at S while the newest closed bar is older than S - step: the close push
-            # for S - step was missed (no sequence numbers on klines). Give it a grace period.
-            if (
-                not b.confirm
-                and prev is not None
-                and prev < b.start - step
-                and msg.ts >= b.start + self.config.missed_close_grace_ms
-            ):
-                self.metrics.gaps_found.labels(trigger="stream").inc()
-                self._schedule_reconcile(msg.symbol, msg.interval, "stream")
 
-    def _on_events(self, events: list[BarEvent]) -> None:
-        self.events_seen += len(events)
+    async def _freshness(self) -> None:
+        """A window's newest bar must be the last closed one on the exchange clock (protocol §7).
+
+        Klines carry no sequence numbers, so a close push lost at a disconnect or stall is only
+        visible this way: reconcile from REST once the close is overdue by a grace period.
+        """
+        while True:
+            await asyncio.sleep(0.25)
+            if not self.clock.known:
+                continue
+            now = self.clock.now_ms() - self.config.missed_close_grace_ms
+            for key, newest in list(self.newest.items()):
+                due = last_closed_start(now, interval_ms(key[1]))
+                # Once per overdue bar: REST may not have it either (a halted market, a replay's end).
+                if newest < due and self._overdue_asked.get(key, -1) < due:
+                    self._overdue_asked[key] = due
+                    self.metrics.gaps_found.labels(trigger="overdue").inc()
+                    self._schedule_reconcile(*key, "overdue")
 
     # -- backfill -------------------------------------------------------------------------------
     def _schedule_reconcile(self, symbol: str, interval: str, trigger: str) -> None:
+        if (symbol, interval) == self._reconcile_running:
+            self._reconcile_rerun.add((symbol, interval))  # its REST page may predate this hole
+            return
         if (symbol, interval) in self._reconcile_pending:
             return
         self._reconcile_pending.add((symbol, interval))
@@ -313,18 +342,16 @@ class Ingestor:
         """Kline and order-book frames handled so far."""
         return self._frames
 
-    @property
-    def reconcile_idle(self) -> bool:
-        return not self._reconcile_pending
-
     async def _reconciler(self) -> None:
         while True:
             symbol, iv, trigger = await self._reconcile_queue.get()
+            self._reconcile_running = (symbol, iv)
             try:
                 await self._reconcile(symbol, iv, trigger)
             except RestBanned as exc:
                 self.metrics.rest_requests.labels(outcome="banned").inc()
-                self.writer.put_status(symbol, {f"backfill:{iv}": f"paused: {exc}"})
+                for sym in self.config.symbols:  # the ban is per IP: every window waits
+                    self.writer.put_status(sym, {f"backfill:{i}": f"paused: {exc}" for i in self.config.intervals})
                 await asyncio.sleep(max(0.0, exc.until_monotonic - time.monotonic()))
                 self._requeue(symbol, iv, trigger)
             except RestRetryable as exc:
@@ -344,6 +371,11 @@ class Ingestor:
                 self._reconcile_pending.discard((symbol, iv))
             else:
                 self._reconcile_pending.discard((symbol, iv))
+            finally:
+                self._reconcile_running = None
+            if (symbol, iv) in self._reconcile_rerun:
+                self._reconcile_rerun.discard((symbol, iv))
+                self._schedule_reconcile(symbol, iv, trigger)
 
     def _requeue(self, symbol: str, iv: str, trigger: str) -> None:
         self._reconcile_queue.put_nowait((symbol, iv, trigger))

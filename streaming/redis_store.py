@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import struct
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError, StoreUnavailable
@@ -78,6 +78,7 @@ class RedisStore:
         self._events_maxlen = events_maxlen
         self._upsert = client.register_script(_UPSERT_WINDOW)
         self._events_key = f"{prefix}:events:bars"
+        self._unsent_events: deque[BarEvent] = deque(maxlen=100_000)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -102,10 +103,11 @@ class RedisStore:
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         result = WriteResult()
-        if not batch:
-            return result
         bar_keys = list(batch.bars)
         try:
+            await self._send_events()  # events a failed attempt left behind go first, in order
+            if not batch:
+                return result
             async with self._r.pipeline(transaction=False) as pipe:
                 for symbol, interval in bar_keys:
                     args: list[Any] = [self.window_bars]
@@ -121,26 +123,47 @@ class RedisStore:
                     await self._upsert(keys=[self.depth_key(symbol, depth)], args=args, client=pipe)
                 for symbol, fields in batch.status.items():
                     pipe.hset(self.status_key(symbol), mapping=fields)  # type: ignore[arg-type]
-                replies = await pipe.execute()
-            for (symbol, interval), reply in zip(bar_keys, replies, strict=False):
+                # One bad key (say WRONGTYPE) must not fail, or endlessly retry, the whole batch.
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, rex.ConnectionError | rex.TimeoutError):
+                    raise reply
+            for key, reply in zip(bar_keys, replies, strict=False):
+                if isinstance(reply, Exception):
+                    result.errors.append(f"kline window {key}: {reply}")
+                    continue
                 before, after, inserted, revised = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
-                result.inserted[(symbol, interval)] = inserted
-                result.revised[(symbol, interval)] = revised
+                result.inserted[key] = inserted
+                result.revised[key] = revised
                 if after > before:
-                    result.events.append(BarEvent(symbol, interval, after))
-            if result.events:
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for ev in result.events:
-                        pipe.xadd(
-                            self._events_key,
-                            {"symbol": ev.symbol, "interval": ev.interval, "start": str(ev.start)},
-                            maxlen=self._events_maxlen,
-                            approximate=True,
-                        )
-                    await pipe.execute()
+                    result.events.append(BarEvent(key[0], key[1], after))
+            result.errors += [str(r) for r in replies[len(bar_keys) :] if isinstance(r, Exception)]
+            self._unsent_events.extend(result.events)
+            await self._send_events()
         except (rex.RedisError, OSError) as exc:
             raise _translate(exc) from exc
+        except (ValueError, TypeError, struct.error) as exc:
+            raise StoreError(f"cannot encode batch: {exc}") from exc
         return result
+
+    async def _send_events(self) -> None:
+        """Append pending bar-closed events; kept (bounded) for the next write if Redis fails.
+
+        The windows and the events stream live in different hash slots, so one script cannot
+        write both; keeping unsent events here makes their delivery survive an outage between the two.
+        """
+        if not self._unsent_events:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for ev in self._unsent_events:
+                pipe.xadd(
+                    self._events_key,
+                    {"symbol": ev.symbol, "interval": ev.interval, "start": str(ev.start)},
+                    maxlen=self._events_maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+        self._unsent_events.clear()
 
     async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
         try:
@@ -154,11 +177,14 @@ class RedisStore:
         except (rex.RedisError, OSError) as exc:
             raise _translate(exc) from exc
         n = len(intervals)
-        bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
-        book_raw: dict[bytes, bytes] = replies[n]
-        book = BookStatus.from_fields({k.decode(): v.decode() for k, v in book_raw.items()}) if book_raw else None
-        rows = [decode_row(m) for m in replies[n + 1]]
-        status = {k.decode(): v.decode() for k, v in replies[n + 2].items()}
+        try:
+            bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
+            book_raw: dict[bytes, bytes] = replies[n]
+            book = BookStatus.from_fields({k.decode(): v.decode() for k, v in book_raw.items()}) if book_raw else None
+            rows = [decode_row(m) for m in replies[n + 1]]
+            status = {k.decode(): v.decode() for k, v in replies[n + 2].items()}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"corrupt data under {self.prefix}:{{{symbol}}}: {exc}") from exc
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status)
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
@@ -169,7 +195,10 @@ class RedisStore:
         out = []
         for entry_id, fields in entries or []:
             f = {_text(k): _text(v) for k, v in (fields or {}).items()}
-            out.append((_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"]))))
+            try:
+                out.append((_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"]))))
+            except (KeyError, ValueError):
+                log.warning("skipping a foreign entry %s in %s", _text(entry_id), self._events_key)
         return out
 
     async def ping(self) -> None:

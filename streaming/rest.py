@@ -27,6 +27,7 @@ __all__ = ["BybitRest", "KlinePage"]
 log = logging.getLogger(__name__)
 
 BAN_SECONDS = 600.0
+FINAL_AFTER_MS = 2_000
 _RETRYABLE_CODES = {10000, 10006, 10016}
 
 
@@ -120,8 +121,12 @@ def _parse_page(body: bytes, symbol: str, interval: str) -> KlinePage:
     oldest: int | None = None
     for row in rows:
         bar = _parse_row(row, where)
+        if bar.start % step:
+            raise RestRetryable(f"{where}: row start {bar.start} is not aligned to the interval")
         oldest = bar.start if oldest is None else min(oldest, bar.start)
-        if bar.start + step <= server_time:  # the newest row may still be open
+        # The newest row may still be open (no confirm flag, P2); a row that closed a moment ago may
+        # not be final yet, and the WS confirm=true bar is the one that should win (P17).
+        if bar.start + step <= server_time - FINAL_AFTER_MS:
             bars.append(bar)
     bars.sort(key=lambda b: b.start)
     return KlinePage(bars=bars, server_time=server_time, oldest_start=oldest)
@@ -133,6 +138,8 @@ def _parse_row(row: Any, where: str) -> Bar:
     try:
         values = [Decimal(v) for v in row[1:7]] + ([Decimal(0)] if len(row) < 7 else [])
         bar = Bar(int(row[0]), *values[:6])
+        if not 0 <= bar.start < 2**53:
+            raise ValueError("start out of range")
     except (InvalidOperation, ValueError) as exc:
         raise RestRetryable(f"{where}: malformed row {str(row)[:80]}") from exc
     if not all(v.is_finite() for v in values) or bar.low <= 0 or bar.volume < 0:

@@ -106,6 +106,7 @@ class WriteResult:
     inserted: dict[tuple[str, str], int] = field(default_factory=dict)  # bars new to the window
     revised: dict[tuple[str, str], int] = field(default_factory=dict)  # same start, other values
     events: list[BarEvent] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # parts the store refused (logged, not retried)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from streaming.depth import DepthRow
 from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import Bar
 from streaming.metrics import IngestMetrics
-from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch, WriteResult, trim_oldest
+from streaming.store import BookStatus, WindowStore, WriteBatch, WriteResult, trim_oldest
 
 __all__ = ["WindowWriter"]
 
@@ -37,14 +37,12 @@ class WindowWriter:
         linger_s: float = 0.005,
         backoff: Backoff | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
-        on_events: Callable[[list[BarEvent]], None] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._linger_s = linger_s
         self._backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
         self._on_recovered = on_recovered
-        self._on_events = on_events
         self._bars: dict[tuple[str, str], dict[int, Bar]] = {}
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
@@ -97,16 +95,25 @@ class WindowWriter:
             self._bars, self._books, self._rows, self._status = {}, {}, {}, {}
             try:
                 result = await self._store.write(batch)
-            except StoreError:
+            except StoreUnavailable:
                 self._restore(batch)
                 raise
+            except StoreError as exc:
+                # Not an outage: retrying the same batch would fail forever. Drop it, loudly.
+                self._metrics.store_errors.inc()
+                log.error("window store refused a batch, dropped: %s", exc)
+                raise
+            except BaseException:
+                self._restore(batch)  # cancelled mid-write (shutdown): the final flush retries it
+                raise
             self.flushes += 1
+            for err in result.errors:
+                self._metrics.store_errors.inc()
+                log.error("window store refused part of a batch: %s", err)
             for key, n in result.revised.items():
                 if n:
                     log.warning("%d closed bar(s) of %s %s changed on rewrite", n, *key)
                     self._metrics.bars_revised.inc(n)
-            if result.events and self._on_events is not None:
-                self._on_events(result.events)
             return result
 
     def _restore(self, batch: WriteBatch) -> None:
@@ -138,15 +145,18 @@ class WindowWriter:
             self._dirty.clear()
             try:
                 await self.flush()
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 self._metrics.store_up.set(0)
                 if self._healthy:
-                    log.error("window store write failed, keeping %s pending: %s", "updates", exc)
+                    log.error("window store unreachable, keeping updates pending: %s", exc)
                 self._healthy = False
                 await asyncio.sleep(self._backoff.next_delay())
-                if not isinstance(exc, StoreUnavailable):
-                    log.error("store rejected a batch: %s", exc)
+                continue
+            except StoreError:
+                continue  # counted and logged in flush; the batch was dropped
+            except Exception:
+                log.exception("window writer: unexpected error; batch dropped")
                 continue
             self._metrics.store_up.set(1)
             if not self._healthy:

@@ -406,6 +406,10 @@ MALFORMED = [
     pytest.param(_with(_BOOK, ("data", "s"), _DROP), "data.s None does not match", id="ob-no-s"),
     pytest.param(_with(_BOOK, ("data", "u"), _DROP), "'u' must be a non-negative integer", id="u-missing"),
     pytest.param(_with(_BOOK, ("data", "u"), -1), "'u' must be a non-negative integer, got -1", id="u-negative"),
+    pytest.param(
+        _with(_KLINE, ("data", 0, "start"), 10**17), "'start' must be a non-negative integer", id="start-huge"
+    ),
+    pytest.param(_with(_BOOK, ("ts",), 2**64 - 1), "'ts' must be a non-negative integer", id="ts-huge"),
     pytest.param(_with(_BOOK, ("data", "u"), 1.5), "'u' must be a non-negative integer, got 1.5", id="u-float"),
     pytest.param(_with(_BOOK, ("data", "u"), 2.0), "'u' must be a non-negative integer, got 2.0", id="u-2.0"),
     pytest.param(_with(_BOOK, ("data", "u"), "7"), "'u' must be a non-negative integer", id="u-string"),

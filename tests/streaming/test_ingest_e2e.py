@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
@@ -434,3 +435,59 @@ async def test_topics_shard_over_connections_and_unknown_symbols_surface(store: 
             assert all(c.connection_number == 1 for c in ing.connections)
         finally:
             await ing.close()
+
+
+async def test_future_or_misaligned_closed_bars_never_enter_a_window(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        now = sim.clock.now_ms()
+        step = 60_000
+        aligned_future = now - now % step + 10 * step
+        for start in (aligned_future, now - now % step - 2 * step + 7):
+            bar = {
+                "start": start,
+                "end": start + step - 1,
+                "interval": "1",
+                "open": "1",
+                "close": "1",
+                "high": "1",
+                "low": "1",
+                "volume": "1",
+                "turnover": "1",
+                "confirm": True,
+                "timestamp": now,
+            }
+            frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [bar]}
+            sim.send_malformed(orjson.dumps(frame).decode())
+        await eventually(lambda: ing.metrics.messages.labels(type="malformed")._value.get() == 2, 5)
+        await run_until_healthy(ing, store, sim, source_rows)  # every bar still equals the CSV
+        w = await windows(store)
+        assert all(b.start % step == 0 and b.start < aligned_future for b in w.bars["1"])
+    finally:
+        await ing.close()
+
+
+async def test_repeated_gaps_are_resynced_with_spacing_not_a_storm(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    ing = make_ingestor(sim, store)
+    await ing.start()
+    try:
+        await run_until_healthy(ing, store, sim, source_rows)
+        for _ in range(30):  # a gap every 50 ms for 1.5 s
+            sim.skip_u(SYMBOL)
+            await asyncio.sleep(0.05)
+        unsubscribes = [e for e in sim.subscribe_log if e[1] == "unsubscribe"]
+        assert 1 <= len(unsubscribes) <= 5, len(unsubscribes)  # spaced >= 0.5 s apart
+        await run_until_healthy(ing, store, sim, source_rows)
+        assert ing.books[SYMBOL].ready
+    finally:
+        await ing.close()

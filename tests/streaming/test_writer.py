@@ -68,3 +68,18 @@ async def test_outage_keeps_updates_and_recovery_writes_them(own_redis: RedisSer
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+async def test_a_refused_key_does_not_block_the_rest_or_retry_forever(redis_store: RedisStore) -> None:
+    await redis_store._r.set(redis_store.status_key("ETHUSDT"), "not a hash")  # WRONGTYPE for HSET
+    metrics = IngestMetrics()
+    writer = WindowWriter(redis_store, metrics, linger_s=0)
+    writer.put_bars("BTCUSDT", "1", [bar(0), bar(1)])
+    writer.put_status("ETHUSDT", {"backfill:1": "ok"})
+    result = await writer.flush()
+    assert len(result.errors) == 1 and "WRONGTYPE" in result.errors[0]
+    assert not writer.pending  # not restored: retrying could only fail again
+    assert metrics.store_errors._value.get() == 1
+    w = await redis_store.read_symbol("BTCUSDT", ["1"], 50)
+    assert len(w.bars["1"]) == 2
+    assert result.events and result.events[0].start == T0 + MINUTE_MS
