@@ -7,7 +7,7 @@ its last bar is the most recent fully closed one, judged on the exchange clock. 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -19,7 +19,6 @@ __all__ = [
     "encode_bar",
     "interval_ms",
     "last_closed_start",
-    "missing_ranges",
 ]
 
 MINUTE_MS = 60_000
@@ -48,25 +47,6 @@ def interval_ms(interval: str) -> int:
 def last_closed_start(now_ms: int, step_ms: int) -> int:
     """Start of the most recent bar that has fully closed at ``now_ms``."""
     return (now_ms // step_ms) * step_ms - step_ms
-
-
-def missing_ranges(starts: Iterable[int], lo: int, hi: int, step_ms: int) -> list[tuple[int, int]]:
-    """Inclusive ``(first, last)`` start ranges in ``[lo, hi]`` (aligned to ``step_ms``) not in ``starts``."""
-    have = set(starts)
-    out: list[tuple[int, int]] = []
-    run_start: int | None = None
-    t = lo
-    while t <= hi:
-        if t not in have:
-            if run_start is None:
-                run_start = t
-        elif run_start is not None:
-            out.append((run_start, t - step_ms))
-            run_start = None
-        t += step_ms
-    if run_start is not None:
-        out.append((run_start, hi))
-    return out
 
 
 def is_contiguous(starts: Sequence[int], step_ms: int) -> bool:

@@ -20,7 +20,6 @@ from streaming.klines import (
     interval_ms,
     is_contiguous,
     last_closed_start,
-    missing_ranges,
 )
 
 
@@ -34,11 +33,8 @@ def test_interval_and_last_closed_start() -> None:
     assert last_closed_start(noon + 10 * MINUTE_MS, 5 * MINUTE_MS) == noon + 5 * MINUTE_MS
 
 
-def test_missing_ranges_and_contiguity() -> None:
+def test_contiguity() -> None:
     m = MINUTE_MS
-    have = [0, m, 4 * m, 5 * m, 8 * m]
-    assert missing_ranges(have, 0, 9 * m, m) == [(2 * m, 3 * m), (6 * m, 7 * m), (9 * m, 9 * m)]
-    assert missing_ranges(have, 4 * m, 5 * m, m) == []
     assert is_contiguous([0, m, 2 * m], m)
     assert not is_contiguous([0, m, 3 * m], m)
     assert is_contiguous([], m)
