@@ -217,23 +217,13 @@ _NON_NEGATIVE: dict[str, Decimal] = {}
 _CACHE_MAX = 500_000
 
 
-def _price(value: Any, where: str) -> Decimal:
-    d = _POSITIVE.get(value) if type(value) is str else None
+def _cached(value: Any, cache: dict[str, Decimal], where: str, *, positive: bool) -> Decimal:
+    d = cache.get(value) if type(value) is str else None
     if d is None:
-        d = _dec(value, where, positive=True)
-        if len(_POSITIVE) >= _CACHE_MAX:
-            _POSITIVE.clear()
-        _POSITIVE[value] = d
-    return d
-
-
-def _size(value: Any, where: str) -> Decimal:
-    d = _NON_NEGATIVE.get(value) if type(value) is str else None
-    if d is None:
-        d = _dec(value, where, positive=False)
-        if len(_NON_NEGATIVE) >= _CACHE_MAX:
-            _NON_NEGATIVE.clear()
-        _NON_NEGATIVE[value] = d
+        d = _dec(value, where, positive=positive)
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[value] = d
     return d
 
 
@@ -248,7 +238,12 @@ def _levels(raw: Any, where: str) -> tuple[Level, ...]:
         try:
             out.append((_POSITIVE[level[0]], _NON_NEGATIVE[level[1]]))
         except (KeyError, TypeError):  # not seen yet, or not a string at all
-            out.append((_price(level[0], where), _size(level[1], where)))
+            out.append(
+                (
+                    _cached(level[0], _POSITIVE, where, positive=True),
+                    _cached(level[1], _NON_NEGATIVE, where, positive=False),
+                )
+            )
     return tuple(out)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from streaming.redis_store import RedisStore
+from tests.redis_server import RedisServer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA_1M = SHARED / "data" / "klines_1m"
@@ -45,3 +46,14 @@ def bybit_btc_1m() -> Path:
     if not path.exists():
         pytest.fail(f"missing shared data file {path} (../shared must sit beside the checkout)", pytrace=False)
     return path
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (AOF on) that a test may stop and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -379,16 +379,6 @@ async def test_restart_keeps_windows_and_fills_what_was_missed(
         assert second.metrics.gaps_found.labels(trigger="startup")._value.get() >= 1
     finally:
         await second.close()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_redis_restart_mid_run_loses_nothing(

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
-
-import pytest
 
 from streaming.backoff import Backoff
 from streaming.klines import MINUTE_MS, Bar
@@ -24,16 +20,6 @@ T0 = 1_750_000_000_000 - 1_750_000_000_000 % MINUTE_MS
 def bar(i: int) -> Bar:
     d = Decimal(100 + i)
     return Bar(T0 + i * MINUTE_MS, d, d + 1, d - 1, d, Decimal(1), Decimal(0))
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_outage_keeps_updates_and_recovery_writes_them(own_redis: RedisServer) -> None:
