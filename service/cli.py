@@ -17,11 +17,15 @@ from pathlib import Path
 
 import orjson
 
+from service.bench_ingest import bench_ingest
+from service.inspect import inspect_symbol
 from service.settings import ConfigError, Settings, load_settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.memory_store import MemoryStore
 from streaming.metrics import IngestMetrics
+from streaming.recorder import record
 from streaming.redis_store import RedisStore
+from streaming.simulator import ExchangeSimulator, SimulatorConfig
 from streaming.store import WindowStore
 
 log = logging.getLogger("candlecast")
@@ -128,8 +132,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _cmd_simulate(args: argparse.Namespace) -> int:
-    from streaming.simulator import ExchangeSimulator, SimulatorConfig
-
     faults = [_parse_fault(f) for f in args.fault]
     config = SimulatorConfig(
         sources=list(args.data) if args.recorded is None else [],
@@ -142,10 +144,13 @@ async def _cmd_simulate(args: argparse.Namespace) -> int:
     async with ExchangeSimulator(config) as sim:
         print(f"simulator: WS {sim.ws_url}  REST {sim.rest_url}  symbols {', '.join(sim.symbols)}", flush=True)
         print("  (the order book is synthetic; klines are the real bars replayed)", flush=True)
-        async with asyncio.TaskGroup() as tg:
-            for kind, every in faults:
-                tg.create_task(_fault_loop(sim, kind, every), name=f"fault-{kind}")
-            tg.create_task(sim.finished.wait(), name="until-finished")
+        injectors = [asyncio.create_task(_fault_loop(sim, k, s), name=f"fault-{k}") for k, s in faults]
+        try:
+            await sim.finished.wait()
+        finally:
+            for task in injectors:
+                task.cancel()
+            await asyncio.gather(*injectors, return_exceptions=True)
         print("simulator: end of data reached", flush=True)
     return 0
 
@@ -162,10 +167,7 @@ def _parse_fault(text: str) -> tuple[str, float]:
     return kind, seconds
 
 
-async def _fault_loop(sim: object, kind: str, every: float) -> None:
-    from streaming.simulator import ExchangeSimulator
-
-    assert isinstance(sim, ExchangeSimulator)
+async def _fault_loop(sim: ExchangeSimulator, kind: str, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         log.warning("injecting fault: %s", kind)
@@ -212,8 +214,6 @@ def open_store(settings: Settings) -> WindowStore:
 
 
 async def _cmd_ingest(args: argparse.Namespace) -> int:
-    from streaming.simulator import ExchangeSimulator, SimulatorConfig
-
     settings = load_settings()
     store = open_store(settings)
     async with contextlib.AsyncExitStack() as stack:
@@ -240,8 +240,6 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 async def _cmd_record(args: argparse.Namespace) -> int:
-    from streaming.recorder import record
-
     settings = load_settings()
     topics = [f"kline.{iv}.{s}" for s in settings.symbols for iv in settings.intervals]
     topics += [f"orderbook.{settings.book_depth}.{s}" for s in settings.symbols]
@@ -252,8 +250,6 @@ async def _cmd_record(args: argparse.Namespace) -> int:
 
 
 async def _cmd_inspect(args: argparse.Namespace) -> int:
-    from service.inspect import inspect_symbol
-
     settings = load_settings()
     if settings.redis_url is None:
         raise ConfigError("CANDLECAST_REDIS_URL: inspect reads the Redis store; set it (e.g. redis://127.0.0.1:6379/0)")
@@ -267,8 +263,6 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from service.bench_ingest import bench_ingest
-
     result = await bench_ingest(symbols=args.symbols, frames=args.frames)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
