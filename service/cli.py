@@ -122,12 +122,41 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--bars", type=int, default=5, help="bars to show per interval (newest; 0 = all)")
     n.set_defaults(handler=_cmd_inspect)
 
+    t = sub.add_parser("train", help="train the TCNs and the EfficientNet on ../shared/data (offline; needs torch)")
+    t.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    t.add_argument("--work", type=Path, default=Path("build/train"), help="where checkpoints go")
+    t.add_argument("--models", default="tcn,efficientnet")
+    t.add_argument("--timeframes", default="1,5,15,60")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    t.add_argument("--tcn-epochs", type=int, default=12)
+    t.add_argument("--image-epochs", type=int, default=4)
+    t.add_argument("--tcn-samples", type=int, default=60_000, help="training samples per timeframe (cap)")
+    t.add_argument("--image-samples", type=int, default=3_000, help="training images per timeframe (cap)")
+    t.set_defaults(handler=_cmd_train)
+
+    e = sub.add_parser("export", help="export trained checkpoints to ONNX + manifest (parity-checked)")
+    e.add_argument("--work", type=Path, default=Path("build/train"))
+    e.add_argument("--out", type=Path, default=Path("models/artifacts"))
+    e.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    e.add_argument("--version", default=None)
+    e.set_defaults(handler=_cmd_export)
+
+    v = sub.add_parser("evaluate", help="walk-forward evaluation of the shipped models on unseen bars")
+    v.add_argument("--data", type=Path, nargs="+", required=True, help="gzip CSV files of bars")
+    v.add_argument("--out", type=Path, required=True)
+    v.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    v.set_defaults(handler=_cmd_evaluate)
+
     b = sub.add_parser("bench", help="benchmarks that print JSON")
     bsub = b.add_subparsers(dest="bench", required=True)
     bi = bsub.add_parser("ingest", help="sustained ingest rate vs the raw receive+parse ceiling")
     bi.add_argument("--symbols", type=int, default=100)
     bi.add_argument("--frames", type=int, default=200_000)
     bi.set_defaults(handler=_cmd_bench_ingest)
+    br = bsub.add_parser("render", help="renderer images/s vs mplfinance and pyts")
+    br.add_argument("--repeats", type=int, default=200)
+    br.set_defaults(handler=_cmd_bench_render)
     return p
 
 
@@ -258,13 +287,63 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
         report = await inspect_symbol(store, args.symbol, settings, bars=args.bars)
     finally:
         await store.close()
-    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    _print_json(report)
     return 0 if report.get("known", False) else 1
+
+
+async def _cmd_train(args: argparse.Namespace) -> int:
+    from models.train import TrainConfig, train_all  # torch: offline commands only
+
+    cfg = TrainConfig(
+        data_dir=args.data_dir,
+        work_dir=args.work,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        timeframes=tuple(int(x) for x in args.timeframes.split(",")),
+        seed=args.seed,
+        device=args.device,
+        tcn_epochs=args.tcn_epochs,
+        image_epochs=args.image_epochs,
+        tcn_train_cap=args.tcn_samples,
+        image_train_cap=args.image_samples,
+    )
+    summary = await asyncio.to_thread(train_all, cfg)
+    _print_json(summary)
+    return 0
+
+
+async def _cmd_export(args: argparse.Namespace) -> int:
+    from models.export import export_all
+
+    manifest = await asyncio.to_thread(export_all, args.work, args.out, args.data_dir, args.version)
+    print(f"exported {len(manifest.components)} components to {args.out}/manifest.json", flush=True)
+    return 0
+
+
+async def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import EvaluateConfig, evaluate
+
+    cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts)
+    report = await asyncio.to_thread(evaluate, cfg)
+    _print_json(report["strategies"])
+    return 0
+
+
+async def _cmd_bench_render(args: argparse.Namespace) -> int:
+    from service.bench_render import bench_render
+
+    _print_json(await asyncio.to_thread(bench_render, args.repeats))
+    return 0
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(
+        orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str).decode() + "\n"
+    )
 
 
 async def _cmd_bench_ingest(args: argparse.Namespace) -> int:
     result = await bench_ingest(symbols=args.symbols, frames=args.frames)
-    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    _print_json(result)
     return 0
 
 

@@ -1,0 +1,133 @@
+"""Training samples: the SAME feature and rendering code the worker runs, applied to history.
+
+``tcn``: indicator sequences from :func:`inference.features.tcn_input` (channels-first).
+``efficientnet``: chart composites from :func:`inference.render.composite`, one shared model for
+all timeframes. Each sample's label is the direction of the next bar of its own timeframe.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.features import WARMUP_BARS, tcn_input
+from inference.render import composite
+from models.data import Series, aggregate, labels, load_series, split_by_time
+
+__all__ = ["Cuts", "SampleSet", "build_image_samples", "build_tcn_samples", "series_for_timeframe"]
+
+TIMEFRAMES = (1, 5, 15, 60)
+TCN_LENGTH = 64
+IMAGE_BARS = 24
+IMAGE_HEIGHT = 54
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Global cut times (exchange ms): train before ``train_end``, validate before ``val_end``, test after."""
+
+    train_end: int = 1_748_736_000_000  # 2025-06-01 00:00 UTC
+    val_end: int = 1_749_945_600_000  # 2025-06-15 00:00 UTC
+
+
+@dataclass
+class SampleSet:
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.float32]
+    span: tuple[int, int]  # first and last label-bar start (ms)
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def series_for_timeframe(data_dir: Path, minutes: int) -> list[Series]:
+    """Every series in ``data_dir`` usable at ``minutes`` (finer bars aggregated, coarser skipped).
+
+    One venue's market appears in several files (a native 1h file and 1m files aggregated to 1h):
+    each bar time of a (venue, symbol) is taken from one file only — native interval first — so no
+    sample is counted twice.
+    """
+    candidates = []
+    for path in sorted(Path(p) for p in glob.glob(str(data_dir / "klines_*" / "*.csv.gz"))):
+        s = load_series(path)
+        if minutes % s.interval_min == 0 and (minutes // s.interval_min) <= 60:
+            candidates.append(s)
+    candidates.sort(key=lambda s: (s.name.split(s.symbol)[0], s.symbol, -s.interval_min, s.name))
+    out: list[Series] = []
+    covered: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for s in candidates:
+        agg = aggregate(s, minutes)
+        market = (s.name.split(s.symbol)[0], s.symbol)
+        keep = np.ones(len(agg), bool)
+        for lo, hi in covered.get(market, []):
+            keep &= (agg.start_ms < lo) | (agg.start_ms > hi)
+        if keep.sum() > 0:
+            out.append(Series(agg.name, agg.symbol, agg.interval_min, agg.start_ms[keep], agg.ohlcv[keep]))
+            covered.setdefault(market, []).append((int(agg.start_ms[0]), int(agg.start_ms[-1])))
+    return out
+
+
+def _subsample(ends: npt.NDArray[np.int64], cap: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    if len(ends) <= cap:
+        return ends
+    return np.sort(rng.choice(ends, size=cap, replace=False))
+
+
+def _collect(
+    series_list: Iterable[Series], need: int, cuts: Cuts, part: str, cap: int, rng: np.random.Generator
+) -> list[tuple[Series, npt.NDArray[np.int64]]]:
+    chosen = []
+    for s in series_list:
+        split = split_by_time(s, need, cuts.train_end, cuts.val_end)
+        ends = getattr(split, part)
+        if len(ends):
+            chosen.append((s, ends))
+    total = sum(len(e) for _, e in chosen)
+    if total > cap:  # spread the cap over series in proportion to what each offers
+        chosen = [(s, _subsample(e, max(1, cap * len(e) // total), rng)) for s, e in chosen]
+    return chosen
+
+
+def _span(parts: list[tuple[Series, npt.NDArray[np.int64]]]) -> tuple[int, int]:
+    firsts = [int(s.start_ms[e[0] + 1]) for s, e in parts if len(e)]
+    lasts = [int(s.start_ms[e[-1] + 1]) for s, e in parts if len(e)]
+    return (min(firsts), max(lasts)) if firsts else (0, 0)
+
+
+def build_tcn_samples(
+    series_list: list[Series], cuts: Cuts, part: str, cap: int, seed: int = 0, length: int = TCN_LENGTH
+) -> SampleSet:
+    rng = np.random.default_rng(seed)
+    need = length + WARMUP_BARS
+    parts = _collect(series_list, need, cuts, part, cap, rng)
+    xs, ys = [], []
+    for s, ends in parts:
+        xs.append(np.stack([tcn_input(s.ohlcv[t - need + 1 : t + 1], length) for t in ends]))
+        ys.append(labels(s, ends))
+    return SampleSet(
+        x=np.concatenate(xs) if xs else np.zeros((0, 8, length), np.float32),
+        y=np.concatenate(ys) if ys else np.zeros(0, np.float32),
+        span=_span(parts),
+        sources=[s.name for s, _ in parts],
+    )
+
+
+def build_image_samples(series_list: list[Series], cuts: Cuts, part: str, cap: int, seed: int = 0) -> SampleSet:
+    rng = np.random.default_rng(seed)
+    parts = _collect(series_list, IMAGE_BARS, cuts, part, cap, rng)
+    xs, ys = [], []
+    for s, ends in parts:
+        xs.append(np.stack([composite(s.ohlcv[t - IMAGE_BARS + 1 : t + 1], IMAGE_HEIGHT, IMAGE_BARS) for t in ends]))
+        ys.append(labels(s, ends))
+    return SampleSet(
+        x=np.concatenate(xs) if xs else np.zeros((0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32),
+        y=np.concatenate(ys) if ys else np.zeros(0, np.float32),
+        span=_span(parts),
+        sources=[s.name for s, _ in parts],
+    )

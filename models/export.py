@@ -1,0 +1,175 @@
+"""``candlecast export``: trained checkpoints ⇒ ONNX artifacts + manifest + model card.
+
+Each model is exported with a dynamic batch axis, checked with ``onnx.checker``, and run under ONNX
+Runtime (CPU) beside PyTorch on REAL validation inputs built by the shared feature and rendering
+code: any difference above 1e-4 fails the export. Validation metrics per timeframe are computed
+with the ONNX session, i.e. with exactly what the worker will run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
+from inference.manifest import Component, Manifest, sha256_file
+from inference.render import RENDERER_VERSION
+from models.datasets import IMAGE_BARS, IMAGE_HEIGHT, Cuts, build_image_samples, build_tcn_samples, series_for_timeframe
+from models.efficientnet import efficientnet
+from models.tcn import TCN
+
+__all__ = ["ExportError", "export_all"]
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(Exception):
+    """An export failed a check (ONNX checker, or ONNX Runtime vs PyTorch parity)."""
+
+
+def _export(model: nn.Module, example: np.ndarray, path: Path) -> None:
+    model.eval()
+    torch.onnx.export(
+        model,
+        (torch.from_numpy(example),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def _parity(model: nn.Module, path: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = np.concatenate([session.run(None, {"input": x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+    with torch.no_grad():
+        torch_out = np.concatenate([model(torch.from_numpy(x[i : i + 256])).numpy() for i in range(0, len(x), 256)])
+    diff = float(np.max(np.abs(onnx_out - torch_out))) if len(x) else 0.0
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{path.name}: ONNX Runtime differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE}")
+    return onnx_out.reshape(-1), diff
+
+
+def _val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return {
+        "n": len(y),
+        "accuracy": round(float(((p >= 0.5) == (y > 0.5)).mean()), 4),
+        "brier": round(float(((p - y) ** 2).mean()), 5),
+        "base_rate_up": round(float(y.mean()), 4),
+    }
+
+
+def export_all(work_dir: Path, out_dir: Path, data_dir: Path, version: str | None = None) -> Manifest:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
+    cuts = Cuts()
+    components: list[Component] = []
+    image_ckpt = work_dir / "efficientnet.pt"
+    image_model: nn.Module | None = None
+    if image_ckpt.exists():
+        state = torch.load(image_ckpt, map_location="cpu", weights_only=False)
+        cfg = state["result"]["config"]
+        image_model = efficientnet(cfg["variant"], in_channels=3, num_classes=1, stem_stride=cfg["stem_stride"])
+        image_model.load_state_dict(state["state_dict"])
+        image_model.eval()
+        image_result: dict[str, Any] = state["result"]
+        image_path = out_dir / "efficientnet.onnx"
+        _export(image_model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), image_path)
+    for ckpt in sorted(work_dir.glob("tcn_*m.pt"), key=lambda p: int(p.stem.split("_")[1][:-1])):
+        tf = int(ckpt.stem.split("_")[1][:-1])
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        result = state["result"]
+        model = TCN(in_channels=result["config"]["in_channels"])
+        model.load_state_dict(state["state_dict"])
+        model.eval()
+        series = series_for_timeframe(data_dir, tf)
+        val = build_tcn_samples(series, cuts, "val", 10_000, seed=1)
+        path = out_dir / f"tcn_{tf}m.onnx"
+        _export(model, val.x[:1], path)
+        logits, diff = _parity(model, path, val.x)
+        log.info("tcn_%dm exported: parity %.2e on %d real inputs", tf, diff, len(val))
+        length = result["config"]["length"]
+        components.append(
+            Component(
+                name=f"tcn_{tf}m",
+                kind="tcn",
+                timeframe=str(tf),
+                version=version,
+                file=path.name,
+                sha256=sha256_file(path),
+                input={"name": "input", "shape": ["batch", len(FEATURE_NAMES), length], "dtype": "float32"},
+                output={"name": "logits", "shape": ["batch", 1], "meaning": "logit of P(next bar closes up)"},
+                preprocessing={
+                    "features": FEATURE_SET_VERSION,
+                    "names": list(FEATURE_NAMES),
+                    "length": length,
+                    "warmup": WARMUP_BARS,
+                    "bars_needed": length + WARMUP_BARS,
+                },
+                horizon=f"next {tf}m bar",
+                training=_training(result, diff, cuts),
+                validation=_val_metrics(logits, val.y),
+            )
+        )
+        if image_model is not None:
+            ival = build_image_samples(series, cuts, "val", 2_000, seed=1)
+            ilogits, idiff = _parity(image_model, image_path, ival.x)
+            log.info("efficientnet %dm: parity %.2e on %d real images", tf, idiff, len(ival))
+            components.append(
+                Component(
+                    name=f"efficientnet_{tf}m",
+                    kind="efficientnet",
+                    timeframe=str(tf),
+                    version=version,
+                    file=image_path.name,
+                    sha256=sha256_file(image_path),
+                    input={"name": "input", "shape": ["batch", 3, IMAGE_HEIGHT, 3 * IMAGE_BARS], "dtype": "float32"},
+                    output={"name": "logits", "shape": ["batch", 1], "meaning": "logit of P(next bar closes up)"},
+                    preprocessing={
+                        "renderer": "composite",
+                        "renderer_version": RENDERER_VERSION,
+                        "height": IMAGE_HEIGHT,
+                        "bars": IMAGE_BARS,
+                        "channels": ["ohlc_chart/255", "volume_profile", "gasf(log close)"],
+                    },
+                    horizon=f"next {tf}m bar",
+                    training=_training(image_result, idiff, cuts) | {"shared_by_timeframes": True},
+                    validation=_val_metrics(ilogits, ival.y),
+                )
+            )
+    manifest = Manifest(
+        components=tuple(components),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        notes="Each component votes on the direction of the next bar of its own timeframe; weights are equal.",
+    )
+    manifest.save(out_dir / "manifest.json")
+    return manifest
+
+
+def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, Any]:
+    def iso(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="minutes") if ms else ""
+
+    return {
+        "span": [iso(result["train_span"][0]), iso(result["train_span"][1])],
+        "validation_span": [iso(result["val_span"][0]), iso(result["val_span"][1])],
+        "train_cut": iso(cuts.train_end),
+        "test_after": iso(cuts.val_end),
+        "samples": result["train_samples"],
+        "seconds": round(result["train_seconds"], 1),
+        "sources": result["sources"],
+        "parity_max_abs_diff": parity,
+    }
