@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,20 @@ class ExportError(Exception):
 
 def _export(model: nn.Module, example: np.ndarray, path: Path) -> None:
     model.eval()
-    torch.onnx.export(
-        model,
-        (torch.from_numpy(example),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    # The TorchScript exporter: deterministic, quick, and exact for these plain conv nets under the
+    # pinned torch 2.13. It announces its deprecation on every call; that notice is expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
@@ -72,7 +77,16 @@ def _val_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     }
 
 
-def export_all(work_dir: Path, out_dir: Path, data_dir: Path, version: str | None = None) -> Manifest:
+def export_all(
+    work_dir: Path,
+    out_dir: Path,
+    data_dir: Path,
+    version: str | None = None,
+    *,
+    tcn_check_samples: int = 10_000,
+    image_check_samples: int = 2_000,
+) -> Manifest:
+    """Export every checkpoint in ``work_dir``; parity and validation metrics use real validation inputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
     cuts = Cuts()
@@ -96,7 +110,7 @@ def export_all(work_dir: Path, out_dir: Path, data_dir: Path, version: str | Non
         model.load_state_dict(state["state_dict"])
         model.eval()
         series = series_for_timeframe(data_dir, tf)
-        val = build_tcn_samples(series, cuts, "val", 10_000, seed=1)
+        val = build_tcn_samples(series, cuts, "val", tcn_check_samples, seed=1)
         path = out_dir / f"tcn_{tf}m.onnx"
         _export(model, val.x[:1], path)
         logits, diff = _parity(model, path, val.x)
@@ -125,7 +139,7 @@ def export_all(work_dir: Path, out_dir: Path, data_dir: Path, version: str | Non
             )
         )
         if image_model is not None:
-            ival = build_image_samples(series, cuts, "val", 2_000, seed=1)
+            ival = build_image_samples(series, cuts, "val", image_check_samples, seed=1)
             ilogits, idiff = _parity(image_model, image_path, ival.x)
             log.info("efficientnet %dm: parity %.2e on %d real images", tf, idiff, len(ival))
             components.append(
@@ -156,7 +170,40 @@ def export_all(work_dir: Path, out_dir: Path, data_dir: Path, version: str | Non
         notes="Each component votes on the direction of the next bar of its own timeframe; weights are equal.",
     )
     manifest.save(out_dir / "manifest.json")
+    (out_dir / "MODEL_CARD.md").write_text(model_card(manifest))
     return manifest
+
+
+def model_card(manifest: Manifest) -> str:
+    """A short, generated model card: what each component is, what it saw, how it validated."""
+    lines = [
+        "# candlecast models",
+        "",
+        f"Exported {manifest.created}. {manifest.notes}",
+        "",
+        "Each component predicts P(next bar of its timeframe closes up). TCNs read 64 bars of the v1 indicator",
+        "set (inference/features.py); the EfficientNet-B0 (trained from scratch, one network shared by all",
+        "timeframes) reads 24-bar chart composites (inference/render.py). Training data: the real bars in",
+        "../shared/data (Binance spot and USDT-M, Bybit linear), split by time: train before the train cut, early",
+        "stopping on the two weeks after it, and nothing on or after the test cut is ever used in training.",
+        "",
+        "| component | horizon | train samples | train span | train s | val n | val acc | val brier | val up-rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in manifest.components:
+        t, v = c.training, c.validation
+        lines.append(
+            f"| {c.name} | {c.horizon} | {t.get('samples')} | {t['span'][0][:10]} → {t['span'][1][:10]} | "
+            f"{t.get('seconds')} | {v.get('n')} | {v.get('accuracy')} | {v.get('brier')} | {v.get('base_rate_up')} |"
+        )
+    lines += [
+        "",
+        "A validation accuracy near the up-rate means the model has found little; read the walk-forward",
+        "evaluation (`candlecast evaluate`) before trusting any component. Artifacts are verified by sha256",
+        "from manifest.json at load; ONNX Runtime matched PyTorch within 1e-4 on real validation inputs.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, Any]:

@@ -121,8 +121,8 @@ def fit(
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         logits = _predict(model, val.x, device, cfg.batch_size * 2)
         val_loss = float(loss_fn(torch.from_numpy(logits), y_val[: len(logits)]))
         entry = {
