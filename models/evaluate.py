@@ -168,9 +168,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         "fee_per_side": 0.00055,
         "manifest_created": manifest.created,
     }
-    (cfg.out_dir / "report.json").write_text(
-        json.dumps(_json_safe({"meta": meta, "strategies": report}), indent=2, allow_nan=False) + "\n"
-    )
+    # report.json: one object per strategy (undefined metrics are null); run parameters in meta.json
+    (cfg.out_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     with (cfg.out_dir / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["strategy", "open_time_ms", "p_up", "direction", "realized_return", "series"])

@@ -53,6 +53,8 @@ class TrainConfig:
     image_train_cap: int = 3_000  # per timeframe; EfficientNet on 2 CPU cores is the slow part
     image_val_cap: int = 800
     image_epochs: int = 4
+    image_batch_size: int = 64
+    image_lr: float = 3e-4
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -90,17 +92,26 @@ def _predict(model: nn.Module, x: np.ndarray, device: torch.device, batch: int) 
 
 
 def fit(
-    model: nn.Module, train: SampleSet, val: SampleSet, cfg: TrainConfig, epochs: int, label: str
+    model: nn.Module,
+    train: SampleSet,
+    val: SampleSet,
+    cfg: TrainConfig,
+    epochs: int,
+    label: str,
+    *,
+    lr: float | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Train with AdamW + cosine schedule; keep the weights of the best validation loss."""
+    lr = lr or cfg.lr
+    batch_size = batch_size or cfg.batch_size
     device = _device(cfg.device)
     model.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, epochs * math.ceil(len(train) / cfg.batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps = max(1, epochs * math.ceil(len(train) / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = nn.BCEWithLogitsLoss()
-    x_val = torch.from_numpy(val.x)
     y_val = torch.from_numpy(val.y)
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history = []
@@ -110,9 +121,9 @@ def fit(
         model.train()
         order = torch.randperm(len(train), generator=gen)  # shuffles within the training span only
         total = 0.0
-        bar = tqdm(range(0, len(train), cfg.batch_size), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False)
+        bar = tqdm(range(0, len(train), batch_size), desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False)
         for i in bar:
-            idx = order[i : i + cfg.batch_size]
+            idx = order[i : i + batch_size]
             xb = torch.from_numpy(train.x[idx.numpy()]).to(device)
             yb = torch.from_numpy(train.y[idx.numpy()]).to(device)
             opt.zero_grad(set_to_none=True)
@@ -123,7 +134,7 @@ def fit(
             sched.step()
             total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        logits = _predict(model, val.x, device, cfg.batch_size * 2)
+        logits = _predict(model, val.x, device, batch_size * 2)
         val_loss = float(loss_fn(torch.from_numpy(logits), y_val[: len(logits)]))
         entry = {
             "epoch": epoch + 1,
@@ -151,8 +162,7 @@ def fit(
     assert best is not None
     model.load_state_dict(best[1])
     model.to("cpu")
-    del x_val
-    final = _metrics(_predict(model, val.x, torch.device("cpu"), cfg.batch_size * 2), val.y)
+    final = _metrics(_predict(model, val.x, torch.device("cpu"), batch_size * 2), val.y)
     return {
         "history": history,
         "validation": final,
@@ -194,7 +204,22 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
         log.info("efficientnet: %d train / %d val images", len(train), len(val))
         torch.manual_seed(cfg.seed)
         image_model = efficientnet(cfg.efficientnet_variant, in_channels=3, num_classes=1, stem_stride=2)
-        result = fit(image_model, train, val, cfg, cfg.image_epochs, "efficientnet")
+        # torchvision's head init (uniform ±1/sqrt(out_features)) is ±1 for a single logit: over 1280
+        # features that starts training at logits of several units. Start from "no opinion" instead.
+        head = image_model.classifier[-1]
+        assert isinstance(head, nn.Linear)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        result = fit(
+            image_model,
+            train,
+            val,
+            cfg,
+            cfg.image_epochs,
+            "efficientnet",
+            lr=cfg.image_lr,
+            batch_size=cfg.image_batch_size,
+        )
         result["config"] = {
             "variant": cfg.efficientnet_variant,
             "in_channels": 3,

@@ -121,8 +121,8 @@ def test_tampered_artifact_is_refused_by_evaluate(pipeline: dict[str, Path], tmp
 def test_evaluate_writes_report_predictions_and_equity(pipeline: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = evaluate(EvaluateConfig(files=(pipeline["slice"],), out_dir=out, artifacts=pipeline["artifacts"]))
-    report = json.loads((out / "report.json").read_text())
-    strategies = report["strategies"]
+    strategies = json.loads((out / "report.json").read_text())
+    assert json.loads((out / "meta.json").read_text())["fee_per_side"] == 0.00055
     assert {"ensemble", "fallback", "buy_and_hold", "tcn_1m", "efficientnet_1m", "efficientnet_5m"} <= set(strategies)
     for name, m in strategies.items():
         assert set(m) >= STRATEGY_KEYS, name
