@@ -1,0 +1,101 @@
+"""ONNX Runtime sessions built from a provider chain, GPU first, with a CPU fallback.
+
+``onnxruntime-gpu`` lists CUDA (and TensorRT) as *available* even on a machine without a GPU; a
+session asked for them silently binds the CPU instead. So the provider that counts is the one the
+session actually bound (``session.get_providers()[0]``): it is what :attr:`ModelSession.provider`
+reports, what gets logged and stamped on every vote. A session that fails to build or to run on a
+GPU provider is rebuilt on the CPU and the call retried once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+__all__ = ["PROVIDER_CHAIN", "ModelSession", "RuntimeFailure", "provider_chain"]
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHAIN = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+CPU = "CPUExecutionProvider"
+
+
+class RuntimeFailure(Exception):
+    """A model could not be loaded or run, on any provider."""
+
+
+def provider_chain(prefer_gpu: bool = True, available: Sequence[str] | None = None) -> list[str]:
+    """The chain filtered by what this ONNX Runtime offers; always ends with the CPU."""
+    offered = set(ort.get_available_providers() if available is None else available)
+    wanted = PROVIDER_CHAIN if prefer_gpu else (CPU,)
+    chain = [p for p in wanted if p in offered and p != CPU]
+    return [*chain, CPU]
+
+
+def _options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # the provider fallback warnings are reported by us, once
+    return opts
+
+
+class ModelSession:
+    """One ONNX model with the provider it really runs on."""
+
+    def __init__(self, name: str, path: Path, *, prefer_gpu: bool = True, threads: int = 1) -> None:
+        self.name = name
+        self.path = path
+        self._threads = threads
+        self.requested = provider_chain(prefer_gpu)
+        try:
+            self._session = ort.InferenceSession(str(path), _options(threads), providers=self.requested)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... and RuntimeError
+            if self.requested == [CPU]:
+                raise RuntimeFailure(f"{name}: cannot load {path.name}: {exc}") from exc
+            log.warning("%s: session on %s failed (%s); rebuilding on CPU", name, self.requested[0], exc)
+            self._session = self._cpu_session()
+        self.input_name = self._session.get_inputs()[0].name
+        log.info("%s: loaded %s on %s (asked for %s)", name, path.name, self.provider, ", ".join(self.requested))
+
+    def _cpu_session(self) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(self.path), _options(self._threads), providers=[CPU])
+        except Exception as exc:
+            raise RuntimeFailure(f"{self.name}: cannot load {self.path.name} on CPU: {exc}") from exc
+
+    @property
+    def provider(self) -> str:
+        """The provider actually bound, e.g. ``CPUExecutionProvider`` even when CUDA was asked for."""
+        providers: list[str] = self._session.get_providers()
+        return providers[0]
+
+    def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Logits for a batch. A GPU failure rebuilds the session on CPU and retries once."""
+        try:
+            out: npt.NDArray[np.float32] = self._session.run(None, {self.input_name: x})[0]
+            return out
+        except Exception as exc:
+            if self.provider == CPU:
+                raise RuntimeFailure(f"{self.name}: inference failed: {exc}") from exc
+            log.error("%s: inference on %s failed (%s); continuing on CPU", self.name, self.provider, exc)
+            self._session = self._cpu_session()
+            try:
+                retry: npt.NDArray[np.float32] = self._session.run(None, {self.input_name: x})[0]
+            except Exception as exc2:
+                raise RuntimeFailure(f"{self.name}: inference failed on CPU too: {exc2}") from exc2
+            return retry
+
+    def warm_up(self, example: npt.NDArray[np.float32], rounds: int = 3) -> float:
+        """Run a few times so the first real signal does not pay for lazy initialisation; seconds per run."""
+        started = time.perf_counter()
+        for _ in range(rounds):
+            self.run(example)
+        return (time.perf_counter() - started) / rounds
