@@ -187,23 +187,30 @@ def model_card(manifest: Manifest) -> str:
         "../shared/data (Binance spot and USDT-M, Bybit linear), split by time: train before the train cut, early",
         "stopping on the two weeks after it, and nothing on or after the test cut is ever used in training.",
         "",
-        "| component | horizon | train samples | train span | train s | val n | val acc | val brier | val up-rate |",
+        "| component | horizon | train samples | train span | train s | val n | val acc | majority | val brier |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in manifest.components:
         t, v = c.training, c.validation
         lines.append(
             f"| {c.name} | {c.horizon} | {t.get('samples')} | {t['span'][0][:10]} → {t['span'][1][:10]} | "
-            f"{t.get('seconds')} | {v.get('n')} | {v.get('accuracy')} | {v.get('brier')} | {v.get('base_rate_up')} |"
+            f"{t.get('seconds')} | {v.get('n')} | {v.get('accuracy')} | {_majority(v)} | {v.get('brier')} |"
         )
     lines += [
         "",
-        "A validation accuracy near the up-rate means the model has found little; read the walk-forward",
+        "`majority` is the accuracy of always guessing the more common direction in the validation set (and",
+        "a Brier score of 0.25 is that of always saying 50 %): a model at or below them has learned nothing",
+        "usable. Read the walk-forward",
         "evaluation (`candlecast evaluate`) before trusting any component. Artifacts are verified by sha256",
         "from manifest.json at load; ONNX Runtime matched PyTorch within 1e-4 on real validation inputs.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _majority(validation: dict[str, Any]) -> str:
+    up = validation.get("base_rate_up")
+    return f"{max(up, 1 - up):.4f}" if isinstance(up, float) else "?"
 
 
 def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, Any]:

@@ -10,13 +10,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
+import redis.asyncio as aioredis
+from prometheus_client import start_http_server
 
+from inference.components import ModelRegistry
+from inference.ensemble import Thresholds
+from inference.metrics import WorkerMetrics
+from inference.signal_store import RedisSignalStore
+from inference.worker import RedisEventSource, Worker, WorkerConfig
 from service.bench_ingest import bench_ingest
 from service.inspect import inspect_symbol
 from service.settings import ConfigError, Settings, load_settings
@@ -116,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--duration", type=float, default=None, help="seconds to record (default: until stopped)")
     r.set_defaults(handler=_cmd_record)
+
+    w = sub.add_parser(
+        "worker",
+        help="run an inference worker: bar-closed events from Redis => signals (start several to share the work)",
+    )
+    w.set_defaults(handler=_cmd_worker)
 
     n = sub.add_parser("inspect", help="print, as JSON, what the store holds for a symbol")
     n.add_argument("symbol")
@@ -265,6 +280,60 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
             flush=True,
         )
         await ingestor.run()
+    return 0
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        intervals=tuple(settings.intervals),
+        book_depth=settings.book_depth,
+        thresholds=Thresholds(settings.signal_long_above, settings.signal_short_below),
+        latency_budget_ms=settings.latency_budget_ms,
+        coarse_wait_ms=settings.coarse_wait_ms,
+        inference_concurrency=settings.inference_concurrency,
+        max_in_flight=settings.worker_max_in_flight,
+        claim_idle_ms=settings.claim_idle_ms,
+    )
+
+
+async def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if settings.redis_url is None:
+        raise ConfigError(
+            "CANDLECAST_REDIS_URL: the worker reads windows and events from Redis and shares them with other "
+            "workers; set it (e.g. redis://127.0.0.1:6379/0)"
+        )
+    consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
+    metrics = WorkerMetrics()
+    models = ModelRegistry(
+        settings.artifacts_dir,
+        prefer_gpu=settings.prefer_gpu,
+        threads=settings.inference_threads,
+        weights=settings.component_weights,
+        poll_s=settings.manifest_poll_s,
+        metrics=metrics,
+    )
+    store = RedisStore.from_url(settings.redis_url, prefix=settings.redis_prefix, window_bars=settings.window_bars)
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
+    events = RedisEventSource(client, store.events_key, group=settings.worker_group, consumer=consumer)
+    worker = Worker(worker_config(settings), store, events, signals, models, metrics)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        stack.push_async_callback(signals.close)
+        if settings.worker_metrics_port:
+            server, thread = start_http_server(settings.worker_metrics_port, registry=metrics.registry)
+            stack.callback(thread.join, 5.0)
+            stack.callback(server.shutdown)
+        stack.push_async_callback(worker.close)
+        await models.load()
+        print(
+            f"worker {consumer} in group {settings.worker_group}: {len(models.current.enabled)} of "
+            f"{len(models.current.components)} components from {settings.artifacts_dir}, "
+            f"signals every {min(settings.intervals, key=int)}m close, Redis {settings.redis_url}",
+            flush=True,
+        )
+        await worker.run()
     return 0
 
 

@@ -6,7 +6,9 @@ environment variable so an operator knows what to fix.
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
@@ -17,6 +19,7 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,40}$")
 # Fixed-length intervals only: hole detection needs start_next == start_prev + interval.
 _INTERVALS = {"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"}
+_COMPONENT = re.compile(r"^[a-z0-9_]{1,64}$")
 _DEPTHS = {50, 200, 1000}  # 500 is offline since 2025-09-30; 1 is snapshot-only and too thin.
 ENV_PREFIX = "CANDLECAST_"
 
@@ -52,6 +55,28 @@ class Settings(BaseSettings):
     kline_silence_s: float = Field(default=90.0, gt=0)
     log_level: str = "INFO"
 
+    # -- inference worker (`candlecast worker`) --
+    artifacts_dir: Path = Field(default=Path("models/artifacts"), description="ONNX artifacts + manifest.json")
+    manifest_poll_s: float = Field(default=5.0, gt=0, le=3600, description="how often a changed manifest is looked for")
+    prefer_gpu: bool = True
+    inference_threads: int = Field(default=1, ge=1, le=64, description="ONNX Runtime intra-op threads per session")
+    inference_concurrency: int = Field(default=2, ge=1, le=64, description="session runs in flight at once")
+    latency_budget_ms: int = Field(default=250, ge=10, le=60_000, description="render + inference budget per signal")
+    coarse_wait_ms: int = Field(default=2000, ge=0, le=10_000, description="wait for a coarser bar due at a close")
+    signal_long_above: float = Field(default=0.05, ge=0, le=1, description="score threshold for long")
+    signal_short_below: float = Field(default=0.05, ge=0, le=1, description="score threshold for short (as -x)")
+    component_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="manifest weight overrides, e.g. tcn_1m=0.5,efficientnet_60m=0"
+    )
+    worker_group: str = Field(default="candlecast-workers", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    worker_consumer: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$", description="name in the consumer group; default host-pid"
+    )
+    worker_max_in_flight: int = Field(default=32, ge=1, le=1024)
+    claim_idle_ms: int = Field(default=30_000, ge=100, le=3_600_000, description="take over events idle this long")
+    signal_audit_maxlen: int = Field(default=10_000, ge=100, le=1_000_000, description="audit stream length per symbol")
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65_535, description="Prometheus port; 0 = none")
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _parse_symbols(cls, value: object) -> object:
@@ -77,6 +102,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"invalid interval(s) {bad}: choose minutes from {sorted(_INTERVALS, key=int)}")
             return sorted(dict.fromkeys(out), key=int)
         return value
+
+    @field_validator("component_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, float] = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, weight = str(part).partition("=")
+            try:
+                w = float(weight)
+            except ValueError:
+                w = math.nan
+            if not sep or not _COMPONENT.fullmatch(name.strip()) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"expected component=weight pairs with weights >= 0, e.g. tcn_1m=0.5, got {part!r}")
+            out[name.strip()] = w
+        return out
 
     @field_validator("book_depth")
     @classmethod

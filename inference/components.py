@@ -1,0 +1,367 @@
+"""The manifest's components as loaded, warmed ONNX sessions, and their hot reload.
+
+Loading (:func:`load_model_set`) checks every artifact's sha256 against the manifest, builds ONE
+:class:`ModelSession` per artifact file (the EfficientNet file is shared by all its timeframes, so
+their inputs can go in one batch), and warms each session up with the batch it will see. A missing,
+tampered or unloadable artifact, or preprocessing this code cannot reproduce, disables just the
+components that need it, with a reason code that every signal reports:
+
+===========================  =====================================================================
+``artifact_missing``         the file named in the manifest does not exist
+``artifact_checksum``        its sha256 differs from the manifest's (tampered, corrupt, other export)
+``load_failed``              ONNX Runtime could not build a session on any provider
+``warmup_failed``            the session could not run the manifest's input shape
+``preprocessing_mismatch``   features/renderer version or parameters this code does not produce
+``bad_manifest_entry``       an unknown kind, or a weight that is not a finite number >= 0
+===========================  =====================================================================
+
+:class:`ModelRegistry` holds the current :class:`ModelSet` and polls the manifest: a changed
+manifest is loaded and warmed in a thread while the old set keeps serving, then swapped in with one
+assignment. A signal takes the set once and uses it throughout, so there is no gap and no mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, tcn_input
+from inference.manifest import Component, Manifest, ManifestError
+from inference.metrics import WorkerMetrics
+from inference.render import RENDERER_VERSION, composite
+from inference.runtime import ModelSession, RuntimeFailure
+
+__all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "load_model_set"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedComponent:
+    """A manifest component with its (shared) session, or the reason it is disabled."""
+
+    spec: Component
+    weight: float
+    session: ModelSession | None
+    disabled: str | None = None
+    detail: str = ""
+    bars_needed: int = 0
+    renderer: str = ""  # "tcn_input" | "composite"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def timeframe(self) -> str:
+        return self.spec.timeframe
+
+    def prepare(self, ohlcv: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """The model input for one window (no batch axis). Raises ``ValueError`` on bad bars."""
+        pre = self.spec.preprocessing
+        if self.renderer == "tcn_input":
+            return tcn_input(ohlcv, int(pre["length"]))
+        return composite(ohlcv, int(pre["height"]), int(pre["bars"]))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSet:
+    """An immutable snapshot of the loaded manifest. ``digest`` is the manifest file's sha256."""
+
+    components: tuple[LoadedComponent, ...] = ()
+    digest: str = ""
+    created: str = ""
+    sessions: dict[str, ModelSession] = field(default_factory=dict)  # by artifact file name
+
+    @property
+    def enabled(self) -> tuple[LoadedComponent, ...]:
+        return tuple(c for c in self.components if c.disabled is None)
+
+
+def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]:
+    """(renderer, "", bars needed) when this code can feed the component, else (None, why, 0)."""
+    pre = spec.preprocessing
+    try:
+        if spec.kind == "tcn":
+            length = int(pre["length"])
+            if pre.get("features") != FEATURE_SET_VERSION or length < 2:
+                return None, f"features {pre.get('features')!r}, length {length}: serving has {FEATURE_SET_VERSION}", 0
+            if list(spec.input.get("shape", []))[1:] != [len(FEATURE_NAMES), length]:
+                return None, f"input shape {spec.input.get('shape')} does not match the features", 0
+            return "tcn_input", "", max(int(pre.get("bars_needed", 0)), length + WARMUP_BARS)
+        if spec.kind == "efficientnet":
+            bars, height = int(pre["bars"]), int(pre["height"])
+            if pre.get("renderer") != "composite" or pre.get("renderer_version") != RENDERER_VERSION:
+                return None, f"renderer {pre.get('renderer')!r} {pre.get('renderer_version')!r}", 0
+            if list(spec.input.get("shape", []))[1:] != [3, height, 3 * bars]:
+                return None, f"input shape {spec.input.get('shape')} does not match the renderer", 0
+            return "composite", "", bars
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"preprocessing {pre!r}: {exc}", 0
+    return None, f"unknown kind {spec.kind!r}", 0
+
+
+def _example(spec: Component, batch: int) -> npt.NDArray[np.float32]:
+    dims = [int(d) for d in list(spec.input["shape"])[1:]]
+    return np.zeros((batch, *dims), np.float32)
+
+
+def _reusable(previous: ModelSet | None, spec: Component) -> ModelSession | None:
+    """The previous set's session for the same bytes, if it served (no rebuild, no second warm-up)."""
+    if previous is None:
+        return None
+    for c in previous.components:
+        if c.spec.file == spec.file and c.spec.sha256 == spec.sha256 and c.session is not None and not c.disabled:
+            return c.session
+    return None
+
+
+def load_model_set(
+    artifacts: Path,
+    *,
+    prefer_gpu: bool = True,
+    threads: int = 1,
+    weights: Mapping[str, float] | None = None,
+    previous: ModelSet | None = None,
+    warmup_rounds: int = 2,
+) -> ModelSet:
+    """Load, verify and warm up every component of ``artifacts/manifest.json`` (blocking: run it in a thread).
+
+    No manifest gives an empty set (the worker then falls back with ``models_missing``); a manifest
+    that cannot be parsed raises :class:`ManifestError`. Artifact problems never raise: they disable
+    the components concerned.
+    """
+    path = artifacts / MANIFEST_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        log.warning("no model manifest at %s: every signal will come from the fallback rule", path)
+        return ModelSet()
+    except OSError as exc:
+        raise ManifestError(f"unreadable manifest {path}: {exc}") from exc
+    manifest = Manifest.load(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    weights = weights or {}
+
+    plans = [_plan(spec, weights) for spec in manifest.components]
+
+    # One session per artifact (file, sha256), verified once, shared by the components that use it.
+    sessions: dict[tuple[str, str], ModelSession] = {}
+    refused: dict[tuple[str, str], tuple[str, str]] = {}
+    for p in plans:
+        if p.disabled is not None or p.key in sessions:
+            continue
+        if p.key not in refused:
+            reused = _reusable(previous, p.spec)
+            if reused is not None:
+                sessions[p.key] = reused
+                continue
+            try:
+                sessions[p.key] = _open(manifest, p.spec, artifacts, prefer_gpu, threads)
+                continue
+            except _Refused as exc:
+                refused[p.key] = (exc.reason, exc.detail)
+        p.disabled, p.detail = refused[p.key]
+
+    # Warm each new session up with the batch a signal will give it (all the timeframes sharing it).
+    old = {id(c.session) for c in (previous.components if previous else ()) if c.session is not None}
+    for key, session in list(sessions.items()):
+        users = [p.spec for p in plans if p.key == key and p.disabled is None]
+        if not users or id(session) in old:
+            continue
+        try:
+            seconds = session.warm_up(_example(users[0], len(users)), rounds=warmup_rounds)
+        except (RuntimeFailure, ValueError) as exc:
+            del sessions[key]
+            for p in plans:
+                if p.key == key and p.disabled is None:
+                    p.disabled, p.detail = "warmup_failed", str(exc)
+            continue
+        log.info("%s: warm, %.1f ms per batch of %d on %s", session.name, seconds * 1e3, len(users), session.provider)
+
+    components = []
+    for p in plans:
+        if p.disabled is not None:
+            log.error("component %s disabled (%s): %s", p.spec.name, p.disabled, p.detail)
+        bound = sessions.get(p.key) if p.disabled is None else None
+        components.append(LoadedComponent(p.spec, p.weight, bound, p.disabled, p.detail, p.need, p.renderer))
+    return ModelSet(tuple(components), digest, manifest.created, {k[0]: s for k, s in sessions.items()})
+
+
+@dataclass
+class _Plan:
+    spec: Component
+    weight: float
+    need: int = 0
+    renderer: str = ""
+    disabled: str | None = None
+    detail: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.spec.file, self.spec.sha256)
+
+
+def _plan(spec: Component, weights: Mapping[str, float]) -> _Plan:
+    weight = float(weights.get(spec.name, spec.weight))
+    if not math.isfinite(weight) or weight < 0:
+        return _Plan(spec, 0.0, disabled="bad_manifest_entry", detail=f"weight {weight!r}")
+    renderer, why, need = _check_spec(spec)
+    if renderer is None:
+        reason = "bad_manifest_entry" if why.startswith("unknown kind") else "preprocessing_mismatch"
+        return _Plan(spec, weight, disabled=reason, detail=why)
+    return _Plan(spec, weight, need, renderer)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _open(manifest: Manifest, spec: Component, root: Path, prefer_gpu: bool, threads: int) -> ModelSession:
+    if not (root / spec.file).is_file():
+        raise _Refused("artifact_missing", f"{root / spec.file} does not exist")
+    try:
+        path = manifest.verified_path(spec, root)
+    except ManifestError as exc:
+        raise _Refused("artifact_checksum", str(exc)) from exc
+    try:
+        return ModelSession(Path(spec.file).stem, path, prefer_gpu=prefer_gpu, threads=threads)
+    except RuntimeFailure as exc:
+        raise _Refused("load_failed", str(exc)) from exc
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class ModelRegistry:
+    """The current :class:`ModelSet`, reloaded when the manifest changes."""
+
+    def __init__(
+        self,
+        artifacts: Path,
+        *,
+        prefer_gpu: bool = True,
+        threads: int = 1,
+        weights: Mapping[str, float] | None = None,
+        poll_s: float = 5.0,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.artifacts = artifacts
+        self.poll_s = poll_s
+        self._prefer_gpu = prefer_gpu
+        self._threads = threads
+        self._weights = dict(weights or {})
+        self._metrics = metrics
+        self._current = ModelSet()
+        self._failed_digest: str | None = None
+        self._lock = asyncio.Lock()
+        self._providers: dict[str, str] = {}
+        self.loaded = False
+
+    @property
+    def current(self) -> ModelSet:
+        return self._current
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.artifacts / MANIFEST_NAME
+
+    async def load(self) -> ModelSet:
+        """The initial load. Never raises: a broken manifest leaves no models (every signal falls back)."""
+        async with self._lock:
+            try:
+                self._swap(await asyncio.to_thread(self._build, None))
+            except ManifestError as exc:
+                log.error("models not loaded: %s", exc)
+                self._failed_digest = await asyncio.to_thread(_digest, self.manifest_path)
+                self._count("failed")
+            self.loaded = True
+            return self._current
+
+    async def reload_if_changed(self) -> bool:
+        """Load a changed manifest beside the serving set, then swap. False if unchanged or broken."""
+        async with self._lock:
+            digest = await asyncio.to_thread(_digest, self.manifest_path)
+            if digest is None or digest in (self._current.digest, self._failed_digest):
+                return False  # unchanged, or gone (keep serving what is loaded), or known broken
+            log.info("manifest %s changed: loading the new models beside the serving ones", self.manifest_path)
+            try:
+                new = await asyncio.to_thread(self._build, self._current)
+            except ManifestError as exc:
+                log.error("new manifest refused, the previous models stay in service: %s", exc)
+                self._failed_digest = digest
+                self._count("failed")
+                return False
+            self._swap(new)
+            return True
+
+    async def watch(self) -> None:
+        """Poll the manifest every ``poll_s`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.reload_if_changed()
+            except Exception:
+                log.exception("model reload failed; the previous models stay in service")
+
+    def note_provider(self, component: str, provider: str) -> None:
+        """Keep the provider gauge true after a session moved (e.g. rebuilt on CPU after a GPU failure)."""
+        old = self._providers.get(component)
+        if old == provider:
+            return
+        self._providers[component] = provider
+        if self._metrics is not None:
+            if old is not None:
+                self._metrics.provider_in_use.labels(component, old).set(0)
+            self._metrics.provider_in_use.labels(component, provider).set(1)
+
+    def _build(self, previous: ModelSet | None) -> ModelSet:
+        return load_model_set(
+            self.artifacts,
+            prefer_gpu=self._prefer_gpu,
+            threads=self._threads,
+            weights=self._weights,
+            previous=previous,
+        )
+
+    def _swap(self, new: ModelSet) -> None:
+        self._current = new  # one assignment: a signal in progress keeps the set it took
+        self._failed_digest = None
+        self._count("loaded")
+        enabled = [c.name for c in new.enabled]
+        log.info(
+            "models in service: %d of %d components enabled (%s)",
+            len(enabled),
+            len(new.components),
+            ", ".join(enabled) or "none",
+        )
+        if self._metrics is None:
+            return
+        self._metrics.components_enabled.clear()
+        self._metrics.provider_in_use.clear()
+        self._providers.clear()
+        for c in new.components:
+            self._metrics.components_enabled.labels(c.name).set(0 if c.disabled else 1)
+            if c.session is not None and not c.disabled:
+                self.note_provider(c.name, c.session.provider)
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.model_reloads.labels(outcome).inc()

@@ -1,0 +1,181 @@
+"""The signal: one frozen value per (symbol, bar), and its JSON wire form (DESIGN.md "The signal").
+
+What the worker writes to ``P:{SYM}:signal``, appends to ``P:{SYM}:signals`` and publishes on
+``P:signals``; what the API serves. Times are milliseconds: ``bar`` and ``produced_at`` on the
+exchange clock, ``produced_wall_ms`` on the worker's wall clock. Example (abridged)::
+
+    {"symbol": "BTCUSDT", "bar": {"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
+     "produced_at": 1750000080312, "produced_wall_ms": 1750000080420, "direction": "long",
+     "score": 0.0812, "p_up": 0.5406, "confidence": 0.0812, "agreement": 0.75, "source": "ensemble",
+     "fallback_reason": null,
+     "components": [{"name": "tcn_1m", "timeframe": "1", "horizon": "next 1m bar", "p_up": 0.55,
+                     "weight": 1.0, "version": "2026.11.20", "provider": "CPUExecutionProvider",
+                     "latency_ms": 0.41, "status": "voted", "reason": null},
+                    {"name": "tcn_60m", ..., "p_up": null, "status": "dropped", "reason": "stale_window"}],
+     "freshness": {"last_bar_start": {"1": 1750000020000, "5": 1749999780000}, "book_state": "READY",
+                   "book_age_ms": 112},
+     "latency_ms": {"read": 0.9, "render": 2.1, "infer": 4.8, "ensemble": 0.05, "total": 8.2,
+                    "bar_close_to_publish": 420.0},
+     "horizon": "next 1m, 5m bars (per component)"}
+
+A ``fallback`` signal comes from the momentum rule: its ``p_up``, ``confidence`` and ``agreement``
+are ``null`` (the rule gives no probability), ``score`` is the rule's score clipped to [-1, 1] and
+``fallback_reason`` says why no model voted. When not even the rule can run, there is no signal: a
+:class:`NoSignal` records why (``P:{SYM}:nosignal``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+__all__ = [
+    "BarRef",
+    "ComponentReport",
+    "Direction",
+    "Freshness",
+    "NoSignal",
+    "Signal",
+    "SignalFormatError",
+    "StageLatency",
+]
+
+Direction = Literal["long", "short", "flat"]
+Source = Literal["ensemble", "fallback"]
+Status = Literal["voted", "dropped"]
+
+
+class SignalFormatError(ValueError):
+    """Bytes that are not a valid signal (or no-signal record)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BarRef:
+    """The bar a signal was computed at: the close of ``start`` on ``interval`` (minutes)."""
+
+    interval: str
+    start: int
+    close_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentReport:
+    """One component's part in a signal: its vote, or why it did not vote."""
+
+    name: str
+    timeframe: str
+    horizon: str
+    p_up: float | None
+    weight: float
+    version: str
+    provider: str  # the provider the session BOUND (``ModelSession.provider``); "" if never loaded
+    latency_ms: float | None  # the run of the batch it was in; None when it never ran
+    status: Status
+    reason: str | None = None  # set when dropped: a data-check code, "late", "error", "artifact_missing", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    last_bar_start: dict[str, int | None]  # interval -> newest bar start the store held
+    book_state: str | None
+    book_age_ms: int | None  # exchange time: produced_at - the book's last update
+
+
+@dataclass(frozen=True, slots=True)
+class StageLatency:
+    """Milliseconds. ``read`` includes any bounded wait for a coarser bar due at this close."""
+
+    read: float
+    render: float
+    infer: float
+    ensemble: float
+    total: float
+    bar_close_to_publish: float  # worker wall clock minus the bar's exchange close time: live only
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    symbol: str
+    bar: BarRef
+    produced_at: int
+    produced_wall_ms: int
+    direction: Direction
+    score: float
+    p_up: float | None
+    confidence: float | None
+    agreement: float | None
+    source: Source
+    fallback_reason: str | None
+    components: tuple[ComponentReport, ...]
+    freshness: Freshness
+    latency_ms: StageLatency
+    horizon: str
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Signal:
+        try:
+            return _signal_adapter().validate_json(raw)
+        except ValidationError as exc:
+            raise SignalFormatError(f"not a signal: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class NoSignal:
+    """Why a (symbol, bar) has no signal: kept in ``P:{SYM}:nosignal`` for the API to report."""
+
+    symbol: str
+    bar: BarRef
+    reason: str  # short code, e.g. "fallback_input:holed_window"
+    detail: str  # what was tried: the components' reasons, then the fallback's
+    produced_at: int
+    produced_wall_ms: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "symbol": self.symbol,
+            "interval": self.bar.interval,
+            "bar_start": str(self.bar.start),
+            "close_time": str(self.bar.close_time),
+            "reason": self.reason,
+            "detail": self.detail,
+            "produced_at": str(self.produced_at),
+            "produced_wall_ms": str(self.produced_wall_ms),
+        } | self.extra
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> NoSignal:
+        try:
+            own = {
+                "symbol",
+                "interval",
+                "bar_start",
+                "close_time",
+                "reason",
+                "detail",
+                "produced_at",
+                "produced_wall_ms",
+            }
+            return cls(
+                symbol=fields["symbol"],
+                bar=BarRef(fields["interval"], int(fields["bar_start"]), int(fields["close_time"])),
+                reason=fields["reason"],
+                detail=fields.get("detail", ""),
+                produced_at=int(fields["produced_at"]),
+                produced_wall_ms=int(fields["produced_wall_ms"]),
+                extra={k: v for k, v in fields.items() if k not in own},
+            )
+        except (KeyError, ValueError) as exc:
+            raise SignalFormatError(f"not a no-signal record: {exc}") from exc
+
+
+@functools.cache
+def _signal_adapter() -> TypeAdapter[Signal]:
+    return TypeAdapter(Signal)

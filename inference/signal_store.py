@@ -1,0 +1,284 @@
+"""Where signals go: the latest per symbol, a bounded audit stream, pub/sub, and "why no signal".
+
+Redis layout (``P`` = key prefix; ``{SYM}`` is the same Redis Cluster hash tag as the windows, so
+one script updates every key of a symbol atomically):
+
+=============================  ======  ==========================================================
+``P:{SYM}:signal``             STRING  the latest signal's JSON (the newest bar published)
+``P:{SYM}:signals``            STREAM  audit: one entry per (symbol, bar), fields ``start``, ``signal``;
+                                       ``MAXLEN ~ audit_maxlen``
+``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe), newest ``dedupe_keep``
+``P:{SYM}:nosignal``           HASH    why the newest bar has no signal (:class:`NoSignal` fields)
+``P:signals``                  PUBSUB  every signal that became the latest, as JSON
+=============================  ======  ==========================================================
+
+Exactly once per (symbol, bar): the publish script adds the bar start to ``signal:bars`` and
+appends to the audit stream only if it is not there yet, so two workers (or a re-delivered event)
+never publish the same bar twice. A signal for an older bar than the latest (a claimed event
+finished after a newer one) is audited but neither replaces the latest nor is pushed: subscribers
+only ever see time move forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from inference.signal import NoSignal, Signal, SignalFormatError
+from streaming.errors import StoreError, StoreUnavailable
+
+__all__ = [
+    "MemorySignalStore",
+    "Published",
+    "RedisSignalStore",
+    "SignalStore",
+    "redis_errors",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Published(Enum):
+    LATEST = "latest"  # new latest: written, audited, pushed
+    AUDITED = "audited"  # older than the latest: audited only
+    DUPLICATE = "duplicate"  # this (symbol, bar) was already published: nothing written
+
+
+class SignalStore(Protocol):
+    async def publish(self, signal: Signal) -> Published:
+        """Write ``signal`` once per (symbol, bar); raises ``StoreUnavailable`` if unreachable."""
+        ...
+
+    async def record_no_signal(self, record: NoSignal) -> bool:
+        """Record why a bar has no signal, unless it (or a newer bar) has one. True if recorded."""
+        ...
+
+    async def latest(self, symbol: str) -> Signal | None: ...
+
+    async def history(self, symbol: str, count: int = 100) -> list[Signal]:
+        """The newest ``count`` audited signals, newest first."""
+        ...
+
+    async def no_signal(self, symbol: str) -> NoSignal | None: ...
+
+    async def close(self) -> None: ...
+
+
+@contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """Translate redis-py errors at the boundary: unreachable ⇒ ``StoreUnavailable``, else ``StoreError``."""
+    try:
+        yield
+    except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable ({what}): {exc}") from exc
+    except rex.RedisError as exc:
+        raise StoreError(f"redis error ({what}): {exc}") from exc
+
+
+# KEYS: latest, audit, published bars (zset), nosignal. ARGV: start, json, audit_maxlen, dedupe_keep, channel.
+# Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
+_PUBLISH = """
+local start = tonumber(ARGV[1])
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
+local keep = tonumber(ARGV[4])
+local n = redis.call('ZCARD', KEYS[3])
+if n >= keep then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if start < tonumber(oldest[2]) then return 0 end
+end
+local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+redis.call('ZADD', KEYS[3], start, ARGV[1])
+n = n + 1
+if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, n - keep - 1) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'signal', ARGV[2])
+if top[2] and tonumber(top[2]) > start then return 1 end
+redis.call('SET', KEYS[1], ARGV[2])
+local ns = tonumber(redis.call('HGET', KEYS[4], 'bar_start') or '-1')
+if ns <= start then redis.call('DEL', KEYS[4]) end
+redis.call('PUBLISH', ARGV[5], ARGV[2])
+return 2
+"""
+
+# KEYS: nosignal, published bars. ARGV: start, then field/value pairs. Returns 1 if recorded.
+_NO_SIGNAL = """
+local start = tonumber(ARGV[1])
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= start then return 0 end
+local ns = tonumber(redis.call('HGET', KEYS[1], 'bar_start') or '-1')
+if ns > start then return 0 end
+redis.call('DEL', KEYS[1])
+local args = {}
+for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(args))
+return 1
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisSignalStore:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "cc",
+        audit_maxlen: int = 10_000,
+        dedupe_keep: int = 10_000,
+    ) -> None:
+        self._r = client
+        self.prefix = prefix
+        self.audit_maxlen = audit_maxlen
+        self.dedupe_keep = dedupe_keep
+        self._publish = client.register_script(_PUBLISH)
+        self._no_signal = client.register_script(_NO_SIGNAL)
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:signals"
+
+    def latest_key(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:signal"
+
+    def audit_key(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:signals"
+
+    def bars_key(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:signal:bars"
+
+    def no_signal_key(self, symbol: str) -> str:
+        return f"{self.prefix}:{{{symbol}}}:nosignal"
+
+    async def publish(self, signal: Signal) -> Published:
+        s = signal.symbol
+        keys = [self.latest_key(s), self.audit_key(s), self.bars_key(s), self.no_signal_key(s)]
+        args: list[Any] = [signal.bar.start, signal.to_json(), self.audit_maxlen, self.dedupe_keep, self.channel]
+        with redis_errors("publish signal"):
+            outcome = int(await self._publish(keys=keys, args=args))
+        return {2: Published.LATEST, 1: Published.AUDITED}.get(outcome, Published.DUPLICATE)
+
+    async def record_no_signal(self, record: NoSignal) -> bool:
+        args: list[Any] = [record.bar.start]
+        for k, v in record.to_fields().items():
+            args += [k, v]
+        keys = [self.no_signal_key(record.symbol), self.bars_key(record.symbol)]
+        with redis_errors("record no-signal"):
+            return bool(await self._no_signal(keys=keys, args=args))
+
+    async def latest(self, symbol: str) -> Signal | None:
+        with redis_errors("read latest signal"):
+            raw = await self._r.get(self.latest_key(symbol))
+        return None if raw is None else Signal.from_json(raw)
+
+    async def history(self, symbol: str, count: int = 100) -> list[Signal]:
+        with redis_errors("read signal history"):
+            entries = await self._r.xrevrange(self.audit_key(symbol), count=count)
+        out = []
+        for entry_id, fields in entries or []:
+            raw = (fields or {}).get(b"signal")
+            try:
+                if raw is None:
+                    raise SignalFormatError("no signal field")
+                out.append(Signal.from_json(raw))
+            except SignalFormatError:
+                log.warning("skipping a foreign entry %r in %s", entry_id, self.audit_key(symbol))
+        return out
+
+    async def no_signal(self, symbol: str) -> NoSignal | None:
+        with redis_errors("read no-signal"):
+            raw = await self._r.hgetall(self.no_signal_key(symbol))
+        if not raw:
+            return None
+        return NoSignal.from_fields({_text(k): _text(v) for k, v in raw.items()})
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+@dataclass
+class _SymbolState:
+    latest: Signal | None = None
+    audit: deque[Signal] = field(default_factory=deque)
+    bars: set[int] = field(default_factory=set)
+    no_signal: NoSignal | None = None
+
+
+class MemorySignalStore:
+    """The in-process equivalent, for the single-process run. Subscribers get bounded queues: when
+    one is full its oldest signal is dropped (and counted in ``dropped``), never the publisher blocked."""
+
+    def __init__(self, *, audit_maxlen: int = 10_000, subscriber_queue: int = 256) -> None:
+        self.audit_maxlen = audit_maxlen
+        self._symbols: dict[str, _SymbolState] = {}
+        self._subscribers: set[asyncio.Queue[Signal]] = set()
+        self._queue_size = subscriber_queue
+        self.dropped = 0
+
+    async def publish(self, signal: Signal) -> Published:
+        st = self._symbols.setdefault(signal.symbol, _SymbolState(audit=deque(maxlen=self.audit_maxlen)))
+        start = signal.bar.start
+        if start in st.bars:
+            return Published.DUPLICATE
+        if len(st.bars) >= self.audit_maxlen and start < min(st.bars):
+            return Published.DUPLICATE
+        newest = max(st.bars, default=None)
+        st.bars.add(start)
+        if len(st.bars) > self.audit_maxlen:
+            st.bars.discard(min(st.bars))
+        st.audit.append(signal)
+        if newest is not None and newest > start:
+            return Published.AUDITED
+        st.latest = signal
+        if st.no_signal is not None and st.no_signal.bar.start <= start:
+            st.no_signal = None
+        for q in self._subscribers:
+            if q.full():
+                q.get_nowait()
+                self.dropped += 1
+            q.put_nowait(signal)
+        return Published.LATEST
+
+    async def record_no_signal(self, record: NoSignal) -> bool:
+        st = self._symbols.setdefault(record.symbol, _SymbolState(audit=deque(maxlen=self.audit_maxlen)))
+        start = record.bar.start
+        if st.bars and max(st.bars) >= start:
+            return False
+        if st.no_signal is not None and st.no_signal.bar.start > start:
+            return False
+        st.no_signal = record
+        return True
+
+    async def latest(self, symbol: str) -> Signal | None:
+        st = self._symbols.get(symbol)
+        return st.latest if st else None
+
+    async def history(self, symbol: str, count: int = 100) -> list[Signal]:
+        st = self._symbols.get(symbol)
+        return list(reversed(st.audit))[:count] if st else []
+
+    async def no_signal(self, symbol: str) -> NoSignal | None:
+        st = self._symbols.get(symbol)
+        return st.no_signal if st else None
+
+    async def subscribe(self) -> AsyncIterator[Signal]:
+        """Every signal that becomes a latest, from now on, until the caller stops iterating."""
+        q: asyncio.Queue[Signal] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subscribers.discard(q)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,295 @@
+"""The worker on a real Redis with real ONNX sessions: one signal per (symbol, finest close), what it
+carries, how it is published, and the timing rules (coarser bars awaited, a latency budget)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.asyncio.client import PubSub
+
+from inference.components import ModelRegistry
+from inference.metrics import WorkerMetrics
+from inference.runtime import CPU
+from inference.signal import (
+    BarRef,
+    ComponentReport,
+    Freshness,
+    NoSignal,
+    Signal,
+    SignalFormatError,
+    StageLatency,
+)
+from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
+from inference.worker import SignalEngine, WorkerConfig
+from streaming.memory_store import MemoryStore
+from streaming.redis_store import RedisStore
+from streaming.store import BarEvent, BookStatus
+from tests.helpers import eventually
+from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
+
+pytestmark = pytest.mark.timeout(60)
+
+SYMBOL = "BTCUSDT"
+
+
+@pytest.fixture
+def models(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
+    return artifacts(model_cache(tmp_path_factory), tmp_path / "artifacts", tcn=("1", "5"), image=("1", "5"))
+
+
+def a_signal(start: int, symbol: str = SYMBOL, direction: str = "long") -> Signal:
+    return Signal(
+        symbol=symbol,
+        bar=BarRef("1", start, start + MINUTE),
+        produced_at=start + MINUTE + 5,
+        produced_wall_ms=start + MINUTE + 40,
+        direction="long" if direction == "long" else "short",
+        score=0.1,
+        p_up=0.55,
+        confidence=0.1,
+        agreement=1.0,
+        source="ensemble",
+        fallback_reason=None,
+        components=(
+            ComponentReport("tcn_1m", "1", "next 1m bar", 0.55, 1.0, "v1", CPU, 0.4, "voted"),
+            ComponentReport("tcn_5m", "5", "next 5m bar", None, 1.0, "v1", CPU, None, "dropped", "stale_window"),
+        ),
+        freshness=Freshness({"1": start, "5": None}, "READY", 12),
+        latency_ms=StageLatency(1.0, 2.0, 3.0, 0.1, 6.1, 40.0),
+        horizon="next 1m bar",
+    )
+
+
+def test_signal_json_round_trips_and_garbage_is_refused() -> None:
+    s = a_signal(T0)
+    body = orjson.loads(s.to_json())
+    assert body["bar"] == {"interval": "1", "start": T0, "close_time": T0 + MINUTE}
+    assert body["components"][1] == {
+        "name": "tcn_5m",
+        "timeframe": "5",
+        "horizon": "next 5m bar",
+        "p_up": None,
+        "weight": 1.0,
+        "version": "v1",
+        "provider": CPU,
+        "latency_ms": None,
+        "status": "dropped",
+        "reason": "stale_window",
+    }
+    assert Signal.from_json(s.to_json()) == s
+    for bad in (b"{}", b"not json", s.to_json().replace(b'"long"', b'"sideways"')):
+        with pytest.raises(SignalFormatError):
+            Signal.from_json(bad)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def signal_store(request: pytest.FixtureRequest, redis_store: RedisStore, redis_url: str) -> SignalStore:
+    if request.param == "memory":
+        return MemorySignalStore()
+    return RedisSignalStore(aioredis.Redis.from_url(redis_url), prefix=redis_store.prefix)
+
+
+async def test_each_bar_is_published_once_and_the_latest_only_moves_forward(signal_store: SignalStore) -> None:
+    s1, s2, s3 = a_signal(T0), a_signal(T0 + MINUTE), a_signal(T0 + 2 * MINUTE)
+    # Two workers finishing the same (symbol, bar) at once: exactly one publishes.
+    outcomes = await asyncio.gather(signal_store.publish(s2), signal_store.publish(s2))
+    assert sorted(o.value for o in outcomes) == ["duplicate", "latest"]
+    assert await signal_store.publish(s1) is Published.AUDITED  # an older bar finished late
+    assert await signal_store.latest(SYMBOL) == s2
+    assert await signal_store.publish(s1) is Published.DUPLICATE
+    assert [s.bar.start for s in await signal_store.history(SYMBOL)] == [T0, T0 + MINUTE]  # newest published first
+
+    no = NoSignal(SYMBOL, BarRef("1", T0 + 3 * MINUTE, T0 + 4 * MINUTE), "fallback_input:holed_window", "d", 1, 2)
+    assert await signal_store.record_no_signal(dataclass_with_start(no, T0 + MINUTE)) is False  # that bar has one
+    assert await signal_store.record_no_signal(no) is True
+    assert await signal_store.no_signal(SYMBOL) == no
+    assert await signal_store.publish(s3) is Published.LATEST  # older than the no-signal record: kept
+    assert await signal_store.no_signal(SYMBOL) == no
+    assert await signal_store.publish(a_signal(T0 + 3 * MINUTE)) is Published.LATEST
+    assert await signal_store.no_signal(SYMBOL) is None  # that bar has a signal now
+    await signal_store.close()
+
+
+async def next_message(pubsub: PubSub, within: float = 2.0) -> bytes:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        # None also when the message read was the subscribe confirmation
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            data: bytes = message["data"]
+            return data
+    raise AssertionError("nothing published")
+
+
+def dataclass_with_start(no: NoSignal, start: int) -> NoSignal:
+    return NoSignal(no.symbol, BarRef("1", start, start + MINUTE), no.reason, no.detail, 1, 2)
+
+
+async def test_one_signal_per_finest_close_with_every_component_batched(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    close = T0 + 60 * MINUTE  # an hour boundary: 1m and 5m close together
+    base = history(close - MINUTE, {"1": 60, "5": 60})
+    base.books[(SYMBOL, 50)] = BookStatus("READY", "", 7, close - 500, "100.1", "2", "100.2", "3")
+    await redis_store.write(base)
+    listener = aioredis.Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(f"{redis_store.prefix}:signals")
+    try:
+        async with running_worker(redis_url, redis_store, models) as h:
+            await redis_store.write(closing(close, ("1", "5")))  # two events: 1m and 5m
+            s = await h.outcome(SYMBOL, close - MINUTE)
+            assert isinstance(s, Signal)
+
+            assert s.bar == BarRef("1", close - MINUTE, close)
+            assert s.source == "ensemble" and s.fallback_reason is None
+            assert s.direction in ("long", "short", "flat") and -1 <= s.score <= 1
+            assert s.p_up is not None and s.score == pytest.approx(2 * s.p_up - 1)
+            assert [(c.name, c.status, c.provider, c.version) for c in s.components] == [
+                (name, "voted", CPU, "v1") for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m")
+            ]
+            assert all(c.latency_ms is not None and c.latency_ms > 0 for c in s.components)
+            assert s.freshness == Freshness({"1": close - MINUTE, "5": close - 5 * MINUTE}, "READY", 500)
+            assert s.produced_at == close  # exchange time: the bar close is the newest seen
+            lat = s.latency_ms
+            assert min(lat.read, lat.render, lat.infer, lat.ensemble) >= 0
+            assert lat.total >= lat.read + lat.render + lat.infer
+            assert s.horizon == "next 1m bar; next 5m bar"
+
+            assert await h.signals.latest(SYMBOL) == s
+            pushed = await next_message(pubsub)
+            assert Signal.from_json(pushed) == s
+            # The two EfficientNet timeframes went through ONE session run (batch of 2).
+            assert h.sample("candlecast_inference_seconds_count", model="efficientnet", provider=CPU) == 1
+            assert h.sample("candlecast_inference_seconds_count", model="tcn_1m", provider=CPU) == 1
+            assert h.sample("candlecast_render_seconds_count", renderer="composite") == 2
+            assert h.sample("candlecast_signals_total", source="ensemble", direction=s.direction) == 1
+            assert h.sample("candlecast_worker_events_total", outcome="skipped") == 1  # the 5m event
+            assert h.sample("candlecast_inference_provider", component="efficientnet_5m", provider=CPU) == 1
+            assert h.sample("candlecast_components_enabled", component="tcn_5m") == 1
+            assert h.sample("candlecast_ensemble_agreement_count") == 1
+
+            # The next minute: only a 1m close; the 5m bar closed at the hour is still the current one.
+            await redis_store.write(closing(close + MINUTE, ("1", "5")))
+            s2 = await h.outcome(SYMBOL, close)
+            assert isinstance(s2, Signal) and all(c.status == "voted" for c in s2.components)
+            assert [x.bar.start for x in await h.signals.history(SYMBOL)] == [close, close - MINUTE]
+            await eventually(
+                lambda: (
+                    h.sample("candlecast_worker_pending_events") == 0
+                    and h.sample("candlecast_worker_consumer_lag_events") == 0
+                ),
+                5,
+                what="lag and pending exported",
+            )
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+
+
+async def test_a_coarser_bar_due_at_the_close_is_awaited_then_dropped_as_stale(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    close = T0 + 60 * MINUTE
+    await redis_store.write(history(close - MINUTE, {"1": 60, "5": 60}))
+    async with running_worker(redis_url, redis_store, models, coarse_wait_ms=600) as h:
+        # The 1m bar arrives first; the 5m bar of the same boundary trails it by 200 ms.
+        await redis_store.write(closing(close, ("1",)))
+        await asyncio.sleep(0.2)
+        await redis_store.write(closing(close, ("5",)))
+        s = await h.outcome(SYMBOL, close - MINUTE)
+        assert isinstance(s, Signal)
+        assert all(c.status == "voted" for c in s.components)
+        assert s.latency_ms.read >= 150  # it waited for the 5m bar, on the wall clock, bounded
+
+        for k in range(1, 5):  # 12:01 .. 12:04: no 5m close due
+            await redis_store.write(closing(close + k * MINUTE, ("1",)))
+        await h.outcome(SYMBOL, close + 3 * MINUTE)
+        # At 12:05 the 5m bar never comes: its components are dropped as stale after the wait.
+        await redis_store.write(closing(close + 5 * MINUTE, ("1",)))
+        s5 = await h.outcome(SYMBOL, close + 4 * MINUTE)
+        assert isinstance(s5, Signal) and s5.source == "ensemble"
+        status = {c.name: (c.status, c.reason) for c in s5.components}
+        assert status == {
+            "tcn_1m": ("voted", None),
+            "tcn_5m": ("dropped", "stale_window"),
+            "efficientnet_1m": ("voted", None),
+            "efficientnet_5m": ("dropped", "stale_window"),
+        }
+        assert 550 <= s5.latency_ms.read < 2000
+        assert h.sample("candlecast_components_dropped_total", component="tcn_5m", reason="stale_window") == 1
+
+
+async def test_components_that_miss_the_latency_budget_are_left_out_and_counted(models: Path) -> None:
+    """Judged with the in-memory store (the single-process run): same engine, no Redis."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 60, "5": 60}))
+    metrics = WorkerMetrics(CollectorRegistry())
+    registry = ModelRegistry(models, prefer_gpu=False, metrics=metrics)
+    await registry.load()
+    event = BarEvent(SYMBOL, "1", close - MINUTE)
+
+    tight = SignalEngine(WorkerConfig(intervals=("1", "5"), latency_budget_ms=0.001), store, registry, metrics)
+    s = await tight.compute(event)
+    assert isinstance(s, Signal)
+    assert {(c.status, c.reason) for c in s.components} == {("dropped", "late")}
+    assert s.source == "fallback" and s.fallback_reason == "all_components_dropped: late"
+    assert s.p_up is None and s.confidence is None  # the rule gives no probability
+    for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"):
+        assert metrics.registry.get_sample_value(
+            "candlecast_components_dropped_total", {"component": name, "reason": "late"}
+        )
+    await tight.close()
+
+    roomy = SignalEngine(WorkerConfig(intervals=("1", "5"), latency_budget_ms=5000), store, registry, metrics)
+    s = await roomy.compute(event)
+    assert isinstance(s, Signal) and s.source == "ensemble"
+    assert all(c.status == "voted" for c in s.components)
+
+
+async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
+    """A claimed or replayed event is computed on the bars closed at ITS close, not on newer ones."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close + 10 * MINUTE, {"1": 80, "5": 70}))  # the store is 10 minutes further on
+    registry = ModelRegistry(models, prefer_gpu=False)
+    await registry.load()
+    engine = SignalEngine(WorkerConfig(intervals=("1", "5")), store, registry, WorkerMetrics(CollectorRegistry()))
+    s = await engine.compute(BarEvent(SYMBOL, "1", close - MINUTE))
+    assert isinstance(s, Signal) and all(c.status == "voted" for c in s.components)
+    assert s.freshness.last_bar_start["1"] == close + 9 * MINUTE  # what the store held
+    assert s.bar.close_time == close
+
+
+async def test_memory_store_path_runs_a_worker_without_redis(models: Path) -> None:
+    """The single-process run: MemoryStore + MemoryEventSource + MemorySignalStore."""
+    from inference.worker import MemoryEventSource, Worker
+
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close - MINUTE, {"1": 60, "5": 60}))
+    signals = MemorySignalStore()
+    metrics = WorkerMetrics(CollectorRegistry())
+    registry = ModelRegistry(models, prefer_gpu=False, metrics=metrics)
+    events = MemoryEventSource(store)
+    await events.setup()  # positioned at the end of the events: only what follows is handled
+    worker = Worker(WorkerConfig(intervals=("1", "5"), block_ms=50), store, events, signals, registry, metrics)
+    await worker.start()
+    try:
+        await store.write(closing(close, ("1", "5")))
+
+        async def published() -> bool:
+            return await signals.latest(SYMBOL) is not None
+
+        await eventually(published, 10, what="a signal")
+        s = await signals.latest(SYMBOL)
+        assert s is not None and s.bar.start == close - MINUTE and s.source == "ensemble"
+        assert worker.handled == 1
+    finally:
+        await worker.close()

@@ -1,0 +1,214 @@
+"""Bad input and faults: each ends in a correct signal, a correct fallback, or a recorded "no signal"
+reason — never a crash, never a vote on bad data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from inference.signal import NoSignal, Signal
+from streaming.errors import StoreError
+from streaming.redis_store import RedisStore
+from streaming.store import WriteBatch
+from tests.helpers import eventually
+from tests.inference.test_worker_kit import (
+    MINUTE,
+    T0,
+    Harness,
+    artifacts,
+    bar,
+    closing,
+    exploding_tcn,
+    history,
+    model_cache,
+    running_worker,
+    window,
+)
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+SYMBOL = "BTCUSDT"
+CLOSE = T0 + 60 * MINUTE  # the bar under test starts at CLOSE - 1m; 1m and 5m both close at CLOSE
+ALL = ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m")
+
+
+@pytest.fixture
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_cache(tmp_path_factory)
+
+
+@pytest.fixture
+def models(cache: Path, tmp_path: Path) -> Path:
+    return artifacts(cache, tmp_path / "artifacts", tcn=("1", "5"), image=("1", "5"))
+
+
+def with_bar(bars: WriteBatch, interval: str, back: int, **override: str) -> WriteBatch:
+    """Replace the bar ``back`` bars before the newest of ``interval`` with an altered one."""
+    series = bars.bars[(SYMBOL, interval)]
+    old = series[-1 - back]
+    series[-1 - back] = bar(old.start, interval, SYMBOL, **override)
+    return bars
+
+
+def status(s: Signal) -> dict[str, tuple[str, str | None]]:
+    return {c.name: (c.status, c.reason) for c in s.components}
+
+
+async def outcome_of(h: Harness, store: RedisStore, batch: WriteBatch) -> Signal | NoSignal:
+    """Write the windows up to CLOSE (the last write carries the 1m event), return what came of it."""
+    await store.write(batch)
+    return await h.outcome(SYMBOL, CLOSE - MINUTE)
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        # 21 bars of 1m only: too short for every model, enough for the 15-bar rule.
+        ("short_1m_no_5m", ("fallback", "all_components_dropped: empty_window, short_window")),
+        # 3 bars: not even the rule can run.
+        ("three_bars", ("none", "fallback_input:short_window")),
+        # NaN close in the newest 1m bar: the 1m components drop out, the 5m ones vote.
+        ("nan_newest_1m", ("ensemble", {"tcn_1m": "bad_values", "efficientnet_1m": "bad_values"})),
+        # A zero price 30 bars back: inside the TCN's 49-bar window, outside the image's 24.
+        ("zero_price_30_back", ("ensemble", {"tcn_1m": "bad_values"})),
+        # NaN in the 1m window and no 5m window: nothing to vote, and the rule refuses the NaN too.
+        ("nan_1m_no_5m", ("none", "fallback_input:bad_values")),
+        # Zero volume is a quiet market, not bad data: everyone votes.
+        ("zero_volume", ("ensemble", {})),
+        # A hole in the 1m window.
+        ("holed_1m", ("ensemble", {"tcn_1m": "holed_window", "efficientnet_1m": "holed_window"})),
+    ],
+)
+async def test_bad_windows(
+    case: str, expect: tuple[str, object], redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    def full() -> WriteBatch:
+        return history(CLOSE, {"1": 60, "5": 60})
+
+    batch = {
+        "short_1m_no_5m": history(CLOSE, {"1": 21}),
+        "three_bars": history(CLOSE, {"1": 3}),
+        "nan_newest_1m": with_bar(full(), "1", 0, close="NaN"),
+        "zero_price_30_back": with_bar(full(), "1", 30, open="0", low="0"),
+        "nan_1m_no_5m": with_bar(history(CLOSE, {"1": 60}), "1", 2, high="NaN"),
+        "zero_volume": with_bar(full(), "1", 0, volume="0"),
+        "holed_1m": WriteBatch(bars=full().bars | {(SYMBOL, "1"): window("1", CLOSE, 60)[:50] + window("1", CLOSE, 9)}),
+    }[case]
+    async with running_worker(redis_url, redis_store, models) as h:
+        result = await outcome_of(h, redis_store, batch)
+        kind, detail = expect
+        if kind == "none":
+            assert isinstance(result, NoSignal), result
+            assert result.reason == detail
+            assert h.sample("candlecast_no_signals_total", reason=str(detail)) == 1
+            assert await h.signals.latest(SYMBOL) is None  # nothing invented
+            return
+        assert isinstance(result, Signal)
+        assert result.source == kind
+        if kind == "fallback":
+            assert result.fallback_reason == detail
+            assert result.p_up is None and result.direction in ("long", "short", "flat")
+            assert all(c.status == "dropped" for c in result.components)
+            assert h.sample("candlecast_fallbacks_total", reason="all_components_dropped") == 1
+        else:
+            assert isinstance(detail, dict)
+            expected = {name: ("dropped", detail[name]) if name in detail else ("voted", None) for name in ALL}
+            assert status(result) == expected
+
+
+async def test_missing_models_fall_back_to_the_rule(redis_url: str, redis_store: RedisStore, tmp_path: Path) -> None:
+    async with running_worker(redis_url, redis_store, tmp_path / "no-artifacts") as h:
+        result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
+        assert isinstance(result, Signal)
+        assert (result.source, result.fallback_reason, result.components) == ("fallback", "models_missing", ())
+        assert result.horizon == "next 1m bar (momentum rule)"
+        assert h.sample("candlecast_fallbacks_total", reason="models_missing") == 1
+
+
+async def test_a_corrupt_artifact_disables_its_components_and_the_rest_vote(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    image = models / "efficientnet.onnx"
+    image.write_bytes(image.read_bytes()[:1000])  # e.g. a partial copy
+    async with running_worker(redis_url, redis_store, models) as h:
+        result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
+        assert isinstance(result, Signal) and result.source == "ensemble"
+        assert status(result) == {
+            "tcn_1m": ("voted", None),
+            "tcn_5m": ("voted", None),
+            "efficientnet_1m": ("dropped", "artifact_checksum"),
+            "efficientnet_5m": ("dropped", "artifact_checksum"),
+        }
+        assert {c.provider for c in result.components if c.status == "dropped"} == {""}
+        assert h.sample("candlecast_components_enabled", component="efficientnet_1m") == 0
+
+
+async def test_a_session_that_raises_at_run_is_dropped_as_error_and_the_worker_goes_on(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    exploding_tcn(models / "tcn_1m.onnx")  # loads and warms up on zeros; raises on real inputs
+    manifest = json.loads((models / "manifest.json").read_text())
+    from inference.manifest import sha256_file
+
+    for c in manifest["components"]:
+        if c["name"] == "tcn_1m":
+            c["sha256"] = sha256_file(models / "tcn_1m.onnx")
+    (models / "manifest.json").write_text(json.dumps(manifest))
+
+    async with running_worker(redis_url, redis_store, models) as h:
+        for k in range(3):  # three closes in a row: the worker survives every failure
+            await redis_store.write(history(CLOSE + k * MINUTE, {"1": 60, "5": 60}))
+            result = await h.outcome(SYMBOL, CLOSE + (k - 1) * MINUTE)
+            assert isinstance(result, Signal) and result.source == "ensemble"
+            assert status(result)["tcn_1m"] == ("dropped", "error")
+            assert [s for n, (s, _) in status(result).items() if n != "tcn_1m"] == ["voted"] * 3
+        assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 3
+
+
+async def test_unreadable_events_are_skipped_and_a_symbol_without_windows_gets_a_reason(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    async with running_worker(redis_url, redis_store, models) as h:
+        await h.client.xadd(redis_store.events_key, {"garbage": "1"})
+        await h.client.xadd(redis_store.events_key, {"symbol": "NOPEUSDT", "interval": "1", "start": str(CLOSE)})
+        result = await h.outcome("NOPEUSDT", CLOSE)
+        assert isinstance(result, NoSignal) and result.reason == "fallback_input:empty_window"
+        assert "no component voted (all_components_dropped: empty_window)" in result.detail
+        assert h.sample("candlecast_worker_events_total", outcome="skipped") == 1
+
+
+async def test_redis_lost_mid_signal_leaves_the_event_pending_until_it_returns(
+    own_redis: RedisServer, models: Path
+) -> None:
+    """The worker is inside a signal (waiting for the 5m bar due at the close) when Redis stops. The
+    event is not acknowledged; once Redis is back the worker handles it, once."""
+    client = aioredis.Redis.from_url(own_redis.url, socket_timeout=2.0, socket_connect_timeout=0.5)
+    store = RedisStore(client, prefix="cc", window_bars=128)
+    await store.write(history(CLOSE - MINUTE, {"1": 60, "5": 60}))
+    async with running_worker(own_redis.url, store, models, coarse_wait_ms=3000) as h:
+        await store.write(closing(CLOSE, ("1",)))  # the 5m bar of this boundary is not there yet
+        await eventually(h.pending, 5, what="the event delivered and in progress")
+        await asyncio.to_thread(own_redis.stop)
+        await eventually(
+            lambda: h.sample("candlecast_worker_events_total", outcome="retry") >= 1, 10, what="the signal failed"
+        )
+        await asyncio.to_thread(own_redis.start)
+
+        async def write_5m_bar() -> bool:
+            try:
+                await store.write(closing(CLOSE, ("5",)))
+                return True
+            except StoreError:  # a pooled connection that died with the old server
+                return False
+
+        await eventually(write_5m_bar, 10, what="Redis back")
+        result = await h.outcome(SYMBOL, CLOSE - MINUTE, within=15)
+        assert isinstance(result, Signal) and all(c.status == "voted" for c in result.components)
+        assert [s.bar.start for s in await h.signals.history(SYMBOL)] == [CLOSE - MINUTE]  # once
+        assert h.sample("candlecast_worker_events_total", outcome="published") == 1
+    await store.close()

@@ -1,0 +1,331 @@
+"""Shared by the worker tests: tiny REAL models exported to ONNX, a manifest, and synthetic bars.
+
+The models are untrained (their votes mean nothing); they are real TCN / EfficientNet graphs run
+by real ONNX Runtime sessions, exported the way ``models/export.py`` does. The two tests at the end
+check the kit itself: its bars pass the data checks and its manifest loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import shutil
+import warnings
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import redis.asyncio as aioredis
+from onnx import TensorProto, helper
+from prometheus_client import CollectorRegistry
+
+from inference.checks import check_window
+from inference.components import ModelRegistry, load_model_set
+from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
+from inference.manifest import Component, Manifest, sha256_file
+from inference.metrics import WorkerMetrics
+from inference.render import RENDERER_VERSION
+from inference.signal import NoSignal, Signal
+from inference.signal_store import RedisSignalStore
+from inference.worker import RedisEventSource, Worker, WorkerConfig
+from streaming.klines import Bar, interval_ms
+from streaming.redis_store import RedisStore
+from streaming.store import WriteBatch
+from tests.helpers import eventually
+
+MINUTE = 60_000
+T0 = 1_750_000_000_000 - 1_750_000_000_000 % (60 * MINUTE)  # an hour boundary
+TCN_LENGTH = 16
+TCN_NEED = TCN_LENGTH + WARMUP_BARS  # 49 bars
+IMAGE_BARS, IMAGE_HEIGHT = 24, 54
+
+_CACHE: dict[str, Path] = {}
+
+
+# --- bars ---------------------------------------------------------------------------------------
+
+
+def _d(x: float) -> Decimal:
+    return Decimal(f"{x:.2f}")
+
+
+def bar(start: int, interval: str = "1", symbol: str = "BTCUSDT", **override: str) -> Bar:
+    """A plausible bar, a pure function of (symbol, interval, start), so rewrites are idempotent."""
+    rng = random.Random(f"{symbol}:{interval}:{start}")
+    base = 100.0 + 10.0 * math.sin(start / 3_600_000.0) + (len(symbol) % 7)
+    o, c = base + rng.uniform(-0.5, 0.5), base + rng.uniform(-0.5, 0.5)
+    h, lo = max(o, c) + rng.uniform(0.01, 0.3), min(o, c) - rng.uniform(0.01, 0.3)
+    values = {"open": _d(o), "high": _d(h), "low": _d(lo), "close": _d(c), "volume": _d(rng.uniform(1, 10))}
+    values |= {k: Decimal(v) for k, v in override.items()}
+    return Bar(start, values["open"], values["high"], values["low"], values["close"], values["volume"], Decimal(0))
+
+
+def window(interval: str, close: int, n: int, symbol: str = "BTCUSDT") -> list[Bar]:
+    """The ``n`` bars of ``interval`` closed at exchange time ``close`` (oldest first)."""
+    step = interval_ms(interval)
+    last = (close // step) * step - step
+    return [bar(last - (n - 1 - i) * step, interval, symbol) for i in range(n)]
+
+
+def history(close: int, counts: dict[str, int], symbols: Iterable[str] = ("BTCUSDT",)) -> WriteBatch:
+    return WriteBatch(bars={(s, iv): window(iv, close, n, s) for s in symbols for iv, n in counts.items()})
+
+
+def closing(close: int, intervals: Iterable[str], symbols: Iterable[str] = ("BTCUSDT",)) -> WriteBatch:
+    """The bars of every interval that closes exactly at ``close``."""
+    out: dict[tuple[str, str], list[Bar]] = {}
+    for s in symbols:
+        for iv in intervals:
+            step = interval_ms(iv)
+            if close % step == 0:
+                out[(s, iv)] = [bar(close - step, iv, s)]
+    return WriteBatch(bars=out)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def _torch_export(model: object, example: np.ndarray, path: Path) -> None:
+    import torch
+
+    model.eval()  # type: ignore[attr-defined]
+    with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def tcn_component(root: Path, tf: str, file: str, version: str = "v1", weight: float = 1.0) -> Component:
+    return Component(
+        name=f"tcn_{tf}m",
+        kind="tcn",
+        timeframe=tf,
+        version=version,
+        file=file,
+        sha256=sha256_file(root / file),
+        input={"name": "input", "shape": ["batch", len(FEATURE_NAMES), TCN_LENGTH], "dtype": "float32"},
+        output={"name": "logits", "shape": ["batch", 1]},
+        preprocessing={
+            "features": FEATURE_SET_VERSION,
+            "length": TCN_LENGTH,
+            "warmup": WARMUP_BARS,
+            "bars_needed": TCN_NEED,
+        },
+        horizon=f"next {tf}m bar",
+        weight=weight,
+    )
+
+
+def image_component(root: Path, tf: str, file: str = "efficientnet.onnx", version: str = "v1") -> Component:
+    return Component(
+        name=f"efficientnet_{tf}m",
+        kind="efficientnet",
+        timeframe=tf,
+        version=version,
+        file=file,
+        sha256=sha256_file(root / file),
+        input={"name": "input", "shape": ["batch", 3, IMAGE_HEIGHT, 3 * IMAGE_BARS], "dtype": "float32"},
+        output={"name": "logits", "shape": ["batch", 1]},
+        preprocessing={
+            "renderer": "composite",
+            "renderer_version": RENDERER_VERSION,
+            "height": IMAGE_HEIGHT,
+            "bars": IMAGE_BARS,
+        },
+        horizon=f"next {tf}m bar",
+    )
+
+
+def export_tcn(path: Path, seed: int = 0, in_channels: int = len(FEATURE_NAMES)) -> Path:
+    import torch
+
+    from models.tcn import TCN
+
+    torch.manual_seed(seed)
+    model = TCN(in_channels=in_channels, channels=(8, 8), dilations=(1, 2))
+    _torch_export(model, np.zeros((1, in_channels, TCN_LENGTH), np.float32), path)
+    return path
+
+
+def export_efficientnet(path: Path) -> Path:
+    import torch
+
+    from models.efficientnet import efficientnet
+
+    torch.manual_seed(0)
+    model = efficientnet("b0", num_classes=1, stem_stride=2)
+    _torch_export(model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), path)
+    return path
+
+
+def exploding_tcn(path: Path) -> Path:
+    """A model with the TCN's input that loads and warms up (zeros) but raises on real inputs:
+    ``Gather`` with an index computed from the input, out of range unless the input is all zeros."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", len(FEATURE_NAMES), TCN_LENGTH])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
+    nodes = [
+        helper.make_node("ReduceSumSquare", ["input"], ["ss"], axes=[1, 2], keepdims=0),  # (batch,)
+        helper.make_node("Mul", ["ss", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["idx"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "idx"], ["picked"], axis=0),
+        helper.make_node("Unsqueeze", ["picked", "axes"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1000.0]),
+        helper.make_tensor("table", TensorProto.FLOAT, [1], [0.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "exploding", [x], [y], initializer=inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=9,
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Artifacts exported once per test session: tcn_{1,5,15,60}m.onnx, tcn_1m_b.onnx, efficientnet.onnx."""
+    if "dir" not in _CACHE:
+        root = tmp_path_factory.mktemp("model-cache")
+        for tf in ("1", "5", "15", "60"):
+            export_tcn(root / f"tcn_{tf}m.onnx", seed=int(tf))
+        export_tcn(root / "tcn_1m_b.onnx", seed=99)
+        export_efficientnet(root / "efficientnet.onnx")
+        _CACHE["dir"] = root
+    return _CACHE["dir"]
+
+
+def artifacts(
+    cache: Path,
+    dest: Path,
+    tcn: Iterable[str] = ("1", "5"),
+    image: Iterable[str] = ("1", "5"),
+    version: str = "v1",
+) -> Path:
+    """A fresh artifacts directory (copies, so a test may tamper with it) with its manifest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    components = []
+    for tf in tcn:
+        shutil.copy(cache / f"tcn_{tf}m.onnx", dest / f"tcn_{tf}m.onnx")
+        components.append(tcn_component(dest, tf, f"tcn_{tf}m.onnx", version))
+    image = list(image)
+    if image:
+        shutil.copy(cache / "efficientnet.onnx", dest / "efficientnet.onnx")
+        components += [image_component(dest, tf, version=version) for tf in image]
+    write_manifest(dest, components)
+    return dest
+
+
+def write_manifest(dest: Path, components: Iterable[Component], created: str = "2026-01-01T00:00:00+00:00") -> None:
+    Manifest(components=tuple(components), created=created).save(dest / "manifest.json")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- a worker on a real Redis ---------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    worker: Worker
+    store: RedisStore
+    signals: RedisSignalStore
+    events: RedisEventSource
+    metrics: WorkerMetrics
+    client: aioredis.Redis
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def outcome(self, symbol: str, start: int, within: float = 10.0) -> Signal | NoSignal:
+        """The signal, or the recorded reason for none, for (symbol, bar start), once the event is acked."""
+        found: list[Signal | NoSignal] = []
+
+        async def done() -> bool:
+            if await self.pending():
+                return False
+            signals = [s for s in await self.signals.history(symbol, 50) if s.bar.start == start]
+            if signals:
+                found.append(signals[0])
+                return True
+            no = await self.signals.no_signal(symbol)
+            if no is not None and no.bar.start == start:
+                found.append(no)
+                return True
+            return False
+
+        await eventually(done, within, what=f"an outcome for {symbol} bar {start}")
+        return found[0]
+
+    async def pending(self) -> int:
+        return int((await self.client.xpending(self.events.stream, self.events.group))["pending"])
+
+
+@asynccontextmanager
+async def running_worker(
+    redis_url: str,
+    store: RedisStore,
+    models: Path,
+    *,
+    consumer: str = "w1",
+    group: str = "workers",
+    **config: Any,
+) -> AsyncIterator[Harness]:
+    """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
+    metrics = WorkerMetrics(CollectorRegistry())
+    registry = ModelRegistry(models, prefer_gpu=False, poll_s=3600, metrics=metrics)
+    await registry.load()
+    events = RedisEventSource(client, store.events_key, group=group, consumer=consumer)
+    await events.setup()
+    signals = RedisSignalStore(client, prefix=store.prefix)
+    fields: dict[str, Any] = {
+        "intervals": ("1", "5"),
+        "coarse_wait_ms": 200,
+        "latency_budget_ms": 5000,
+        "block_ms": 100,
+        "backoff_base_s": 0.02,
+        "backoff_cap_s": 0.2,
+        "lag_every_s": 0.1,
+    } | config
+    worker = Worker(WorkerConfig(**fields), store, events, signals, registry, metrics)
+    await worker.start()
+    try:
+        yield Harness(worker, store, signals, events, metrics, client)
+    finally:
+        await worker.close()
+        await client.aclose()
+
+
+# --- the kit's own checks -----------------------------------------------------------------------
+
+
+def test_kit_windows_are_servable() -> None:
+    close = T0 + 5 * MINUTE
+    for iv, n in (("1", 60), ("5", 60), ("60", 30)):
+        assert check_window(window(iv, close, n), iv, n, close) is None
+    assert check_window(window("1", close, 60), "1", 60, close + MINUTE) == "stale_window"
+
+
+def test_kit_models_load(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    models = load_model_set(artifacts(model_cache(tmp_path_factory), tmp_path / "a"), prefer_gpu=False)
+    assert [c.name for c in models.enabled] == ["tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"]
