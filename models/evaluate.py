@@ -195,6 +195,7 @@ def _json_safe(obj: Any) -> Any:
 def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     cols = [
         "n_predictions",
+        "up_rate",
         "accuracy",
         "brier",
         "total_return",
@@ -216,7 +217,15 @@ def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for name, m in report.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
-    lines += ["", "Equity curves: `equity.png`. Every number can be recomputed from `predictions.csv`.", ""]
+    lines += [
+        "",
+        "Several files are evaluated one after another: `total_return` and the equity curve compound the",
+        "series in file order (each as if traded alone in turn); accuracy counts only bars with a call",
+        "(P(up) not exactly 0.5); `up_rate` is the share of bars that closed up, the bar to beat. Sharpe and",
+        "Sortino are annualised for the strategy's bar interval. Equity curves: `equity.png`. Every number can be",
+        "recomputed from `predictions.csv`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

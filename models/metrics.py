@@ -69,6 +69,7 @@ def strategy_metrics(
     return {
         "n_predictions": len(p),
         "n_calls": n_called,
+        "up_rate": float(up.mean()) if len(up) else float("nan"),  # the share of bars that closed up
         "accuracy": float(np.sum(called & (pred_up == up)) / n_called) if n_called else float("nan"),
         "precision": precision,
         "recall": recall,
