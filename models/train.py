@@ -46,7 +46,7 @@ class TrainConfig:
     models: tuple[str, ...] = ("tcn", "efficientnet")
     timeframes: tuple[int, ...] = TIMEFRAMES
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     tcn_train_cap: int = 60_000
     tcn_val_cap: int = 10_000
     tcn_epochs: int = 12

@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--models", default="tcn,efficientnet")
     t.add_argument("--timeframes", default="1,5,15,60")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    t.add_argument("--device", default="auto", help="auto (default: CUDA when present, else CPU), cpu or cuda")
     t.add_argument("--tcn-epochs", type=int, default=12)
     t.add_argument("--image-epochs", type=int, default=4)
     t.add_argument("--tcn-samples", type=int, default=60_000, help="training samples per timeframe (cap)")
