@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 __all__ = ["Component", "Manifest", "ManifestError", "sha256_file"]
 
 SCHEMA_VERSION = 1
+HEX = frozenset("0123456789abcdef")
 
 
 class ManifestError(Exception):
@@ -53,6 +55,16 @@ class Component:
     validation: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight, int | float) or not math.isfinite(self.weight) or self.weight < 0:
+            raise ManifestError(f"{self.name}: weight must be a finite number >= 0, got {self.weight!r}")
+        if not (isinstance(self.sha256, str) and len(self.sha256) == 64 and all(c in HEX for c in self.sha256)):
+            raise ManifestError(f"{self.name}: sha256 must be 64 hex digits")
+        if not isinstance(self.file, str) or Path(self.file).name != self.file or self.file in ("", ".", ".."):
+            raise ManifestError(
+                f"{self.name}: file must be a plain name inside the artifacts folder, got {self.file!r}"
+            )
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -75,6 +87,8 @@ class Manifest:
             )
         try:
             components = tuple(Component(**c) for c in raw["components"])
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed component entry: {exc}") from exc
         return cls(components=components, created=str(raw.get("created", "")), notes=str(raw.get("notes", "")))

@@ -21,7 +21,7 @@ import csv
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from inference.ensemble import Thresholds
 from inference.fallback import momentum_direction, momentum_score
-from inference.features import tcn_input
+from inference.features import WARMUP_BARS, tcn_input
 from inference.manifest import Component, Manifest
 from inference.render import composite
 from models.data import MINUTE_MS, Series, aggregate, load_series, next_returns, sample_ends
@@ -46,24 +47,26 @@ class EvaluateConfig:
     files: tuple[Path, ...]
     out_dir: Path
     artifacts: Path
-    long_above: float = 0.525  # P(up) thresholds for a directional call
-    short_below: float = 0.475
+    thresholds: Thresholds = field(default_factory=Thresholds)  # serving thresholds, on score = 2·P(up) - 1
 
 
 Parts = list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np.float64]]]
 
 
 def _directions(p: npt.NDArray[np.float64], cfg: EvaluateConfig) -> npt.NDArray[np.int8]:
+    """Vectorised ``Thresholds.direction`` (the rule serving applies), on score = 2p - 1."""
+    score = 2.0 * p - 1.0
     d = np.zeros(len(p), np.int8)
-    d[p > cfg.long_above] = 1
-    d[p < cfg.short_below] = -1
+    d[score >= cfg.thresholds.long_above] = 1
+    d[score <= -cfg.thresholds.short_below] = -1
     return d
 
 
 def _inputs(component: Component, s: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     pre = component.preprocessing
     if component.kind == "tcn":
-        need, length = int(pre["bars_needed"]), int(pre["length"])
+        length = int(pre["length"])
+        need = int(pre.get("bars_needed", length + WARMUP_BARS))
         return np.stack([tcn_input(s.ohlcv[t - need + 1 : t + 1], length) for t in ends])
     bars, height = int(pre["bars"]), int(pre["height"])
     return np.stack([composite(s.ohlcv[t - bars + 1 : t + 1], height, bars) for t in ends])
@@ -71,7 +74,9 @@ def _inputs(component: Component, s: Series, ends: npt.NDArray[np.int64]) -> npt
 
 def _need(component: Component) -> int:
     pre = component.preprocessing
-    return int(pre["bars_needed"]) if component.kind == "tcn" else int(pre["bars"])
+    if component.kind == "tcn":
+        return int(pre.get("bars_needed", int(pre["length"]) + WARMUP_BARS))
+    return int(pre["bars"])
 
 
 def _iso_ms(text: str) -> int:
@@ -84,8 +89,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest = Manifest.load(cfg.artifacts / "manifest.json")
     sessions: dict[str, ort.InferenceSession] = {}
     for c in manifest.components:
+        path = manifest.verified_path(c, cfg.artifacts)  # every entry, even for a shared file
         if c.file not in sessions:
-            path = manifest.verified_path(c, cfg.artifacts)
             sessions[c.file] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     test_after = max(_iso_ms(c.training["test_after"]) for c in manifest.components)
     per_strategy: dict[str, Parts] = defaultdict(list)
@@ -93,6 +98,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     base_minutes = 0
     for path in cfg.files:
         base = load_series(path)
+        if base_minutes and base.interval_min != base_minutes:
+            raise ValueError(f"{path.name}: {base.interval_min}m bars; evaluate files of one interval at a time")
         base_minutes = base.interval_min
         latest: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}  # close time -> p_up
         for c in manifest.components:
@@ -164,7 +171,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     meta = {
         "files": [str(p) for p in cfg.files],
         "test_after_ms": test_after,
-        "thresholds": [cfg.short_below, cfg.long_above],
+        "thresholds_on_score": [-cfg.thresholds.short_below, cfg.thresholds.long_above],
         "fee_per_side": 0.00055,
         "manifest_created": manifest.created,
     }
@@ -175,7 +182,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         w = csv.writer(fh)
         w.writerow(["strategy", "open_time_ms", "p_up", "direction", "realized_return", "series"])
         for name, series_name, t, pv, dv, ret in rows:
-            w.writerow([name, t, f"{pv:.6f}", dv, f"{ret:.8g}", series_name])
+            w.writerow([name, t, repr(pv), dv, repr(ret), series_name])
     (cfg.out_dir / "report.md").write_text(_markdown(report, meta))
     _equity_png(per_strategy, cfg.out_dir / "equity.png")
     return {"meta": meta, "strategies": report}
@@ -196,7 +203,9 @@ def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     cols = [
         "n_predictions",
         "up_rate",
+        "majority_accuracy",
         "accuracy",
+        "accuracy_moved",
         "brier",
         "total_return",
         "sharpe",
@@ -210,7 +219,8 @@ def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Files: {', '.join(Path(f).name for f in meta['files'])}. Only bars whose input windows start after the "
         f"models' test cut ({meta['test_after_ms']} ms). Taker fee 0.055 % a side. Thresholds on P(up): "
-        f"short below {meta['thresholds'][0]}, long above {meta['thresholds'][1]}.",
+        f"short at or below score {meta['thresholds_on_score'][0]}, long at or above {meta['thresholds_on_score'][1]} "
+        "(score = 2·P(up) - 1, as in serving).",
         "",
         "| strategy | " + " | ".join(cols) + " |",
         "|" + "---|" * (len(cols) + 1),
@@ -219,11 +229,13 @@ def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
     lines += [
         "",
-        "Several files are evaluated one after another: `total_return` and the equity curve compound the",
-        "series in file order (each as if traded alone in turn); accuracy counts only bars with a call",
-        "(P(up) not exactly 0.5); `up_rate` is the share of bars that closed up, the bar to beat. Sharpe and",
-        "Sortino are annualised for the strategy's bar interval. Equity curves: `equity.png`. Every number can be",
-        "recomputed from `predictions.csv`.",
+        "With several files (symbols), `total_return` is the mean of each series traded alone and",
+        "`max_drawdown` the worst series; the equity curve chains the series in file order. Accuracy counts",
+        'only bars with a call (P(up) not exactly 0.5); "up" means the next close is strictly higher;',
+        "`majority_accuracy` (always guessing the commoner outcome) is the bar to beat, and",
+        "`accuracy_moved` leaves out bars that closed unchanged. Sharpe and Sortino are annualised for the",
+        "strategy's bar interval. In `predictions.csv`, `open_time_ms` is the bar at whose close the call",
+        "is made and `realized_return` the return of the NEXT bar. Every number can be recomputed from it.",
         "",
     ]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """``candlecast train``: fit the TCNs (one per timeframe) and one shared EfficientNet on history.
 
-Seeded, CPU by default (CUDA when asked and present), AdamW with a cosine schedule, early stopping
+Seeded, CUDA when present and the CPU otherwise (``--device`` chooses), AdamW with a cosine schedule, early stopping
 on validation loss, progress bars. Writes checkpoints and their metrics to ``--work``; ``candlecast
 export`` turns them into ONNX artifacts and the manifest.
 """
@@ -71,7 +71,7 @@ def _device(name: str) -> torch.device:
 
 
 def _metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    p = 1.0 / (1.0 + np.exp(-logits))
+    p = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -60.0, 60.0)))
     pred = p >= 0.5
     return {
         "n": float(len(y)),
@@ -105,6 +105,8 @@ def fit(
     """Train with AdamW + cosine schedule; keep the weights of the best validation loss."""
     lr = lr or cfg.lr
     batch_size = batch_size or cfg.batch_size
+    if not len(train) or not len(val):
+        raise ValueError(f"{label}: {len(train)} training and {len(val)} validation samples; need both")
     device = _device(cfg.device)
     model.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -151,7 +153,7 @@ def fit(
             val_loss,
             entry["val_accuracy"],
         )
-        if best is None or val_loss < best[0] - 1e-5:
+        if best is None or not math.isfinite(best[0]) or val_loss < best[0] - 1e-5:
             best = (val_loss, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             bad_epochs = 0
         else:

@@ -64,3 +64,25 @@ def test_bad_manifest_files(tmp_path: Path, body: str, needle: str) -> None:
         Manifest.load(tmp_path / "manifest.json")
     with pytest.raises(ManifestError, match="no manifest"):
         Manifest.load(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("weight", float("inf"), "weight must be"),
+        ("weight", -1.0, "weight must be"),
+        ("weight", "1.0", "weight must be"),
+        ("sha256", "abc", "64 hex"),
+        ("file", "../outside.onnx", "plain name"),
+        ("file", "/etc/passwd", "plain name"),
+    ],
+)
+def test_component_fields_are_validated(tmp_path: Path, field: str, value: object, needle: str) -> None:
+    import json
+
+    make(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw["components"][0][field] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=needle):
+        Manifest.load(tmp_path / "manifest.json")

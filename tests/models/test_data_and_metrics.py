@@ -126,3 +126,24 @@ def test_buy_and_hold_pays_the_fee_once_each_way() -> None:
 
 def test_shared_data_root_exists() -> None:
     assert (SHARED / "data" / "klines_1m").is_dir(), Path(SHARED)
+
+
+def test_drawdown_counts_from_the_starting_equity_and_unchanged_bars_are_not_up() -> None:
+    r = np.array([-0.10, -0.05, 0.0])
+    m = strategy_metrics([(np.ones(3), np.ones(3, np.int8), r)], interval_min=1)
+    equity_end = (0.9 - TAKER_FEE) * 0.95 * (1 - TAKER_FEE)
+    assert m["total_return"] == pytest.approx(equity_end - 1)
+    assert m["max_drawdown"] == pytest.approx(1 - equity_end)  # from 1.0, not from the first bar's close
+    assert m["up_rate"] == 0.0
+    assert m["majority_accuracy"] == 1.0
+    assert m["accuracy_moved"] == 0.0  # two moved bars, both down, both called up
+
+
+def test_several_series_are_an_equal_weight_book() -> None:
+    a = (np.ones(2), np.ones(2, np.int8), np.array([0.10, 0.0]))
+    b = (np.ones(2), np.ones(2, np.int8), np.array([-0.10, 0.0]))
+    m = strategy_metrics([a, b], interval_min=60)
+    ra = (1.10 - TAKER_FEE) * (1 - TAKER_FEE) - 1
+    rb = (0.90 - TAKER_FEE) * (1 - TAKER_FEE) - 1
+    assert m["total_return"] == pytest.approx((ra + rb) / 2)
+    assert m["max_drawdown"] == pytest.approx(-rb)
