@@ -593,6 +593,16 @@ class Worker:
     async def start(self) -> None:
         if not self.models.loaded:
             await self.models.load()
+        kept = self.engine.store.window_bars
+        for c in self.models.current.enabled:
+            if c.bars_needed > kept:
+                log.warning(
+                    "%s needs %d bars but the store keeps %d per window: it will never vote (raise "
+                    "CANDLECAST_WINDOW_BARS on the ingestor)",
+                    c.name,
+                    c.bars_needed,
+                    kept,
+                )
         self._spawn(self._reader(), "worker-reader")
         self._spawn(self._claimer(), "worker-claimer")
         self._spawn(self._backlog(), "worker-backlog")

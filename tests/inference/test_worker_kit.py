@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 
@@ -35,6 +36,7 @@ from inference.render import RENDERER_VERSION
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
 from inference.worker import RedisEventSource, Worker, WorkerConfig
+from streaming.errors import StoreError
 from streaming.klines import Bar, interval_ms
 from streaming.redis_store import RedisStore
 from streaming.store import WriteBatch
@@ -261,13 +263,16 @@ class Harness:
         found: list[Signal | NoSignal] = []
 
         async def done() -> bool:
-            if await self.pending():
+            try:
+                if await self.pending():
+                    return False
+                signals = [s for s in await self.signals.history(symbol, 50) if s.bar.start == start]
+                no = await self.signals.no_signal(symbol)
+            except (StoreError, rex.ConnectionError):  # a pooled connection that died with a restarted Redis
                 return False
-            signals = [s for s in await self.signals.history(symbol, 50) if s.bar.start == start]
             if signals:
                 found.append(signals[0])
                 return True
-            no = await self.signals.no_signal(symbol)
             if no is not None and no.bar.start == start:
                 found.append(no)
                 return True
