@@ -55,7 +55,11 @@ class Component:
     validation: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raise :class:`ManifestError` for an entry no loader should use (checked before any file access).
+
+        Kept out of ``__init__`` so that one bad entry disables one component instead of the manifest.
+        """
         if not isinstance(self.weight, int | float) or not math.isfinite(self.weight) or self.weight < 0:
             raise ManifestError(f"{self.name}: weight must be a finite number >= 0, got {self.weight!r}")
         if not (isinstance(self.sha256, str) and len(self.sha256) == 64 and all(c in HEX for c in self.sha256)):
@@ -87,8 +91,6 @@ class Manifest:
             )
         try:
             components = tuple(Component(**c) for c in raw["components"])
-        except ManifestError as exc:
-            raise ManifestError(f"{path}: {exc}") from exc
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed component entry: {exc}") from exc
         return cls(components=components, created=str(raw.get("created", "")), notes=str(raw.get("notes", "")))
@@ -103,7 +105,8 @@ class Manifest:
         path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
 
     def verified_path(self, component: Component, root: Path) -> Path:
-        """The artifact's path, after checking it exists and its sha256 matches the manifest."""
+        """The artifact's path, after checking the entry, that the file exists and its sha256 matches."""
+        component.validate()
         path = root / component.file
         if not path.is_file():
             raise ManifestError(f"{component.name}: artifact {path} is missing")

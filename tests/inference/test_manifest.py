@@ -84,5 +84,6 @@ def test_component_fields_are_validated(tmp_path: Path, field: str, value: objec
     raw = json.loads((tmp_path / "manifest.json").read_text())
     raw["components"][0][field] = value
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    manifest = Manifest.load(tmp_path / "manifest.json")  # one bad entry does not sink the manifest
     with pytest.raises(ManifestError, match=needle):
-        Manifest.load(tmp_path / "manifest.json")
+        manifest.verified_path(manifest.components[0], tmp_path)
