@@ -169,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     bi.add_argument("--symbols", type=int, default=100)
     bi.add_argument("--frames", type=int, default=200_000)
     bi.set_defaults(handler=_cmd_bench_ingest)
+    bn = bsub.add_parser("inference", help="ORT vs torch, per-signal latency p50/p99, symbols/s (shipped models)")
+    bn.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    bn.add_argument("--data", type=Path, default=Path(DEFAULT_REPLAY[0]))
+    bn.add_argument("--symbols", type=int, default=50)
+    bn.add_argument("--repeats", type=int, default=200)
+    bn.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads")
+    bn.set_defaults(handler=_cmd_bench_inference)
     br = bsub.add_parser("render", help="renderer images/s vs mplfinance and pyts")
     br.add_argument("--repeats", type=int, default=200)
     br.set_defaults(handler=_cmd_bench_render)
@@ -394,6 +401,16 @@ async def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts)
     report = await asyncio.to_thread(evaluate, cfg)
     _print_json(report["strategies"])
+    return 0
+
+
+async def _cmd_bench_inference(args: argparse.Namespace) -> int:
+    from models.bench_inference import bench_inference  # needs torch for the eager baseline
+
+    result = await asyncio.to_thread(
+        bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads
+    )
+    _print_json(result)
     return 0
 
 
