@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 from streaming.depth import DepthRow
 from streaming.klines import Bar, encode_bar
-from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, trim_oldest
+from streaming.store import (
+    BarEvent,
+    BookStatus,
+    SymbolWindows,
+    WriteBatch,
+    WriteResult,
+    new_closes,
+    trim_oldest,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -32,19 +40,20 @@ class MemoryStore:
             window = self._bars.setdefault(key, {})
             before = max(window, default=-1)
             inserted = revised = 0
+            fresh = []
             for bar in bars:
                 old = window.get(bar.start)
                 if old is None:
                     inserted += 1
+                    if bar.start > before:
+                        fresh.append(bar.start)
                 elif encode_bar(old) != encode_bar(bar):  # exact strings, like Redis members
                     revised += 1
                 window[bar.start] = bar
             trim_oldest(window, self.window_bars)
-            after = max(window, default=-1)
             result.inserted[key] = inserted
             result.revised[key] = revised
-            if after > before:
-                result.events.append(BarEvent(key[0], key[1], after))
+            result.events += [BarEvent(key[0], key[1], s) for s in new_closes(before, sorted(fresh))]
         self._books.update(batch.books)
         for dkey, rows in batch.depth_rows.items():
             dwindow = self._depth.setdefault(dkey, {})

@@ -14,7 +14,7 @@ import redis.exceptions as rex
 from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import decode_bar, encode_bar
-from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult
+from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes
 
 __all__ = ["RedisStore"]
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # Idempotent upsert into a bounded time-keyed window, atomically (a script runs alone).
 # KEYS[1] = ZSET; ARGV = maxlen, then (score, member) pairs.
-# Returns {newest start before, newest start after, inserted, revised}.
+# Returns {newest start before, newest start after, inserted, revised, starts inserted beyond the old newest...}.
 _UPSERT_WINDOW = """
 local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
@@ -33,12 +33,14 @@ local function newest()
 end
 local before = newest()
 local inserted, revised = 0, 0
+local fresh = {}
 for i = 2, #ARGV, 2 do
   local score, member = ARGV[i], ARGV[i + 1]
   local old = redis.call('ZRANGEBYSCORE', key, score, score)
   if #old == 0 then
     redis.call('ZADD', key, score, member)
     inserted = inserted + 1
+    if tonumber(score) > tonumber(before) then table.insert(fresh, score) end
   elseif old[1] ~= member then
     redis.call('ZREMRANGEBYSCORE', key, score, score)
     redis.call('ZADD', key, score, member)
@@ -47,7 +49,9 @@ for i = 2, #ARGV, 2 do
 end
 local n = redis.call('ZCARD', key)
 if n > maxlen then redis.call('ZREMRANGEBYRANK', key, 0, n - maxlen - 1) end
-return {before, newest(), inserted, revised}
+local out = {before, newest(), inserted, revised}
+for _, s in ipairs(fresh) do table.insert(out, s) end
+return out
 """
 
 
@@ -135,8 +139,8 @@ class RedisStore:
                 before, after, inserted, revised = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
                 result.inserted[key] = inserted
                 result.revised[key] = revised
-                if after > before:
-                    result.events.append(BarEvent(key[0], key[1], after))
+                fresh = sorted(int(s) for s in reply[4:])
+                result.events += [BarEvent(key[0], key[1], s) for s in new_closes(before, fresh) if s <= after]
             result.errors += [str(r) for r in replies[len(bar_keys) :] if isinstance(r, Exception)]
             self._unsent_events.extend(result.events)
             await self._send_events()

@@ -31,6 +31,7 @@ __all__ = [
     "WindowStore",
     "WriteBatch",
     "WriteResult",
+    "new_closes",
     "trim_oldest",
 ]
 
@@ -81,7 +82,7 @@ class BookStatus:
 
 @dataclass(frozen=True, slots=True)
 class BarEvent:
-    """A window's newest closed bar advanced to ``start``."""
+    """A closed bar at ``start`` joined the head of a window (see :func:`new_closes`)."""
 
     symbol: str
     interval: str
@@ -139,6 +140,23 @@ class WindowStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+MAX_EVENTS_PER_WRITE = 16
+
+
+def new_closes(before: int, fresh: list[int]) -> list[int]:
+    """Starts that deserve a bar-closed event: every bar added beyond the previous newest.
+
+    Several closes can land in one write (a slow flush, a backfill after a reconnect): each gets its
+    event, so a worker makes a signal for each. An empty window (a first fill) announces only its
+    newest bar, and a long catch-up only its newest ``MAX_EVENTS_PER_WRITE`` bars.
+    """
+    if not fresh:
+        return []
+    if before < 0:
+        return fresh[-1:]
+    return fresh[-MAX_EVENTS_PER_WRITE:]
 
 
 def trim_oldest(window: dict[int, _T], maxlen: int) -> None:

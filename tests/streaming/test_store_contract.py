@@ -165,3 +165,11 @@ async def test_unreachable_redis_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await rs.read_symbol("BTCUSDT", ["1"], 50)
     await rs.close()
+
+
+async def test_every_close_beyond_the_head_gets_an_event(store: WindowStore) -> None:
+    await write_bars(store, [bar(0)])
+    r = await write_bars(store, [bar(1), bar(2), bar(3)])  # three closes in one flush
+    assert r.events == [BarEvent("BTCUSDT", "1", T0 + i * MINUTE_MS) for i in (1, 2, 3)]
+    r = await write_bars(store, [bar(i) for i in range(4, 4 + 40)])  # a long catch-up: the newest 16
+    assert [e.start for e in r.events] == [T0 + i * MINUTE_MS for i in range(28, 44)]
