@@ -27,7 +27,7 @@ from models.datasets import IMAGE_BARS, IMAGE_HEIGHT, Cuts, build_image_samples,
 from models.efficientnet import efficientnet
 from models.tcn import TCN
 
-__all__ = ["ExportError", "export_all"]
+__all__ = ["ExportError", "export_all", "export_onnx"]
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -37,7 +37,8 @@ class ExportError(Exception):
     """An export failed a check (ONNX checker, or ONNX Runtime vs PyTorch parity)."""
 
 
-def _export(model: nn.Module, example: np.ndarray, path: Path) -> None:
+def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
+    """Export with a dynamic batch axis and run the full ``onnx.checker``."""
     model.eval()
     # The TorchScript exporter: deterministic, quick, and exact for these plain conv nets under the
     # pinned torch 2.13. It announces its deprecation on every call; that notice is expected here.
@@ -101,7 +102,7 @@ def export_all(
         image_model.eval()
         image_result: dict[str, Any] = state["result"]
         image_path = out_dir / "efficientnet.onnx"
-        _export(image_model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), image_path)
+        export_onnx(image_model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), image_path)
     for ckpt in sorted(work_dir.glob("tcn_*m.pt"), key=lambda p: int(p.stem.split("_")[1][:-1])):
         tf = int(ckpt.stem.split("_")[1][:-1])
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -112,7 +113,7 @@ def export_all(
         series = series_for_timeframe(data_dir, tf)
         val = build_tcn_samples(series, cuts, "val", tcn_check_samples, seed=1)
         path = out_dir / f"tcn_{tf}m.onnx"
-        _export(model, val.x[:1], path)
+        export_onnx(model, val.x[:1], path)
         logits, diff = _parity(model, path, val.x)
         log.info("tcn_%dm exported: parity %.2e on %d real inputs", tf, diff, len(val))
         length = result["config"]["length"]

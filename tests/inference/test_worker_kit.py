@@ -11,7 +11,6 @@ import hashlib
 import math
 import random
 import shutil
-import warnings
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -94,24 +93,6 @@ def closing(close: int, intervals: Iterable[str], symbols: Iterable[str] = ("BTC
 # --- models -------------------------------------------------------------------------------------
 
 
-def _torch_export(model: object, example: np.ndarray, path: Path) -> None:
-    import torch
-
-    model.eval()  # type: ignore[attr-defined]
-    with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.from_numpy(example),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-
-
 def tcn_component(root: Path, tf: str, file: str, version: str = "v1", weight: float = 1.0) -> Component:
     return Component(
         name=f"tcn_{tf}m",
@@ -156,11 +137,12 @@ def image_component(root: Path, tf: str, file: str = "efficientnet.onnx", versio
 def export_tcn(path: Path, seed: int = 0, in_channels: int = len(FEATURE_NAMES)) -> Path:
     import torch
 
+    from models.export import export_onnx
     from models.tcn import TCN
 
     torch.manual_seed(seed)
     model = TCN(in_channels=in_channels, channels=(8, 8), dilations=(1, 2))
-    _torch_export(model, np.zeros((1, in_channels, TCN_LENGTH), np.float32), path)
+    export_onnx(model, np.zeros((1, in_channels, TCN_LENGTH), np.float32), path)
     return path
 
 
@@ -168,10 +150,11 @@ def export_efficientnet(path: Path) -> Path:
     import torch
 
     from models.efficientnet import efficientnet
+    from models.export import export_onnx
 
     torch.manual_seed(0)
     model = efficientnet("b0", num_classes=1, stem_stride=2)
-    _torch_export(model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), path)
+    export_onnx(model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), path)
     return path
 
 
