@@ -57,12 +57,3 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage_after_each_test() -> Iterator[None]:
-    """Surface leaked sockets/transports in the test that leaked them, not in a later bystander."""
-    yield
-    import gc
-
-    gc.collect()
