@@ -110,6 +110,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(handler=_cmd_simulate)
 
+    rn = sub.add_parser(
+        "run",
+        help="ingestion, worker and API in one process (Redis if CANDLECAST_REDIS_URL is set, else in memory)",
+    )
+    rn.add_argument(
+        "--replay",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="feed from an in-process simulator replaying these 1m CSVs (default files when none given): no internet",
+    )
+    rn.add_argument("--speed", type=float, default=60.0, help="replay speed: market ms per wall ms")
+    rn.set_defaults(handler=_cmd_run)
+
     i = sub.add_parser("ingest", help="run ingestion: Bybit WS + REST backfill into the window store")
     i.add_argument(
         "--replay",
@@ -131,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
         help="run an inference worker: bar-closed events from Redis => signals (start several to share the work)",
     )
     w.set_defaults(handler=_cmd_worker)
+
+    a = sub.add_parser(
+        "api",
+        help="serve the signal API (HTTP + WebSocket, /metrics, /docs) from the signals workers write to Redis",
+    )
+    a.add_argument("--host", default=None, help="address to bind (default CANDLECAST_API_HOST, 127.0.0.1)")
+    a.add_argument("--port", type=int, default=None, help="port to bind (default CANDLECAST_API_PORT, 8000)")
+    a.set_defaults(handler=_cmd_api)
 
     n = sub.add_parser("inspect", help="print, as JSON, what the store holds for a symbol")
     n.add_argument("symbol")
@@ -176,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeats", type=int, default=200)
     bn.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads")
     bn.set_defaults(handler=_cmd_bench_inference)
+    ba = bsub.add_parser("api", help="GET /signal vs a bare route, and WebSocket fan-out latency")
+    ba.add_argument("--connections", type=int, default=32)
+    ba.add_argument("--seconds", type=float, default=5.0)
+    ba.add_argument("--subscribers", type=int, default=1000)
+    ba.add_argument("--publishes", type=int, default=10)
+    ba.set_defaults(handler=_cmd_bench_api)
     br = bsub.add_parser("render", help="renderer images/s vs mplfinance and pyts")
     br.add_argument("--repeats", type=int, default=200)
     br.set_defaults(handler=_cmd_bench_render)
@@ -264,6 +292,15 @@ def open_store(settings: Settings) -> WindowStore:
     )
 
 
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from service.run import run_service
+
+    settings = load_settings()
+    replay = None if args.replay is None else (list(args.replay) or [Path(x) for x in DEFAULT_REPLAY])
+    await run_service(settings, ingest_config(settings), worker_config(settings), replay=replay, speed=args.speed)
+    return 0
+
+
 async def _cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
@@ -344,6 +381,29 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_api(args: argparse.Namespace) -> int:
+    from service.app import ApiServer, create_app, server_config  # FastAPI and uvicorn: serving commands only
+
+    settings = load_settings()
+    if settings.redis_url is None:
+        raise ConfigError(
+            "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
+            "(e.g. redis://127.0.0.1:6379/0), or use `candlecast run` for everything in one process"
+        )
+    server = ApiServer(server_config(create_app(settings), settings, host=args.host, port=args.port))
+    try:
+        await server.start()
+        print(
+            f"api: {server.url}  (docs /docs, WebSocket /ws, metrics /metrics) for {', '.join(settings.symbols)} "
+            f"from {settings.redis_url}; API keys {'required' if settings.api_keys else 'off'}",
+            flush=True,
+        )
+        await server.wait()
+    finally:
+        await server.close()  # on SIGINT/SIGTERM too: WebSockets closed, requests drained, Redis closed
+    return 0
+
+
 async def _cmd_record(args: argparse.Namespace) -> int:
     settings = load_settings()
     topics = [f"kline.{iv}.{s}" for s in settings.symbols for iv in settings.intervals]
@@ -410,6 +470,14 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
     result = await asyncio.to_thread(
         bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads
     )
+    _print_json(result)
+    return 0
+
+
+async def _cmd_bench_api(args: argparse.Namespace) -> int:
+    from service.bench_api import bench_api
+
+    result = await asyncio.to_thread(bench_api, args.connections, args.seconds, args.subscribers, args.publishes)
     _print_json(result)
     return 0
 

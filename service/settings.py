@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -21,6 +21,8 @@ _SYMBOL = re.compile(r"^[A-Z0-9]{2,40}$")
 _INTERVALS = {"1", "3", "5", "15", "30", "60", "120", "240", "360", "720"}
 _COMPONENT = re.compile(r"^[a-z0-9_]{1,64}$")
 _DEPTHS = {50, 200, 1000}  # 500 is offline since 2025-09-30; 1 is snapshot-only and too thin.
+_API_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # RFC 6750 b64token
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")
 ENV_PREFIX = "CANDLECAST_"
 
 
@@ -77,6 +79,38 @@ class Settings(BaseSettings):
     signal_audit_maxlen: int = Field(default=10_000, ge=100, le=1_000_000, description="audit stream length per symbol")
     worker_metrics_port: int = Field(default=9101, ge=0, le=65_535, description="Prometheus port; 0 = none")
 
+    # -- signal API (`candlecast api`) --
+    api_host: str = Field(default="127.0.0.1", min_length=1, description="address `candlecast api` binds")
+    api_port: int = Field(default=8000, ge=0, le=65_535, description="port `candlecast api` binds; 0 = any free port")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated API keys; when set, /signal* and /ws need `Authorization: Bearer <key>`",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated CORS origins, e.g. https://app.example; unset = CORS off"
+    )
+    api_signal_grace_s: float = Field(
+        default=30.0, ge=0, le=86_400, description="a signal is served until 2 finest bars + this old (exchange clock)"
+    )
+    api_ws_queue: int = Field(default=256, ge=1, le=65_536, description="frames queued per WebSocket client")
+    api_ws_max_symbols: int = Field(default=50, ge=1, le=10_000, description="symbols one WebSocket may subscribe")
+    api_ws_max_frame_bytes: int = Field(
+        default=16_384, ge=256, le=1_048_576, description="largest frame a WebSocket client may send"
+    )
+    api_ws_auth_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="time for the first-message key when no Authorization header came"
+    )
+    api_resync_s: float = Field(
+        default=5.0, gt=0, le=3600, description="re-read latest signals and no-signal reasons this often"
+    )
+    api_reconnect_max_s: float = Field(default=5.0, gt=0, le=300, description="cap of the pub/sub reconnect backoff")
+    api_ready_max_lag_s: float = Field(
+        default=300.0, ge=0, description="/readyz: newest bar close at most this far behind the wall clock; 0 = off"
+    )
+    api_ready_max_stall_s: float = Field(
+        default=300.0, ge=0, description="/readyz: the exchange clock advanced within this many wall seconds; 0 = off"
+    )
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _parse_symbols(cls, value: object) -> object:
@@ -119,6 +153,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected component=weight pairs with weights >= 0, e.g. tcn_1m=0.5, got {part!r}")
             out[name.strip()] = w
         return out
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, list):
+            for key in value:
+                text = key.get_secret_value() if isinstance(key, SecretStr) else str(key)
+                if len(text) < 16 or not _API_KEY.fullmatch(text):
+                    # the message never echoes a key
+                    raise ValueError("each key needs at least 16 characters from A-Z a-z 0-9 . _ ~ + / = -")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, list):
+            bad = [o for o in value if o != "*" and not _ORIGIN.fullmatch(str(o))]
+            if bad:
+                raise ValueError(f"invalid origin(s) {bad}: expected scheme://host[:port] (no path) or *")
+            return [str(o).rstrip("/") for o in value]
+        return value
 
     @field_validator("book_depth")
     @classmethod

@@ -1,0 +1,157 @@
+"""Prometheus metrics of the API, registered on a registry the owner passes in (no globals).
+
+``/metrics`` exposes the whole registry: pass the one the ingestor's and the worker's metrics live
+on (single-process run) and they appear beside these. Routes are labelled by their TEMPLATE
+(``/signal/{symbol}``), never the raw path, and symbols only where the set is configured (the
+freshness gauges), so cardinality stays bounded whatever clients request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ApiMetrics", "Freshness", "RequestMetricsMiddleware"]
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UNMATCHED = "<unmatched>"
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What the signal cache knows, read at scrape time."""
+
+    exchange_time_ms: int | None
+    signal_close_ms: Mapping[str, int | None]  # configured symbol -> close time of its latest signal
+    available: Mapping[str, bool]  # configured symbol -> servable right now
+
+
+class _FreshnessCollector(Collector):
+    def __init__(self, source: Callable[[], Freshness | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        f = self._source()
+        if f is None:
+            return []
+        lag = GaugeMetricFamily(
+            "candlecast_api_exchange_clock_lag_seconds",
+            "Wall clock minus the newest bar close the API has seen (exchange clock); large in replays.",
+        )
+        age = GaugeMetricFamily(
+            "candlecast_api_signal_age_seconds",
+            "Exchange-clock age of each symbol's latest signal: newest bar close seen minus its bar close.",
+            labels=["symbol"],
+        )
+        available = GaugeMetricFamily(
+            "candlecast_api_signal_available",
+            "1 when GET /signal/{symbol} would answer 200 (a signal within its allowed age).",
+            labels=["symbol"],
+        )
+        if f.exchange_time_ms is not None:
+            lag.add_metric([], time.time() - f.exchange_time_ms / 1000.0)
+            for symbol, close in f.signal_close_ms.items():
+                if close is not None:
+                    age.add_metric([symbol], (f.exchange_time_ms - close) / 1000.0)
+        for symbol, ok in f.available.items():
+            available.add_metric([symbol], 1.0 if ok else 0.0)
+        return [lag, age, available]
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "candlecast_api_request_duration_seconds",
+            "HTTP request handling time, by method, route template and status code.",
+            ["method", "route", "status"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.ws_clients = Gauge("candlecast_api_ws_clients", "WebSocket clients connected now.", registry=r)
+        self.ws_connections = Counter(
+            "candlecast_api_ws_connections_total",
+            "WebSocket connections ended, by close reason (client, slow_consumer, unauthorized, shutdown, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.ws_messages_sent = Counter(
+            "candlecast_api_ws_messages_sent_total",
+            "Frames sent to WebSocket clients, by kind (signal, control).",
+            ["kind"],
+            registry=r,
+        )
+        self.ws_messages_dropped = Counter(
+            "candlecast_api_ws_messages_dropped_total",
+            "Frames never delivered because their client's queue was full (the client is then closed).",
+            registry=r,
+        )
+        self.ws_slow_consumer_closes = Counter(
+            "candlecast_api_ws_slow_consumer_closes_total",
+            "WebSocket clients closed with 1013 because their send queue filled up.",
+            registry=r,
+        )
+        self.ws_error_frames = Counter(
+            "candlecast_api_ws_error_frames_total",
+            "Error frames sent in answer to client messages, by code.",
+            ["code"],
+            registry=r,
+        )
+        self.signal_updates = Counter(
+            "candlecast_api_signal_updates_total",
+            "New latest signals taken into the in-process cache, by path (pubsub, prime: a re-read of Redis).",
+            ["via"],
+            registry=r,
+        )
+        self.feed_reconnects = Counter(
+            "candlecast_api_signal_feed_reconnects_total",
+            "Times the signal feed (Redis pub/sub) was lost and re-established.",
+            registry=r,
+        )
+        self.feed_up = Gauge(
+            "candlecast_api_signal_feed_up", "1 while subscribed to the signal channel and primed.", registry=r
+        )
+        self.feed_errors = Counter(
+            "candlecast_api_signal_feed_errors_total",
+            "Signal feed failures, by kind (redis, bad_message).",
+            ["kind"],
+            registry=r,
+        )
+        self.freshness_source: Callable[[], Freshness | None] = lambda: None
+        r.register(_FreshnessCollector(lambda: self.freshness_source()))
+
+
+class RequestMetricsMiddleware:
+    """Times each HTTP request into ``candlecast_api_request_duration_seconds`` (pure ASGI: no
+    per-request task or body buffering, unlike ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.histogram = metrics.request_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response started is a 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or getattr(route, "path", None) or UNMATCHED
+            self.histogram.labels(scope["method"], template, str(status)).observe(time.perf_counter() - started)

@@ -1,0 +1,78 @@
+"""`candlecast api` as an operator runs it: a real process serving a real Redis, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.redis_server import free_port
+from tests.service.test_api_kit import T0, make_signal
+
+pytestmark = pytest.mark.timeout(60)
+
+CLI = [sys.executable, "-m", "service.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CANDLECAST_")}
+    return base | extra
+
+
+def test_api_needs_redis_and_says_so() -> None:
+    proc = subprocess.run([*CLI, "api"], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "CANDLECAST_REDIS_URL" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_api_serves_what_redis_holds_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
+    prefix = f"api-cli-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_url)
+    s = make_signal(T0)
+    client.set(f"{prefix}:{{BTCUSDT}}:signal", s.to_json())  # written by a worker earlier
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "api", "--port", str(port)],
+        env=env(CANDLECAST_REDIS_URL=redis_url, CANDLECAST_REDIS_PREFIX=prefix, CANDLECAST_SYMBOLS="BTCUSDT"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # printed once serving (the process may take a while to import)
+        assert banner.startswith(f"api: http://127.0.0.1:{port}"), banner
+        deadline = time.monotonic() + 30
+        body = b""
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/signal/btcusdt", timeout=2)
+                if r.status_code == 200:
+                    body = r.content
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert body == s.to_json()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "ERROR" not in err, err
+    assert "Application shutdown complete" in err  # the lifespan ran its shutdown: Redis clients closed

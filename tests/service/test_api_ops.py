@@ -1,0 +1,138 @@
+"""Operations endpoints: /readyz says why it is not ready; /metrics is valid Prometheus text with
+route templates, WebSocket counters, freshness, and any other metrics on the registry passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from inference.metrics import WorkerMetrics
+from streaming.metrics import IngestMetrics
+from tests.helpers import eventually
+from tests.service.test_api_kit import (
+    MINUTE,
+    T0,
+    Api,
+    api_settings,
+    make_signal,
+    redis_signals,
+    serving,
+    subscribe,
+    unique_prefix,
+    ws_connect,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def readiness(api: Api) -> tuple[int, list[str], dict[str, Any]]:
+    async with api.http() as http:
+        r = await http.get("/readyz")
+    body = r.json()
+    if r.status_code == 200:
+        assert body["status"] == "ready"
+        return 200, [], body["checks"]
+    details = body["error"]["details"]
+    assert body["error"]["code"] == "not_ready"
+    return r.status_code, details["reasons"], details["checks"]
+
+
+def last_closed_minute() -> int:
+    now = int(time.time() * 1000)
+    return now - now % MINUTE - MINUTE
+
+
+async def test_readyz_reports_each_reason(redis_url: str) -> None:
+    prefix = unique_prefix()
+    settings = api_settings(redis_url, prefix, api_ready_max_lag_s=600, api_ready_max_stall_s=1.0)
+    async with redis_signals(redis_url, prefix) as store, serving(settings) as api:
+        await eventually(lambda: api.sample("candlecast_api_signal_feed_up") == 1, 5)
+        status, reasons, checks = await readiness(api)
+        assert (status, reasons) == (503, ["no_data", "no_fresh_signals"])
+        assert checks["redis"] == "ok" and checks["signal_feed"] == "up"
+        assert checks["signals"]["unavailable"] == {s: "warming_up" for s in settings.symbols}
+
+        # Data from last year: servable on its own exchange clock, but nothing is flowing now.
+        await store.publish(make_signal(T0, "SOLUSDT"))
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 1, 5)
+        status, reasons, checks = await readiness(api)
+        assert (status, reasons) == (503, ["data_behind_wall_clock"])
+        assert checks["data_lag_s"] > 600 and checks["signals"]["fresh"] == 1
+
+        # A bar that closed a minute ago: ready, the symbols still warming up listed.
+        await store.publish(make_signal(last_closed_minute(), "BTCUSDT"))
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2, 5)
+        status, reasons, checks = await readiness(api)
+        assert status == 200, reasons
+        assert checks["signals"] == {
+            "fresh": 1,
+            "configured": 3,
+            "unavailable": {"ETHUSDT": "warming_up", "SOLUSDT": "stale"},
+        }
+        assert 0 <= checks["data_lag_s"] < 200
+
+        # The exchange clock stops moving for longer than allowed: stalled.
+        await asyncio.sleep(1.2)
+        status, reasons, _ = await readiness(api)
+        assert (status, reasons) == (503, ["data_stalled"])
+        await store.publish(make_signal(last_closed_minute() + MINUTE, "ETHUSDT"))
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 3, 5)
+        assert (await readiness(api))[0] == 200
+
+
+async def test_metrics_parse_with_route_templates_and_the_registry_passed_in(redis_url: str) -> None:
+    prefix = unique_prefix()
+    registry = CollectorRegistry()
+    WorkerMetrics(registry).signals.labels("ensemble", "long").inc()  # as if the worker ran in-process
+    IngestMetrics(registry).messages.labels("kline").inc(3)
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(api_settings(redis_url, prefix), registry=registry) as api,
+    ):
+        await store.publish(make_signal(T0))
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 1, 5)
+        async with api.http() as http, ws_connect(api.ws_url) as ws:
+            await subscribe(ws, ["BTCUSDT"])
+            for path in ("/signal/BTCUSDT", "/signal/ethusdt", "/signal/NOPE", "/nowhere", "/signal/BTCUSDT/history"):
+                await http.get(path)
+            r = await http.get("/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            families = {f.name: f for f in text_string_to_metric_families(r.text)}
+
+    requests = families["candlecast_api_request_duration_seconds"]
+    assert requests.type == "histogram"
+    counts = {
+        (s.labels["route"], s.labels["status"]): s.value
+        for s in requests.samples
+        if s.name.endswith("_count") and s.labels["method"] == "GET"
+    }
+    assert counts[("/signal/{symbol}", "200")] == 1  # the template, not /signal/BTCUSDT
+    assert counts[("/signal/{symbol}", "503")] == 1
+    assert counts[("/signal/{symbol}", "404")] == 1
+    assert counts[("/signal/{symbol}/history", "200")] == 1
+    assert counts[("<unmatched>", "404")] == 1
+    assert not any("BTCUSDT" in route for route, _ in counts)
+
+    def value(name: str, **labels: str) -> float:
+        """A sample by its exposed name (counter families are named without ``_total``)."""
+        family = families[name.removesuffix("_total")]
+        return next(
+            s.value for s in family.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert value("candlecast_api_ws_clients") == 1
+    assert value("candlecast_api_ws_messages_sent_total", kind="signal") == 1
+    assert "candlecast_api_ws_messages_dropped" in families
+    assert "candlecast_api_ws_slow_consumer_closes" in families
+    assert value("candlecast_api_signal_available", symbol="BTCUSDT") == 1
+    assert value("candlecast_api_signal_available", symbol="ETHUSDT") == 0
+    assert value("candlecast_api_signal_age_seconds", symbol="BTCUSDT") == 0
+    assert value("candlecast_api_signal_feed_up") == 1
+    # What else lives on the registry is exposed too (the single-process run's worker and ingestor).
+    assert value("candlecast_signals_total", source="ensemble", direction="long") == 1
+    assert value("candlecast_ingest_messages_total", type="kline") == 3

@@ -1,0 +1,69 @@
+"""``candlecast run``: ingestion, worker and API in one process, fed by the replay simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+
+from service.cli import ingest_config, worker_config
+from service.run import run_service
+from service.settings import load_settings
+from tests.conftest import DATA_1M
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_one_process_serves_signals_over_http_and_websocket(
+    backend: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("CANDLECAST_REDIS_URL", "CANDLECAST_API_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    overrides: dict[str, object] = {"api_port": 0}
+    if backend == "redis":
+        overrides |= {"redis_url": redis_url, "redis_prefix": f"run-{uuid.uuid4().hex[:8]}"}
+    settings = load_settings(**overrides)
+    bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    replay = [DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz"]
+    task = asyncio.create_task(
+        run_service(
+            settings,
+            ingest_config(settings),
+            worker_config(settings),
+            replay=replay,
+            speed=600.0,
+            replay_offset_bars=16_000,
+            bound=bound,
+        )
+    )
+    try:
+        url = await asyncio.wait_for(bound, 60)
+        async with httpx.AsyncClient(base_url=url) as http, connect(url.replace("http", "ws") + "/ws") as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "symbols": ["btcusdt"]}).decode())
+
+            async def served() -> bool:
+                return (await http.get("/signal/btcusdt")).status_code == 200
+
+            await eventually(served, 60, 0.2, what="GET /signal/btcusdt answers 200")
+            body = (await http.get("/signal/BTCUSDT")).json()
+            assert body["symbol"] == "BTCUSDT"
+            assert body["source"] in ("ensemble", "fallback")
+            pushed = []
+            async with asyncio.timeout(30):
+                while not any(m.get("op") == "signal" and m["signal"]["symbol"] == "BTCUSDT" for m in pushed):
+                    pushed.append(orjson.loads(await ws.recv()))
+            assert pushed[0] == {"op": "subscribe", "ok": True, "symbols": ["BTCUSDT"], "subscribed": ["BTCUSDT"]}
+            assert (await http.get("/signal/NOPEUSDT")).status_code == 404
+            metrics = (await http.get("/metrics")).text
+            assert "candlecast_ingest_messages_total" in metrics  # ingestion, worker and API share /metrics
+            assert "candlecast_signals_total" in metrics
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
