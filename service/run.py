@@ -62,7 +62,9 @@ async def run_service(
             sim = await stack.enter_async_context(
                 ExchangeSimulator(SimulatorConfig(sources=replay, speed=speed, start_offset_bars=replay_offset_bars))
             )
-            settings = settings.model_copy(update={"symbols": sim.symbols})
+            # Replayed bars are historical by design: readiness then judges the feed by whether the
+            # exchange clock keeps moving (the stall check), not by its distance to the wall clock.
+            settings = settings.model_copy(update={"symbols": sim.symbols, "api_ready_max_lag_s": 0.0})
             ingest = IngestConfig(
                 **{**ingest.__dict__, "ws_url": sim.ws_url, "rest_url": sim.rest_url, "symbols": tuple(sim.symbols)}
             )

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -92,8 +92,10 @@ class Settings(BaseSettings):
     api_signal_grace_s: float = Field(
         default=30.0, ge=0, le=86_400, description="a signal is served until 2 finest bars + this old (exchange clock)"
     )
-    api_ws_queue: int = Field(default=256, ge=1, le=65_536, description="frames queued per WebSocket client")
     api_ws_max_symbols: int = Field(default=50, ge=1, le=10_000, description="symbols one WebSocket may subscribe")
+    api_ws_queue: int = Field(
+        default=256, ge=1, le=65_536, description="frames queued per WebSocket client; full = closed with 1013"
+    )
     api_ws_max_frame_bytes: int = Field(
         default=16_384, ge=256, le=1_048_576, description="largest frame a WebSocket client may send"
     )
@@ -164,6 +166,16 @@ class Settings(BaseSettings):
                 if len(text) < 16 or not _API_KEY.fullmatch(text):
                     # the message never echoes a key
                     raise ValueError("each key needs at least 16 characters from A-Z a-z 0-9 . _ ~ + / = -")
+        return value
+
+    @field_validator("api_ws_queue")
+    @classmethod
+    def _check_ws_queue(cls, value: int, info: ValidationInfo) -> int:
+        symbols = info.data.get("api_ws_max_symbols")
+        if isinstance(symbols, int) and value < 2 * symbols:
+            # A bar close queues one frame per subscribed symbol at once: a smaller queue would
+            # close healthy clients as slow consumers at every close.
+            raise ValueError(f"must be at least twice CANDLECAST_API_WS_MAX_SYMBOLS ({symbols})")
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -249,6 +249,7 @@ async def test_cors_is_off_unless_origins_are_configured(redis_url: str) -> None
         ("CANDLECAST_CORS_ORIGINS", "app.example", "invalid origin"),
         ("CANDLECAST_CORS_ORIGINS", "https://app.example/path", "invalid origin"),
         ("CANDLECAST_API_WS_QUEUE", "0", "greater than or equal"),
+        ("CANDLECAST_API_WS_QUEUE", "64", "at least twice CANDLECAST_API_WS_MAX_SYMBOLS (50)"),
         ("CANDLECAST_API_WS_MAX_FRAME_BYTES", "10", "greater than or equal"),
         ("CANDLECAST_API_PORT", "70000", "less than or equal"),
     ],

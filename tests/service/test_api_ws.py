@@ -160,7 +160,7 @@ def slow_socket(port: int) -> socket.socket:
 
 async def test_a_slow_consumer_is_closed_with_1013_and_nobody_else_waits(redis_url: str) -> None:
     prefix = unique_prefix()
-    settings = api_settings(redis_url, prefix, api_ws_queue=16)
+    settings = api_settings(redis_url, prefix, api_ws_queue=16, api_ws_max_symbols=8)
     async with redis_signals(redis_url, prefix) as store, serving(settings) as api:
         port = int(api.base_url.rsplit(":", 1)[1])
         # max_queue=1: the client library stops reading the socket as soon as a frame waits.

@@ -60,6 +60,8 @@ async def test_one_process_serves_signals_over_http_and_websocket(
                     pushed.append(orjson.loads(await ws.recv()))
             assert pushed[0] == {"op": "subscribe", "ok": True, "symbols": ["BTCUSDT"], "subscribed": ["BTCUSDT"]}
             assert (await http.get("/signal/NOPEUSDT")).status_code == 404
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text  # a replay is ready though its bars are historical
             metrics = (await http.get("/metrics")).text
             assert "candlecast_ingest_messages_total" in metrics  # ingestion, worker and API share /metrics
             assert "candlecast_signals_total" in metrics
