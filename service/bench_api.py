@@ -60,7 +60,7 @@ def _serve(port_pipe: Any) -> None:
     from fastapi import Response
 
     from inference.signal_store import MemorySignalStore
-    from service.app import create_app
+    from service.app import create_app, server_config
     from service.settings import load_settings
 
     async def main() -> None:
@@ -81,7 +81,8 @@ def _serve(port_pipe: Any) -> None:
             await store.publish(_signal(state["bar"], int(time.time() * 1000)))
             return Response(status_code=204)
 
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", access_log=False))
+        # the production server settings (no per-message deflate, frame limit), quiet
+        server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=0, log_level="error"))
         task = asyncio.create_task(server.serve())
         while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await asyncio.sleep(0.02)

@@ -23,7 +23,7 @@ from inference.components import ModelRegistry
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import EventSource, MemoryEventSource, RedisEventSource, Worker, WorkerConfig
-from service.app import create_app
+from service.app import create_app, server_config
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.memory_store import MemoryStore
@@ -110,9 +110,7 @@ async def run_service(
         )
         worker = Worker(worker_config, store, events, signals, models, worker_metrics)
         app = create_app(settings, signal_store=memory_signals, registry=registry, exchange_clock=ingestor.clock)
-        server = _Server(
-            uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning", lifespan="on")
-        )
+        server = _Server(server_config(app, settings))
 
         await models.load()
         for c in models.current.components:
