@@ -10,32 +10,25 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client import start_http_server
 
-from inference.components import ModelRegistry
-from inference.ensemble import Thresholds
 from inference.metrics import WorkerMetrics
-from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, Worker, WorkerConfig
+from inference.worker import Worker
 from service.bench_ingest import bench_ingest
 from service.inspect import inspect_symbol
-from service.settings import ConfigError, Settings, load_settings
-from streaming.ingestor import IngestConfig, Ingestor
-from streaming.memory_store import MemoryStore
+from service.parts import ingest_config, model_registry, open_store, redis_worker_io, worker_config
+from service.settings import ConfigError, load_settings
+from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.redis_store import RedisStore
 from streaming.simulator import ExchangeSimulator, SimulatorConfig
-from streaming.store import WindowStore
 
 log = logging.getLogger("candlecast")
 
@@ -265,33 +258,6 @@ async def _fault_loop(sim: ExchangeSimulator, kind: str, every: float) -> None:
             sim.fail_rest("retcode")
 
 
-def ingest_config(settings: Settings, ws_url: str | None = None, rest_url: str | None = None) -> IngestConfig:
-    return IngestConfig(
-        ws_url=ws_url or settings.bybit_ws_url,
-        rest_url=rest_url or settings.bybit_rest_url,
-        symbols=tuple(settings.symbols),
-        intervals=tuple(settings.intervals),
-        book_depth=settings.book_depth,
-        symbols_per_connection=settings.symbols_per_connection,
-        depth_sample_ms=settings.depth_sample_ms,
-        book_silence_s=settings.book_silence_s,
-        kline_silence_s=settings.kline_silence_s,
-        rest_rate_per_s=settings.rest_requests_per_second,
-    )
-
-
-def open_store(settings: Settings) -> WindowStore:
-    if settings.redis_url is None:
-        log.warning("CANDLECAST_REDIS_URL is not set: using the in-memory store (this process only)")
-        return MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
-    return RedisStore.from_url(
-        settings.redis_url,
-        prefix=settings.redis_prefix,
-        window_bars=settings.window_bars,
-        depth_rows=settings.depth_window,
-    )
-
-
 async def _cmd_run(args: argparse.Namespace) -> int:
     from service.run import run_service
 
@@ -327,19 +293,6 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_config(settings: Settings) -> WorkerConfig:
-    return WorkerConfig(
-        intervals=tuple(settings.intervals),
-        book_depth=settings.book_depth,
-        thresholds=Thresholds(settings.signal_long_above, settings.signal_short_below),
-        latency_budget_ms=settings.latency_budget_ms,
-        coarse_wait_ms=settings.coarse_wait_ms,
-        inference_concurrency=settings.inference_concurrency,
-        max_in_flight=settings.worker_max_in_flight,
-        claim_idle_ms=settings.claim_idle_ms,
-    )
-
-
 async def _cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     if settings.redis_url is None:
@@ -347,20 +300,11 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
             "CANDLECAST_REDIS_URL: the worker reads windows and events from Redis and shares them with other "
             "workers; set it (e.g. redis://127.0.0.1:6379/0)"
         )
-    consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
     metrics = WorkerMetrics()
-    models = ModelRegistry(
-        settings.artifacts_dir,
-        prefer_gpu=settings.prefer_gpu,
-        threads=settings.inference_threads,
-        weights=settings.component_weights,
-        poll_s=settings.manifest_poll_s,
-        metrics=metrics,
-    )
-    store = RedisStore.from_url(settings.redis_url, prefix=settings.redis_prefix, window_bars=settings.window_bars)
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
-    signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
-    events = RedisEventSource(client, store.events_key, group=settings.worker_group, consumer=consumer)
+    models = model_registry(settings, metrics)
+    store = open_store(settings)
+    assert isinstance(store, RedisStore)  # redis_url is set
+    _, signals, events, consumer = redis_worker_io(settings, store, settings.redis_url)
     worker = Worker(worker_config(settings), store, events, signals, models, metrics)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)

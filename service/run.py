@@ -11,26 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from pathlib import Path
 
-import redis.asyncio as aioredis
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from inference.components import ModelRegistry
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
-from inference.worker import EventSource, MemoryEventSource, RedisEventSource, Worker, WorkerConfig
+from inference.worker import EventSource, MemoryEventSource, Worker, WorkerConfig
 from service.app import create_app, server_config
+from service.parts import model_registry, open_store, redis_worker_io
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
-from streaming.memory_store import MemoryStore
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
 from streaming.simulator import ExchangeSimulator, SimulatorConfig
-from streaming.store import WindowStore
 
 __all__ = ["run_service"]
 
@@ -72,42 +67,23 @@ async def run_service(
                 f"replaying {', '.join(sim.symbols)} at {speed:g}x from {sim.ws_url} (no internet; book is synthetic)",
                 flush=True,
             )
-        store: WindowStore
         events: EventSource
+        signals: RedisSignalStore | MemorySignalStore
         memory_signals: MemorySignalStore | None = None
-        if settings.redis_url is not None:
-            rstore = RedisStore.from_url(
-                settings.redis_url,
-                prefix=settings.redis_prefix,
-                window_bars=settings.window_bars,
-                depth_rows=settings.depth_window,
-            )
-            stack.push_async_callback(rstore.close)
-            client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        store = open_store(settings)
+        stack.push_async_callback(store.close)
+        if isinstance(store, RedisStore) and settings.redis_url is not None:
+            client, signals, events, _ = redis_worker_io(settings, store, settings.redis_url)
             stack.push_async_callback(client.aclose)
-            signals: RedisSignalStore | MemorySignalStore = RedisSignalStore(
-                client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen
-            )
-            consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
-            events = RedisEventSource(client, rstore.events_key, group=settings.worker_group, consumer=consumer)
-            store = rstore
             where = settings.redis_url
         else:
-            store = MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
             memory_signals = MemorySignalStore(audit_maxlen=settings.signal_audit_maxlen)
             signals = memory_signals
             events = MemoryEventSource(store)
             where = "the in-memory store (CANDLECAST_REDIS_URL not set)"
         ingestor = Ingestor(ingest, store, IngestMetrics(registry))
         worker_metrics = WorkerMetrics(registry)
-        models = ModelRegistry(
-            settings.artifacts_dir,
-            prefer_gpu=settings.prefer_gpu,
-            threads=settings.inference_threads,
-            weights=settings.component_weights,
-            poll_s=settings.manifest_poll_s,
-            metrics=worker_metrics,
-        )
+        models = model_registry(settings, worker_metrics)
         worker = Worker(worker_config, store, events, signals, models, worker_metrics)
         app = create_app(settings, signal_store=memory_signals, registry=registry, exchange_clock=ingestor.clock)
         server = _Server(server_config(app, settings))

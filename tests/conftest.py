@@ -11,9 +11,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from streaming.redis_store import RedisStore
+from streaming.simulator import ExchangeSimulator, SimulatorConfig
 from tests.redis_server import RedisServer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+ARTIFACTS = ROOT / "models" / "artifacts"  # the shipped models
+SHIPPED_WINDOW = 110  # bars per window the shipped TCNs need: 64 + 33 of warm-up, with slack
 DATA_1M = SHARED / "data" / "klines_1m"
 
 
@@ -57,3 +61,11 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def shipped_sim(bybit_btc_1m: Path) -> AsyncIterator[ExchangeSimulator]:
+    """A 600x replay of real BTC bars with enough history for the shipped models' windows."""
+    config = SimulatorConfig(sources=[bybit_btc_1m], speed=600.0, start_offset_bars=SHIPPED_WINDOW * 60 + 120)
+    async with ExchangeSimulator(config) as s:
+        yield s

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from models.bench_inference import bench_inference
-from tests.conftest import DATA_1M
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "models" / "artifacts"
+from tests.conftest import ARTIFACTS, DATA_1M
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -6,8 +6,6 @@ latest; one registry carries the ingestor's, the worker's and the API's metrics.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -23,26 +21,21 @@ from inference.worker import RedisEventSource, Worker, WorkerConfig
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.simulator import ExchangeSimulator
+from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
 from tests.service.test_api_kit import api_settings, next_signal, serving, subscribe, ws_connect
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "models" / "artifacts"
 INTERVALS = ("1", "5", "15", "60")
 SYMBOL = "BTCUSDT"
-WINDOW = 110  # the shipped TCNs read 64 + 33 bars
+WINDOW = SHIPPED_WINDOW
 
 
-@pytest.fixture
-async def sim(bybit_btc_1m: Path) -> AsyncIterator[ExchangeSimulator]:
-    config = SimulatorConfig(sources=[bybit_btc_1m], speed=600.0, start_offset_bars=WINDOW * 60 + 120)
-    async with ExchangeSimulator(config) as s:
-        yield s
-
-
-async def test_simulated_market_to_a_websocket_subscriber_and_http(sim: ExchangeSimulator, redis_url: str) -> None:
+async def test_simulated_market_to_a_websocket_subscriber_and_http(
+    shipped_sim: ExchangeSimulator, redis_url: str
+) -> None:
     prefix = f"api-e2e-{uuid.uuid4().hex[:10]}"
     registry = CollectorRegistry()
     client = aioredis.Redis.from_url(redis_url)
@@ -56,8 +49,8 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(sim: Exchange
     worker = Worker(WorkerConfig(intervals=INTERVALS, block_ms=100), store, events, signals, models, worker_metrics)
     ingestor = Ingestor(
         IngestConfig(
-            ws_url=sim.ws_url,
-            rest_url=sim.rest_url,
+            ws_url=shipped_sim.ws_url,
+            rest_url=shipped_sim.rest_url,
             symbols=(SYMBOL,),
             intervals=INTERVALS,
             rest_rate_per_s=200.0,
