@@ -447,7 +447,7 @@ class SignalEngine:
 
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
         intervals = self.config.intervals
-        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth)
+        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
         used = {c.timeframe for c in models.enabled}
         due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
         deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
@@ -458,7 +458,7 @@ class SignalEngine:
             if left <= 0:
                 break
             await asyncio.sleep(min(self.config.coarse_poll_ms / 1000.0, left))
-            windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth)
+            windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
         return windows
 
     def _render(

@@ -66,9 +66,11 @@ class MemoryStore:
             self._events.append((f"{next(self._seq)}-0", ev))
         return result
 
-    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
+    async def read_symbol(
+        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+    ) -> SymbolWindows:
         bars = {iv: [b for _, b in sorted(self._bars.get((symbol, iv), {}).items())] for iv in intervals}
-        rows = [r for _, r in sorted(self._depth.get((symbol, depth), {}).items())]
+        rows = [r for _, r in sorted(self._depth.get((symbol, depth), {}).items())] if with_depth else []
         return SymbolWindows(
             symbol=symbol,
             bars=bars,

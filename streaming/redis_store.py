@@ -169,14 +169,17 @@ class RedisStore:
             await pipe.execute()
         self._unsent_events.clear()
 
-    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
+    async def read_symbol(
+        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+    ) -> SymbolWindows:
         try:
             async with self._r.pipeline(transaction=True) as pipe:
                 for interval in intervals:
                     pipe.zrange(self.kline_key(symbol, interval), 0, -1)
                 pipe.hgetall(self.book_key(symbol, depth))
-                pipe.zrange(self.depth_key(symbol, depth), 0, -1)
                 pipe.hgetall(self.status_key(symbol))
+                if with_depth:
+                    pipe.zrange(self.depth_key(symbol, depth), 0, -1)
                 replies = await pipe.execute()
         except (rex.RedisError, OSError) as exc:
             raise _translate(exc) from exc
@@ -185,8 +188,8 @@ class RedisStore:
             bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
             book_raw: dict[bytes, bytes] = replies[n]
             book = BookStatus.from_fields({k.decode(): v.decode() for k, v in book_raw.items()}) if book_raw else None
-            rows = [decode_row(m) for m in replies[n + 1]]
-            status = {k.decode(): v.decode() for k, v in replies[n + 2].items()}
+            status = {k.decode(): v.decode() for k, v in replies[n + 1].items()}
+            rows = [decode_row(m) for m in replies[n + 2]] if with_depth else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreError(f"corrupt data under {self.prefix}:{{{symbol}}}: {exc}") from exc
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status)

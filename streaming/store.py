@@ -129,8 +129,14 @@ class WindowStore(Protocol):
         """Apply a batch. Per window the update is atomic; raises ``StoreUnavailable`` if unreachable."""
         ...
 
-    async def read_symbol(self, symbol: str, intervals: Sequence[str], depth: int) -> SymbolWindows:
-        """Every window of one symbol, read consistently in one round trip."""
+    async def read_symbol(
+        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+    ) -> SymbolWindows:
+        """Every window of one symbol, read consistently in one round trip.
+
+        ``with_depth=False`` leaves out the depth-heatmap rows (hundreds of KB a symbol) for readers
+        that do not use them, such as the worker on every bar close.
+        """
         ...
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:

@@ -173,3 +173,16 @@ async def test_every_close_beyond_the_head_gets_an_event(store: WindowStore) -> 
     assert r.events == [BarEvent("BTCUSDT", "1", T0 + i * MINUTE_MS) for i in (1, 2, 3)]
     r = await write_bars(store, [bar(i) for i in range(4, 4 + 40)])  # a long catch-up: the newest 16
     assert [e.start for e in r.events] == [T0 + i * MINUTE_MS for i in range(28, 44)]
+
+
+async def test_depth_rows_can_be_left_out_of_a_read(store: WindowStore) -> None:
+    await store.write(
+        WriteBatch(
+            bars={("BTCUSDT", "1"): [bar(0)]}, depth_rows={("BTCUSDT", 50): [row(T0)]}, status={"BTCUSDT": {"k": "v"}}
+        )
+    )
+    lean = await store.read_symbol("BTCUSDT", ["1"], 50, with_depth=False)
+    assert lean.depth == []
+    assert len(lean.bars["1"]) == 1
+    assert lean.status == {"k": "v"}
+    assert len((await store.read_symbol("BTCUSDT", ["1"], 50)).depth) == 1
