@@ -359,6 +359,7 @@ class ModelRegistry:
         self._providers.clear()
         for c in new.components:
             self._metrics.components_enabled.labels(c.name).set(0 if c.disabled else 1)
+            self._metrics.seed_component(c.name)
             if c.session is not None and not c.disabled:
                 self.note_provider(c.name, c.session.provider)
 

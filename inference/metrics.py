@@ -14,6 +14,14 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 _E2E = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _UNIT = tuple(i / 10 for i in range(1, 11))
 
+# Label values known in advance are created at zero, so dashboards and alerts see 0, not "no data".
+SOURCES = ("ensemble", "fallback")
+DIRECTIONS = ("long", "short", "flat")
+FALLBACK_REASONS = ("models_missing", "all_components_dropped")
+EVENT_OUTCOMES = ("published", "audited", "duplicate", "no_signal", "skipped", "retry", "error")
+RELOAD_OUTCOMES = ("loaded", "failed")
+DROP_REASONS_SEEDED = ("late", "error")  # per component, once it is loaded (see ``seed_component``)
+
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -122,3 +130,17 @@ class WorkerMetrics:
             "Redis operations of the worker that failed (the event stays pending and is retried).",
             registry=r,
         )
+        for source in SOURCES:
+            for direction in DIRECTIONS:
+                self.signals.labels(source, direction)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)
+        for outcome in EVENT_OUTCOMES:
+            self.events.labels(outcome)
+        for outcome in RELOAD_OUTCOMES:
+            self.model_reloads.labels(outcome)
+
+    def seed_component(self, component: str) -> None:
+        """Create a component's main drop counters at zero (component names come from the manifest)."""
+        for reason in DROP_REASONS_SEEDED:
+            self.components_dropped.labels(component, reason)

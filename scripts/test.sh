@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/redis-env.sh
+. scripts/deploy-tools.sh
+ensure_deploy_tools
 ensure_redis "${CANDLECAST_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export CANDLECAST_TEST_REDIS_URL="$REDIS_URL"
 echo "== ruff" && .venv/bin/ruff check . && .venv/bin/ruff format --check .

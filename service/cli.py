@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from inference.metrics import WorkerMetrics
 from inference.worker import Worker
@@ -282,7 +282,9 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
             settings = settings.model_copy(update={"symbols": sim.symbols})
             print(f"replaying {', '.join(sim.symbols)} at {args.speed:g}x from {sim.ws_url} (no internet)", flush=True)
         config = ingest_config(settings, ws_url, rest_url)
-        ingestor = Ingestor(config, store, IngestMetrics())
+        metrics = IngestMetrics()
+        ingestor = Ingestor(config, store, metrics)
+        _serve_metrics(stack, settings.ingest_metrics_port, metrics.registry)
         print(
             f"ingesting {', '.join(config.symbols)} intervals {','.join(config.intervals)} "
             f"book depth {config.book_depth} from {config.ws_url} into "
@@ -291,6 +293,14 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
         )
         await ingestor.run()
     return 0
+
+
+def _serve_metrics(stack: contextlib.AsyncExitStack, port: int, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` for Prometheus on ``port`` (all interfaces) until ``stack`` closes; 0 = not at all."""
+    if port:
+        server, thread = start_http_server(port, registry=registry)
+        stack.callback(thread.join, 5.0)
+        stack.callback(server.shutdown)
 
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
@@ -309,10 +319,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.push_async_callback(signals.close)
-        if settings.worker_metrics_port:
-            server, thread = start_http_server(settings.worker_metrics_port, registry=metrics.registry)
-            stack.callback(thread.join, 5.0)
-            stack.callback(server.shutdown)
+        _serve_metrics(stack, settings.worker_metrics_port, metrics.registry)
         stack.push_async_callback(worker.close)
         await models.load()
         print(

@@ -17,6 +17,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference.signal import Signal
+
 __all__ = ["ApiMetrics", "Freshness", "RequestMetricsMiddleware"]
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -30,6 +32,10 @@ class Freshness:
     exchange_time_ms: int | None
     signal_close_ms: Mapping[str, int | None]  # configured symbol -> close time of its latest signal
     available: Mapping[str, bool]  # configured symbol -> servable right now
+    latest: Mapping[str, Signal]  # configured symbol -> its latest signal (symbols without one are absent)
+
+
+_DIRECTION_VALUE = {"long": 1.0, "flat": 0.0, "short": -1.0}
 
 
 class _FreshnessCollector(Collector):
@@ -61,7 +67,35 @@ class _FreshnessCollector(Collector):
                     age.add_metric([symbol], (f.exchange_time_ms - close) / 1000.0)
         for symbol, ok in f.available.items():
             available.add_metric([symbol], 1.0 if ok else 0.0)
-        return [lag, age, available]
+        return [lag, age, available, *self._latest_values(f.latest)]
+
+    @staticmethod
+    def _latest_values(latest: Mapping[str, Signal]) -> list[Metric]:
+        """What each symbol's latest signal says, for dashboards: one series per configured symbol."""
+        direction = GaugeMetricFamily(
+            "candlecast_api_signal_direction", "Latest signal's direction: 1 long, 0 flat, -1 short.", labels=["symbol"]
+        )
+        score = GaugeMetricFamily("candlecast_api_signal_score", "Latest signal's score in [-1, 1].", labels=["symbol"])
+        confidence = GaugeMetricFamily(
+            "candlecast_api_signal_confidence", "Latest signal's confidence (absent if none).", labels=["symbol"]
+        )
+        agreement = GaugeMetricFamily(
+            "candlecast_api_signal_agreement",
+            "Latest signal's agreement between components (absent when it has none).",
+            labels=["symbol"],
+        )
+        fallback = GaugeMetricFamily(
+            "candlecast_api_signal_fallback", "1 when the latest signal came from the fallback rule.", labels=["symbol"]
+        )
+        for symbol, signal in latest.items():
+            direction.add_metric([symbol], _DIRECTION_VALUE[signal.direction])
+            score.add_metric([symbol], signal.score)
+            if signal.confidence is not None:
+                confidence.add_metric([symbol], signal.confidence)
+            if signal.agreement is not None:
+                agreement.add_metric([symbol], signal.agreement)
+            fallback.add_metric([symbol], 1.0 if signal.source == "fallback" else 0.0)
+        return [direction, score, confidence, agreement, fallback]
 
 
 class ApiMetrics:
@@ -124,6 +158,14 @@ class ApiMetrics:
             ["kind"],
             registry=r,
         )
+        for reason in ("client", "slow_consumer", "unauthorized", "shutdown", "error"):
+            self.ws_connections.labels(reason)
+        for kind in ("signal", "control"):
+            self.ws_messages_sent.labels(kind)
+        for via in ("pubsub", "prime"):
+            self.signal_updates.labels(via)
+        for kind in ("redis", "bad_message", "internal"):
+            self.feed_errors.labels(kind)
         self.freshness_source: Callable[[], Freshness | None] = lambda: None
         r.register(_FreshnessCollector(lambda: self.freshness_source()))
 

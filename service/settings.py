@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     book_silence_s: float = Field(default=10.0, gt=0)
     kline_silence_s: float = Field(default=90.0, gt=0)
     log_level: str = "INFO"
+    ingest_metrics_port: int = Field(
+        default=9100, ge=0, le=65_535, description="Prometheus port of `candlecast ingest`; 0 = none"
+    )
 
     # -- inference worker (`candlecast worker`) --
     artifacts_dir: Path = Field(default=Path("models/artifacts"), description="ONNX artifacts + manifest.json")

@@ -237,6 +237,7 @@ class SignalCache:
                 s: (c.signal.bar.close_time if (c := self._latest.get(s)) is not None else None) for s in self.symbols
             },
             available={s: isinstance(self.status(s), CachedSignal) for s in self.symbols},
+            latest={s: c.signal for s in self.symbols if (c := self._latest.get(s)) is not None},
         )
 
 

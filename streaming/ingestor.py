@@ -320,6 +320,18 @@ class Ingestor:
                     self._overdue_asked[key] = due
                     self.metrics.gaps_found.labels(trigger="overdue").inc()
                     self._schedule_reconcile(*key, "overdue")
+            self._count_incomplete(now)
+
+    def _count_incomplete(self, now_ms: int) -> None:
+        """Export how many windows per interval are behind the exchange clock or wait for a backfill."""
+        for iv in self.config.intervals:
+            due = last_closed_start(now_ms, interval_ms(iv))
+            behind = sum(
+                1
+                for symbol in self.config.symbols
+                if (key := (symbol, iv)) in self._reconcile_pending or self.newest.get(key, -1) < due
+            )
+            self.metrics.windows_incomplete.labels(interval=iv).set(behind)
 
     # -- backfill -------------------------------------------------------------------------------
     def _schedule_reconcile(self, symbol: str, interval: str, trigger: str) -> None:

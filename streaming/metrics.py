@@ -6,6 +6,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["IngestMetrics"]
 
+# Label values known in advance are created at zero, so a dashboard or alert sees a flat 0 rather than
+# no series at all until the first event (https://prometheus.io/docs/practices/instrumentation/).
+MESSAGE_TYPES = ("kline", "book_snapshot", "book_delta", "ack", "pong", "malformed", "unknown_topic", "handler_error")
+RECONNECT_REASONS = (
+    "connect_failed",
+    "server_closed",
+    "connection_lost",
+    "silence",
+    "pong_timeout",
+    "ack_timeout",
+    "resync_storm",
+    "resync_failed",
+)
+RESYNC_REASONS = ("u_gap", "empty_side", "crossed")
+GAP_TRIGGERS = ("stream", "overdue", "startup", "reconnect", "store_recovered")
+REST_OUTCOMES = ("ok", "banned", "retryable", "rejected")
+
 
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -79,3 +96,19 @@ class IngestMetrics:
         self.connections = Gauge(
             "candlecast_ingest_connections", "WebSocket connections currently subscribed.", registry=r
         )
+        self.windows_incomplete = Gauge(
+            "candlecast_ingest_windows_incomplete",
+            "Kline windows, by interval, whose newest bar is behind the last closed bar on the exchange clock "
+            "or that wait for a REST backfill of a hole.",
+            ["interval"],
+            registry=r,
+        )
+        for counter, label, values in (
+            (self.messages, "type", MESSAGE_TYPES),
+            (self.reconnects, "reason", RECONNECT_REASONS),
+            (self.book_resyncs, "reason", RESYNC_REASONS),
+            (self.gaps_found, "trigger", GAP_TRIGGERS),
+            (self.rest_requests, "outcome", REST_OUTCOMES),
+        ):
+            for value in values:
+                counter.labels(**{label: value})

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import onnxruntime as ort
 import pytest
 import redis.asyncio as aioredis
 
+from inference.runtime import CPU
 from inference.signal import NoSignal, Signal
 from streaming.errors import StoreError
 from streaming.redis_store import RedisStore
@@ -168,6 +171,75 @@ async def test_a_session_that_raises_at_run_is_dropped_as_error_and_the_worker_g
             assert status(result)["tcn_1m"] == ("dropped", "error")
             assert [s for n, (s, _) in status(result).items() if n != "tcn_1m"] == ["voted"] * 3
         assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 3
+
+
+class VanishingGpu:
+    """Stands in for ONNX Runtime's CUDA provider, which this machine cannot bind (it has no GPU).
+
+    Sessions asked for with a GPU provider first compute with a real CPU session but report
+    ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what ORT
+    raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lost = False
+        self.built_on_cpu = 0
+        real_session = ort.InferenceSession
+        gpu = self
+
+        class Session:
+            def __init__(self, path: str, options: ort.SessionOptions, providers: list[str]) -> None:
+                self._real = real_session(path, options, providers=[CPU])
+                self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
+
+            def get_providers(self) -> list[str]:
+                return self._providers
+
+            def get_inputs(self) -> Any:
+                return self._real.get_inputs()
+
+            def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
+                if gpu.lost:
+                    raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
+                return self._real.run(outputs, feed)
+
+        def build(path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
+            if providers == [CPU]:
+                gpu.built_on_cpu += 1
+                return real_session(path, options, providers=providers)
+            return Session(path, options, providers)
+
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
+        monkeypatch.setattr(ort, "InferenceSession", build)
+
+
+async def test_a_gpu_that_disappears_moves_inference_to_the_cpu_and_no_vote_is_lost(
+    redis_url: str, redis_store: RedisStore, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu = VanishingGpu(monkeypatch)
+    async with running_worker(redis_url, redis_store, models, prefer_gpu=True) as h:
+        result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
+        assert isinstance(result, Signal) and result.source == "ensemble"
+        assert {c.provider for c in result.components} == {"CUDAExecutionProvider"}
+        assert gpu.built_on_cpu == 0
+        assert h.sample("candlecast_inference_provider", component="tcn_1m", provider="CUDAExecutionProvider") == 1
+
+        gpu.lost = True  # the device falls off the bus between two closes
+        await redis_store.write(history(CLOSE + MINUTE, {"1": 60, "5": 60}))
+        result = await h.outcome(SYMBOL, CLOSE)
+        assert isinstance(result, Signal) and result.source == "ensemble"
+        assert status(result) == dict.fromkeys(ALL, ("voted", None))  # rebuilt on the CPU and retried
+        assert {c.provider for c in result.components} == {CPU}
+        assert gpu.built_on_cpu == 3  # one per ONNX session: two TCNs and the EfficientNet both image parts share
+        for component in ALL:
+            assert h.sample("candlecast_inference_provider", component=component, provider=CPU) == 1
+            assert h.sample("candlecast_inference_provider", component=component, provider="CUDAExecutionProvider") == 0
+        assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 0
+
+        await redis_store.write(history(CLOSE + 2 * MINUTE, {"1": 60, "5": 60}))
+        result = await h.outcome(SYMBOL, CLOSE + MINUTE)
+        assert isinstance(result, Signal) and {c.provider for c in result.components} == {CPU}
+        assert gpu.built_on_cpu == 3  # it stays on the CPU: no rebuild per signal
 
 
 async def test_unreadable_events_are_skipped_and_a_symbol_without_windows_gets_a_reason(

@@ -276,12 +276,13 @@ async def running_worker(
     *,
     consumer: str = "w1",
     group: str = "workers",
+    prefer_gpu: bool = False,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
     metrics = WorkerMetrics(CollectorRegistry())
-    registry = ModelRegistry(models, prefer_gpu=False, poll_s=3600, metrics=metrics)
+    registry = ModelRegistry(models, prefer_gpu=prefer_gpu, poll_s=3600, metrics=metrics)
     await registry.load()
     events = RedisEventSource(client, store.events_key, group=group, consumer=consumer)
     await events.setup()

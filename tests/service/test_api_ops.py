@@ -4,6 +4,7 @@ route templates, WebSocket counters, freshness, and any other metrics on the reg
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -136,3 +137,42 @@ async def test_metrics_parse_with_route_templates_and_the_registry_passed_in(red
     # What else lives on the registry is exposed too (the single-process run's worker and ingestor).
     assert value("candlecast_signals_total", source="ensemble", direction="long") == 1
     assert value("candlecast_ingest_messages_total", type="kline") == 3
+
+
+async def test_metrics_say_what_each_symbols_latest_signal_is(redis_url: str) -> None:
+    """The Overview dashboard's per-symbol values: direction, score, confidence, agreement, fallback."""
+    prefix = unique_prefix()
+    fallback = dataclasses.replace(
+        make_signal(T0, "ETHUSDT", direction="short"),
+        source="fallback",
+        fallback_reason="models_missing",
+        confidence=None,
+        agreement=None,
+    )
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(api_settings(redis_url, prefix)) as api,
+    ):
+        assert api.registry.get_sample_value("candlecast_api_signal_direction", {"symbol": "BTCUSDT"}) is None
+        await store.publish(make_signal(T0))
+        await store.publish(fallback)
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2, 5)
+
+        def latest(name: str, symbol: str) -> float | None:
+            return api.registry.get_sample_value(f"candlecast_api_signal_{name}", {"symbol": symbol})
+
+        assert [latest(n, "BTCUSDT") for n in ("direction", "score", "confidence", "agreement", "fallback")] == [
+            1,
+            0.1,
+            0.1,
+            1.0,
+            0,
+        ]
+        # a fallback signal has no confidence or agreement: those series are absent, not 0
+        assert [latest(n, "ETHUSDT") for n in ("direction", "score", "confidence", "agreement", "fallback")] == [
+            -1,
+            -0.1,
+            None,
+            None,
+            1,
+        ]

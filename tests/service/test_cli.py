@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.redis_server import free_port
 
@@ -60,7 +62,7 @@ def prefix(redis_url: str) -> Iterator[str]:
 
 def test_simulate_ingest_inspect_round_trip(redis_url: str, prefix: str, bybit_btc_1m: Path, tmp_path: Path) -> None:
     """README path: simulate in one process, ingest in another, inspect the store from a third."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     sim_log, ingest_log = tmp_path / "sim.log", tmp_path / "ingest.log"
     settings = env(
         CANDLECAST_REDIS_URL=redis_url,
@@ -69,6 +71,7 @@ def test_simulate_ingest_inspect_round_trip(redis_url: str, prefix: str, bybit_b
         CANDLECAST_WINDOW_BARS="32",
         CANDLECAST_BYBIT_WS_URL=f"ws://127.0.0.1:{port}/v5/public/linear",
         CANDLECAST_BYBIT_REST_URL=f"http://127.0.0.1:{port}",
+        CANDLECAST_INGEST_METRICS_PORT=str(metrics_port),
     )
     sim_cmd = [
         *CLI,
@@ -101,6 +104,14 @@ def test_simulate_ingest_inspect_round_trip(redis_url: str, prefix: str, bybit_b
             assert report["depth_window"]["rows"] > 0
             assert set(report["intervals"]["1"]["bars"][-1]) == {"start", "open", "high", "low", "close", "volume"}
 
+            # Prometheus can scrape the ingestor on its own port.
+            scraped = _scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert scraped["candlecast_ingest_messages_total"][(("type", "kline"),)] > 0
+            assert scraped["candlecast_ingest_book_ready"][(("symbol", "BTCUSDT"),)] == 1
+            assert {labels for labels in scraped["candlecast_ingest_windows_incomplete"]} == {
+                (("interval", iv),) for iv in ("1", "5", "15", "60")
+            }
+
             ingest.send_signal(signal.SIGTERM)
             assert ingest.wait(timeout=20) == 0, ingest_log.read_text()[-3000:]
             stopped = _inspect(settings)
@@ -111,6 +122,17 @@ def test_simulate_ingest_inspect_round_trip(redis_url: str, prefix: str, bybit_b
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+
+
+def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Sample values by sample name and sorted labels, parsed with prometheus_client's own parser."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
 
 
 def _inspect(settings: dict[str, str]) -> dict:  # type: ignore[type-arg]

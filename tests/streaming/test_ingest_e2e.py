@@ -166,6 +166,11 @@ def assert_metrics_exposed(ing: Ingestor) -> None:
     assert ("candlecast_ingest_last_message_age_seconds", (("topic", f"orderbook.50.{SYMBOL}"),)) in samples
 
 
+def incomplete_windows(ing: Ingestor) -> dict[str, float | None]:
+    gauge = "candlecast_ingest_windows_incomplete"
+    return {iv: ing.metrics.registry.get_sample_value(gauge, {"interval": iv}) for iv in INTERVALS}
+
+
 def subscriptions(sim: ExchangeSimulator) -> dict[int, list[str]]:
     per_conn: dict[int, list[str]] = {}
     for conn, op, args, success in sim.subscribe_log:
@@ -196,6 +201,7 @@ async def test_full_run_fills_windows_equal_to_the_source_csv(
         age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
         await eventually(lambda: ing.metrics.registry.get_sample_value(*age) is not None, 5, what="watchdog ran")
         assert_metrics_exposed(ing)
+        await eventually(lambda: incomplete_windows(ing) == dict.fromkeys(INTERVALS, 0), 5, what="no window behind")
     finally:
         await ing.close()
     w = await windows(store)
@@ -423,6 +429,8 @@ async def test_topics_shard_over_connections_and_unknown_symbols_surface(store: 
             eth_w = await store.read_symbol("ETHUSDT", INTERVALS, 50)
             assert all(len(eth_w.bars[iv]) == WINDOW for iv in INTERVALS)
             assert all(c.connection_number == 1 for c in ing.connections)
+            # the unknown symbol's windows never fill, and operators see exactly those as incomplete
+            await eventually(lambda: incomplete_windows(ing) == dict.fromkeys(INTERVALS, 1), 5, what="one per interval")
         finally:
             await ing.close()
 
