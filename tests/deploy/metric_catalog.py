@@ -9,10 +9,10 @@ import re
 from prometheus_client import CollectorRegistry
 
 from inference.metrics import WorkerMetrics
-from inference.signal import BarRef, Freshness, Signal, StageLatency
 from service.metrics import ApiMetrics
 from service.metrics import Freshness as ApiFreshness
 from streaming.metrics import IngestMetrics
+from tests.service.test_api_kit import make_signal
 
 __all__ = ["EXTERNAL_SERIES", "candlecast_series", "metric_names"]
 
@@ -29,26 +29,6 @@ _SUFFIXES = {
 }
 
 
-def _any_signal() -> Signal:
-    return Signal(
-        symbol="BTCUSDT",
-        bar=BarRef("1", 0, 60_000),
-        produced_at=60_000,
-        produced_wall_ms=60_000,
-        direction="long",
-        score=0.1,
-        p_up=0.55,
-        confidence=0.1,
-        agreement=1.0,
-        source="ensemble",
-        fallback_reason=None,
-        components=(),
-        freshness=Freshness({"1": 0}, "READY", 0),
-        latency_ms=StageLatency(0, 0, 0, 0, 0, 0),
-        horizon="next 1m bar",
-    )
-
-
 def candlecast_series() -> frozenset[str]:
     """Every sample name the ingestor, the worker and the API can expose (all their families)."""
     registry = CollectorRegistry()
@@ -56,9 +36,9 @@ def candlecast_series() -> frozenset[str]:
     WorkerMetrics(registry)
     api = ApiMetrics(registry)
     # The scrape-time families appear only when the cache knows something: make it know everything.
-    known = ApiFreshness(60_000, {"BTCUSDT": 60_000}, {"BTCUSDT": True}, {"BTCUSDT": _any_signal()})
+    known = ApiFreshness(60_000, {"BTCUSDT": 60_000}, {"BTCUSDT": True}, {"BTCUSDT": make_signal(0)})
     api.freshness_source = lambda: known
-    names = set()
+    names: set[str] = set()
     for family in registry.collect():
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
     return frozenset(names)
