@@ -18,7 +18,9 @@ closes WebSockets (1001), stops the feed (its tasks cancelled with a timeout), t
 API keys (``CANDLECAST_API_KEYS``): when set, ``/signal*`` and ``/ws`` need
 ``Authorization: Bearer <key>``; a browser, which cannot set headers on a WebSocket, may send
 ``{"op": "auth", "key": "..."}`` as its first message instead. A key in the URL is refused even when
-valid (URLs end up in logs). Health, readiness, metrics and docs stay open.
+valid (URLs end up in logs). Health, readiness, metrics and docs stay open; metrics carry each
+symbol's latest direction and score, so a deployment that publishes the API moves them to a port of
+their own (``CANDLECAST_API_METRICS_PORT``), as docker-compose.yml does.
 """
 
 from __future__ import annotations
@@ -451,7 +453,7 @@ def create_app(
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_signal_routes(app, keys.enabled)
-    _add_ops_routes(app)
+    _add_ops_routes(app, metrics_route=not settings.api_metrics_port)
     _keep_example_nulls(app)
     return app
 
@@ -637,7 +639,7 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         await state.hub.serve(websocket, bearer, key_in_url=key_in_url)
 
 
-def _add_ops_routes(app: FastAPI) -> None:
+def _add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -671,6 +673,9 @@ def _add_ops_routes(app: FastAPI) -> None:
         without a servable signal are listed in `checks.signals.unavailable` either way: one symbol
         warming up does not take the replica out of a load balancer."""
         return await _readiness(state)
+
+    if not metrics_route:
+        return  # served on their own port (service.parts.serve_metrics), not beside the signals
 
     @app.get(
         "/metrics",

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import orjson
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from inference.metrics import WorkerMetrics
 from inference.worker import Worker
 from service.bench_ingest import bench_ingest
 from service.inspect import inspect_symbol
-from service.parts import ingest_config, model_registry, open_store, redis_worker_io, worker_config
+from service.parts import ingest_config, model_registry, open_store, redis_worker_io, serve_metrics, worker_config
 from service.settings import ConfigError, load_settings
 from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
@@ -284,7 +284,7 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
         config = ingest_config(settings, ws_url, rest_url)
         metrics = IngestMetrics()
         ingestor = Ingestor(config, store, metrics)
-        _serve_metrics(stack, settings.ingest_metrics_port, metrics.registry)
+        serve_metrics(stack, settings.metrics_host, settings.ingest_metrics_port, metrics.registry)
         print(
             f"ingesting {', '.join(config.symbols)} intervals {','.join(config.intervals)} "
             f"book depth {config.book_depth} from {config.ws_url} into "
@@ -293,14 +293,6 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
         )
         await ingestor.run()
     return 0
-
-
-def _serve_metrics(stack: contextlib.AsyncExitStack, port: int, registry: CollectorRegistry) -> None:
-    """Serve ``registry`` for Prometheus on ``port`` (all interfaces) until ``stack`` closes; 0 = not at all."""
-    if port:
-        server, thread = start_http_server(port, registry=registry)
-        stack.callback(thread.join, 5.0)
-        stack.callback(server.shutdown)
 
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
@@ -319,7 +311,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.push_async_callback(signals.close)
-        _serve_metrics(stack, settings.worker_metrics_port, metrics.registry)
+        serve_metrics(stack, settings.metrics_host, settings.worker_metrics_port, metrics.registry)
         stack.push_async_callback(worker.close)
         await models.load()
         print(
@@ -341,17 +333,20 @@ async def _cmd_api(args: argparse.Namespace) -> int:
             "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
             "(e.g. redis://127.0.0.1:6379/0), or use `candlecast run` for everything in one process"
         )
-    server = ApiServer(server_config(create_app(settings), settings, host=args.host, port=args.port))
-    try:
+    registry = CollectorRegistry()
+    server = ApiServer(server_config(create_app(settings, registry=registry), settings, host=args.host, port=args.port))
+    async with contextlib.AsyncExitStack() as stack:
+        # on SIGINT/SIGTERM too: WebSockets closed, requests drained, Redis closed
+        stack.push_async_callback(server.close)
+        serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
         await server.start()
+        metrics_at = f":{settings.api_metrics_port}/metrics" if settings.api_metrics_port else "/metrics"
         print(
-            f"api: {server.url}  (docs /docs, WebSocket /ws, metrics /metrics) for {', '.join(settings.symbols)} "
+            f"api: {server.url}  (docs /docs, WebSocket /ws, metrics {metrics_at}) for {', '.join(settings.symbols)} "
             f"from {settings.redis_url}; API keys {'required' if settings.api_keys else 'off'}",
             flush=True,
         )
         await server.wait()
-    finally:
-        await server.close()  # on SIGINT/SIGTERM too: WebSockets closed, requests drained, Redis closed
     return 0
 
 

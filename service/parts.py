@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, start_http_server
 
 from inference.components import ModelRegistry
 from inference.ensemble import Thresholds
@@ -85,3 +87,11 @@ def redis_worker_io(
     signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
     events = RedisEventSource(client, store.events_key, group=settings.worker_group, consumer=consumer)
     return client, signals, events, consumer
+
+
+def serve_metrics(stack: contextlib.AsyncExitStack, host: str, port: int, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` for Prometheus on ``host:port`` until ``stack`` closes; port 0 = not at all."""
+    if port:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+        stack.callback(thread.join, 5.0)
+        stack.callback(server.shutdown)

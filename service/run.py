@@ -20,7 +20,7 @@ from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import EventSource, MemoryEventSource, Worker, WorkerConfig
 from service.app import create_app, server_config
-from service.parts import model_registry, open_store, redis_worker_io
+from service.parts import model_registry, open_store, redis_worker_io, serve_metrics
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
@@ -87,6 +87,7 @@ async def run_service(
         worker = Worker(worker_config, store, events, signals, models, worker_metrics)
         app = create_app(settings, signal_store=memory_signals, registry=registry, exchange_clock=ingestor.clock)
         server = _Server(server_config(app, settings))
+        serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
 
         await models.load()
         for c in models.current.components:
@@ -101,7 +102,7 @@ async def run_service(
             asyncio.create_task(ingestor.run(), name="ingestor"),
             asyncio.create_task(worker.run(), name="worker"),
             asyncio.create_task(server.serve(), name="api"),
-            asyncio.create_task(_announce(server, signals, settings.symbols, bound), name="console"),
+            asyncio.create_task(_announce(server, signals, settings, bound), name="console"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -120,7 +121,7 @@ async def run_service(
 async def _announce(
     server: uvicorn.Server,
     signals: RedisSignalStore | MemorySignalStore,
-    symbols: list[str],
+    settings: Settings,
     bound: asyncio.Future[str] | None,
 ) -> None:
     """A readable console: where the API listens, then the first signal of each symbol."""
@@ -128,8 +129,11 @@ async def _announce(
         await asyncio.sleep(0.05)
     host, port = next(s for srv in server.servers for s in srv.sockets).getsockname()[:2]
     url = f"http://{host}:{port}"
+    symbols = settings.symbols
+    metrics = f"http://{settings.metrics_host}:{settings.api_metrics_port}" if settings.api_metrics_port else url
     print(
-        f"API on {url}  (GET {url}/signal/{symbols[0]}, WS {url.replace('http', 'ws')}/ws, {url}/metrics)", flush=True
+        f"API on {url}  (GET {url}/signal/{symbols[0]}, WS {url.replace('http', 'ws')}/ws, {metrics}/metrics)",
+        flush=True,
     )
     if bound is not None and not bound.done():
         bound.set_result(url)

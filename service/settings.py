@@ -57,7 +57,10 @@ class Settings(BaseSettings):
     kline_silence_s: float = Field(default=90.0, gt=0)
     log_level: str = "INFO"
     ingest_metrics_port: int = Field(
-        default=9100, ge=0, le=65_535, description="Prometheus port of `candlecast ingest`; 0 = none"
+        default=9102, ge=0, le=65_535, description="Prometheus port of `candlecast ingest`; 0 = none"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, description="address the ingest, worker and API metrics ports bind"
     )
 
     # -- inference worker (`candlecast worker`) --
@@ -85,6 +88,13 @@ class Settings(BaseSettings):
     # -- signal API (`candlecast api`) --
     api_host: str = Field(default="127.0.0.1", min_length=1, description="address `candlecast api` binds")
     api_port: int = Field(default=8000, ge=0, le=65_535, description="port `candlecast api` binds; 0 = any free port")
+    api_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65_535,
+        description="serve the API's /metrics on this port (on CANDLECAST_METRICS_HOST) instead of the API's "
+        "own: metrics carry every symbol's latest signal, so keep them off a published port; 0 = on the API port",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="comma-separated API keys; when set, /signal* and /ws need `Authorization: Bearer <key>`",

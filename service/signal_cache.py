@@ -238,6 +238,7 @@ class SignalCache:
             },
             available={s: isinstance(self.status(s), CachedSignal) for s in self.symbols},
             latest={s: c.signal for s in self.symbols if (c := self._latest.get(s)) is not None},
+            max_age_ms=self.max_age_ms,
         )
 
 

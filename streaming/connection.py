@@ -101,7 +101,10 @@ class FeedConnection:
         self._acks: dict[str, asyncio.Future[CommandResponse]] = {}
         self._active: set[str] = set()  # topics acked on this connection
         self._failed: set[str] = set()
-        self._last_rx: dict[str, float] = {}
+        self._last_rx: dict[str, float] = {}  # per connection, for the silence watchdog
+        # Monotonic time of the last frame per topic, kept across reconnects: what operators see as
+        # the topic's last-message age, which keeps growing while the feed is down.
+        self.last_frame_at: dict[str, float] = {}
         self._ping_sent_at: float | None = None
         self._close_reason = ""
         # Deduplicated by _resync_wanted, so the queue never holds more than one entry per topic.
@@ -220,7 +223,7 @@ class FeedConnection:
                     elif fut is None:
                         log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
                 else:
-                    self._last_rx[msg.topic] = time.monotonic()
+                    self._last_rx[msg.topic] = self.last_frame_at[msg.topic] = time.monotonic()
                     try:
                         handler.on_message(self, msg, recv_wall)
                     except Exception:
@@ -323,7 +326,6 @@ class FeedConnection:
                 raise ConnectionLost("pong_timeout", f"no pong for {now - self._ping_sent_at:.1f} s")
             for topic in self._active:
                 age = now - self._last_rx.get(topic, now)
-                self._metrics.last_message_age.labels(topic=topic).set(age)
                 if age > self._silence_s(topic):
                     raise ConnectionLost("silence", f"{topic} silent for {age:.1f} s")
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["IngestMetrics"]
 
@@ -22,6 +27,22 @@ RECONNECT_REASONS = (
 RESYNC_REASONS = ("u_gap", "empty_side", "crossed")
 GAP_TRIGGERS = ("stream", "overdue", "startup", "reconnect", "store_recovered")
 REST_OUTCOMES = ("ok", "banned", "retryable", "rejected")
+
+
+class _LastMessageAge(Collector):
+    def __init__(self, source: Callable[[], Mapping[str, float]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        age = GaugeMetricFamily(
+            "candlecast_ingest_last_message_age_seconds",
+            "Seconds since the last frame on each topic (since the ingestor started, across reconnects).",
+            labels=["topic"],
+        )
+        now = time.monotonic()
+        for topic, at in self._source().items():
+            age.add_metric([topic], now - at)
+        return [age]
 
 
 class IngestMetrics:
@@ -84,12 +105,10 @@ class IngestMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
-        self.last_message_age = Gauge(
-            "candlecast_ingest_last_message_age_seconds",
-            "Seconds since the last frame on each subscribed topic.",
-            ["topic"],
-            registry=r,
-        )
+        # Read at scrape time, so the age keeps growing while a connection is down (a gauge set by the
+        # connection's watchdog would freeze at its last value exactly then).
+        self.last_frame_source: Callable[[], Mapping[str, float]] = dict
+        r.register(_LastMessageAge(lambda: self.last_frame_source()))
         self.book_ready = Gauge(
             "candlecast_ingest_book_ready", "1 while a symbol's order book is READY.", ["symbol"], registry=r
         )

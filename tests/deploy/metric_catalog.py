@@ -36,7 +36,7 @@ def candlecast_series() -> frozenset[str]:
     WorkerMetrics(registry)
     api = ApiMetrics(registry)
     # The scrape-time families appear only when the cache knows something: make it know everything.
-    known = ApiFreshness(60_000, {"BTCUSDT": 60_000}, {"BTCUSDT": True}, {"BTCUSDT": make_signal(0)})
+    known = ApiFreshness(60_000, {"BTCUSDT": 60_000}, {"BTCUSDT": True}, {"BTCUSDT": make_signal(0)}, 120_000)
     api.freshness_source = lambda: known
     names: set[str] = set()
     for family in registry.collect():

@@ -295,7 +295,7 @@ def test_each_candlecast_service_runs_its_role_with_settings_candlecast_accepts(
 
 
 @needs_compose
-def test_workers_scale_two_replicas_with_distinct_consumer_names(tmp_path: Path) -> None:
+def test_workers_run_two_scalable_replicas_that_name_their_own_consumer(tmp_path: Path) -> None:
     worker = compose_config(tmp_path=tmp_path)["services"]["worker"]
     assert worker["deploy"]["replicas"] == 2
     # `--scale worker=N` fails with a fixed name or host port; and the consumer name must stay unset so
@@ -309,6 +309,8 @@ def test_workers_scale_two_replicas_with_distinct_consumer_names(tmp_path: Path)
 def test_api_prometheus_and_grafana_are_published(tmp_path: Path) -> None:
     services = compose_config(tmp_path=tmp_path)["services"]
     assert published(services["api"]) == {8000: "8000"}
+    # ...but not its metrics, which carry every symbol's latest signal: their port stays internal.
+    assert environment(services["api"])["CANDLECAST_API_METRICS_PORT"] == "9103"
     assert published(services["prometheus"]) == {9090: "127.0.0.1:9090"}
     assert published(services["grafana"]) == {3000: "127.0.0.1:3000"}
     for name in ("redis", "redis-exporter", "ingestor", "worker"):
@@ -374,7 +376,8 @@ def test_env_example_lists_exactly_the_variables_the_compose_files_use_at_their_
 @needs_compose
 def test_prometheus_scrapes_the_services_on_the_ports_they_serve(tmp_path: Path) -> None:
     services = compose_config(tmp_path=tmp_path)["services"]
-    serves = {name: int(environment(services[name])[setting]) for name, setting in HEALTH_PORT_SETTING.items()}
+    metrics_port_setting = HEALTH_PORT_SETTING | {"api": "CANDLECAST_API_METRICS_PORT"}
+    serves = {name: int(environment(services[name])[setting]) for name, setting in metrics_port_setting.items()}
     serves["redis-exporter"] = 9121  # oliver006/redis_exporter's default listen port
     scrape = yaml.safe_load((ROOT / "docker" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     targets = {

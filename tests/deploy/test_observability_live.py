@@ -4,12 +4,14 @@ alert expression and every dashboard query is evaluated through its HTTP API onc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -64,13 +66,13 @@ def wait_for(predicate: Callable[[], bool], within: float, what: str, logs: Path
         time.sleep(0.5)
 
 
-def prometheus_config(api_port: int) -> dict[str, Any]:
+def prometheus_config(metrics_port: int) -> dict[str, Any]:
     """The shipped config, reduced to what runs here: its ``api`` job (one process serves every metric
-    in ``candlecast run``) pointed at the loopback port, 1 s intervals, the shipped rule files."""
+    in ``candlecast run``) pointed at the loopback metrics port, 1 s intervals, the shipped rule files."""
     shipped = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     api_job = next(job for job in shipped["scrape_configs"] if job["job_name"] == "api")
     api_job = {k: v for k, v in api_job.items() if not k.endswith("_sd_configs")}
-    api_job["static_configs"] = [{"targets": [f"127.0.0.1:{api_port}"]}]
+    api_job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
     api_job["scrape_interval"] = "1s"
     return {
         "global": {**shipped["global"], "scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -94,15 +96,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     redis_url = os.environ.get("CANDLECAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"obs-{uuid.uuid4().hex[:8]}"
     work = tmp_path_factory.mktemp("observability")
-    api_port, prom_port = free_port(), free_port()
-    (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(api_port)))
+    api_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(metrics_port)))
     service_env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLECAST_")} | {
         "CANDLECAST_REDIS_URL": redis_url,
         "CANDLECAST_REDIS_PREFIX": prefix,
         "CANDLECAST_API_PORT": str(api_port),
+        "CANDLECAST_API_METRICS_PORT": str(metrics_port),  # as the compose stack serves them
     }
     procs: list[subprocess.Popen[bytes]] = []
-    with (work / "service.log").open("wb") as service_log, (work / "prometheus.log").open("wb") as prom_log:
+    with (
+        (work / "service.log").open("wb") as service_log,
+        (work / "prometheus.log").open("wb") as prom_log,
+        contextlib.ExitStack() as cleanup,
+    ):
         try:
             procs.append(
                 subprocess.Popen(
@@ -134,6 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ):
                 s = Stack(api, prometheus, work)
                 wait_for(lambda: _answers(api, "/signal/BTCUSDT"), 120, "the service serves a signal", work)
+                # A client keeps asking, as bots do, so the API's request panels have traffic to show.
+                stop_client = threading.Event()
+                poller = threading.Thread(target=_poll_signals, args=(api_port, stop_client), daemon=True)
+                poller.start()
+                cleanup.callback(poller.join, 10)
+                cleanup.callback(stop_client.set)
                 wait_for(lambda: _answers(prometheus, "/-/ready"), 60, "Prometheus is ready", work)
                 # Signals have flowed for a whole rate window of scrapes.
                 wait_for(
@@ -152,6 +165,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             client = redis.Redis.from_url(redis_url)
             for key in client.scan_iter(match=f"{prefix}:*"):
                 client.delete(key)
+
+
+def _poll_signals(port: int, stop: threading.Event) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        while not stop.wait(0.2):
+            for path in ("/signal/BTCUSDT", "/signals", "/signal/NOPEUSDT"):
+                with contextlib.suppress(httpx.TransportError):
+                    http.get(path)
 
 
 def _answers(client: httpx.Client, path: str) -> bool:

@@ -156,9 +156,9 @@ def test_scrape_config_scrapes_the_five_jobs_of_the_stack() -> None:
     config = load(CONFIG)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == JOBS
-    assert jobs["api"]["static_configs"] == [{"targets": ["api:8000"]}]
+    assert jobs["api"]["static_configs"] == [{"targets": ["api:9103"]}]
     assert jobs["api"].get("metrics_path", "/metrics") == "/metrics"
-    assert jobs["ingestor"]["static_configs"] == [{"targets": ["ingestor:9100"]}]
+    assert jobs["ingestor"]["static_configs"] == [{"targets": ["ingestor:9102"]}]
     assert jobs["redis"]["static_configs"] == [{"targets": ["redis-exporter:9121"]}]
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
     # Worker replicas come and go with `--scale`: found through Docker's DNS, one A record each.

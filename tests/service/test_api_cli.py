@@ -39,10 +39,16 @@ def test_api_serves_what_redis_holds_and_stops_cleanly_on_sigterm(redis_url: str
     client = redis.Redis.from_url(redis_url)
     s = make_signal(T0)
     client.set(f"{prefix}:{{BTCUSDT}}:signal", s.to_json())  # written by a worker earlier
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
+    settings = env(
+        CANDLECAST_REDIS_URL=redis_url,
+        CANDLECAST_REDIS_PREFIX=prefix,
+        CANDLECAST_SYMBOLS="BTCUSDT",
+        CANDLECAST_API_METRICS_PORT=str(metrics_port),  # as in docker-compose.yml: metrics off the API port
+    )
     proc = subprocess.Popen(
         [*CLI, "api", "--port", str(port)],
-        env=env(CANDLECAST_REDIS_URL=redis_url, CANDLECAST_REDIS_PREFIX=prefix, CANDLECAST_SYMBOLS="BTCUSDT"),
+        env=settings,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -64,6 +70,10 @@ def test_api_serves_what_redis_holds_and_stops_cleanly_on_sigterm(redis_url: str
                 pass
             time.sleep(0.1)
         assert body == s.to_json()
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert 'candlecast_api_signal_direction{symbol="BTCUSDT"} 1.0' in metrics.text.splitlines()
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     finally:

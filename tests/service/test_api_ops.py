@@ -133,6 +133,7 @@ async def test_metrics_parse_with_route_templates_and_the_registry_passed_in(red
     assert value("candlecast_api_signal_available", symbol="BTCUSDT") == 1
     assert value("candlecast_api_signal_available", symbol="ETHUSDT") == 0
     assert value("candlecast_api_signal_age_seconds", symbol="BTCUSDT") == 0
+    assert value("candlecast_api_signal_max_age_seconds") == 150  # 2 one-minute bars + the 30 s grace
     assert value("candlecast_api_signal_feed_up") == 1
     # What else lives on the registry is exposed too (the single-process run's worker and ingestor).
     assert value("candlecast_signals_total", source="ensemble", direction="long") == 1
