@@ -254,7 +254,11 @@ async def test_stall_is_detected_and_the_book_is_not_served_meanwhile(
         await eventually(published_not_ready, 5, what="store says the book is not READY")
         reasons = {r: ing.metrics.reconnects.labels(reason=r)._value.get() for r in ("silence", "pong_timeout")}
         assert sum(reasons.values()) >= 1, reasons
+        # Operators see the silence keep growing while the feed is down, not the age when it dropped.
+        book_age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
+        await eventually(lambda: (ing.metrics.registry.get_sample_value(*book_age) or 0) > 2.5, 3, what="age grows")
         await run_until_healthy(ing, store, sim, source_rows)
+        assert (ing.metrics.registry.get_sample_value(*book_age) or 99) < 1.5
     finally:
         await ing.close()
 
