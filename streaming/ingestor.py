@@ -106,6 +106,8 @@ class Ingestor:
             for i, shard in enumerate(shards)
         ]
         self._conn_symbols = {c.name: shards[i] for i, c in enumerate(self.connections)}
+        for iv in config.intervals:  # until the exchange clock is known, no window is known complete
+            metrics.windows_incomplete.labels(interval=iv).set(len(config.symbols))
         # Read from the metrics server's thread: dict() copies each map in one step under the GIL.
         metrics.last_frame_source = lambda: {t: at for c in self.connections for t, at in dict(c.last_frame_at).items()}
 
