@@ -33,7 +33,7 @@ class Freshness:
     signal_close_ms: Mapping[str, int | None]  # configured symbol -> close time of its latest signal
     available: Mapping[str, bool]  # configured symbol -> servable right now
     latest: Mapping[str, Signal]  # configured symbol -> its latest signal (symbols without one are absent)
-    max_age_ms: int | None = None  # the oldest a signal may be and still be served (exchange clock)
+    max_age_ms: int  # the oldest a signal may be and still be served (exchange clock)
 
 
 _DIRECTION_VALUE = {"long": 1.0, "flat": 0.0, "short": -1.0}
@@ -72,8 +72,7 @@ class _FreshnessCollector(Collector):
             "candlecast_api_signal_max_age_seconds",
             "The oldest a signal may be (exchange clock) and still be served: 2 finest bars + grace.",
         )
-        if f.max_age_ms is not None:
-            max_age.add_metric([], f.max_age_ms / 1000.0)
+        max_age.add_metric([], f.max_age_ms / 1000.0)
         return [lag, age, available, max_age, *self._latest_values(f.latest)]
 
     @staticmethod

@@ -173,6 +173,9 @@ async def test_a_session_that_raises_at_run_is_dropped_as_error_and_the_worker_g
         assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 3
 
 
+_REAL_SESSION = ort.InferenceSession
+
+
 class VanishingGpu:
     """Stands in for ONNX Runtime's CUDA provider, which this machine cannot bind (it has no GPU).
 
@@ -184,33 +187,34 @@ class VanishingGpu:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.lost = False
         self.built_on_cpu = 0
-        real_session = ort.InferenceSession
-        gpu = self
-
-        class Session:
-            def __init__(self, path: str, options: ort.SessionOptions, providers: list[str]) -> None:
-                self._real = real_session(path, options, providers=[CPU])
-                self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
-
-            def get_providers(self) -> list[str]:
-                return self._providers
-
-            def get_inputs(self) -> Any:
-                return self._real.get_inputs()
-
-            def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
-                if gpu.lost:
-                    raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
-                return self._real.run(outputs, feed)
-
-        def build(path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
-            if providers == [CPU]:
-                gpu.built_on_cpu += 1
-                return real_session(path, options, providers=providers)
-            return Session(path, options, providers)
-
         monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
-        monkeypatch.setattr(ort, "InferenceSession", build)
+        monkeypatch.setattr(ort, "InferenceSession", self._build)
+
+    def _build(self, path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
+        if providers == [CPU]:
+            self.built_on_cpu += 1
+            return _REAL_SESSION(path, options, providers=providers)
+        return _GpuSession(self, _REAL_SESSION(path, options, providers=[CPU]), providers)
+
+
+class _GpuSession:
+    """A session that says it is bound to the GPU (see :class:`VanishingGpu`)."""
+
+    def __init__(self, gpu: VanishingGpu, real: ort.InferenceSession, providers: list[str]) -> None:
+        self._gpu = gpu
+        self._real = real
+        self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
+
+    def get_providers(self) -> list[str]:
+        return self._providers
+
+    def get_inputs(self) -> Any:
+        return self._real.get_inputs()
+
+    def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
+        if self._gpu.lost:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
+        return self._real.run(outputs, feed)
 
 
 async def test_a_gpu_that_disappears_moves_inference_to_the_cpu_and_no_vote_is_lost(
