@@ -24,6 +24,7 @@ from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLa
 from inference.signal_store import RedisSignalStore
 from service.app import ApiServer, create_app, server_config
 from service.settings import Settings, load_settings
+from tests.helpers import eventually
 
 MINUTE = 60_000
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % (60 * MINUTE)
@@ -85,17 +86,35 @@ class Api:
 
 @asynccontextmanager
 async def serving(
-    settings: Settings, *, registry: CollectorRegistry | None = None, app: FastAPI | None = None, **kwargs: Any
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    app: FastAPI | None = None,
+    feed_up: bool = True,
+    **kwargs: Any,
 ) -> AsyncIterator[Api]:
-    """``create_app(settings)`` served by a real uvicorn on a free loopback port."""
+    """``create_app(settings)`` served by a real uvicorn on a free loopback port.
+
+    With ``feed_up`` (the default) it yields only once the signal feed is subscribed and primed,
+    as readiness reports it: a signal published before that would reach the cache by the prime,
+    not by pub/sub, and a test counting pub/sub updates would depend on who wins the start-up race."""
     registry = registry if registry is not None else CollectorRegistry()
     app = app if app is not None else create_app(settings, registry=registry, **kwargs)
     server = ApiServer(server_config(app, settings, host="127.0.0.1", port=0))
     await server.start()
     try:
+        if feed_up:
+            await eventually(lambda: _feed_subscribed(server.url), 10, what="readiness: signal feed subscribed")
         yield Api(app, server.url, f"ws://127.0.0.1:{server.port}/ws", registry, server)
     finally:
         await server.close()
+
+
+async def _feed_subscribed(base_url: str) -> bool:
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as http:
+        body = (await http.get("/readyz")).json()
+    checks = body["checks"] if "checks" in body else body["error"]["details"]["checks"]
+    return bool(checks["signal_feed"] == "up")
 
 
 @asynccontextmanager
