@@ -1,9 +1,10 @@
 """Market sources for the exchange simulator: what is published on which topic, and when.
 
 :class:`BarMarket` replays historical 1m bars on the sim clock with a synthetic book per symbol
-(built from :mod:`streaming.sim_market`); :class:`RecordedMarket` replays a stream recorded by
-:mod:`streaming.recorder`. Both satisfy :class:`Market`, the interface :mod:`streaming.simulator`
-serves the WebSocket stream and REST klines from, and publish through a :class:`~streaming.sim_hub.Hub`.
+(built from :mod:`streaming.sim.tape` and :mod:`streaming.sim.book`); :class:`RecordedMarket`
+replays a stream recorded by :mod:`streaming.recorder`. Both satisfy :class:`Market`, the interface
+:mod:`streaming.simulator` serves the WebSocket stream and REST klines from, and publish through a
+:class:`~streaming.sim_hub.Hub`.
 """
 
 from __future__ import annotations
@@ -23,24 +24,12 @@ import orjson
 from streaming.book import OrderBook
 from streaming.errors import FrameError
 from streaming.frames import BookUpdate, parse_frame
+from streaming.sim.bars import AGGREGATE_MINUTES, MINUTE_MS, Bars, aggregate, load_1m_bars, symbol_from_path
+from streaming.sim.book import Side, SyntheticBook, diff_levels, format_levels
+from streaming.sim.clock import SimClock
+from streaming.sim.paths import open_bucket
+from streaming.sim.tape import BookEvent, KlineEvent, SymbolTape
 from streaming.sim_hub import Hub
-from streaming.sim_market import (
-    AGGREGATE_MINUTES,
-    MINUTE_MS,
-    Bars,
-    BookEvent,
-    KlineEvent,
-    Side,
-    SimClock,
-    SymbolTape,
-    SyntheticBook,
-    aggregate,
-    diff_levels,
-    format_levels,
-    load_1m_bars,
-    open_bucket,
-    symbol_from_path,
-)
 
 __all__ = ["BOOK_DEPTHS", "KLINE_INTERVALS", "BarConfig", "BarMarket", "Market", "RecordedMarket", "Row"]
 

@@ -3,7 +3,7 @@
 One port serves both the WebSocket stream (``ws://HOST:PORT/v5/public/linear``) and the REST kline
 endpoint (``GET /v5/market/kline``, answered from websockets' ``process_request`` hook). The market
 is either historical 1m bars replayed at ``speed`` (klines plus a synthetic order book, see
-:mod:`streaming.sim_market`) or a stream recorded by :mod:`streaming.recorder`.
+:mod:`streaming.sim.tape`) or a stream recorded by :mod:`streaming.recorder`.
 The market sources live in :mod:`streaming.sim_feeds`, the connection fan-out in
 :mod:`streaming.sim_hub`; this module is the server and its configuration.
 
@@ -31,7 +31,7 @@ Wire behaviour follows bybit_protocol.md §2-§5:
   ``end`` are inclusive; ``limit`` defaults to 200 and is capped at 1000. A bad symbol, interval,
   category or number is ``retCode 10001`` with HTTP 200; any other path is a 404.
 
-Every ``ts`` is exchange time: the :class:`~streaming.sim_market.SimClock`, which starts
+Every ``ts`` is exchange time: the :class:`~streaming.sim.clock.SimClock`, which starts
 ``start_offset_bars`` after the data begins and runs at ``speed``; REST ``time`` is the same clock.
 
 Pacing: one market task emits each event when the clock reaches it and sleeps until the next one.
@@ -75,9 +75,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from streaming.sim.bars import symbol_from_path
+from streaming.sim.clock import SimClock
 from streaming.sim_feeds import KLINE_INTERVALS, BarMarket, Market, RecordedMarket, Row
 from streaming.sim_hub import Conn, Hub
-from streaming.sim_market import SimClock, symbol_from_path
 
 __all__ = ["ExchangeSimulator", "RestFault", "SimulatorConfig"]
 

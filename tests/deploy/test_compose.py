@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from service.settings import ENV_PREFIX, Settings, load_settings
-from streaming.sim_market import symbol_from_path
+from streaming.sim.bars import symbol_from_path
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"

@@ -28,16 +28,10 @@ from streaming.book import ApplyResult, BookState, OrderBook
 from streaming.errors import FrameError
 from streaming.frames import BookUpdate, KlineUpdate, parse_frame
 from streaming.recorder import record
-from streaming.sim_market import (
-    MINUTE_MS,
-    SimClock,
-    SyntheticBook,
-    aggregate,
-    intrabar_price,
-    load_1m_bars,
-    partial_bar,
-    symbol_from_path,
-)
+from streaming.sim.bars import MINUTE_MS, aggregate, load_1m_bars, symbol_from_path
+from streaming.sim.book import SyntheticBook
+from streaming.sim.clock import SimClock
+from streaming.sim.paths import intrabar_price, partial_bar
 from streaming.simulator import ExchangeSimulator, SimulatorConfig
 from tests.conftest import DATA_1M
 from tests.helpers import eventually

@@ -1,0 +1,264 @@
+"""Historical bar files and their aggregation: the one reader of the project's 1m bar CSVs.
+
+Owns the file format (``open_time_ms,open,high,low,close,volume``, optionally gzip), the
+symbol-from-file-name rule, and resampling to 5/15/60-minute bars. Bar values travel as the exact
+decimal strings of the source CSV, so a confirmed bar pushed by the simulator equals the CSV row
+character for character; aggregated bars keep exact strings too (open/high/low/close are the strings
+of the 1m bars they come from, volume and turnover exact ``Decimal`` sums). Pure: no I/O but reading
+the file. Used by the simulator and by ``models/`` for training data.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "AGGREGATE_MINUTES",
+    "MINUTE_MS",
+    "BarValues",
+    "Bars",
+    "aggregate",
+    "format_units",
+    "load_1m_bars",
+    "symbol_from_path",
+    "turnover_str",
+]
+
+MINUTE_MS = 60_000
+AGGREGATE_MINUTES = (5, 15, 60)
+_CSV_COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
+# Plain decimals only: exponent notation would not survive as an exact Bybit-style string.
+_DECIMAL_RE = re.compile(r"^\d+(?:\.\d+)?$")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]+(?:USDT|USDC|USD)$")
+# Bybit linear turnover strings carry 4 decimals (e.g. "293656450.7204").
+_TURNOVER_QUANTUM = Decimal("0.0001")
+
+Int64Array = npt.NDArray[np.int64]
+Float64Array = npt.NDArray[np.float64]
+
+
+class BarValues(NamedTuple):
+    """One bar's values as the decimal strings that go on the wire."""
+
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    turnover: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Bars:
+    """Column arrays of consecutive bars of one interval (floats for arithmetic, strings for the wire)."""
+
+    interval_minutes: int
+    start_ms: Int64Array
+    open: Float64Array
+    high: Float64Array
+    low: Float64Array
+    close: Float64Array
+    volume: Float64Array
+    open_s: tuple[str, ...]
+    high_s: tuple[str, ...]
+    low_s: tuple[str, ...]
+    close_s: tuple[str, ...]
+    volume_s: tuple[str, ...]
+    turnover_s: tuple[str, ...]
+    price_decimals: int  # most decimals seen in a price string: the tick is 10**-price_decimals
+    volume_decimals: int
+
+    def __len__(self) -> int:
+        return len(self.start_ms)
+
+    @property
+    def interval_ms(self) -> int:
+        return self.interval_minutes * MINUTE_MS
+
+    def values(self, i: int) -> BarValues:
+        return BarValues(
+            self.open_s[i],
+            self.high_s[i],
+            self.low_s[i],
+            self.close_s[i],
+            self.volume_s[i],
+            self.turnover_s[i],
+        )
+
+    def row(self, i: int) -> tuple[int, str, str, str, str, str]:
+        """``(start, open, high, low, close, volume)`` of bar ``i``."""
+        return (
+            int(self.start_ms[i]),
+            self.open_s[i],
+            self.high_s[i],
+            self.low_s[i],
+            self.close_s[i],
+            self.volume_s[i],
+        )
+
+    def index_of(self, start_ms: int) -> int | None:
+        """Index of the bar starting at ``start_ms``, or ``None``."""
+        k = int(np.searchsorted(self.start_ms, start_ms))
+        if k < len(self.start_ms) and int(self.start_ms[k]) == start_ms:
+            return k
+        return None
+
+
+def turnover_str(volume: str, close: str) -> str:
+    """The simulator's turnover for a bar: ``volume * close`` rounded to 4 decimals.
+
+    The source files carry no turnover; one rule for REST and WebSocket keeps both consistent.
+    """
+    return format((Decimal(volume) * Decimal(close)).quantize(_TURNOVER_QUANTUM), "f")
+
+
+def _decimals(text: str) -> int:
+    _, _, frac = text.partition(".")
+    return len(frac)
+
+
+def symbol_from_path(path: str | Path) -> str:
+    """The instrument named in a bar file's name: ``bybit_linear_BTCUSDT_1m.csv.gz`` -> ``BTCUSDT``.
+
+    The symbol is the first all-uppercase token ending in USDT, USDC or USD.
+    """
+    name = Path(path).name
+    for token in re.split(r"[_.\-]", name):
+        if _SYMBOL_RE.match(token):
+            return token
+    raise ValueError(
+        f"cannot tell the symbol from file name {name!r}: expected an uppercase token ending in "
+        "USDT, USDC or USD, e.g. bybit_linear_BTCUSDT_1m.csv.gz"
+    )
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open("r", encoding="utf-8", newline="")
+
+
+def load_1m_bars(path: str | Path) -> Bars:
+    """Read a 1m bar CSV (optionally gzip) with columns ``open_time_ms,open,high,low,close,volume``.
+
+    Raises ``ValueError`` naming the file and line when a row is malformed, out of order, not
+    aligned to a minute, or has inconsistent OHLC.
+    """
+    path = Path(path)
+    starts: list[int] = []
+    cols: list[list[str]] = [[], [], [], [], []]
+    with _open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file")
+        names = [h.strip() for h in header]
+        try:
+            idx = [names.index(c) for c in _CSV_COLUMNS]
+        except ValueError:
+            raise ValueError(f"{path}: header must contain {','.join(_CSV_COLUMNS)}, got {','.join(names)}") from None
+        prev = -1
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                start = int(row[idx[0]])
+                fields = [row[k].strip() for k in idx[1:]]
+            except (ValueError, IndexError):
+                raise ValueError(f"{path}:{lineno}: malformed row {row!r}") from None
+            if not all(_DECIMAL_RE.match(f) for f in fields):
+                raise ValueError(f"{path}:{lineno}: values must be plain decimals, got {fields!r}")
+            if start % MINUTE_MS != 0 or start <= prev:
+                raise ValueError(f"{path}:{lineno}: open_time_ms {start} is not minute-aligned or not increasing")
+            o, h, lo, c = (float(f) for f in fields[:4])
+            if not (0 < lo <= min(o, c) and max(o, c) <= h):
+                raise ValueError(f"{path}:{lineno}: inconsistent OHLC {fields[:4]!r}")
+            prev = start
+            starts.append(start)
+            for col, value in zip(cols, fields, strict=True):
+                col.append(value)
+    if not starts:
+        raise ValueError(f"{path}: no bars")
+    open_s, high_s, low_s, close_s, volume_s = (tuple(c) for c in cols)
+    return Bars(
+        interval_minutes=1,
+        start_ms=np.asarray(starts, dtype=np.int64),
+        open=np.asarray(open_s, dtype=np.float64),
+        high=np.asarray(high_s, dtype=np.float64),
+        low=np.asarray(low_s, dtype=np.float64),
+        close=np.asarray(close_s, dtype=np.float64),
+        volume=np.asarray(volume_s, dtype=np.float64),
+        open_s=open_s,
+        high_s=high_s,
+        low_s=low_s,
+        close_s=close_s,
+        volume_s=volume_s,
+        turnover_s=tuple(turnover_str(v, c) for v, c in zip(volume_s, close_s, strict=True)),
+        price_decimals=max(_decimals(s) for col in (open_s, high_s, low_s, close_s) for s in col),
+        volume_decimals=max(_decimals(s) for s in volume_s),
+    )
+
+
+def aggregate(bars_1m: Bars, minutes: int) -> Bars:
+    """Resample 1m bars to ``minutes``: open=first, high=max, low=min, close=last, volume=sum.
+
+    Only complete buckets aligned to the interval (``start % (minutes*60000) == 0``, every minute
+    present) are produced: a bucket with a missing minute would be a bar the exchange never closed
+    that way, so it is left out rather than invented.
+    """
+    if bars_1m.interval_minutes != 1:
+        raise ValueError("aggregate() expects 1m bars")
+    if minutes < 1:
+        raise ValueError(f"minutes must be >= 1, got {minutes}")
+    if minutes == 1:
+        return bars_1m
+    step = minutes * MINUTE_MS
+    n = len(bars_1m)
+    buckets = bars_1m.start_ms // step
+    firsts = np.concatenate(([0], np.flatnonzero(np.diff(buckets)) + 1)).astype(np.int64)
+    counts = np.diff(np.concatenate((firsts, [n])))
+    # Starts are strictly increasing and minute-aligned, so `minutes` rows in one bucket are all of it.
+    complete = firsts[counts == minutes]
+    idx = complete[:, None] + np.arange(minutes, dtype=np.int64)
+    rows = np.arange(len(complete))
+    hi_idx = idx[rows, bars_1m.high[idx].argmax(axis=1)]
+    lo_idx = idx[rows, bars_1m.low[idx].argmin(axis=1)]
+    last = complete + minutes - 1
+    vol_dec = [Decimal(s) for s in bars_1m.volume_s]
+    turn_dec = [Decimal(s) for s in bars_1m.turnover_s]
+    volume_s = tuple(format(sum(vol_dec[f : f + minutes], Decimal(0)), "f") for f in complete.tolist())
+    turnover_s = tuple(format(sum(turn_dec[f : f + minutes], Decimal(0)), "f") for f in complete.tolist())
+    return Bars(
+        interval_minutes=minutes,
+        start_ms=bars_1m.start_ms[complete],
+        open=bars_1m.open[complete],
+        high=bars_1m.high[hi_idx],
+        low=bars_1m.low[lo_idx],
+        close=bars_1m.close[last],
+        volume=np.asarray(volume_s, dtype=np.float64),
+        open_s=tuple(bars_1m.open_s[k] for k in complete.tolist()),
+        high_s=tuple(bars_1m.high_s[k] for k in hi_idx.tolist()),
+        low_s=tuple(bars_1m.low_s[k] for k in lo_idx.tolist()),
+        close_s=tuple(bars_1m.close_s[k] for k in last.tolist()),
+        volume_s=volume_s,
+        turnover_s=turnover_s,
+        price_decimals=bars_1m.price_decimals,
+        volume_decimals=bars_1m.volume_decimals,
+    )
+
+
+def format_units(units: int, decimals: int) -> str:
+    """An integer count of ``10**-decimals`` as a plain decimal string: ``(12345, 2)`` -> ``"123.45"``."""
+    if decimals == 0:
+        return str(units)
+    whole, frac = divmod(units, 10**decimals)
+    return f"{whole}.{frac:0{decimals}d}"
