@@ -4,7 +4,7 @@
 (built from :mod:`streaming.sim.tape` and :mod:`streaming.sim.book`); :class:`RecordedMarket`
 replays a stream recorded by :mod:`streaming.recorder`. Both satisfy :class:`Market`, the interface
 :mod:`streaming.simulator` serves the WebSocket stream and REST klines from, and publish through a
-:class:`~streaming.sim_hub.Hub`.
+:class:`~streaming.sim.hub.Hub`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from streaming.frames import BookUpdate, parse_frame
 from streaming.sim.bars import AGGREGATE_MINUTES, MINUTE_MS, Bars, aggregate, load_1m_bars, symbol_from_path
 from streaming.sim.book import Side, SyntheticBook, diff_levels, format_levels
 from streaming.sim.clock import SimClock
+from streaming.sim.hub import Hub
 from streaming.sim.paths import open_bucket
 from streaming.sim.tape import BookEvent, KlineEvent, SymbolTape
-from streaming.sim_hub import Hub
 
 __all__ = ["BOOK_DEPTHS", "KLINE_INTERVALS", "BarConfig", "BarMarket", "Market", "RecordedMarket", "Row"]
 
