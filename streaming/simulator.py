@@ -4,7 +4,7 @@ One port serves both the WebSocket stream (``ws://HOST:PORT/v5/public/linear``) 
 endpoint (``GET /v5/market/kline``, answered from websockets' ``process_request`` hook). The market
 is either historical 1m bars replayed at ``speed`` (klines plus a synthetic order book, see
 :mod:`streaming.sim.tape`) or a stream recorded by :mod:`streaming.recorder`.
-The market sources live in :mod:`streaming.sim_feeds`, the connection fan-out in
+The market sources live in :mod:`streaming.sim.markets`, the connection fan-out in
 :mod:`streaming.sim.hub`; this module is the server and its configuration.
 
 Wire behaviour follows bybit_protocol.md §2-§5:
@@ -78,7 +78,7 @@ from websockets.http11 import Request, Response
 from streaming.sim.bars import symbol_from_path
 from streaming.sim.clock import SimClock
 from streaming.sim.hub import Conn, Hub
-from streaming.sim_feeds import KLINE_INTERVALS, BarMarket, Market, RecordedMarket, Row
+from streaming.sim.markets import KLINE_INTERVALS, BarMarket, Market, RecordedMarket, Row
 
 __all__ = ["ExchangeSimulator", "RestFault", "SimulatorConfig"]
 
