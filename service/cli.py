@@ -28,7 +28,7 @@ from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 
 log = logging.getLogger("candlecast")
 

@@ -25,7 +25,7 @@ from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 
 __all__ = ["run_service"]
 

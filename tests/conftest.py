@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]

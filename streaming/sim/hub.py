@@ -2,7 +2,7 @@
 
 Each :class:`Conn` owns a bounded send queue; :class:`Hub` maps topics to subscribers, queues one
 serialized frame to all of them, and holds the fault state (stall, ``u`` skips) that the market
-sources in :mod:`streaming.sim.markets` consult while publishing. Used by :mod:`streaming.simulator`.
+sources in :mod:`streaming.sim.markets` consult while publishing. Used by :mod:`streaming.sim.server`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :class:`BarMarket` replays historical 1m bars on the sim clock with a synthetic book per symbol
 (built from :mod:`streaming.sim.tape` and :mod:`streaming.sim.book`); :class:`RecordedMarket`
 replays a stream recorded by :mod:`streaming.recorder`. Both satisfy :class:`Market`, the interface
-:mod:`streaming.simulator` serves the WebSocket stream and REST klines from, and publish through a
+:mod:`streaming.sim.server` serves the WebSocket stream and REST klines from, and publish through a
 :class:`~streaming.sim.hub.Hub`.
 """
 
@@ -43,7 +43,7 @@ Row = list[str]  # REST kline row: [start, open, high, low, close, volume, turno
 
 
 class BarConfig(Protocol):
-    """The settings a :class:`BarMarket` reads (:class:`streaming.simulator.SimulatorConfig` has them)."""
+    """The settings a :class:`BarMarket` reads (:class:`streaming.sim.server.SimulatorConfig` has them)."""
 
     sources: list[Path]
     speed: float

@@ -19,7 +19,7 @@ from inference.worker import RedisEventSource, Worker, WorkerConfig
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator
+from streaming.sim.server import ExchangeSimulator
 from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
 

@@ -23,7 +23,7 @@ from streaming.ingestor import IngestConfig, Ingestor
 from streaming.klines import interval_ms, is_contiguous
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from streaming.store import SymbolWindows
 from tests.helpers import eventually
 from tests.redis_server import RedisServer

@@ -32,7 +32,7 @@ from streaming.sim.bars import MINUTE_MS, aggregate, load_1m_bars, symbol_from_p
 from streaming.sim.book import SyntheticBook
 from streaming.sim.clock import SimClock
 from streaming.sim.paths import intrabar_price, partial_bar
-from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from tests.conftest import DATA_1M
 from tests.helpers import eventually
 
