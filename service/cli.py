@@ -28,6 +28,7 @@ from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.redis_store import RedisStore
+from streaming.sim.faults import FaultInjector, parse_fault
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 
 log = logging.getLogger("candlecast")
@@ -204,7 +205,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _cmd_simulate(args: argparse.Namespace) -> int:
-    faults = [_parse_fault(f) for f in args.fault]
+    try:
+        faults = [parse_fault(f) for f in args.fault]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = SimulatorConfig(
         sources=list(args.data) if args.recorded is None else [],
         recorded=args.recorded,
@@ -216,46 +220,10 @@ async def _cmd_simulate(args: argparse.Namespace) -> int:
     async with ExchangeSimulator(config) as sim:
         print(f"simulator: WS {sim.ws_url}  REST {sim.rest_url}  symbols {', '.join(sim.symbols)}", flush=True)
         print("  (the order book is synthetic; klines are the real bars replayed)", flush=True)
-        injectors = [asyncio.create_task(_fault_loop(sim, k, s), name=f"fault-{k}") for k, s in faults]
-        try:
+        async with FaultInjector(sim, faults):
             await sim.finished.wait()
-        finally:
-            for task in injectors:
-                task.cancel()
-            await asyncio.gather(*injectors, return_exceptions=True)
         print("simulator: end of data reached", flush=True)
     return 0
-
-
-def _parse_fault(text: str) -> tuple[str, float]:
-    kind, _, every = text.partition(":")
-    kinds = {"drop", "stall", "gap", "malformed", "rest403", "resterror"}
-    try:
-        seconds = float(every)
-    except ValueError:
-        raise ConfigError(f"--fault {text!r}: expected KIND:SECONDS, e.g. drop:30") from None
-    if kind not in kinds or seconds <= 0:
-        raise ConfigError(f"--fault {text!r}: kind must be one of {sorted(kinds)} and seconds > 0")
-    return kind, seconds
-
-
-async def _fault_loop(sim: ExchangeSimulator, kind: str, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        log.warning("injecting fault: %s", kind)
-        if kind == "drop":
-            sim.drop_connections()
-        elif kind == "stall":
-            sim.stall(min(every / 2, 15.0))
-        elif kind == "gap":
-            for symbol in sim.symbols:
-                sim.skip_u(symbol)
-        elif kind == "malformed":
-            sim.send_malformed()
-        elif kind == "rest403":
-            sim.fail_rest("http403")
-        elif kind == "resterror":
-            sim.fail_rest("retcode")
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
