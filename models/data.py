@@ -1,8 +1,9 @@
 """Historical bars for training and evaluation: loading, aggregation, samples, time splits.
 
 Bars come from ``../shared/data`` (gzip CSV: ``open_time_ms,open,high,low,close,volume``, UTC, bar
-open time). Higher timeframes are aggregated here from 1m bars exactly as the exchange forms them
-(only complete, aligned buckets). In serving, no aggregation is needed: the ingestor subscribes to
+open time), read by the project's one bar-file reader (:mod:`streaming.sim.bars`). Higher timeframes
+are aggregated here from 1m bars exactly as the exchange forms them (only complete, aligned
+buckets). In serving, no aggregation is needed: the ingestor subscribes to
 ``kline.{1,5,15,60}`` and keeps a window per interval.
 
 Labels: the direction of the NEXT bar on the sample's own timeframe (``close[t+1] > close[t]``), so
@@ -15,7 +16,6 @@ for every series, so the test period is the same calendar span everywhere.
 from __future__ import annotations
 
 import itertools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from streaming.sim.bars import MINUTE_MS, complete_buckets, read_bar_file, symbol_from_path
+
 __all__ = [
+    "MINUTE_MS",
     "Series",
     "Split",
     "aggregate",
@@ -32,11 +35,7 @@ __all__ = [
     "next_returns",
     "sample_ends",
     "split_by_time",
-    "symbol_of",
 ]
-
-MINUTE_MS = 60_000
-_SYMBOL = re.compile(r"_([A-Z0-9]+?(?:USDT|USDC|USD))_")
 
 
 @dataclass(frozen=True)
@@ -60,27 +59,17 @@ class Series:
         return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def symbol_of(path: Path) -> str:
-    m = _SYMBOL.search(path.name.replace(".csv.gz", "_"))
-    if not m:
-        raise ValueError(f"cannot tell the symbol from {path.name!r}")
-    return m.group(1)
-
-
 def load_series(path: Path) -> Series:
-    df = pd.read_csv(path)
-    expected = ["open_time_ms", "open", "high", "low", "close", "volume"]
-    if list(df.columns[:6]) != expected:
-        raise ValueError(f"{path}: expected columns {expected}, got {list(df.columns)}")
-    df = df.sort_values("open_time_ms").drop_duplicates("open_time_ms")
-    starts = df["open_time_ms"].to_numpy(np.int64)
+    """Read a bar file with the project's one reader (:func:`streaming.sim.bars.read_bar_file`)."""
+    bars = read_bar_file(path)
+    starts = bars.start_ms
     step = int(np.median(np.diff(starts[:10_000]))) if len(starts) > 1 else MINUTE_MS
     return Series(
         name=path.name.removesuffix(".csv.gz"),
-        symbol=symbol_of(path),
+        symbol=symbol_from_path(path),
         interval_min=step // MINUTE_MS,
         start_ms=starts,
-        ohlcv=df[expected[1:]].to_numpy(np.float64),
+        ohlcv=bars.ohlcv,
     )
 
 
@@ -90,20 +79,31 @@ def aggregate(series: Series, minutes: int) -> Series:
         raise ValueError(f"cannot build {minutes}m bars from {series.interval_min}m bars")
     if minutes == series.interval_min:
         return series
-    per = minutes // series.interval_min
-    bucket = series.start_ms // (minutes * MINUTE_MS)
-    frame = pd.DataFrame(series.ohlcv, columns=["o", "h", "l", "c", "v"])
-    frame["b"] = bucket
-    g = frame.groupby("b", sort=True)
-    agg = g.agg(o=("o", "first"), h=("h", "max"), l=("l", "min"), c=("c", "last"), v=("v", "sum"), n=("o", "size"))
-    agg = agg[agg["n"] == per]
+    idx = complete_buckets(series.start_ms, series.interval_min, minutes)
+    x = series.ohlcv
+    step = minutes * MINUTE_MS
+    ohlcv = np.column_stack(
+        [x[idx[:, 0], 0], x[idx, 1].max(axis=1), x[idx, 2].min(axis=1), x[idx[:, -1], 3], _bucket_sums(x[idx, 4])]
+    )
     return Series(
         name=f"{series.name}->{minutes}m",
         symbol=series.symbol,
         interval_min=minutes,
-        start_ms=(agg.index.to_numpy(np.int64) * minutes * MINUTE_MS),
-        ohlcv=agg[["o", "h", "l", "c", "v"]].to_numpy(np.float64),
+        start_ms=series.start_ms[idx[:, 0]] // step * step,
+        ohlcv=ohlcv,
     )
+
+
+def _bucket_sums(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each row's sum as pandas' ``groupby().sum()`` computes it (compensated, in its own order).
+
+    The shipped models were trained on volumes summed that way; NumPy's ``sum`` or a plain
+    left-to-right sum differ in the last bit for about a third of the buckets.
+    """
+    k, per = rows.shape
+    sums = pd.Series(rows.ravel()).groupby(np.repeat(np.arange(k), per)).sum()
+    out: npt.NDArray[np.float64] = sums.to_numpy(np.float64)
+    return out
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,14 @@ import numpy.typing as npt
 __all__ = [
     "AGGREGATE_MINUTES",
     "MINUTE_MS",
+    "BarFile",
     "BarValues",
     "Bars",
     "aggregate",
+    "complete_buckets",
     "format_units",
     "load_1m_bars",
+    "read_bar_file",
     "symbol_from_path",
     "turnover_str",
 ]
@@ -38,6 +41,7 @@ AGGREGATE_MINUTES = (5, 15, 60)
 _CSV_COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
 # Plain decimals only: exponent notation would not survive as an exact Bybit-style string.
 _DECIMAL_RE = re.compile(r"^\d+(?:\.\d+)?$")
+_DECIMAL_COLUMN_RE = re.compile(r"\d+(?:\.\d+)?(?:\n\d+(?:\.\d+)?)*")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]+(?:USDT|USDC|USD)$")
 # Bybit linear turnover strings carry 4 decimals (e.g. "293656450.7204").
 _TURNOVER_QUANTUM = Decimal("0.0001")
@@ -147,15 +151,27 @@ def _open_text(path: Path) -> IO[str]:
     return path.open("r", encoding="utf-8", newline="")
 
 
-def load_1m_bars(path: str | Path) -> Bars:
-    """Read a 1m bar CSV (optionally gzip) with columns ``open_time_ms,open,high,low,close,volume``.
+@dataclass(frozen=True, slots=True, eq=False)
+class BarFile:
+    """A bar CSV as read: starts, the five value columns as the file's strings, and as floats."""
 
-    Raises ``ValueError`` naming the file and line when a row is malformed, out of order, not
-    aligned to a minute, or has inconsistent OHLC.
+    path: Path
+    start_ms: Int64Array
+    strings: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+    ohlcv: Float64Array  # (n, 5): open, high, low, close, volume
+
+    def __len__(self) -> int:
+        return len(self.start_ms)
+
+
+def read_bar_file(path: str | Path) -> BarFile:
+    """Read a bar CSV (optionally gzip) with columns ``open_time_ms,open,high,low,close,volume``.
+
+    Any interval: starts must be minute-aligned and strictly increasing. Raises ``ValueError``
+    naming the file and line when a row is malformed, out of order, not aligned to a minute, or
+    has inconsistent OHLC.
     """
     path = Path(path)
-    starts: list[int] = []
-    cols: list[list[str]] = [[], [], [], [], []]
     with _open_text(path) as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -166,37 +182,77 @@ def load_1m_bars(path: str | Path) -> Bars:
             idx = [names.index(c) for c in _CSV_COLUMNS]
         except ValueError:
             raise ValueError(f"{path}: header must contain {','.join(_CSV_COLUMNS)}, got {','.join(names)}") from None
-        prev = -1
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                start = int(row[idx[0]])
-                fields = [row[k].strip() for k in idx[1:]]
-            except (ValueError, IndexError):
-                raise ValueError(f"{path}:{lineno}: malformed row {row!r}") from None
-            if not all(_DECIMAL_RE.match(f) for f in fields):
-                raise ValueError(f"{path}:{lineno}: values must be plain decimals, got {fields!r}")
-            if start % MINUTE_MS != 0 or start <= prev:
-                raise ValueError(f"{path}:{lineno}: open_time_ms {start} is not minute-aligned or not increasing")
-            o, h, lo, c = (float(f) for f in fields[:4])
-            if not (0 < lo <= min(o, c) and max(o, c) <= h):
-                raise ValueError(f"{path}:{lineno}: inconsistent OHLC {fields[:4]!r}")
-            prev = start
-            starts.append(start)
-            for col, value in zip(cols, fields, strict=True):
-                col.append(value)
-    if not starts:
+        rows = list(reader)
+    found = _read_fast(rows, idx)
+    if found is None:
+        starts, cols = _read_checked(path, rows, idx)
+        found = np.asarray(starts, dtype=np.int64), cols, np.asarray(cols, dtype=np.float64).reshape(5, -1)
+    start_ms, cols, values = found
+    if not len(start_ms):
         raise ValueError(f"{path}: no bars")
-    open_s, high_s, low_s, close_s, volume_s = (tuple(c) for c in cols)
+    strings = (tuple(cols[0]), tuple(cols[1]), tuple(cols[2]), tuple(cols[3]), tuple(cols[4]))
+    return BarFile(path, start_ms, strings, np.ascontiguousarray(values.T))
+
+
+def _read_fast(rows: list[list[str]], idx: list[int]) -> tuple[Int64Array, list[list[str]], Float64Array] | None:
+    """Whole-column checks for a well-formed file; ``None`` sends it to :func:`_read_checked`."""
+    rows = [r for r in rows if r]
+    try:
+        cols = [[r[k] for r in rows] for k in idx]
+        starts = np.asarray(cols[0], dtype=np.int64)
+    except (ValueError, IndexError, OverflowError):
+        return None
+    values = cols[1:]
+    if not all(_DECIMAL_COLUMN_RE.fullmatch("\n".join(c)) for c in values if c):
+        return None
+    if len(starts) and (int(starts[0]) < 0 or np.any(starts % MINUTE_MS) or np.any(np.diff(starts) <= 0)):
+        return None
+    floats = np.asarray(values, dtype=np.float64).reshape(5, -1)
+    o, h, lo, c = floats[0], floats[1], floats[2], floats[3]
+    if not np.all((lo > 0) & (lo <= np.minimum(o, c)) & (np.maximum(o, c) <= h)):
+        return None
+    return starts, values, floats
+
+
+def _read_checked(path: Path, rows: list[list[str]], idx: list[int]) -> tuple[list[int], list[list[str]]]:
+    """Row by row, so the error names the first bad line."""
+    starts: list[int] = []
+    cols: list[list[str]] = [[], [], [], [], []]
+    prev = -1
+    for lineno, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        try:
+            start = int(row[idx[0]])
+            fields = [row[k].strip() for k in idx[1:]]
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}:{lineno}: malformed row {row!r}") from None
+        if not all(_DECIMAL_RE.match(f) for f in fields):
+            raise ValueError(f"{path}:{lineno}: values must be plain decimals, got {fields!r}")
+        if start % MINUTE_MS != 0 or start <= prev:
+            raise ValueError(f"{path}:{lineno}: open_time_ms {start} is not minute-aligned or not increasing")
+        o, h, lo, c = (float(f) for f in fields[:4])
+        if not (0 < lo <= min(o, c) and max(o, c) <= h):
+            raise ValueError(f"{path}:{lineno}: inconsistent OHLC {fields[:4]!r}")
+        prev = start
+        starts.append(start)
+        for col, value in zip(cols, fields, strict=True):
+            col.append(value)
+    return starts, cols
+
+
+def load_1m_bars(path: str | Path) -> Bars:
+    """Read a 1m bar file (:func:`read_bar_file`) into :class:`Bars` with exact wire strings."""
+    f = read_bar_file(path)
+    open_s, high_s, low_s, close_s, volume_s = f.strings
     return Bars(
         interval_minutes=1,
-        start_ms=np.asarray(starts, dtype=np.int64),
-        open=np.asarray(open_s, dtype=np.float64),
-        high=np.asarray(high_s, dtype=np.float64),
-        low=np.asarray(low_s, dtype=np.float64),
-        close=np.asarray(close_s, dtype=np.float64),
-        volume=np.asarray(volume_s, dtype=np.float64),
+        start_ms=f.start_ms,
+        open=np.ascontiguousarray(f.ohlcv[:, 0]),
+        high=np.ascontiguousarray(f.ohlcv[:, 1]),
+        low=np.ascontiguousarray(f.ohlcv[:, 2]),
+        close=np.ascontiguousarray(f.ohlcv[:, 3]),
+        volume=np.ascontiguousarray(f.ohlcv[:, 4]),
         open_s=open_s,
         high_s=high_s,
         low_s=low_s,
@@ -206,6 +262,23 @@ def load_1m_bars(path: str | Path) -> Bars:
         price_decimals=max(_decimals(s) for col in (open_s, high_s, low_s, close_s) for s in col),
         volume_decimals=max(_decimals(s) for s in volume_s),
     )
+
+
+def complete_buckets(start_ms: Int64Array, base_minutes: int, minutes: int) -> Int64Array:
+    """Row indices ``(buckets, minutes // base_minutes)`` of every complete ``minutes`` bucket.
+
+    ``start_ms`` are strictly increasing starts of ``base_minutes`` bars, so a bucket holding
+    ``minutes // base_minutes`` rows holds all of them; a bucket with a hole is left out.
+    """
+    if minutes < base_minutes or minutes % base_minutes:
+        raise ValueError(f"cannot build {minutes}m bars from {base_minutes}m bars")
+    per = minutes // base_minutes
+    buckets = start_ms // (minutes * MINUTE_MS)
+    firsts = np.concatenate(([0], np.flatnonzero(np.diff(buckets)) + 1)).astype(np.int64)
+    counts = np.diff(np.concatenate((firsts, [len(start_ms)])))
+    complete = firsts[counts == per]
+    idx: Int64Array = complete[:, None] + np.arange(per, dtype=np.int64)
+    return idx
 
 
 def aggregate(bars_1m: Bars, minutes: int) -> Bars:
@@ -221,14 +294,8 @@ def aggregate(bars_1m: Bars, minutes: int) -> Bars:
         raise ValueError(f"minutes must be >= 1, got {minutes}")
     if minutes == 1:
         return bars_1m
-    step = minutes * MINUTE_MS
-    n = len(bars_1m)
-    buckets = bars_1m.start_ms // step
-    firsts = np.concatenate(([0], np.flatnonzero(np.diff(buckets)) + 1)).astype(np.int64)
-    counts = np.diff(np.concatenate((firsts, [n])))
-    # Starts are strictly increasing and minute-aligned, so `minutes` rows in one bucket are all of it.
-    complete = firsts[counts == minutes]
-    idx = complete[:, None] + np.arange(minutes, dtype=np.int64)
+    idx = complete_buckets(bars_1m.start_ms, 1, minutes)
+    complete = idx[:, 0]
     rows = np.arange(len(complete))
     hi_idx = idx[rows, bars_1m.high[idx].argmax(axis=1)]
     lo_idx = idx[rows, bars_1m.low[idx].argmin(axis=1)]
