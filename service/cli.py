@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from inference.metrics import WorkerMetrics
 from inference.worker import Worker
-from service.bench_ingest import bench_ingest
 from service.inspect import inspect_symbol
 from service.parts import ingest_config, model_registry, open_store, redis_worker_io, serve_metrics, worker_config
 from service.settings import ConfigError, load_settings
@@ -410,6 +409,8 @@ def _print_json(obj: object) -> None:
 
 
 async def _cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from streaming.bench import bench_ingest
+
     result = await bench_ingest(symbols=args.symbols, frames=args.frames)
     _print_json(result)
     return 0

@@ -8,6 +8,7 @@ as the socket takes them) feeds two kinds of client in the same run, one after t
   with ``u`` checks, depth sampling, kline windows and book states flushed to Redis.
 
 Each is run ``rounds`` times and the best rate kept (shared, noisy machines). Prints JSON.
+Lives beside what it measures; ``service/cli.py`` imports it only for ``bench ingest``.
 """
 
 from __future__ import annotations
