@@ -33,6 +33,7 @@ from websockets.http11 import Request, Response
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["bench_ingest", "make_corpus"]
 
@@ -228,13 +229,14 @@ async def _raw(port: int, symbols: list[str], expected: int) -> float:
 
     shards = [symbols[i : i + PER_CONNECTION] for i in range(0, len(symbols), PER_CONNECTION)]
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(one(s)) for s in shards]
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - t0
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return elapsed
+    tasks = TaskSupervisor("bench-raw")
+    for i, shard in enumerate(shards):
+        tasks.spawn(one(shard), f"bench-raw-{i}")
+    try:
+        await asyncio.wait_for(done.wait(), 300)
+        return time.perf_counter() - t0
+    finally:
+        await tasks.cancel_all(5.0)
 
 
 async def _ingest(port: int, symbols: list[str], expected: int, redis_url: str) -> tuple[float, dict[str, float]]:

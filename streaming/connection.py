@@ -22,8 +22,8 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 import orjson
 import websockets
@@ -34,12 +34,14 @@ from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
 from streaming.frames import CommandResponse, Message, Pong, parse_frame
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["FeedConnection", "FeedHandler"]
 
 log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 64  # frames handled between explicit yields to the event loop
+_HELPER_CANCEL_TIMEOUT_S = 5.0
 # A book that needs a fresh snapshot again and again (a broken feed) must not turn into a
 # subscribe storm: space resyncs of a topic, and reconnect (with backoff) past a limit.
 RESYNC_MIN_SPACING_S = 0.5
@@ -161,18 +163,15 @@ class FeedConnection:
         self._metrics.connections.inc()
         self._handler.on_connected(self)
         log.info("[%s] connected to %s (connection #%d)", self.name, self.url, self.connection_number)
-        helpers = [
-            asyncio.create_task(self._guard(self._subscribe_all(ws)), name=f"{self.name}-subscribe"),
-            asyncio.create_task(self._guard(self._pinger(ws)), name=f"{self.name}-ping"),
-            asyncio.create_task(self._guard(self._watchdog(ws)), name=f"{self.name}-watchdog"),
-            asyncio.create_task(self._guard(self._resyncer(ws)), name=f"{self.name}-resync"),
-        ]
+        helpers = TaskSupervisor(f"connection {self.name}")
+        helpers.spawn(self._guard(self._subscribe_all(ws)), f"{self.name}-subscribe")
+        helpers.spawn(self._guard(self._pinger(ws)), f"{self.name}-ping")
+        helpers.spawn(self._guard(self._watchdog(ws)), f"{self.name}-watchdog")
+        helpers.spawn(self._guard(self._resyncer(ws)), f"{self.name}-resync")
         try:
             await self._receive(ws)
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await helpers.cancel_all(_HELPER_CANCEL_TIMEOUT_S)
             for fut in self._acks.values():
                 fut.cancel()
             self._acks.clear()
@@ -239,10 +238,10 @@ class FeedConnection:
             if not self._close_reason:
                 self._close_reason = "server_closed" if exc.rcvd is not None else "connection_lost"
 
-    async def _guard(self, coro: asyncio.Future[None] | asyncio.Task[None] | object) -> None:
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a helper; an unexpected error in it closes the connection instead of vanishing."""
         try:
-            await coro  # type: ignore[misc]
+            await coro
         except ConnectionLost as exc:
             await self._abort(exc.reason, exc.detail)
         except websockets.ConnectionClosed:

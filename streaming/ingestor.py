@@ -25,6 +25,7 @@ from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.rest import BybitRest
 from streaming.store import BookStatus, WindowStore
+from streaming.supervisor import TaskSupervisor
 from streaming.writer import WindowWriter
 
 __all__ = ["IngestConfig", "Ingestor"]
@@ -80,7 +81,7 @@ class Ingestor:
         self._reconcile_running: tuple[str, str] | None = None
         self._reconcile_rerun: set[tuple[str, str]] = set()  # asked again while running
         self._overdue_asked: dict[tuple[str, str], int] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSupervisor("ingestor")
         self._closed = False
         self._frames = 0
         # Labelled children resolved once: ``labels()`` costs about a microsecond per call.
@@ -131,11 +132,11 @@ class Ingestor:
     async def start(self) -> None:
         """Load what the store already holds, then start connections, writer and reconciler."""
         await self._load_store_state()
-        self._tasks.append(asyncio.create_task(self._supervise(self.writer.run(), "writer"), name="writer"))
-        self._tasks.append(asyncio.create_task(self._supervise(self._reconciler(), "reconciler"), name="reconciler"))
-        self._tasks.append(asyncio.create_task(self._supervise(self._freshness(), "freshness"), name="freshness"))
+        self._tasks.spawn(self.writer.run(), "writer")
+        self._tasks.spawn(self._reconciler(), "reconciler")
+        self._tasks.spawn(self._freshness(), "freshness")
         for conn in self.connections:
-            self._tasks.append(asyncio.create_task(self._supervise(conn.run(), conn.name), name=conn.name))
+            self._tasks.spawn(conn.run(), conn.name)
         for symbol in self.config.symbols:
             for iv in self.config.intervals:
                 self._schedule_reconcile(symbol, iv, "startup")
@@ -143,27 +144,16 @@ class Ingestor:
     async def run(self) -> None:
         await self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            await self._tasks.wait()
         finally:
             await self.close()
-
-    async def _supervise(self, coro: object, name: str) -> None:
-        try:
-            await coro  # type: ignore[misc]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("ingestor task %s crashed", name)
-            raise
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop connections, mark books stopped, flush what is pending. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.wait(self._tasks, timeout=timeout_s) if self._tasks else None
+        await self._tasks.cancel_all(timeout_s)
         for symbol, book in self.books.items():
             if book.state is not BookState.INVALID:
                 book.invalidate("ingestor stopped")

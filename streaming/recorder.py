@@ -23,7 +23,9 @@ from typing import BinaryIO
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["record"]
 
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 SUBSCRIBE_BATCH = 10  # Bybit spot's documented cap per request; safe everywhere (bybit_protocol.md §2.3)
 _QUEUE_LINES = 10_000  # receive -> file; when full the receiver waits (backpressure on the socket)
 _WRITE_BATCH = 1_000
+_PING_CANCEL_TIMEOUT_S = 2.0
 
 
 class _LineWriter:
@@ -93,10 +96,13 @@ def _line(frame: str | bytes) -> bytes:
 
 async def _pinger(ws: ClientConnection, interval: float) -> None:
     n = 0
-    while True:
-        await asyncio.sleep(interval)
-        n += 1
-        await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{n}"}).decode())
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            n += 1
+            await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{n}"}).decode())
+    except ConnectionClosed as exc:
+        logger.debug("recorder ping task ended: %r", exc)  # the session notices the close itself
 
 
 async def _session(url: str, topics: list[str], writer: _LineWriter, ping_interval: float, session: int) -> int:
@@ -110,17 +116,14 @@ async def _session(url: str, topics: list[str], writer: _LineWriter, ping_interv
                 "args": topics[k : k + SUBSCRIBE_BATCH],
             }
             await ws.send(orjson.dumps(req).decode())
-        pinger = asyncio.create_task(_pinger(ws, ping_interval), name=f"recorder-ping-{session}")
+        pinger = TaskSupervisor("recorder")
+        pinger.spawn(_pinger(ws, ping_interval), f"recorder-ping-{session}")
         try:
             async for frame in ws:
                 await writer.put(_line(frame))
                 received += 1
         finally:
-            pinger.cancel()
-            # asyncio.wait, not `await pinger`: our own cancellation must not be mistaken for its.
-            await asyncio.wait({pinger})
-            if not pinger.cancelled() and (exc := pinger.exception()) is not None:
-                logger.debug("recorder ping task ended: %r", exc)
+            await pinger.cancel_all(_PING_CANCEL_TIMEOUT_S)
     return received
 
 

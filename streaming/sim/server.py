@@ -60,7 +60,6 @@ import email.utils
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -79,6 +78,7 @@ from streaming.sim.bars import symbol_from_path
 from streaming.sim.clock import SimClock
 from streaming.sim.hub import Conn, Hub
 from streaming.sim.markets import KLINE_INTERVALS, BarMarket, Market, RecordedMarket, Row
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["ExchangeSimulator", "RestFault", "SimulatorConfig"]
 
@@ -150,25 +150,6 @@ def _json_response(obj: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], grace_s: float) -> None:
-    """Cancel ``tasks``, wait up to ``grace_s`` and log any failure other than a closed socket."""
-    pending = [t for t in tasks if not t.done()]
-    for task in pending:
-        task.cancel()
-    todo = list(tasks)
-    if not todo:
-        return
-    done, still = await asyncio.wait(todo, timeout=grace_s)
-    for task in still:
-        logger.warning("task %s did not stop within %.1fs", task.get_name(), grace_s)
-    for task in done:
-        if task.cancelled():
-            continue
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, ConnectionClosed):
-            logger.error("task %s failed", task.get_name(), exc_info=exc)
-
-
 class ExchangeSimulator:
     """A Bybit-compatible exchange on ``127.0.0.1``: WebSocket stream, REST klines and faults.
 
@@ -191,7 +172,7 @@ class ExchangeSimulator:
         self._port = 0
         self._hub = Hub()
         self._conns: set[Conn] = set()
-        self._market_task: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("simulator")
         self._stall_end: asyncio.TimerHandle | None = None
         self._fail_topics: set[str] = set()
         self._rest_faults: deque[RestFault] = deque()
@@ -224,7 +205,7 @@ class ExchangeSimulator:
             close_timeout=_CLOSE_TIMEOUT_S,
         )
         self._port = next(iter(self._server.sockets)).getsockname()[1]
-        self._market_task = asyncio.create_task(self._run_market(market, self.clock), name="sim-market")
+        self._tasks.spawn(self._run_market(market, self.clock), "sim-market")
         logger.info("exchange simulator on %s serving %s", self.ws_url, ",".join(self.symbols))
 
     async def close(self) -> None:
@@ -232,8 +213,7 @@ class ExchangeSimulator:
         if self._closed:
             return
         self._closed = True
-        if self._market_task is not None:
-            await _cancel_and_wait([self._market_task], _TASK_CANCEL_TIMEOUT_S)
+        await self._tasks.cancel_all(_TASK_CANCEL_TIMEOUT_S)
         self._end_stall()
         if self._server is not None:
             self._server.close(close_connections=True)  # 1001 going away
@@ -360,8 +340,9 @@ class ExchangeSimulator:
         self._conns.add(conn)
         if not self._hub.not_stalled.is_set():
             conn.pause_reading()
-        reader = asyncio.create_task(self._read_loop(conn), name=f"sim-conn{conn.number}-reader")
-        writer = asyncio.create_task(self._write_loop(conn), name=f"sim-conn{conn.number}-writer")
+        tasks = TaskSupervisor(f"simulator connection {conn.number}")
+        reader = tasks.spawn(self._read_loop(conn), f"sim-conn{conn.number}-reader")
+        writer = tasks.spawn(self._write_loop(conn), f"sim-conn{conn.number}-writer")
         try:
             await asyncio.wait((reader, writer, conn.slow), return_when=asyncio.FIRST_COMPLETED)
             if conn.slow.done():
@@ -375,7 +356,7 @@ class ExchangeSimulator:
             self._conns.discard(conn)
             if not conn.slow.done():
                 conn.slow.cancel()
-            await _cancel_and_wait((reader, writer), _TASK_CANCEL_TIMEOUT_S)
+            await tasks.cancel_all(_TASK_CANCEL_TIMEOUT_S)
 
     async def _read_loop(self, conn: Conn) -> None:
         try:
