@@ -260,7 +260,7 @@ async def _ingest(port: int, symbols: list[str], expected: int, redis_url: str) 
     elapsed = time.perf_counter() - t0
     flushes = ingestor.writer.flushes
     keys = 0
-    async for _ in store._r.scan_iter(match=f"{prefix}:*", count=1000):
+    async for _ in store._r.scan_iter(match=store.keys.all_keys, count=1000):
         keys += 1
     await ingestor.close()
     await store.delete_all()

@@ -1,4 +1,4 @@
-"""Redis implementation of :class:`streaming.store.WindowStore` (layout in ``streaming.store``)."""
+"""Redis implementation of :class:`streaming.store.WindowStore` (key names in :mod:`streaming.redis_keys`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
+from streaming.bar_events import BarEventError, decode_bar_event, encode_bar_event
 from streaming.depth import decode_row, encode_row
-from streaming.errors import StoreError, StoreUnavailable
+from streaming.errors import StoreError
 from streaming.klines import decode_bar, encode_bar
+from streaming.redis_boundary import store_errors, text
+from streaming.redis_keys import RedisKeys
 from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes
 
 __all__ = ["RedisStore"]
@@ -55,16 +58,6 @@ return out
 """
 
 
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
-
-
-def _translate(exc: Exception) -> StoreError:
-    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
-        return StoreUnavailable(f"redis unavailable: {exc}")
-    return StoreError(f"redis error: {exc}")
-
-
 class RedisStore:
     def __init__(
         self,
@@ -80,8 +73,8 @@ class RedisStore:
         self.window_bars = window_bars
         self.depth_rows = depth_rows
         self._events_maxlen = events_maxlen
+        self.keys = RedisKeys(prefix)
         self._upsert = client.register_script(_UPSERT_WINDOW)
-        self._events_key = f"{prefix}:events:bars"
         self._unsent_events: deque[BarEvent] = deque(maxlen=100_000)
 
     @classmethod
@@ -91,64 +84,66 @@ class RedisStore:
 
     @property
     def events_key(self) -> str:
-        return self._events_key
+        return self.keys.bar_events
 
     def kline_key(self, symbol: str, interval: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:kline:{interval}"
+        return self.keys.kline(symbol, interval)
 
     def book_key(self, symbol: str, depth: int) -> str:
-        return f"{self.prefix}:{{{symbol}}}:book:{depth}"
+        return self.keys.book(symbol, depth)
 
     def depth_key(self, symbol: str, depth: int) -> str:
-        return f"{self.prefix}:{{{symbol}}}:depth:{depth}"
+        return self.keys.depth(symbol, depth)
 
     def status_key(self, symbol: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:status"
+        return self.keys.status(symbol)
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         result = WriteResult()
         bar_keys = list(batch.bars)
         try:
-            await self._send_events()  # events a failed attempt left behind go first, in order
-            if not batch:
-                return result
-            async with self._r.pipeline(transaction=False) as pipe:
-                for symbol, interval in bar_keys:
-                    args: list[Any] = [self.window_bars]
-                    for bar in batch.bars[(symbol, interval)]:
-                        args += [bar.start, encode_bar(bar)]
-                    await self._upsert(keys=[self.kline_key(symbol, interval)], args=args, client=pipe)
-                for (symbol, depth), book in batch.books.items():
-                    pipe.hset(self.book_key(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
-                for (symbol, depth), rows in batch.depth_rows.items():
-                    args = [self.depth_rows]
-                    for row in rows:
-                        args += [row.ts, encode_row(row)]
-                    await self._upsert(keys=[self.depth_key(symbol, depth)], args=args, client=pipe)
-                for symbol, fields in batch.status.items():
-                    pipe.hset(self.status_key(symbol), mapping=fields)  # type: ignore[arg-type]
-                # One bad key (say WRONGTYPE) must not fail, or endlessly retry, the whole batch.
-                replies = await pipe.execute(raise_on_error=False)
-            for reply in replies:
-                if isinstance(reply, rex.ConnectionError | rex.TimeoutError):
-                    raise reply
-            for key, reply in zip(bar_keys, replies, strict=False):
-                if isinstance(reply, Exception):
-                    result.errors.append(f"kline window {key}: {reply}")
-                    continue
-                before, after, inserted, revised = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
-                result.inserted[key] = inserted
-                result.revised[key] = revised
-                fresh = sorted(int(s) for s in reply[4:])
-                result.events += [BarEvent(key[0], key[1], s) for s in new_closes(before, fresh) if s <= after]
-            result.errors += [str(r) for r in replies[len(bar_keys) :] if isinstance(r, Exception)]
-            self._unsent_events.extend(result.events)
-            await self._send_events()
-        except (rex.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
+            with store_errors():
+                await self._write(batch, bar_keys, result)
         except (ValueError, TypeError, struct.error) as exc:
             raise StoreError(f"cannot encode batch: {exc}") from exc
         return result
+
+    async def _write(self, batch: WriteBatch, bar_keys: list[tuple[str, str]], result: WriteResult) -> None:
+        await self._send_events()  # events a failed attempt left behind go first, in order
+        if not batch:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for symbol, interval in bar_keys:
+                args: list[Any] = [self.window_bars]
+                for bar in batch.bars[(symbol, interval)]:
+                    args += [bar.start, encode_bar(bar)]
+                await self._upsert(keys=[self.keys.kline(symbol, interval)], args=args, client=pipe)
+            for (symbol, depth), book in batch.books.items():
+                pipe.hset(self.keys.book(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
+            for (symbol, depth), rows in batch.depth_rows.items():
+                args = [self.depth_rows]
+                for row in rows:
+                    args += [row.ts, encode_row(row)]
+                await self._upsert(keys=[self.keys.depth(symbol, depth)], args=args, client=pipe)
+            for symbol, fields in batch.status.items():
+                pipe.hset(self.keys.status(symbol), mapping=fields)  # type: ignore[arg-type]
+            # One bad key (say WRONGTYPE) must not fail, or endlessly retry, the whole batch.
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, rex.ConnectionError | rex.TimeoutError):
+                raise reply
+        for key, reply in zip(bar_keys, replies, strict=False):
+            if isinstance(reply, Exception):
+                result.errors.append(f"kline window {key}: {reply}")
+                continue
+            before, after, inserted, revised = int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3])
+            result.inserted[key] = inserted
+            result.revised[key] = revised
+            fresh = sorted(int(s) for s in reply[4:])
+            result.events += [BarEvent(key[0], key[1], s) for s in new_closes(before, fresh) if s <= after]
+        result.errors += [str(r) for r in replies[len(bar_keys) :] if isinstance(r, Exception)]
+        self._unsent_events.extend(result.events)
+        await self._send_events()
 
     async def _send_events(self) -> None:
         """Append pending bar-closed events; kept (bounded) for the next write if Redis fails.
@@ -161,8 +156,8 @@ class RedisStore:
         async with self._r.pipeline(transaction=False) as pipe:
             for ev in self._unsent_events:
                 pipe.xadd(
-                    self._events_key,
-                    {"symbol": ev.symbol, "interval": ev.interval, "start": str(ev.start)},
+                    self.keys.bar_events,
+                    encode_bar_event(ev),  # type: ignore[arg-type]
                     maxlen=self._events_maxlen,
                     approximate=True,
                 )
@@ -172,55 +167,46 @@ class RedisStore:
     async def read_symbol(
         self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
     ) -> SymbolWindows:
-        try:
+        with store_errors():
             async with self._r.pipeline(transaction=True) as pipe:
                 for interval in intervals:
-                    pipe.zrange(self.kline_key(symbol, interval), 0, -1)
-                pipe.hgetall(self.book_key(symbol, depth))
-                pipe.hgetall(self.status_key(symbol))
+                    pipe.zrange(self.keys.kline(symbol, interval), 0, -1)
+                pipe.hgetall(self.keys.book(symbol, depth))
+                pipe.hgetall(self.keys.status(symbol))
                 if with_depth:
-                    pipe.zrange(self.depth_key(symbol, depth), 0, -1)
+                    pipe.zrange(self.keys.depth(symbol, depth), 0, -1)
                 replies = await pipe.execute()
-        except (rex.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
         n = len(intervals)
         try:
             bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
             book_raw: dict[bytes, bytes] = replies[n]
-            book = BookStatus.from_fields({k.decode(): v.decode() for k, v in book_raw.items()}) if book_raw else None
-            status = {k.decode(): v.decode() for k, v in replies[n + 1].items()}
+            book = BookStatus.from_fields({text(k): text(v) for k, v in book_raw.items()}) if book_raw else None
+            status = {text(k): text(v) for k, v in replies[n + 1].items()}
             rows = [decode_row(m) for m in replies[n + 2]] if with_depth else []
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"corrupt data under {self.prefix}:{{{symbol}}}: {exc}") from exc
+            raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status)
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
-        try:
-            entries = await self._r.xrange(self._events_key, min=f"({after}" if after != "0" else "-", count=count)
-        except (rex.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
+        with store_errors():
+            entries = await self._r.xrange(self.keys.bar_events, min=f"({after}" if after != "0" else "-", count=count)
         out = []
         for entry_id, fields in entries or []:
-            f = {_text(k): _text(v) for k, v in (fields or {}).items()}
             try:
-                out.append((_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"]))))
-            except (KeyError, ValueError):
-                log.warning("skipping a foreign entry %s in %s", _text(entry_id), self._events_key)
+                out.append((text(entry_id), decode_bar_event(fields or {})))
+            except BarEventError:
+                log.warning("skipping a foreign entry %s in %s", text(entry_id), self.keys.bar_events)
         return out
 
     async def ping(self) -> None:
-        try:
+        with store_errors():
             await self._r.ping()
-        except (rex.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
 
     async def delete_all(self) -> None:
         """Remove every key under this store's prefix (tests and ``--reset``)."""
-        try:
-            async for key in self._r.scan_iter(match=f"{self.prefix}:*", count=1000):
+        with store_errors():
+            async for key in self._r.scan_iter(match=self.keys.all_keys, count=1000):
                 await self._r.unlink(key)
-        except (rex.RedisError, OSError) as exc:
-            raise _translate(exc) from exc
 
     async def close(self) -> None:
         await self._r.aclose()

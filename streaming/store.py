@@ -3,16 +3,8 @@
 Two implementations share this contract (and one contract test suite): :class:`RedisStore` for
 deployments and :class:`MemoryStore` for the single-process run without Redis.
 
-Redis layout (``P`` = key prefix, default ``cc``; ``{SYM}`` is a Redis Cluster hash tag, so every
-key of one symbol lives in one slot and a worker reads them all in one MULTI round trip):
-
-=============================  ======  ===================================================
-``P:{SYM}:kline:{interval}``   ZSET    score = bar start (ms), member = ``encode_bar``
-``P:{SYM}:book:{depth}``       HASH    book state, reason, u, ts, best bid/ask, sizes
-``P:{SYM}:depth:{depth}``      ZSET    score = sample slot (ms), member = ``encode_row``
-``P:{SYM}:status``             HASH    surfaced problems (failed subscriptions, REST bans)
-``P:events:bars``              STREAM  one entry each time a window's newest bar advances
-=============================  ======  ===================================================
+The Redis key layout (one symbol's keys share a hash slot, so a worker reads them all in one MULTI
+round trip) is owned by :mod:`streaming.redis_keys`.
 """
 
 from __future__ import annotations
