@@ -33,6 +33,13 @@ pytestmark = pytest.mark.timeout(90)
 INTERVALS = ("1", "5", "15", "60")
 WINDOW = 40
 SYMBOL = "BTCUSDT"
+BARS_BACKFILLED = "candlecast_ingest_bars_backfilled_total"
+BOOK_RESYNCS = "candlecast_ingest_book_resyncs_total"
+GAPS_FOUND = "candlecast_ingest_gaps_found_total"
+MESSAGES = "candlecast_ingest_messages_total"
+RECONNECTS = "candlecast_ingest_reconnects_total"
+REST_REQUESTS = "candlecast_ingest_rest_requests_total"
+SUBSCRIBE_FAILURES = "candlecast_ingest_subscribe_failures_total"
 
 
 def read_csv(path: Path) -> dict[int, tuple[str, str, str, str, str]]:
@@ -89,6 +96,17 @@ def make_ingestor(sim: ExchangeSimulator, store: RedisStore, **overrides: object
     }
     fields.update(overrides)
     return Ingestor(IngestConfig(**fields), store, IngestMetrics())  # type: ignore[arg-type]
+
+
+def sample(metrics: IngestMetrics, name: str, **labels: str) -> float:
+    """A metric's current value as Prometheus would scrape it (0 when not yet observed)."""
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def bars_close(sim: ExchangeSimulator, bars: int) -> None:
+    """Wait until ``bars`` one-minute bars have closed on the simulator clock."""
+    until = sim.clock.now_ms() + bars * 60_000
+    await eventually(lambda: sim.clock.now_ms() >= until, what=f"{bars} bars closed on the simulator clock")
 
 
 async def windows(store: RedisStore) -> SymbolWindows:
@@ -193,7 +211,7 @@ async def test_full_run_fills_windows_equal_to_the_source_csv(
         assert {e.interval for _, e in events} == set(INTERVALS)
         newest_1m = max(e.start for _, e in events if e.interval == "1")
         assert newest_1m >= w.bars["1"][-1].start - 60_000
-        assert ing.metrics.bars_backfilled._value.get() >= WINDOW * len(INTERVALS) - len(INTERVALS)
+        assert sample(ing.metrics, BARS_BACKFILLED) >= WINDOW * len(INTERVALS) - len(INTERVALS)
         # each topic subscribed exactly once on the one connection
         subs = subscriptions(sim)
         assert list(subs) == [1]
@@ -219,7 +237,7 @@ async def test_dropped_connection_reconnects_resubscribes_once_and_backfills(
         await run_until_healthy(ing, store, sim, source_rows)
         sim.drop_connections()
         await eventually(lambda: ing.connections[0].connection_number >= 2, 10, what="reconnected")
-        await asyncio.sleep(0.5)  # bars close meanwhile; the new connection must not leave holes
+        await bars_close(sim, 5)  # meanwhile; the new connection must not leave holes
         await run_until_healthy(ing, store, sim, source_rows)
         subs = subscriptions(sim)
         assert len(subs) >= 2
@@ -227,8 +245,8 @@ async def test_dropped_connection_reconnects_resubscribes_once_and_backfills(
             assert len(topics) == len(set(topics)), f"connection {conn} subscribed a topic twice: {topics}"
         assert not [e for e in sim.subscribe_log if not e[3]], "no failed (e.g. already subscribed) acks"
         assert (
-            ing.metrics.reconnects.labels(reason="connection_lost")._value.get()
-            + ing.metrics.reconnects.labels(reason="server_closed")._value.get()
+            sample(ing.metrics, RECONNECTS, reason="connection_lost")
+            + sample(ing.metrics, RECONNECTS, reason="server_closed")
             >= 1
         )
     finally:
@@ -252,7 +270,7 @@ async def test_stall_is_detected_and_the_book_is_not_served_meanwhile(
             return w.book is not None and w.book.state != "READY"
 
         await eventually(published_not_ready, 5, what="store says the book is not READY")
-        reasons = {r: ing.metrics.reconnects.labels(reason=r)._value.get() for r in ("silence", "pong_timeout")}
+        reasons = {r: sample(ing.metrics, RECONNECTS, reason=r) for r in ("silence", "pong_timeout")}
         assert sum(reasons.values()) >= 1, reasons
         # Operators see the silence keep growing while the feed is down, not the age when it dropped.
         book_age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
@@ -280,7 +298,9 @@ async def test_u_gap_invalidates_and_resyncs_the_book(
         await run_until_healthy(ing, store, sim, source_rows)
         sim.skip_u(SYMBOL)
         await eventually(
-            lambda: ing.metrics.book_resyncs.labels(reason="u_gap")._value.get() == 1, 5, what="gap detected"
+            lambda: sample(ing.metrics, BOOK_RESYNCS, reason="u_gap") == 1,
+            5,
+            what="gap detected",
         )
         await eventually(lambda: ing.books[SYMBOL].ready, 5, what="book READY again after resync")
         await run_until_healthy(ing, store, sim, source_rows)
@@ -310,8 +330,8 @@ async def test_malformed_frame_is_counted_and_changes_nothing(
             '[["abc","1"]],"a":[],"u":5,"seq":1}}'
         )
         sim.send_malformed('{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[]}')
-        await eventually(lambda: ing.metrics.messages.labels(type="malformed")._value.get() == 2, 5)
-        await eventually(lambda: ing.metrics.messages.labels(type="unknown_topic")._value.get() == 1, 5)
+        await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
+        await eventually(lambda: sample(ing.metrics, MESSAGES, type="unknown_topic") == 1, 5)
         await run_until_healthy(ing, store, sim, source_rows)
         assert ing.connections[0].connection_number == 1
         assert ing.books[SYMBOL].ready
@@ -324,7 +344,10 @@ async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulat
     ing = make_ingestor(sim, store)
     await ing.start()
     try:
-        await eventually(lambda: ing.metrics.ack_failures.labels(reason="handler_not_found")._value.get() == 1, 5)
+        await eventually(
+            lambda: sample(ing.metrics, SUBSCRIBE_FAILURES, reason="handler_not_found") == 1,
+            5,
+        )
 
         async def surfaced() -> bool:
             w = await windows(store)
@@ -339,7 +362,7 @@ async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulat
         await eventually(surfaced, 15, what="failure surfaced in the store while klines keep flowing")
         await asyncio.sleep(2.0)  # longer than the book silence threshold: no reconnect loop
         assert ing.connections[0].connection_number == 1
-        assert ing.metrics.ack_failures.labels(reason="handler_not_found")._value.get() == 1
+        assert sample(ing.metrics, SUBSCRIBE_FAILURES, reason="handler_not_found") == 1
     finally:
         await ing.close()
 
@@ -356,7 +379,7 @@ async def test_rest_errors_are_retried_and_windows_complete(
     await ing.start()
     try:
         outcome = "banned" if kind == "http403" else "retryable"
-        await eventually(lambda: ing.metrics.rest_requests.labels(outcome=outcome)._value.get() >= 1, 5)
+        await eventually(lambda: sample(ing.metrics, REST_REQUESTS, outcome=outcome) >= 1, 5)
         if kind == "http403":
             assert ing.rest.banned
 
@@ -378,7 +401,7 @@ async def test_restart_keeps_windows_and_fills_what_was_missed(
     await run_until_healthy(first, store, sim, source_rows)
     await first.close()
     before = await windows(store)
-    await asyncio.sleep(1.0)  # ~10 one-minute bars close while no ingestor runs
+    await bars_close(sim, 10)  # while no ingestor runs
     second = make_ingestor(sim, store)
     await second.start()
     try:
@@ -386,7 +409,7 @@ async def test_restart_keeps_windows_and_fills_what_was_missed(
         await run_until_healthy(second, store, sim, source_rows)
         after = await windows(store)
         assert after.bars["1"][-1].start >= before.bars["1"][-1].start + 5 * 60_000
-        assert second.metrics.gaps_found.labels(trigger="startup")._value.get() >= 1
+        assert sample(second.metrics, GAPS_FOUND, trigger="startup") >= 1
     finally:
         await second.close()
 
@@ -401,7 +424,7 @@ async def test_redis_restart_mid_run_loses_nothing(
         await run_until_healthy(ing, store, sim, source_rows)
         own_redis.stop()
         await eventually(lambda: not ing.writer.healthy, 5, what="outage noticed")
-        await asyncio.sleep(1.0)  # bars keep closing during the outage
+        await bars_close(sim, 10)  # during the outage
         own_redis.start()
         await eventually(lambda: ing.writer.healthy, 10, what="store back")
         await run_until_healthy(ing, store, sim, source_rows)
@@ -467,7 +490,7 @@ async def test_future_or_misaligned_closed_bars_never_enter_a_window(
             }
             frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [bar]}
             sim.send_malformed(orjson.dumps(frame).decode())
-        await eventually(lambda: ing.metrics.messages.labels(type="malformed")._value.get() == 2, 5)
+        await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
         await run_until_healthy(ing, store, sim, source_rows)  # every bar still equals the CSV
         w = await windows(store)
         assert all(b.start % step == 0 and b.start < aligned_future for b in w.bars["1"])

@@ -436,7 +436,9 @@ async def test_acks_pongs_and_failure_strings(sim: ExchangeSimulator) -> None:
         n_after = len(c.pushes("kline.1.BTCUSDT"))
         await c.send({"op": "ping", "req_id": "p2"})
         await c.reply("p2")
-        await asyncio.sleep(0.3)  # ~3 bars at speed 600: an unsubscribed topic stays silent
+        # Three bars close on the simulator clock; an unsubscribed topic stays silent through them.
+        three_bars_later = sim.clock.now_ms() + 3 * MINUTE_MS
+        await eventually(lambda: sim.clock.now_ms() >= three_bars_later, what="three bars on the sim clock")
         assert len(c.pushes("kline.1.BTCUSDT")) == n_after
         assert not c.ended
 
@@ -471,10 +473,10 @@ async def test_book_snapshot_then_contiguous_deltas_shared_by_all(sim: ExchangeS
         await a.subscribe(topic, "orderbook.1.BTCUSDT", "orderbook.200.ETHUSDT")
         await eventually(lambda: len(a.pushes(topic)) >= 30)
         await b.subscribe(topic)
-        deadline = time.monotonic() + 2.0
+        until = sim.clock.now_ms() + 20 * MINUTE_MS
         book_a, book_b = OrderBook(BTC, 50), OrderBook(BTC, 50)
         seen_a = seen_b = 0
-        while time.monotonic() < deadline:  # the books must hold up over ~20 bars of market
+        while sim.clock.now_ms() < until:  # the books must hold up over 20 bars of market
             await asyncio.sleep(0.05)
             fa, fb = a.raw(topic), b.raw(topic)
             for r in feed_book(book_a, fa[seen_a:]) + feed_book(book_b, fb[seen_b:]):
@@ -716,10 +718,9 @@ async def test_extreme_speed_catches_up_without_starving_the_loop(tmp_path: Path
     async with ExchangeSimulator(config) as s, WsClient(s.ws_url) as c:
         await c.subscribe("kline.1.BTCUSDT", "orderbook.50.BTCUSDT", req_id="s")
         await c.reply("s")
-        t0 = time.monotonic()
         await c.send({"op": "ping", "req_id": "p"})
         await c.reply("p")
-        assert time.monotonic() - t0 < 1.0
+        pong_at = next(i for i, (_, _, o) in enumerate(c.frames) if isinstance(o, dict) and o.get("req_id") == "p")
         await asyncio.wait_for(s.finished.wait(), timeout=15)
         await eventually(
             lambda: bool(c.confirmed("kline.1.BTCUSDT")) and c.confirmed("kline.1.BTCUSDT")[-1]["start"] == max(rows)
@@ -730,6 +731,11 @@ async def test_extreme_speed_catches_up_without_starving_the_loop(tmp_path: Path
         assert len(starts) > 5000
         us = [p["data"]["u"] for p in c.pushes("orderbook.50.BTCUSDT")]
         assert us == list(range(us[0], us[0] + len(us)))
+        # The ping was answered mid catch-up, not after it: bars kept closing after the pong.
+        closes_after_pong = [
+            o for _, _, o in c.frames[pong_at:] if isinstance(o, dict) and o.get("topic") == "kline.1.BTCUSDT"
+        ]
+        assert len(closes_after_pong) > 100
 
 
 async def test_a_client_that_stops_reading_is_closed_with_1008(tmp_path: Path, bybit_btc_1m: Path) -> None:

@@ -40,7 +40,9 @@ async def test_outage_keeps_updates_and_recovery_writes_them(own_redis: RedisSer
         for i in range(2, 15):  # more than the window: only the newest 10 can matter
             writer.put_bars("BTCUSDT", "1", [bar(i)])
         writer.put_book("BTCUSDT", 50, BookStatus("INVALID", "disconnected: test", 5, T0))
-        await eventually(lambda: metrics.store_up._value.get() == 0, what="outage noticed")
+        await eventually(
+            lambda: metrics.registry.get_sample_value("candlecast_ingest_store_up") == 0, what="outage noticed"
+        )
         assert writer.pending and not writer.healthy
 
         own_redis.start()  # AOF: what was written before the outage is still there
@@ -49,7 +51,7 @@ async def test_outage_keeps_updates_and_recovery_writes_them(own_redis: RedisSer
         w = await store.read_symbol("BTCUSDT", ["1"], 50)
         assert [b.start for b in w.bars["1"]] == [T0 + i * MINUTE_MS for i in range(5, 15)]
         assert w.book is not None and w.book.state == "INVALID"
-        assert metrics.store_errors._value.get() >= 1
+        assert metrics.registry.get_sample_value("candlecast_ingest_store_errors_total") >= 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -65,7 +67,7 @@ async def test_a_refused_key_does_not_block_the_rest_or_retry_forever(redis_stor
     result = await writer.flush()
     assert len(result.errors) == 1 and "WRONGTYPE" in result.errors[0]
     assert not writer.pending  # not restored: retrying could only fail again
-    assert metrics.store_errors._value.get() == 1
+    assert metrics.registry.get_sample_value("candlecast_ingest_store_errors_total") == 1
     w = await redis_store.read_symbol("BTCUSDT", ["1"], 50)
     assert len(w.bars["1"]) == 2
     assert result.events and result.events[0].start == T0 + MINUTE_MS
