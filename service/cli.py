@@ -27,7 +27,7 @@ from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.redis_store import RedisStore
-from streaming.sim.faults import FaultInjector, parse_fault
+from streaming.sim.faults import parse_fault, periodic_faults
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 
 log = logging.getLogger("candlecast")
@@ -219,7 +219,7 @@ async def _cmd_simulate(args: argparse.Namespace) -> int:
     async with ExchangeSimulator(config) as sim:
         print(f"simulator: WS {sim.ws_url}  REST {sim.rest_url}  symbols {', '.join(sim.symbols)}", flush=True)
         print("  (the order book is synthetic; klines are the real bars replayed)", flush=True)
-        async with FaultInjector(sim, faults):
+        async with periodic_faults(sim, faults):
             await sim.finished.wait()
         print("simulator: end of data reached", flush=True)
     return 0

@@ -29,7 +29,7 @@ from streaming.supervisor import TaskSupervisor
 
 __all__ = ["record"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SUBSCRIBE_BATCH = 10  # Bybit spot's documented cap per request; safe everywhere (bybit_protocol.md §2.3)
 _QUEUE_LINES = 10_000  # receive -> file; when full the receiver waits (backpressure on the socket)
@@ -102,7 +102,7 @@ async def _pinger(ws: ClientConnection, interval: float) -> None:
             n += 1
             await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{n}"}).decode())
     except ConnectionClosed as exc:
-        logger.debug("recorder ping task ended: %r", exc)  # the session notices the close itself
+        log.debug("recorder ping task ended: %r", exc)  # the session notices the close itself
 
 
 async def _session(url: str, topics: list[str], writer: _LineWriter, ping_interval: float, session: int) -> int:
@@ -167,11 +167,11 @@ async def record(
                         delay = initial_backoff_s
                     # Equal jitter: never reconnect in lockstep with other clients.
                     wait = delay * random.uniform(0.5, 1.0)
-                    logger.warning("recorder connection %d ended (%s); reconnecting in %.2fs", session, reason, wait)
+                    log.warning("recorder connection %d ended (%s); reconnecting in %.2fs", session, reason, wait)
                     await asyncio.sleep(wait)
                     delay = min(delay * 2, max_backoff_s)
         except TimeoutError:
             if not cm.expired():
                 raise
-    logger.info("recorded %d frames to %s", writer.count, out)
+    log.info("recorded %d frames to %s", writer.count, out)
     return writer.count

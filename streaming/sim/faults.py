@@ -1,7 +1,7 @@
 """Scheduled fault injection for the exchange simulator: ``--fault KIND:EVERY_S`` and its loops.
 
 Owns the fault vocabulary of ``candlecast simulate`` (drop, stall, gap, malformed, rest403,
-resterror), parsing ``drop:30`` into a :class:`Fault`, and :class:`FaultInjector`, which runs one
+resterror), parsing ``drop:30`` into a :class:`Fault`, and :func:`periodic_faults`, which runs one
 named loop per fault against an :class:`~streaming.sim.server.ExchangeSimulator` for as long as it
 is entered. The one-shot fault methods themselves live on the simulator.
 """
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal, get_args
 
 from streaming.sim.server import ExchangeSimulator
 from streaming.supervisor import TaskSupervisor
 
-__all__ = ["FAULT_KINDS", "Fault", "FaultInjector", "FaultKind", "inject", "parse_fault"]
+__all__ = ["FAULT_KINDS", "Fault", "FaultKind", "inject", "parse_fault", "periodic_faults"]
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +73,13 @@ async def _every(sim: ExchangeSimulator, fault: Fault) -> None:
         inject(sim, fault)
 
 
-class FaultInjector:
-    """``async with FaultInjector(sim, faults):`` injects each fault periodically until exit."""
-
-    def __init__(self, sim: ExchangeSimulator, faults: Sequence[Fault]) -> None:
-        self._sim = sim
-        self._faults = list(faults)
-        self._tasks = TaskSupervisor("fault-injector")
-
-    async def __aenter__(self) -> FaultInjector:
-        for fault in self._faults:
-            self._tasks.spawn(_every(self._sim, fault), f"fault-{fault.kind}")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._tasks.cancel_all(_CANCEL_TIMEOUT_S)
+@asynccontextmanager
+async def periodic_faults(sim: ExchangeSimulator, faults: Sequence[Fault]) -> AsyncIterator[None]:
+    """``async with periodic_faults(sim, faults):`` injects each fault every period until exit."""
+    tasks = TaskSupervisor("fault-injector")
+    for fault in faults:
+        tasks.spawn(_every(sim, fault), f"fault-{fault.kind}")
+    try:
+        yield
+    finally:
+        await tasks.cancel_all(_CANCEL_TIMEOUT_S)

@@ -82,7 +82,7 @@ from streaming.supervisor import TaskSupervisor
 
 __all__ = ["ExchangeSimulator", "RestFault", "SimulatorConfig"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 WS_PATH = "/v5/public/linear"
 KLINE_PATH = "/v5/market/kline"
@@ -206,7 +206,7 @@ class ExchangeSimulator:
         )
         self._port = next(iter(self._server.sockets)).getsockname()[1]
         self._tasks.spawn(self._run_market(market, self.clock), "sim-market")
-        logger.info("exchange simulator on %s serving %s", self.ws_url, ",".join(self.symbols))
+        log.info("exchange simulator on %s serving %s", self.ws_url, ",".join(self.symbols))
 
     async def close(self) -> None:
         """Stop the market, close every connection with 1001 and unbind. Safe to call twice."""
@@ -220,7 +220,7 @@ class ExchangeSimulator:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), timeout=_TASK_CANCEL_TIMEOUT_S)
             except TimeoutError:
-                logger.warning("simulator server did not close within %.1fs", _TASK_CANCEL_TIMEOUT_S)
+                log.warning("simulator server did not close within %.1fs", _TASK_CANCEL_TIMEOUT_S)
 
     async def __aenter__(self) -> ExchangeSimulator:
         await self.start()
@@ -241,9 +241,9 @@ class ExchangeSimulator:
             raise
         except Exception:
             # Logged here, once; `finished` stays unset so waiters time out rather than see an end.
-            logger.exception("simulator market task failed")
+            log.exception("simulator market task failed")
             return
-        logger.info("simulator reached the end of its data at %d", clock.now_ms())
+        log.info("simulator reached the end of its data at %d", clock.now_ms())
         self.finished.set()
 
     # --- public state
@@ -347,7 +347,7 @@ class ExchangeSimulator:
             await asyncio.wait((reader, writer, conn.slow), return_when=asyncio.FIRST_COMPLETED)
             if conn.slow.done():
                 self.slow_disconnects += 1
-                logger.warning("closing slow connection %d (%s): send queue full", conn.number, conn.conn_id)
+                log.warning("closing slow connection %d (%s): send queue full", conn.number, conn.conn_id)
                 writer.cancel()
                 await ws.close(CloseCode.POLICY_VIOLATION, "send queue full")
         finally:
@@ -383,7 +383,7 @@ class ExchangeSimulator:
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            logger.debug("connection %d sent non-JSON; ignored", conn.number)
+            log.debug("connection %d sent non-JSON; ignored", conn.number)
             return
         if not isinstance(msg, dict):
             return

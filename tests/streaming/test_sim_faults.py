@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streaming.sim.faults import FAULT_KINDS, Fault, FaultInjector, parse_fault
+from streaming.sim.faults import FAULT_KINDS, Fault, parse_fault, periodic_faults
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from tests.helpers import eventually
 
@@ -28,7 +28,7 @@ async def test_injector_repeats_its_fault_until_exit(bybit_btc_1m: Path) -> None
     async with ExchangeSimulator(SimulatorConfig(sources=[bybit_btc_1m])) as sim:
         url = f"{sim.rest_url}/v5/market/kline?category=linear&symbol=BTCUSDT&interval=1&limit=1"
         async with httpx.AsyncClient() as http:
-            async with FaultInjector(sim, [Fault("rest403", 0.05)]):
+            async with periodic_faults(sim, [Fault("rest403", 0.05)]):
 
                 async def forbidden() -> bool:
                     return (await http.get(url)).status_code == 403
