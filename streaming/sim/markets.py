@@ -196,6 +196,22 @@ class _SymbolFeed:
         self.kline_topics = {i: f"kline.{i}.{symbol}" for i in KLINE_INTERVALS}
 
 
+def _feed_book_frame(
+    feed: _SymbolFeed, stream: _BookStream, kind: Literal["snapshot", "delta"], ts: int, bids: Side, asks: Side
+) -> bytes:
+    """A book frame of ``stream`` at its current ``u`` from tick-priced levels."""
+    return _book_frame(
+        stream.topic,
+        kind,
+        feed.symbol,
+        ts,
+        stream.u,
+        feed.seq,
+        format_levels(feed.book, bids),
+        format_levels(feed.book, asks),
+    )
+
+
 class BarMarket:
     """Historical 1m bars replayed on the sim clock, with a synthetic book per symbol."""
 
@@ -228,16 +244,7 @@ class BarMarket:
         stream = next(s for s in feed.streams if s.topic == topic)
         bids, asks = feed.book.levels(stream.depth)
         stream.bids, stream.asks = dict(bids), dict(asks)
-        return _book_frame(
-            topic,
-            "snapshot",
-            feed.symbol,
-            feed.book_ts,
-            stream.u,
-            feed.seq,
-            format_levels(feed.book, bids),
-            format_levels(feed.book, asks),
-        )
+        return _feed_book_frame(feed, stream, "snapshot", feed.book_ts, bids, asks)
 
     def closed_rows(
         self, symbol: str, interval: str, now_ms: int, start: int | None, end: int | None, limit: int
@@ -327,19 +334,7 @@ class BarMarket:
                 hub.skip_u.discard(feed.symbol)
             else:
                 stream.u += 1
-            hub.publish(
-                stream.topic,
-                _book_frame(
-                    stream.topic,
-                    kind,
-                    feed.symbol,
-                    ev.ts,
-                    stream.u,
-                    feed.seq,
-                    format_levels(feed.book, out_b),
-                    format_levels(feed.book, out_a),
-                ),
-            )
+            hub.publish(stream.topic, _feed_book_frame(feed, stream, kind, ev.ts, out_b, out_a))
 
 
 @dataclass(frozen=True, slots=True)
