@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.client import PubSub
 
 from inference.components import ModelRegistry
+from inference.config import WorkerConfig
 from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import (
@@ -25,7 +26,7 @@ from inference.signal import (
     StageLatency,
 )
 from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
-from inference.worker import SignalEngine, WorkerConfig
+from inference.worker import SignalEngine
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
