@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
 from inference.ensemble import Thresholds
+from inference.events import RedisEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource
 from service.settings import Settings
 from streaming.ingestor import IngestConfig
 from streaming.memory_store import MemoryStore

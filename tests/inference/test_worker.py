@@ -269,7 +269,8 @@ async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
 
 async def test_memory_store_path_runs_a_worker_without_redis(models: Path) -> None:
     """The single-process run: MemoryStore + MemoryEventSource + MemorySignalStore."""
-    from inference.worker import MemoryEventSource, Worker
+    from inference.events import MemoryEventSource
+    from inference.worker import Worker
 
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from inference.events import RedisEventSource
 from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource
 from streaming.redis_store import RedisStore
 from tests.helpers import eventually
 from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache

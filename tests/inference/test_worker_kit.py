@@ -29,13 +29,14 @@ from prometheus_client import CollectorRegistry
 from inference.checks import check_window
 from inference.components import ModelRegistry, load_model_set
 from inference.config import WorkerConfig
+from inference.events import RedisEventSource
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, Worker
+from inference.worker import Worker
 from streaming.errors import StoreError
 from streaming.klines import Bar, interval_ms
 from streaming.redis_store import RedisStore
