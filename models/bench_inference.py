@@ -26,9 +26,9 @@ import torch
 
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
+from inference.engine import SignalEngine
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession
-from inference.worker import SignalEngine
 from models.data import MINUTE_MS, aggregate, load_series
 from models.efficientnet import efficientnet
 from models.tcn import TCN

@@ -14,6 +14,7 @@ from redis.asyncio.client import PubSub
 
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
+from inference.engine import SignalEngine
 from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import (
@@ -26,7 +27,6 @@ from inference.signal import (
     StageLatency,
 )
 from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
-from inference.worker import SignalEngine
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
