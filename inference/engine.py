@@ -31,7 +31,7 @@ from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.ensemble import Vote, combine
-from inference.fallback import FALLBACK_BARS, THRESHOLD, momentum_score
+from inference.fallback import fallback_signal
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Direction, Freshness, NoSignal, Signal, StageLatency
@@ -206,36 +206,17 @@ class SignalEngine:
             reasons = sorted({r.reason or "zero_weight" for r in reports})
             why = "all_components_dropped: " + ", ".join(reasons)
         finest = self.config.finest
-        bars = closed.get(finest, [])
-        problem = check_window(bars, finest, FALLBACK_BARS, bar.close_time)
-        if problem is not None:
-            return NoSignal(
-                symbol=event.symbol,
-                bar=bar,
-                reason=f"fallback_input:{problem}",
-                detail=f"no component voted ({why}); the fallback rule's {finest}m input: {problem}",
-                produced_at=self.clock.now_ms(),
-                produced_wall_ms=wall,
-            )
-        closes = np.array([float(b.close) for b in bars[-FALLBACK_BARS:]], dtype=np.float64)
-        score = float(momentum_score(closes)[-1])
-        direction = _direction("long" if score > THRESHOLD else "short" if score < -THRESHOLD else "flat")
-        return Signal(
+        return fallback_signal(
             symbol=event.symbol,
             bar=bar,
-            produced_at=self.clock.now_ms(),
-            produced_wall_ms=wall,
-            direction=direction,
-            score=max(-1.0, min(1.0, score)),
-            p_up=None,
-            confidence=None,
-            agreement=None,
-            source="fallback",
-            fallback_reason=why,
+            interval=finest,
+            bars=closed.get(finest, []),
+            why=why,
             components=reports,
             freshness=freshness,
-            latency_ms=latency,
-            horizon=f"next {finest}m bar (momentum rule)",
+            latency=latency,
+            produced_at=self.clock.now_ms(),
+            produced_wall_ms=wall,
         )
 
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
