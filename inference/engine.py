@@ -34,7 +34,7 @@ from inference.ensemble import Vote, combine
 from inference.fallback import fallback_signal
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
-from inference.signal import BarRef, ComponentReport, Direction, Freshness, NoSignal, Signal, StageLatency
+from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency
 from streaming.clock import ExchangeClock
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore
@@ -175,7 +175,7 @@ class SignalEngine:
                 bar=bar,
                 produced_at=self.clock.now_ms(),
                 produced_wall_ms=wall,
-                direction=_direction(result.direction),
+                direction=result.direction,
                 score=result.score,
                 p_up=result.p_up,
                 confidence=result.confidence,
@@ -316,14 +316,6 @@ class SignalEngine:
         """Let late session runs finish (their threads cannot be interrupted)."""
         if self._stragglers:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
-
-
-def _direction(value: str) -> Direction:
-    if value == "long":
-        return "long"
-    if value == "short":
-        return "short"
-    return "flat"
 
 
 def _one_behind(bars: Sequence[Bar], interval: str, now: int) -> bool:
