@@ -67,7 +67,9 @@ class LoadedComponent:
         return self.spec.timeframe
 
     def prepare(self, ohlcv: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """The model input for one window (no batch axis). Raises ``ValueError`` on bad bars."""
+        """The model input for one window (no batch axis).
+
+        Raises :class:`InferenceError` (a ``FeatureError`` or ``RenderError``) on bad bars."""
         pre = self.spec.preprocessing
         if self.renderer == "tcn_input":
             return tcn_input(ohlcv, int(pre["length"]))

@@ -31,6 +31,7 @@ from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.ensemble import Vote, combine
+from inference.errors import InferenceError
 from inference.fallback import fallback_signal
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
@@ -244,7 +245,7 @@ class SignalEngine:
             started = time.perf_counter()
             try:
                 x = c.prepare(bars_to_array(bars))
-            except (ValueError, ArithmeticError) as exc:
+            except InferenceError as exc:  # FeatureError / RenderError: this window, not a bug
                 log.warning("%s: cannot build the input: %s", c.name, exc)
                 drafts.drop(c, "bad_values")
                 continue

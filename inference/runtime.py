@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from inference.errors import InferenceError
+
 __all__ = ["PROVIDER_CHAIN", "ModelSession", "RuntimeFailure", "provider_chain"]
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ PROVIDER_CHAIN = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExec
 CPU = "CPUExecutionProvider"
 
 
-class RuntimeFailure(Exception):
+class RuntimeFailure(InferenceError):
     """A model could not be loaded or run, on any provider."""
 
 
