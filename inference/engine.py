@@ -266,6 +266,8 @@ class SignalEngine:
             batches.setdefault(id(c.session), _Batch(c.session, [])).members.append((c, x))
         if not batches:
             return
+        # Not a TaskSupervisor's: these tasks live for one signal, are awaited together against its
+        # deadline, and the late ones are cancelled or kept as stragglers one by one.
         tasks = {
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }

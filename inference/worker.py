@@ -31,6 +31,7 @@ from streaming.backoff import Backoff
 from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import interval_ms
 from streaming.store import BarEvent, WindowStore
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["Worker"]
 
@@ -59,7 +60,9 @@ class Worker:
         self.engine = SignalEngine(config, store, models, metrics)
         self._backoff = backoff or Backoff(config.backoff_base_s, config.backoff_cap_s)
         self._retry_backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSupervisor("worker")
+        # Per-event handlers are not the supervisor's: they end by the thousand, each releasing its
+        # slot and its entry id as it ends, while the supervisor keeps every task until cancel_all.
         self._handlers: dict[str, asyncio.Task[None]] = {}  # entry id -> its handler
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._check_pending = True  # re-read our own pending entries (at start, after a failure)
@@ -79,29 +82,17 @@ class Worker:
                     c.bars_needed,
                     kept,
                 )
-        self._spawn(self._reader(), "worker-reader")
-        self._spawn(self._claimer(), "worker-claimer")
-        self._spawn(self._backlog(), "worker-backlog")
-        self._spawn(self.models.watch(), "worker-models")
+        self._tasks.spawn(self._reader(), "worker-reader")
+        self._tasks.spawn(self._claimer(), "worker-claimer")
+        self._tasks.spawn(self._backlog(), "worker-backlog")
+        self._tasks.spawn(self.models.watch(), "worker-models")
 
     async def run(self) -> None:
         await self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            await self._tasks.wait()
         finally:
             await self.close()
-
-    def _spawn(self, coro: object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(self._supervise(coro, name), name=name))
-
-    async def _supervise(self, coro: object, name: str) -> None:
-        try:
-            await coro  # type: ignore[misc]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("worker task %s crashed", name)
-            raise
 
     async def close(self) -> None:
         """Stop reading, let handlers in flight finish (bounded), then stop. Safe to call twice.
@@ -110,10 +101,7 @@ class Worker:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.config.close_timeout_s)
+        await self._tasks.cancel_all(self.config.close_timeout_s)
         handlers = list(self._handlers.values())
         if handlers:
             _, unfinished = await asyncio.wait(handlers, timeout=self.config.close_timeout_s)
