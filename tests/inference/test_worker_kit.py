@@ -11,7 +11,7 @@ import hashlib
 import math
 import random
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -34,6 +35,7 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION
+from inference.runtime import SessionFactory
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
 from inference.worker import Worker
@@ -279,12 +281,21 @@ async def running_worker(
     consumer: str = "w1",
     group: str = "workers",
     prefer_gpu: bool = False,
+    session_factory: SessionFactory = ort.InferenceSession,
+    available_providers: Sequence[str] | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
     metrics = WorkerMetrics(CollectorRegistry())
-    registry = ModelRegistry(models, prefer_gpu=prefer_gpu, poll_s=3600, metrics=metrics)
+    registry = ModelRegistry(
+        models,
+        prefer_gpu=prefer_gpu,
+        poll_s=3600,
+        metrics=metrics,
+        session_factory=session_factory,
+        available_providers=available_providers,
+    )
     await registry.load()
     events = RedisEventSource(client, store.events_key, group=group, consumer=consumer)
     await events.setup()
