@@ -20,7 +20,7 @@ from inference.signal import Signal
 from streaming.memory_store import MemoryStore
 from streaming.store import BarEvent
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import (
+from tests.inference.kit import (
     MINUTE,
     T0,
     artifacts,

@@ -31,7 +31,7 @@ from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
+from tests.inference.kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,7 @@ from streaming.errors import StoreError
 from streaming.redis_store import RedisStore
 from streaming.store import WriteBatch
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import (
+from tests.inference.kit import (
     MINUTE,
     T0,
     Harness,

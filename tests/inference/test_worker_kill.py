@@ -20,7 +20,7 @@ from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
 from streaming.redis_store import RedisStore
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache
+from tests.inference.kit import MINUTE, T0, artifacts, closing, history, model_cache
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 

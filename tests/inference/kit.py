@@ -1,8 +1,8 @@
 """Shared by the worker tests: tiny REAL models exported to ONNX, a manifest, and synthetic bars.
 
 The models are untrained (their votes mean nothing); they are real TCN / EfficientNet graphs run
-by real ONNX Runtime sessions, exported the way ``models/export.py`` does. The two tests at the end
-check the kit itself: its bars pass the data checks and its manifest loads.
+by real ONNX Runtime sessions, exported the way ``models/export.py`` does. ``test_kit.py`` checks the
+kit itself: its bars pass the data checks and its manifest loads.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import redis.exceptions as rex
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 
-from inference.checks import check_window
-from inference.components import ModelRegistry, load_model_set
+from inference.components import ModelRegistry
 from inference.config import WorkerConfig
 from inference.events import RedisEventSource
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
@@ -316,18 +315,3 @@ async def running_worker(
     finally:
         await worker.close()
         await client.aclose()
-
-
-# --- the kit's own checks -----------------------------------------------------------------------
-
-
-def test_kit_windows_are_servable() -> None:
-    close = T0 + 5 * MINUTE
-    for iv, n in (("1", 60), ("5", 60), ("60", 30)):
-        assert check_window(window(iv, close, n), iv, n, close) is None
-    assert check_window(window("1", close, 60), "1", 60, close + MINUTE) == "stale_window"
-
-
-def test_kit_models_load(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    models = load_model_set(artifacts(model_cache(tmp_path_factory), tmp_path / "a"), prefer_gpu=False)
-    assert [c.name for c in models.enabled] == ["tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"]
