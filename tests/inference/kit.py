@@ -270,6 +270,10 @@ class Harness:
     async def pending(self) -> int:
         return int((await self.client.xpending(self.events.stream, self.events.group))["pending"])
 
+    async def holding(self) -> bool:
+        """Whether some event is delivered and not yet acknowledged (a signal in progress)."""
+        return await self.pending() > 0
+
 
 @asynccontextmanager
 async def running_worker(

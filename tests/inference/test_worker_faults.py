@@ -273,7 +273,7 @@ async def test_redis_lost_mid_signal_leaves_the_event_pending_until_it_returns(
     await store.write(history(CLOSE - MINUTE, {"1": 60, "5": 60}))
     async with running_worker(own_redis.url, store, models, coarse_wait_ms=3000) as h:
         await store.write(closing(CLOSE, ("1",)))  # the 5m bar of this boundary is not there yet
-        await eventually(h.pending, 5, what="the event delivered and in progress")
+        await eventually(h.holding, 5, what="the event delivered and in progress")
         await asyncio.to_thread(own_redis.stop)
         await eventually(
             lambda: h.sample("candlecast_worker_events_total", outcome="retry") >= 1, 10, what="the signal failed"

@@ -114,7 +114,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
                 await a.kill()
             elif k == 33:
                 await a.start()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pacing the market (a minute per 0.1 s), not waiting for a condition
 
         expected = MINUTES * len(SYMBOLS)
 
