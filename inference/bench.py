@@ -44,19 +44,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from inference import render
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
 from inference.engine import SignalEngine
 from inference.metrics import WorkerMetrics
-from inference.render import (
-    RENDERER_VERSION,
-    candlestick_chart,
-    composite,
-    gadf,
-    gasf,
-    ohlc_chart,
-    recurrence_plot,
-)
 from inference.runtime import ModelSession
 from streaming.klines import Bar
 from streaming.memory_store import MemoryStore
@@ -151,12 +143,12 @@ def bench_render(repeats: int = 200, *, klines: Path | None = None) -> dict[str,
     close = long[:, 3].copy()
 
     ours: dict[str, tuple[int, Callable[[], object]]] = {
-        "ohlc_chart": (SHORT_BARS, lambda: ohlc_chart(short[:, :4])),
-        "composite": (SHORT_BARS, lambda: composite(short)),
-        "candlestick_chart": (LONG_BARS, lambda: candlestick_chart(long)),
-        "gasf": (LONG_BARS, lambda: gasf(close)),
-        "gadf": (LONG_BARS, lambda: gadf(close)),
-        "recurrence_plot": (LONG_BARS, lambda: recurrence_plot(close)),
+        "ohlc_chart": (SHORT_BARS, lambda: render.ohlc_chart(short[:, :4])),
+        "composite": (SHORT_BARS, lambda: render.composite(short)),
+        "candlestick_chart": (LONG_BARS, lambda: render.candlestick_chart(long)),
+        "gasf": (LONG_BARS, lambda: render.gasf(close)),
+        "gadf": (LONG_BARS, lambda: render.gadf(close)),
+        "recurrence_plot": (LONG_BARS, lambda: render.recurrence_plot(close)),
     }
     renderers: dict[str, dict[str, Any]] = {}
     for name, (n_bars, fn) in ours.items():
@@ -179,7 +171,7 @@ def bench_render(repeats: int = 200, *, klines: Path | None = None) -> dict[str,
 
     versions = {mod: importlib.import_module(mod).__version__ for mod in ("numpy", "mplfinance", "pyts")}
     return {
-        "renderer_version": RENDERER_VERSION,
+        "renderer_version": render.RENDERER_VERSION,
         "data": path.name,
         "repeats": repeats,
         "rounds": ROUNDS,
