@@ -1,11 +1,11 @@
 """The inference worker: bar-closed events ⇒ one signal per symbol per close of the finest interval.
 
-Events come through a Redis Stream consumer group (:class:`inference.events.RedisEventSource`): several workers share
-them, each event is handled by one, and an event stays pending until its signal (or its "no signal"
-record) is written, so a worker that dies or loses Redis mid-signal leaves it to be retried — by
-itself once Redis is back (it re-reads its own pending entries), or by another worker that claims
-it after ``claim_idle_ms``. Retries and two workers racing are harmless: the signal store publishes
-each (symbol, bar) once.
+Events come through a Redis Stream consumer group (:class:`inference.events.RedisEventSource`):
+several workers share them, each event is handled by one, and an event stays pending until its
+signal (or its "no signal" record) is written, so a worker that dies or loses Redis mid-signal
+leaves it to be retried — by itself once Redis is back (it re-reads its own pending entries), or by
+another worker that claims it after ``claim_idle_ms``. Retries and two workers racing are harmless:
+the signal store publishes each (symbol, bar) once.
 
 The consumer loop here reads, claims, dedupes (one handler per entry id) and publishes; each signal
 is computed by :class:`inference.engine.SignalEngine` from the symbol's windows; the events come
