@@ -26,18 +26,19 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnxruntime as ort
 
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, tcn_input
 from inference.manifest import Component, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION, composite
-from inference.runtime import ModelSession, RuntimeFailure
+from inference.runtime import ModelSession, RuntimeFailure, SessionFactory
 
 __all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "load_model_set"]
 
@@ -67,7 +68,9 @@ class LoadedComponent:
         return self.spec.timeframe
 
     def prepare(self, ohlcv: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """The model input for one window (no batch axis). Raises ``ValueError`` on bad bars."""
+        """The model input for one window (no batch axis).
+
+        Raises :class:`InferenceError` (a ``FeatureError`` or ``RenderError``) on bad bars."""
         pre = self.spec.preprocessing
         if self.renderer == "tcn_input":
             return tcn_input(ohlcv, int(pre["length"]))
@@ -134,6 +137,8 @@ def load_model_set(
     weights: Mapping[str, float] | None = None,
     previous: ModelSet | None = None,
     warmup_rounds: int = 2,
+    session_factory: SessionFactory = ort.InferenceSession,
+    available_providers: Sequence[str] | None = None,
 ) -> ModelSet:
     """Load, verify and warm up every component of ``artifacts/manifest.json`` (blocking: run it in a thread).
 
@@ -155,6 +160,16 @@ def load_model_set(
 
     plans = [_plan(spec, weights) for spec in manifest.components]
 
+    def opener(name: str, file: Path) -> ModelSession:
+        return ModelSession(
+            name,
+            file,
+            prefer_gpu=prefer_gpu,
+            threads=threads,
+            session_factory=session_factory,
+            available_providers=available_providers,
+        )
+
     # One session per artifact (file, sha256), verified once, shared by the components that use it.
     sessions: dict[tuple[str, str], ModelSession] = {}
     refused: dict[tuple[str, str], tuple[str, str]] = {}
@@ -167,7 +182,7 @@ def load_model_set(
                 sessions[p.key] = reused
                 continue
             try:
-                sessions[p.key] = _open(manifest, p.spec, artifacts, prefer_gpu, threads)
+                sessions[p.key] = _open(manifest, p.spec, artifacts, opener)
                 continue
             except _Refused as exc:
                 refused[p.key] = (exc.reason, exc.detail)
@@ -230,7 +245,7 @@ class _Refused(Exception):
         self.detail = detail
 
 
-def _open(manifest: Manifest, spec: Component, root: Path, prefer_gpu: bool, threads: int) -> ModelSession:
+def _open(manifest: Manifest, spec: Component, root: Path, opener: Callable[[str, Path], ModelSession]) -> ModelSession:
     if not (root / spec.file).is_file():
         raise _Refused("artifact_missing", f"{root / spec.file} does not exist")
     try:
@@ -238,7 +253,7 @@ def _open(manifest: Manifest, spec: Component, root: Path, prefer_gpu: bool, thr
     except ManifestError as exc:
         raise _Refused("artifact_checksum", str(exc)) from exc
     try:
-        return ModelSession(Path(spec.file).stem, path, prefer_gpu=prefer_gpu, threads=threads)
+        return opener(Path(spec.file).stem, path)
     except RuntimeFailure as exc:
         raise _Refused("load_failed", str(exc)) from exc
 
@@ -262,11 +277,15 @@ class ModelRegistry:
         weights: Mapping[str, float] | None = None,
         poll_s: float = 5.0,
         metrics: WorkerMetrics | None = None,
+        session_factory: SessionFactory = ort.InferenceSession,
+        available_providers: Sequence[str] | None = None,
     ) -> None:
         self.artifacts = artifacts
         self.poll_s = poll_s
         self._prefer_gpu = prefer_gpu
         self._threads = threads
+        self._session_factory = session_factory
+        self._available_providers = available_providers
         self._weights = dict(weights or {})
         self._metrics = metrics
         self._current = ModelSet()
@@ -339,6 +358,8 @@ class ModelRegistry:
             threads=self._threads,
             weights=self._weights,
             previous=previous,
+            session_factory=self._session_factory,
+            available_providers=self._available_providers,
         )
 
     def _swap(self, new: ModelSet) -> None:

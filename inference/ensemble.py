@@ -13,9 +13,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Direction", "EnsembleResult", "Thresholds", "Vote", "combine"]
+from inference.signal import Direction
 
-Direction = str  # "long" | "short" | "flat"
+__all__ = ["EnsembleResult", "Thresholds", "Vote", "combine"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike, NDArray
 
+from inference.errors import InferenceError
+
 __all__ = [
     "FEATURE_NAMES",
     "FEATURE_SET_VERSION",
@@ -123,7 +125,7 @@ WARMUP_BARS: int = max(
 )
 
 
-class FeatureError(ValueError):
+class FeatureError(InferenceError, ValueError):
     """The bars cannot be turned into features: the message names the array and the offending index."""
 
 

@@ -21,13 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.errors import InferenceError
+
 __all__ = ["Component", "Manifest", "ManifestError", "sha256_file"]
 
 SCHEMA_VERSION = 1
 HEX = frozenset("0123456789abcdef")
 
 
-class ManifestError(Exception):
+class ManifestError(InferenceError):
     """The manifest or one of its artifacts is missing, malformed or does not match its checksum."""
 
 

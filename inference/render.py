@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from inference.errors import InferenceError
+
 __all__ = [
     "BOOK_BINS_PER_SIDE",
     "RENDERER_VERSION",
@@ -39,7 +41,7 @@ _WHITE = np.uint8(255)
 _DOWN_GRAY = np.uint8(128)
 
 
-class RenderError(ValueError):
+class RenderError(InferenceError, ValueError):
     """An input a renderer cannot draw: wrong shape, non-finite values, impossible bars, bad sizes."""
 
 

@@ -13,12 +13,15 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-__all__ = ["PROVIDER_CHAIN", "ModelSession", "RuntimeFailure", "provider_chain"]
+from inference.errors import InferenceError
+
+__all__ = ["PROVIDER_CHAIN", "ModelSession", "RuntimeFailure", "SessionFactory", "provider_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,15 @@ PROVIDER_CHAIN = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExec
 CPU = "CPUExecutionProvider"
 
 
-class RuntimeFailure(Exception):
+class RuntimeFailure(InferenceError):
     """A model could not be loaded or run, on any provider."""
+
+
+class SessionFactory(Protocol):
+    """How a session is built: ``onnxruntime.InferenceSession``, or a stand-in with the same call
+    (tests stand in a GPU this way). What it returns needs ``get_providers``, ``get_inputs``, ``run``."""
+
+    def __call__(self, path: str, sess_options: Any, /, *, providers: list[str]) -> Any: ...
 
 
 def provider_chain(prefer_gpu: bool = True, available: Sequence[str] | None = None) -> list[str]:
@@ -50,13 +60,24 @@ def _options(threads: int) -> ort.SessionOptions:
 class ModelSession:
     """One ONNX model with the provider it really runs on."""
 
-    def __init__(self, name: str, path: Path, *, prefer_gpu: bool = True, threads: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        prefer_gpu: bool = True,
+        threads: int = 1,
+        session_factory: SessionFactory = ort.InferenceSession,
+        available_providers: Sequence[str] | None = None,
+    ) -> None:
+        """``available_providers``: what the runtime offers (default: ``onnxruntime.get_available_providers()``)."""
         self.name = name
         self.path = path
         self._threads = threads
-        self.requested = provider_chain(prefer_gpu)
+        self._factory = session_factory
+        self.requested = provider_chain(prefer_gpu, available_providers)
         try:
-            self._session = ort.InferenceSession(str(path), _options(threads), providers=self.requested)
+            self._session = self._factory(str(path), _options(threads), providers=self.requested)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... and RuntimeError
             if self.requested == [CPU]:
                 raise RuntimeFailure(f"{name}: cannot load {path.name}: {exc}") from exc
@@ -65,9 +86,9 @@ class ModelSession:
         self.input_name = self._session.get_inputs()[0].name
         log.info("%s: loaded %s on %s (asked for %s)", name, path.name, self.provider, ", ".join(self.requested))
 
-    def _cpu_session(self) -> ort.InferenceSession:
+    def _cpu_session(self) -> Any:
         try:
-            return ort.InferenceSession(str(self.path), _options(self._threads), providers=[CPU])
+            return self._factory(str(self.path), _options(self._threads), providers=[CPU])
         except Exception as exc:
             raise RuntimeFailure(f"{self.name}: cannot load {self.path.name} on CPU: {exc}") from exc
 

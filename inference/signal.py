@@ -33,6 +33,8 @@ from typing import Literal
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from inference.errors import InferenceError
+
 __all__ = [
     "BarRef",
     "ComponentReport",
@@ -49,7 +51,7 @@ Source = Literal["ensemble", "fallback"]
 Status = Literal["voted", "dropped"]
 
 
-class SignalFormatError(ValueError):
+class SignalFormatError(InferenceError, ValueError):
     """Bytes that are not a valid signal (or no-signal record)."""
 
 

@@ -1,22 +1,15 @@
 """The inference worker: bar-closed events ⇒ one signal per symbol per close of the finest interval.
 
-Events come through a Redis Stream consumer group (:class:`RedisEventSource`): several workers share
-them, each event is handled by one, and an event stays pending until its signal (or its "no signal"
-record) is written, so a worker that dies or loses Redis mid-signal leaves it to be retried — by
-itself once Redis is back (it re-reads its own pending entries), or by another worker that claims
-it after ``claim_idle_ms``. Retries and two workers racing are harmless: the signal store publishes
-each (symbol, bar) once.
+Events come through a Redis Stream consumer group (:class:`inference.events.RedisEventSource`):
+several workers share them, each event is handled by one, and an event stays pending until its
+signal (or its "no signal" record) is written, so a worker that dies or loses Redis mid-signal
+leaves it to be retried — by itself once Redis is back (it re-reads its own pending entries), or by
+another worker that claims it after ``claim_idle_ms``. Retries and two workers racing are harmless:
+the signal store publishes each (symbol, bar) once.
 
-Per signal (:class:`SignalEngine`), judged on the exchange clock — "now" is the bar's close time:
-
-1. read every window of the symbol in one round trip; when a coarser bar closes at the same boundary
-   (12:05 for 5m) and is not in the store yet, re-read for at most ``coarse_wait_ms``;
-2. check each component's window (:func:`inference.checks.check_window`); a failing one is dropped;
-3. render the inputs in a thread, then run the components in one batch per artifact (all
-   EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
-   what is not back within the latency budget is dropped as ``late``;
-4. weighted ensemble; with no vote, the momentum rule on the finest closes; without even that
-   input, no signal and a recorded reason.
+The consumer loop here reads, claims, dedupes (one handler per entry id) and publishes; each signal
+is computed by :class:`inference.engine.SignalEngine` from the symbol's windows; the events come
+from :mod:`inference.events`.
 """
 
 from __future__ import annotations
@@ -24,541 +17,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
 
-import numpy as np
-import numpy.typing as npt
-import redis.asyncio as aioredis
-import redis.exceptions as rex
-
-from inference.checks import bars_to_array, check_window
-from inference.components import LoadedComponent, ModelRegistry, ModelSet
-from inference.ensemble import Thresholds, Vote, combine
-from inference.fallback import FALLBACK_BARS, THRESHOLD, momentum_score
+from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.engine import SignalEngine
+from inference.events import Delivery, EventSource
 from inference.metrics import WorkerMetrics
-from inference.runtime import ModelSession, RuntimeFailure
-from inference.signal import BarRef, ComponentReport, Direction, Freshness, NoSignal, Signal, StageLatency
-from inference.signal_store import Published, SignalStore, redis_errors
+from inference.signal import BarRef, NoSignal
+from inference.signal_store import Published, SignalStore
 from streaming.backoff import Backoff
-from streaming.clock import ExchangeClock
 from streaming.errors import StoreError, StoreUnavailable
-from streaming.klines import Bar, interval_ms
-from streaming.store import BarEvent, SymbolWindows, WindowStore
+from streaming.klines import interval_ms
+from streaming.store import BarEvent, WindowStore
+from streaming.supervisor import TaskSupervisor
 
-__all__ = [
-    "Delivery",
-    "EventSource",
-    "MemoryEventSource",
-    "RedisEventSource",
-    "SignalEngine",
-    "Worker",
-    "WorkerConfig",
-]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    intervals: tuple[str, ...] = ("1", "5", "15", "60")
-    book_depth: int = 50
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    latency_budget_ms: float = 250.0  # render + inference of one signal, from the end of the read
-    coarse_wait_ms: float = 2000.0  # wall time to wait for a coarser bar due at this close
-    coarse_poll_ms: float = 50.0
-    inference_concurrency: int = 2  # session runs in flight, all symbols together
-    max_in_flight: int = 32  # events being handled at once
-    read_count: int = 32
-    block_ms: int = 1000
-    claim_idle_ms: int = 30_000  # an event pending this long on a consumer is taken over
-    lag_every_s: float = 5.0
-    backoff_base_s: float = 0.1
-    backoff_cap_s: float = 5.0
-    close_timeout_s: float = 5.0
-
-    @property
-    def finest(self) -> str:
-        return min(self.intervals, key=int)
-
-
-# --- events in ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stream entry handed to this worker; ``event`` is None for an entry it cannot read."""
-
-    id: str
-    event: BarEvent | None
-
-
-class EventSource(Protocol):
-    async def setup(self) -> None:
-        """Create the consumer group if needed (idempotent)."""
-        ...
-
-    async def read(self, *, pending: bool, after: str, count: int, block_ms: int) -> list[Delivery]:
-        """New entries, or (``pending``) this consumer's own unacknowledged ones after ``after``."""
-        ...
-
-    async def claim(self, min_idle_ms: int, count: int) -> list[Delivery]:
-        """Entries idle on any consumer for ``min_idle_ms``, now owned by this one."""
-        ...
-
-    async def ack(self, ids: Sequence[str]) -> None: ...
-
-    async def backlog(self) -> tuple[int | None, int]:
-        """(events not yet delivered to the group, events delivered but unacknowledged)."""
-        ...
-
-    async def forget_idle_consumers(self, idle_ms: int) -> list[str]:
-        """Drop consumers idle that long with nothing pending (the names of restarted workers)."""
-        ...
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _delivery(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> Delivery:
-    f = {_text(k): _text(v) for k, v in (fields or {}).items()}
-    try:
-        return Delivery(_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"])))
-    except (KeyError, ValueError):
-        return Delivery(_text(entry_id), None)
-
-
-class RedisEventSource:
-    """The ``P:events:bars`` stream read through a consumer group."""
-
-    def __init__(
-        self, client: aioredis.Redis, stream: str, *, group: str = "candlecast-workers", consumer: str = "worker"
-    ) -> None:
-        self._r = client
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        self._claim_cursor = "0-0"
-
-    async def setup(self) -> None:
-        with redis_errors("create consumer group"):
-            try:
-                # "$": a new group starts at the live edge; signals for long-gone bars help nobody.
-                await self._r.xgroup_create(self.stream, self.group, id="$", mkstream=True)
-                log.info("created consumer group %s on %s", self.group, self.stream)
-            except rex.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
-    async def read(self, *, pending: bool, after: str = "0", count: int = 32, block_ms: int = 1000) -> list[Delivery]:
-        streams: dict[Any, Any] = {self.stream: after if pending else ">"}
-        try:
-            with redis_errors("read events"):
-                reply: Any = await self._r.xreadgroup(
-                    self.group, self.consumer, streams, count=count, block=None if pending else block_ms
-                )
-        except StoreError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            log.warning("consumer group %s is gone (Redis lost its data?): recreating it", self.group)
-            await self.setup()
-            return []
-        out = []
-        for _stream, entries in reply or []:
-            out += [_delivery(entry_id, fields) for entry_id, fields in entries]
-        return out
-
-    async def claim(self, min_idle_ms: int, count: int = 32) -> list[Delivery]:
-        with redis_errors("claim events"):
-            reply = await self._r.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_ms, start_id=self._claim_cursor, count=count
-            )
-        cursor, entries = _text(reply[0]), reply[1]
-        self._claim_cursor = cursor
-        deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
-        if deleted:  # trimmed from the stream while pending: nothing left to handle
-            await self.ack(deleted)
-        return [_delivery(entry_id, fields) for entry_id, fields in entries]
-
-    async def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            with redis_errors("ack events"):
-                await self._r.xack(self.stream, self.group, *ids)
-
-    async def backlog(self) -> tuple[int | None, int]:
-        with redis_errors("consumer group info"):
-            groups = await self._r.xinfo_groups(self.stream)
-        for g in groups:
-            if _text(g["name"]) == self.group:
-                lag = g.get("lag")
-                return (None if lag is None else int(lag)), int(g["pending"])
-        return None, 0
-
-    async def forget_idle_consumers(self, idle_ms: int) -> list[str]:
-        """Remove consumers with nothing pending and idle for ``idle_ms`` (restarted workers' old names)."""
-        removed = []
-        with redis_errors("tidy consumers"):
-            for c in await self._r.xinfo_consumers(self.stream, self.group):
-                name = _text(c["name"])
-                if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) >= idle_ms:
-                    await self._r.xgroup_delconsumer(self.stream, self.group, name)
-                    removed.append(name)
-        return removed
-
-
-class _ReadsEvents(Protocol):
-    async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]: ...
-
-
-class MemoryEventSource:
-    """Events of an in-process store (one worker, single-process run): polled, nothing to claim or ack."""
-
-    def __init__(self, store: _ReadsEvents, *, poll_s: float = 0.02) -> None:
-        self._store = store
-        self._poll_s = poll_s
-        self._last = "0"
-        self._positioned = False
-
-    async def setup(self) -> None:
-        if self._positioned:  # like a consumer group: created once, at the live edge
-            return
-        events = await self._store.read_events(self._last, count=1_000_000)
-        if events:
-            self._last = events[-1][0]
-        self._positioned = True
-
-    async def read(self, *, pending: bool, after: str = "0", count: int = 32, block_ms: int = 1000) -> list[Delivery]:
-        if pending:
-            return []
-        deadline = time.monotonic() + block_ms / 1000
-        while True:
-            events = await self._store.read_events(self._last, count=count)
-            if events:
-                self._last = events[-1][0]
-                return [Delivery(i, e) for i, e in events]
-            if time.monotonic() >= deadline:
-                return []
-            await asyncio.sleep(self._poll_s)
-
-    async def claim(self, min_idle_ms: int, count: int = 32) -> list[Delivery]:
-        return []
-
-    async def ack(self, ids: Sequence[str]) -> None:
-        return None
-
-    async def backlog(self) -> tuple[int | None, int]:
-        return None, 0
-
-    async def forget_idle_consumers(self, idle_ms: int) -> list[str]:
-        return []
-
-
-# --- one signal -----------------------------------------------------------------------------------
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
-def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
-    """The bars closed at ``now``: a replayed or claimed event is judged as of its own close."""
-    if bars and bars[-1].start + step <= now:
-        return list(bars)
-    return [b for b in bars if b.start + step <= now]
-
-
-@dataclass
-class _Batch:
-    session: ModelSession
-    members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]]
-    started: bool = False
-
-
-@dataclass
-class _Drafts:
-    """Component reports being assembled: every component ends with exactly one."""
-
-    reports: dict[str, ComponentReport] = field(default_factory=dict)
-
-    def drop(self, c: LoadedComponent, reason: str, latency_ms: float | None = None) -> None:
-        provider = c.session.provider if c.session is not None else ""
-        self.reports[c.name] = ComponentReport(
-            c.name, c.timeframe, c.spec.horizon, None, c.weight, c.spec.version, provider, latency_ms, "dropped", reason
-        )
-
-    def vote(self, c: LoadedComponent, p_up: float, provider: str, latency_ms: float) -> None:
-        self.reports[c.name] = ComponentReport(
-            c.name, c.timeframe, c.spec.horizon, p_up, c.weight, c.spec.version, provider, latency_ms, "voted", None
-        )
-
-
-class SignalEngine:
-    """Windows + models ⇒ a :class:`Signal` or a :class:`NoSignal`, for one closed bar."""
-
-    def __init__(
-        self,
-        config: WorkerConfig,
-        store: WindowStore,
-        models: ModelRegistry,
-        metrics: WorkerMetrics,
-        *,
-        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.models = models
-        self.metrics = metrics
-        self.clock = ExchangeClock()
-        self._wall_ms = wall_ms
-        self._sem = asyncio.Semaphore(config.inference_concurrency)
-        # Session runs that missed their budget but had started: a thread cannot be cancelled, so
-        # they hold their semaphore slot until they return (keeping concurrency honest).
-        self._stragglers: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
-
-    async def compute(self, event: BarEvent) -> Signal | NoSignal:
-        """The signal at the close of ``event``'s bar (an event of the finest interval)."""
-        t0 = time.perf_counter()
-        now = event.start + interval_ms(event.interval)
-        models = self.models.current  # one snapshot for the whole signal, whatever a reload does meanwhile
-        windows = await self._read(event.symbol, now, models)
-        t_read = time.perf_counter()
-        self.clock.observe(now)
-        if windows.book is not None and windows.book.ts > 0:
-            self.clock.observe(windows.book.ts)
-
-        closed = {iv: _closed(windows.bars.get(iv, []), interval_ms(iv), now) for iv in self.config.intervals}
-        drafts = _Drafts()
-        runnable: list[tuple[LoadedComponent, list[Bar]]] = []
-        for c in models.components:
-            if c.disabled is not None:
-                drafts.drop(c, c.disabled)
-            elif c.timeframe not in closed:
-                drafts.drop(c, "timeframe_not_ingested")
-            elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
-                drafts.drop(c, reason)
-            else:
-                runnable.append((c, closed[c.timeframe][-c.bars_needed :]))
-
-        deadline = t_read + self.config.latency_budget_ms / 1000.0
-        inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
-        t_render = time.perf_counter()
-        await self._infer(event.symbol, inputs, drafts, deadline)
-        t_infer = time.perf_counter()
-
-        reports = tuple(drafts.reports[c.name] for c in models.components)
-        for r in reports:
-            if r.status == "dropped" and r.reason is not None:
-                self.metrics.components_dropped.labels(r.name, r.reason).inc()
-        bar = BarRef(event.interval, event.start, now)
-        freshness = Freshness(
-            {iv: (bars[-1].start if bars else None) for iv, bars in windows.bars.items()},
-            windows.book.state if windows.book is not None else None,
-            (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
-        )
-        voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
-        try:
-            votes = [Vote(r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
-            result = combine(votes, self.config.thresholds)
-        except ValueError:
-            result = None
-        t_ens = time.perf_counter()
-        wall = self._wall_ms()
-        latency = StageLatency(
-            read=_ms(t_read - t0),
-            render=_ms(t_render - t_read),
-            infer=_ms(t_infer - t_render),
-            ensemble=_ms(t_ens - t_infer),
-            total=_ms(t_ens - t0),
-            bar_close_to_publish=float(wall - now),
-        )
-        if result is not None:
-            horizons = list(dict.fromkeys(r.horizon for r in voters if r.weight > 0))
-            return Signal(
-                symbol=event.symbol,
-                bar=bar,
-                produced_at=self.clock.now_ms(),
-                produced_wall_ms=wall,
-                direction=_direction(result.direction),
-                score=result.score,
-                p_up=result.p_up,
-                confidence=result.confidence,
-                agreement=result.agreement,
-                source="ensemble",
-                fallback_reason=None,
-                components=reports,
-                freshness=freshness,
-                latency_ms=latency,
-                horizon="; ".join(horizons),
-            )
-        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall)
-
-    def _fallback(
-        self,
-        event: BarEvent,
-        bar: BarRef,
-        closed: dict[str, list[Bar]],
-        reports: tuple[ComponentReport, ...],
-        models: ModelSet,
-        freshness: Freshness,
-        latency: StageLatency,
-        wall: int,
-    ) -> Signal | NoSignal:
-        if not models.components:
-            why = "models_missing"
-        else:
-            reasons = sorted({r.reason or "zero_weight" for r in reports})
-            why = "all_components_dropped: " + ", ".join(reasons)
-        finest = self.config.finest
-        bars = closed.get(finest, [])
-        problem = check_window(bars, finest, FALLBACK_BARS, bar.close_time)
-        if problem is not None:
-            return NoSignal(
-                symbol=event.symbol,
-                bar=bar,
-                reason=f"fallback_input:{problem}",
-                detail=f"no component voted ({why}); the fallback rule's {finest}m input: {problem}",
-                produced_at=self.clock.now_ms(),
-                produced_wall_ms=wall,
-            )
-        closes = np.array([float(b.close) for b in bars[-FALLBACK_BARS:]], dtype=np.float64)
-        score = float(momentum_score(closes)[-1])
-        direction = _direction("long" if score > THRESHOLD else "short" if score < -THRESHOLD else "flat")
-        return Signal(
-            symbol=event.symbol,
-            bar=bar,
-            produced_at=self.clock.now_ms(),
-            produced_wall_ms=wall,
-            direction=direction,
-            score=max(-1.0, min(1.0, score)),
-            p_up=None,
-            confidence=None,
-            agreement=None,
-            source="fallback",
-            fallback_reason=why,
-            components=reports,
-            freshness=freshness,
-            latency_ms=latency,
-            horizon=f"next {finest}m bar (momentum rule)",
-        )
-
-    async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
-        intervals = self.config.intervals
-        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
-        used = {c.timeframe for c in models.enabled}
-        due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
-        deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
-        # A coarser bar closing at this boundary is usually written in the same flush as the finest
-        # one, but may trail it: wait (bounded) only when its window is current but for that bar.
-        while any(_one_behind(windows.bars.get(iv, []), iv, now) for iv in due):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            await asyncio.sleep(min(self.config.coarse_poll_ms / 1000.0, left))
-            windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
-        return windows
-
-    def _render(
-        self, runnable: list[tuple[LoadedComponent, list[Bar]]], drafts: _Drafts
-    ) -> list[tuple[LoadedComponent, npt.NDArray[np.float32]]]:
-        """Model inputs (runs in a thread). A window the renderer refuses drops its component."""
-        out = []
-        for c, bars in runnable:
-            started = time.perf_counter()
-            try:
-                x = c.prepare(bars_to_array(bars))
-            except (ValueError, ArithmeticError) as exc:
-                log.warning("%s: cannot build the input: %s", c.name, exc)
-                drafts.drop(c, "bad_values")
-                continue
-            self.metrics.render_seconds.labels(c.renderer).observe(time.perf_counter() - started)
-            out.append((c, x))
-        return out
-
-    async def _infer(
-        self,
-        symbol: str,
-        inputs: list[tuple[LoadedComponent, npt.NDArray[np.float32]]],
-        drafts: _Drafts,
-        deadline: float,
-    ) -> None:
-        batches: dict[int, _Batch] = {}
-        for c, x in inputs:
-            assert c.session is not None  # enabled components have one
-            batches.setdefault(id(c.session), _Batch(c.session, [])).members.append((c, x))
-        if not batches:
-            return
-        tasks = {
-            asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
-        }
-        done, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.perf_counter()))
-        for task in late:
-            batch = tasks[task]
-            for c, _ in batch.members:
-                drafts.drop(c, "late")
-            if batch.started:
-                self._stragglers.add(task)
-                task.add_done_callback(self._straggler_done)
-            else:
-                task.cancel()
-        for task in done:
-            batch = tasks[task]
-            try:
-                logits, seconds = task.result()
-            except Exception as exc:
-                level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
-                log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
-                for c, _ in batch.members:
-                    drafts.drop(c, "error")
-                continue
-            flat = np.asarray(logits, dtype=np.float64).reshape(-1)
-            provider = batch.session.provider
-            for i, (c, _) in enumerate(batch.members):
-                self.models.note_provider(c.name, provider)
-                if len(flat) != len(batch.members) or not math.isfinite(flat[i]):
-                    drafts.drop(c, "bad_output", _ms(seconds))
-                    continue
-                drafts.vote(c, float(1.0 / (1.0 + math.exp(-flat[i]))), provider, _ms(seconds))
-
-    async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float]:
-        async with self._sem:
-            batch.started = True
-            x = np.stack([x for _, x in batch.members])
-            started = time.perf_counter()
-            out = await asyncio.to_thread(batch.session.run, x)
-            seconds = time.perf_counter() - started
-            self.metrics.inference_seconds.labels(batch.session.name, batch.session.provider).observe(seconds)
-            return out, seconds
-
-    def _straggler_done(self, task: asyncio.Task[tuple[npt.NDArray[np.float32], float]]) -> None:
-        self._stragglers.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a late inference also failed: %s", task.exception())
-
-    async def close(self, timeout_s: float = 5.0) -> None:
-        """Let late session runs finish (their threads cannot be interrupted)."""
-        if self._stragglers:
-            await asyncio.wait(set(self._stragglers), timeout=timeout_s)
-
-
-def _direction(value: str) -> Direction:
-    if value == "long":
-        return "long"
-    if value == "short":
-        return "short"
-    return "flat"
-
-
-def _one_behind(bars: Sequence[Bar], interval: str, now: int) -> bool:
-    step = interval_ms(interval)
-    closed = _closed(bars, step, now)
-    return bool(closed) and closed[-1].start == now - 2 * step
-
-
-# --- the worker -----------------------------------------------------------------------------------
 
 
 class Worker:
@@ -583,7 +60,9 @@ class Worker:
         self.engine = SignalEngine(config, store, models, metrics)
         self._backoff = backoff or Backoff(config.backoff_base_s, config.backoff_cap_s)
         self._retry_backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSupervisor("worker")
+        # Per-event handlers are not the supervisor's: they end by the thousand, each releasing its
+        # slot and its entry id as it ends, while the supervisor keeps every task until cancel_all.
         self._handlers: dict[str, asyncio.Task[None]] = {}  # entry id -> its handler
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._check_pending = True  # re-read our own pending entries (at start, after a failure)
@@ -603,29 +82,17 @@ class Worker:
                     c.bars_needed,
                     kept,
                 )
-        self._spawn(self._reader(), "worker-reader")
-        self._spawn(self._claimer(), "worker-claimer")
-        self._spawn(self._backlog(), "worker-backlog")
-        self._spawn(self.models.watch(), "worker-models")
+        self._tasks.spawn(self._reader(), "worker-reader")
+        self._tasks.spawn(self._claimer(), "worker-claimer")
+        self._tasks.spawn(self._backlog(), "worker-backlog")
+        self._tasks.spawn(self.models.watch(), "worker-models")
 
     async def run(self) -> None:
         await self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            await self._tasks.wait()
         finally:
             await self.close()
-
-    def _spawn(self, coro: object, name: str) -> None:
-        self._tasks.append(asyncio.create_task(self._supervise(coro, name), name=name))
-
-    async def _supervise(self, coro: object, name: str) -> None:
-        try:
-            await coro  # type: ignore[misc]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("worker task %s crashed", name)
-            raise
 
     async def close(self) -> None:
         """Stop reading, let handlers in flight finish (bounded), then stop. Safe to call twice.
@@ -634,10 +101,7 @@ class Worker:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.config.close_timeout_s)
+        await self._tasks.cancel_all(self.config.close_timeout_s)
         handlers = list(self._handlers.values())
         if handlers:
             _, unfinished = await asyncio.wait(handlers, timeout=self.config.close_timeout_s)

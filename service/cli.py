@@ -378,10 +378,11 @@ async def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bench_inference(args: argparse.Namespace) -> int:
-    from models.bench_inference import bench_inference  # needs torch for the eager baseline
+    from inference.bench import bench_inference
+    from models.bench_inference import torch_eager  # the eager baseline needs torch: imported only here
 
     result = await asyncio.to_thread(
-        bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads
+        bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads, eager=torch_eager()
     )
     _print_json(result)
     return 0
@@ -396,7 +397,7 @@ async def _cmd_bench_api(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bench_render(args: argparse.Namespace) -> int:
-    from service.bench_render import bench_render
+    from inference.bench import bench_render
 
     _print_json(await asyncio.to_thread(bench_render, args.repeats))
     return 0

@@ -12,10 +12,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from inference.components import ModelRegistry
+from inference.config import WorkerConfig
 from inference.ensemble import Thresholds
+from inference.events import RedisEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, WorkerConfig
 from service.settings import Settings
 from streaming.ingestor import IngestConfig
 from streaming.memory_store import MemoryStore

@@ -16,9 +16,11 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from inference.config import WorkerConfig
+from inference.events import EventSource, MemoryEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
-from inference.worker import EventSource, MemoryEventSource, Worker, WorkerConfig
+from inference.worker import Worker
 from service.app import create_app, server_config
 from service.parts import model_registry, open_store, redis_worker_io, serve_metrics
 from service.settings import Settings

@@ -11,15 +11,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inference.components import ModelRegistry, load_model_set
+from inference.config import WorkerConfig
+from inference.engine import SignalEngine
 from inference.manifest import ManifestError, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import Signal
-from inference.worker import SignalEngine, WorkerConfig
 from streaming.memory_store import MemoryStore
 from streaming.store import BarEvent
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import (
+from tests.inference.kit import (
     MINUTE,
     T0,
     artifacts,

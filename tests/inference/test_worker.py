@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.client import PubSub
 
 from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.engine import SignalEngine
 from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import (
@@ -25,12 +27,11 @@ from inference.signal import (
     StageLatency,
 )
 from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
-from inference.worker import SignalEngine, WorkerConfig
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
+from tests.inference.kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,7 +201,7 @@ async def test_a_coarser_bar_due_at_the_close_is_awaited_then_dropped_as_stale(
     async with running_worker(redis_url, redis_store, models, coarse_wait_ms=1500) as h:
         # The 1m bar arrives first; the 5m bar of the same boundary only once the worker is on it.
         await redis_store.write(closing(close, ("1",)))
-        await eventually(h.pending, 5, what="the worker holding the 1m event")
+        await eventually(h.holding, 5, what="the worker holding the 1m event")
         await redis_store.write(closing(close, ("5",)))
         s = await h.outcome(SYMBOL, close - MINUTE)
         assert isinstance(s, Signal)
@@ -220,7 +221,7 @@ async def test_a_coarser_bar_due_at_the_close_is_awaited_then_dropped_as_stale(
             "efficientnet_1m": ("voted", None),
             "efficientnet_5m": ("dropped", "stale_window"),
         }
-        assert 1450 <= s5.latency_ms.read < 5000  # bounded by the wait, on the wall clock
+        assert s5.latency_ms.read >= 1450  # it waited out coarse_wait_ms (and no longer: the outcome came)
         assert h.sample("candlecast_components_dropped_total", component="tcn_5m", reason="stale_window") == 1
 
 
@@ -268,7 +269,8 @@ async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
 
 async def test_memory_store_path_runs_a_worker_without_redis(models: Path) -> None:
     """The single-process run: MemoryStore + MemoryEventSource + MemorySignalStore."""
-    from inference.worker import MemoryEventSource, Worker
+    from inference.events import MemoryEventSource
+    from inference.worker import Worker
 
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE

@@ -11,11 +11,13 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.events import RedisEventSource
 from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, Worker, WorkerConfig
+from inference.worker import Worker
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore

@@ -18,7 +18,7 @@ from streaming.errors import StoreError
 from streaming.redis_store import RedisStore
 from streaming.store import WriteBatch
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import (
+from tests.inference.kit import (
     MINUTE,
     T0,
     Harness,
@@ -173,28 +173,26 @@ async def test_a_session_that_raises_at_run_is_dropped_as_error_and_the_worker_g
         assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 3
 
 
-_REAL_SESSION = ort.InferenceSession
-
-
 class VanishingGpu:
     """Stands in for ONNX Runtime's CUDA provider, which this machine cannot bind (it has no GPU).
 
-    Sessions asked for with a GPU provider first compute with a real CPU session but report
-    ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what ORT
-    raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
+    Passed to the worker's sessions as their session factory (with :attr:`providers` as what the
+    runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
+    report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
+    ORT raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    providers = ("CUDAExecutionProvider", CPU)
+
+    def __init__(self) -> None:
         self.lost = False
         self.built_on_cpu = 0
-        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", CPU])
-        monkeypatch.setattr(ort, "InferenceSession", self._build)
 
-    def _build(self, path: str, options: ort.SessionOptions, providers: list[str]) -> Any:
+    def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
         if providers == [CPU]:
             self.built_on_cpu += 1
-            return _REAL_SESSION(path, options, providers=providers)
-        return _GpuSession(self, _REAL_SESSION(path, options, providers=[CPU]), providers)
+            return ort.InferenceSession(path, options, providers=providers)
+        return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers)
 
 
 class _GpuSession:
@@ -218,10 +216,17 @@ class _GpuSession:
 
 
 async def test_a_gpu_that_disappears_moves_inference_to_the_cpu_and_no_vote_is_lost(
-    redis_url: str, redis_store: RedisStore, models: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, redis_store: RedisStore, models: Path
 ) -> None:
-    gpu = VanishingGpu(monkeypatch)
-    async with running_worker(redis_url, redis_store, models, prefer_gpu=True) as h:
+    gpu = VanishingGpu()
+    async with running_worker(
+        redis_url,
+        redis_store,
+        models,
+        prefer_gpu=True,
+        session_factory=gpu.build,
+        available_providers=gpu.providers,
+    ) as h:
         result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
         assert isinstance(result, Signal) and result.source == "ensemble"
         assert {c.provider for c in result.components} == {"CUDAExecutionProvider"}
@@ -268,7 +273,7 @@ async def test_redis_lost_mid_signal_leaves_the_event_pending_until_it_returns(
     await store.write(history(CLOSE - MINUTE, {"1": 60, "5": 60}))
     async with running_worker(own_redis.url, store, models, coarse_wait_ms=3000) as h:
         await store.write(closing(CLOSE, ("1",)))  # the 5m bar of this boundary is not there yet
-        await eventually(h.pending, 5, what="the event delivered and in progress")
+        await eventually(h.holding, 5, what="the event delivered and in progress")
         await asyncio.to_thread(own_redis.stop)
         await eventually(
             lambda: h.sample("candlecast_worker_events_total", outcome="retry") >= 1, 10, what="the signal failed"

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from inference.events import RedisEventSource
 from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource
 from streaming.redis_store import RedisStore
 from tests.helpers import eventually
-from tests.inference.test_worker_kit import MINUTE, T0, artifacts, closing, history, model_cache
+from tests.inference.kit import MINUTE, T0, artifacts, closing, history, model_cache
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
@@ -114,7 +114,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
                 await a.kill()
             elif k == 33:
                 await a.start()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # pacing the market (a minute per 0.1 s), not waiting for a condition
 
         expected = MINUTES * len(SYMBOLS)
 

@@ -1,17 +1,21 @@
-"""``candlecast bench inference`` runs end to end on the shipped models (a smoke test, not a timing)."""
+"""``candlecast bench inference`` runs end to end on the shipped models with the PyTorch-eager baseline
+(a smoke test, not a timing): the composition ``service/cli.py`` makes."""
 
 from __future__ import annotations
 
 import pytest
 
-from models.bench_inference import bench_inference
+from inference.bench import bench_inference
+from models.bench_inference import torch_eager
 from tests.conftest import ARTIFACTS, DATA_1M
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def test_bench_inference_reports_every_section() -> None:
-    result = bench_inference(ARTIFACTS, DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", symbols=2, repeats=5)
+    result = bench_inference(
+        ARTIFACTS, DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", symbols=2, repeats=5, eager=torch_eager()
+    )
     assert set(result["ort_vs_torch"]) == {"tcn_1m.onnx", "efficientnet.onnx"}
     for row in result["ort_vs_torch"].values():
         assert row["provider"] == "CPUExecutionProvider"

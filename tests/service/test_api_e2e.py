@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.events import RedisEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, Worker, WorkerConfig
+from inference.worker import Worker
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore

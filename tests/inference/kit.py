@@ -1,8 +1,8 @@
 """Shared by the worker tests: tiny REAL models exported to ONNX, a manifest, and synthetic bars.
 
 The models are untrained (their votes mean nothing); they are real TCN / EfficientNet graphs run
-by real ONNX Runtime sessions, exported the way ``models/export.py`` does. The two tests at the end
-check the kit itself: its bars pass the data checks and its manifest loads.
+by real ONNX Runtime sessions, exported the way ``models/export.py`` does. ``test_kit.py`` checks the
+kit itself: its bars pass the data checks and its manifest loads.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import math
 import random
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,21 +20,24 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 
-from inference.checks import check_window
-from inference.components import ModelRegistry, load_model_set
+from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.events import RedisEventSource
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION
+from inference.runtime import SessionFactory
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
-from inference.worker import RedisEventSource, Worker, WorkerConfig
+from inference.worker import Worker
 from streaming.errors import StoreError
 from streaming.klines import Bar, interval_ms
 from streaming.redis_store import RedisStore
@@ -267,6 +270,10 @@ class Harness:
     async def pending(self) -> int:
         return int((await self.client.xpending(self.events.stream, self.events.group))["pending"])
 
+    async def holding(self) -> bool:
+        """Whether some event is delivered and not yet acknowledged (a signal in progress)."""
+        return await self.pending() > 0
+
 
 @asynccontextmanager
 async def running_worker(
@@ -277,12 +284,21 @@ async def running_worker(
     consumer: str = "w1",
     group: str = "workers",
     prefer_gpu: bool = False,
+    session_factory: SessionFactory = ort.InferenceSession,
+    available_providers: Sequence[str] | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
     metrics = WorkerMetrics(CollectorRegistry())
-    registry = ModelRegistry(models, prefer_gpu=prefer_gpu, poll_s=3600, metrics=metrics)
+    registry = ModelRegistry(
+        models,
+        prefer_gpu=prefer_gpu,
+        poll_s=3600,
+        metrics=metrics,
+        session_factory=session_factory,
+        available_providers=available_providers,
+    )
     await registry.load()
     events = RedisEventSource(client, store.events_key, group=group, consumer=consumer)
     await events.setup()
@@ -303,18 +319,3 @@ async def running_worker(
     finally:
         await worker.close()
         await client.aclose()
-
-
-# --- the kit's own checks -----------------------------------------------------------------------
-
-
-def test_kit_windows_are_servable() -> None:
-    close = T0 + 5 * MINUTE
-    for iv, n in (("1", 60), ("5", 60), ("60", 30)):
-        assert check_window(window(iv, close, n), iv, n, close) is None
-    assert check_window(window("1", close, 60), "1", 60, close + MINUTE) == "stale_window"
-
-
-def test_kit_models_load(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    models = load_model_set(artifacts(model_cache(tmp_path_factory), tmp_path / "a"), prefer_gpu=False)
-    assert [c.name for c in models.enabled] == ["tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"]

@@ -1,0 +1,351 @@
+"""Benchmarks of what ``inference`` does, as JSON: the renderers, and the models through the signal engine.
+
+``candlecast bench render`` (:func:`bench_render`) — images/s of each renderer against mplfinance
+and pyts in the same run. All renders draw the most recent bars of the real BTCUSDT 1-minute file: a
+24-bar window for :func:`ohlc_chart` and :func:`composite` (the model input), a 64-bar window for
+:func:`candlestick_chart`, :func:`gasf`, :func:`gadf` and :func:`recurrence_plot`. Baselines, measured
+in the same process:
+
+* **mplfinance**: ``mpf.plot(type="candle", volume=True)`` of the same 64-bar window, Agg backend, axes
+  off, rendered at 50 dpi to an in-memory PNG of about the candlestick image's size (192x64 px);
+* **pyts**: ``GramianAngularField`` (summation / difference) and ``RecurrencePlot`` on the same 64-bar
+  close series, one sample per call like the live path (numba kernels compiled before timing).
+
+Each of our renderers and each pyts call is timed ``rounds`` times over ``repeats`` renders after a
+warm-up, keeping the best round (shared, noisy machines); mplfinance, about a thousand times slower, is
+timed once over a few renders.
+
+``candlecast bench inference`` (:func:`bench_inference`) — the shipped models on this machine:
+
+* ONNX Runtime vs an eager baseline on the same inputs (same architecture, same thread count). The
+  baseline is PyTorch eager, which needs torch: ``inference`` never imports torch, so it is handed in
+  as an :class:`EagerBaseline` (``models.bench_inference.torch_eager``, composed by the CLI);
+* per-signal compute latency p50/p99 through the worker's own ``SignalEngine`` (read from the store,
+  render + features, batched inference, ensemble) for one symbol and all timeframes;
+* throughput: all symbols of a minute close computed concurrently, wall time and signals/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from inference import render
+from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.engine import SignalEngine
+from inference.metrics import WorkerMetrics
+from inference.runtime import ModelSession
+from streaming.klines import Bar
+from streaming.memory_store import MemoryStore
+from streaming.sim_market import MINUTE_MS, Bars, aggregate, load_1m_bars
+from streaming.store import BarEvent, WriteBatch
+
+__all__ = ["DEFAULT_KLINES", "EagerBaseline", "bench_inference", "bench_inputs", "bench_render", "median_ms"]
+
+DEFAULT_KLINES = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "klines_1m" / "bybit_linear_BTCUSDT_1m.csv.gz"
+)
+SHORT_BARS = 24
+LONG_BARS = 64
+ROUNDS = 3
+
+
+def _rate(fn: Callable[[], object], repeats: int, rounds: int = ROUNDS) -> float:
+    """Best images/s over ``rounds`` timed loops of ``repeats`` calls, after a short warm-up."""
+    for _ in range(min(repeats, 5)):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    return repeats / best
+
+
+def _mplfinance_rate(times_ms: NDArray[np.int64], ohlcv: NDArray[np.float64], repeats: int) -> tuple[float, int]:
+    """Renders/s of mplfinance drawing ``ohlcv`` as candles + volume into an in-memory PNG; also its byte size."""
+    # Dev-only references, imported dynamically: serving never loads them, and they ship no type stubs.
+    matplotlib: Any = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    plt: Any = importlib.import_module("matplotlib.pyplot")
+    mpf: Any = importlib.import_module("mplfinance")
+    pd: Any = importlib.import_module("pandas")
+
+    frame = pd.DataFrame(
+        ohlcv, columns=["Open", "High", "Low", "Close", "Volume"], index=pd.to_datetime(times_ms, unit="ms")
+    )
+    dpi = 50
+    width_px, height_px = 3 * len(ohlcv), 64  # candlestick_chart's default size for this window
+    png_size = 0
+
+    def draw() -> None:
+        nonlocal png_size
+        buf = BytesIO()
+        mpf.plot(
+            frame,
+            type="candle",
+            volume=True,
+            axisoff=True,
+            figsize=(width_px / dpi, height_px / dpi),
+            savefig={"fname": buf, "dpi": dpi},
+            closefig=True,
+        )
+        png_size = buf.getbuffer().nbytes
+
+    try:
+        rate = _rate(draw, repeats, rounds=1)
+    finally:
+        plt.close("all")
+    return rate, png_size
+
+
+def _pyts_rates(series: NDArray[np.float64], repeats: int) -> dict[str, float]:
+    image: Any = importlib.import_module("pyts.image")
+    sample = series[None, :]
+    summation = image.GramianAngularField(method="summation")
+    difference = image.GramianAngularField(method="difference")
+    recurrence = image.RecurrencePlot(dimension=1, threshold=None)
+    return {
+        "gasf": _rate(lambda: summation.transform(sample), repeats),
+        "gadf": _rate(lambda: difference.transform(sample), repeats),
+        "recurrence_plot": _rate(lambda: recurrence.transform(sample), repeats),
+    }
+
+
+def bench_render(repeats: int = 200, *, klines: Path | None = None) -> dict[str, Any]:
+    """Measure every renderer and the mplfinance / pyts baselines on real bars; JSON-serialisable result."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    path = DEFAULT_KLINES if klines is None else klines
+    series = load_1m_bars(path)
+    times_ms = series.start_ms
+    bars = np.column_stack([series.open, series.high, series.low, series.close, series.volume])
+    if len(bars) < LONG_BARS:
+        raise ValueError(f"{path}: need at least {LONG_BARS} bars, got {len(bars)}")
+    short = bars[-SHORT_BARS:]
+    long = bars[-LONG_BARS:]
+    close = long[:, 3].copy()
+
+    ours: dict[str, tuple[int, Callable[[], object]]] = {
+        "ohlc_chart": (SHORT_BARS, lambda: render.ohlc_chart(short[:, :4])),
+        "composite": (SHORT_BARS, lambda: render.composite(short)),
+        "candlestick_chart": (LONG_BARS, lambda: render.candlestick_chart(long)),
+        "gasf": (LONG_BARS, lambda: render.gasf(close)),
+        "gadf": (LONG_BARS, lambda: render.gadf(close)),
+        "recurrence_plot": (LONG_BARS, lambda: render.recurrence_plot(close)),
+    }
+    renderers: dict[str, dict[str, Any]] = {}
+    for name, (n_bars, fn) in ours.items():
+        out = np.asarray(fn())
+        renderers[name] = {
+            "bars": n_bars,
+            "shape": list(out.shape),
+            "dtype": str(out.dtype),
+            "images_per_s": round(_rate(fn, repeats), 1),
+        }
+
+    mpl_repeats = max(1, min(20, repeats // 10))
+    mpl_rate, png_bytes = _mplfinance_rate(times_ms[-LONG_BARS:], long, mpl_repeats)
+    pyts_rates = _pyts_rates(close, repeats)
+
+    candle_ratio = renderers["candlestick_chart"]["images_per_s"] / mpl_rate
+    renderers["candlestick_chart"]["ratio_vs_mplfinance"] = round(candle_ratio, 1)
+    for name, rate in pyts_rates.items():
+        renderers[name]["ratio_vs_pyts"] = round(renderers[name]["images_per_s"] / rate, 2)
+
+    versions = {mod: importlib.import_module(mod).__version__ for mod in ("numpy", "mplfinance", "pyts")}
+    return {
+        "renderer_version": render.RENDERER_VERSION,
+        "data": path.name,
+        "repeats": repeats,
+        "rounds": ROUNDS,
+        "renderers": renderers,
+        "baselines": {
+            "mplfinance_candle_volume_png": {
+                "bars": LONG_BARS,
+                "repeats": mpl_repeats,
+                "png_bytes": png_bytes,
+                "images_per_s": round(mpl_rate, 2),
+            },
+            "pyts": {name: {"bars": LONG_BARS, "images_per_s": round(rate, 1)} for name, rate in pyts_rates.items()},
+        },
+        "ratio_vs_mplfinance": renderers["candlestick_chart"]["ratio_vs_mplfinance"],
+        "ratio_vs_pyts": renderers["gasf"]["ratio_vs_pyts"],
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "versions": versions,
+        },
+        "note": (
+            "images/s = renders per second, single thread, best of rounds. ratio_vs_mplfinance: "
+            "candlestick_chart (64 bars + volume band, 64x192 uint8 array) vs mplfinance candle+volume of the "
+            "same bars to an in-memory PNG at 50 dpi, ~192x64 px, axes off (mplfinance also encodes a PNG). "
+            "ratio_vs_pyts: gasf vs pyts GramianAngularField(method='summation') on the same 64-close series, "
+            "one sample per call; gadf and recurrence_plot likewise vs pyts."
+        ),
+    }
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+INTERVALS = ("1", "5", "15", "60")
+
+
+@dataclass(frozen=True)
+class EagerBaseline:
+    """The framework ORT is compared with: its ``version`` and ``median_ms(artifact, x, threads, repeats)``."""
+
+    version: str
+    median_ms: Callable[[str, npt.NDArray[np.float32], int, int], float]
+
+
+def median_ms(fn: Callable[[Any], object], x: Any, repeats: int) -> float:
+    """Median milliseconds of ``fn(x)`` over ``repeats`` calls, after three warm-up calls."""
+    for _ in range(3):
+        fn(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def bench_inputs() -> dict[str, npt.NDArray[np.float32]]:
+    """The input each shipped artifact is timed on (the same for ORT and the eager baseline)."""
+    rng = np.random.default_rng(0)
+    return {
+        "tcn_1m.onnx": rng.standard_normal((1, 8, 64)).astype(np.float32),
+        "efficientnet.onnx": rng.random((4, 3, 54, 72)).astype(np.float32),  # the four timeframes of one symbol
+    }
+
+
+def _ort_vs_eager(artifacts: Path, threads: int, repeats: int, eager: EagerBaseline) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, x in bench_inputs().items():
+        session = ModelSession(name, artifacts / name, prefer_gpu=True, threads=threads)
+        ort_ms = median_ms(session.run, x, repeats)
+        torch_ms = eager.median_ms(name, x, threads, repeats)
+        out[name] = {
+            "batch": int(x.shape[0]),
+            "provider": session.provider,
+            "onnxruntime_ms": round(ort_ms, 3),
+            "torch_eager_ms": round(torch_ms, 3),
+            "speedup_ort_vs_torch": round(torch_ms / ort_ms, 2),
+        }
+    return out
+
+
+def _bars(series: Bars, keep: npt.NDArray[np.bool_], window: int) -> list[Bar]:
+    """The newest ``window`` bars of ``series`` where ``keep``, as store bars (floats through ``repr``)."""
+
+    def d(x: float) -> Decimal:
+        return Decimal(repr(float(x)))
+
+    s = series
+    return [
+        Bar(int(s.start_ms[i]), d(s.open[i]), d(s.high[i]), d(s.low[i]), d(s.close[i]), d(s.volume[i]), Decimal(0))
+        for i in np.flatnonzero(keep)[-window:].tolist()
+    ]
+
+
+async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, threads: int) -> dict[str, Any]:
+    base = load_1m_bars(data)
+    window = 400
+    store = MemoryStore(window_bars=window, depth_rows=10)
+    names = [f"S{i:02d}USDT" for i in range(symbols)]
+    last_start = int(base.start_ms[-1]) - int(base.start_ms[-1]) % (60 * MINUTE_MS) - MINUTE_MS  # a 1h boundary - 1m
+    for iv in INTERVALS:
+        s = aggregate(base, int(iv))
+        keep = (
+            s.start_ms <= last_start - (last_start % (int(iv) * MINUTE_MS)) if iv != "1" else s.start_ms <= last_start
+        )
+        bars = _bars(s, keep, window)
+        await store.write(WriteBatch(bars={(n, iv): bars for n in names}))
+    config = WorkerConfig(
+        intervals=INTERVALS, latency_budget_ms=5_000.0, coarse_wait_ms=0.0, inference_concurrency=max(1, threads)
+    )
+    metrics = WorkerMetrics()
+    registry = ModelRegistry(artifacts, prefer_gpu=True, threads=threads, metrics=metrics)
+    await registry.load()
+    engine = SignalEngine(config, store, registry, metrics)
+    # one symbol, the latest closes one after another (each judged as of its own close)
+    latencies = []
+    sources: dict[str, int] = {}
+    voting = []
+    for k in range(repeats):
+        event = BarEvent(names[0], "1", last_start - (k % 120) * MINUTE_MS)
+        t = time.perf_counter()
+        result = await engine.compute(event)
+        latencies.append((time.perf_counter() - t) * 1000)
+        source = getattr(result, "source", "none")
+        sources[source] = sources.get(source, 0) + 1
+        comps = getattr(result, "components", ())
+        voting.append(sum(1 for c in comps if c.status == "voted"))
+    # every symbol at one close, concurrently, as the worker would after a minute close
+    event_start = last_start
+    t = time.perf_counter()
+    results = await asyncio.gather(*(engine.compute(BarEvent(n, "1", event_start)) for n in names))
+    burst_s = time.perf_counter() - t
+    await engine.close()
+    lat = np.array(latencies)
+    return {
+        "per_signal_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 2),
+            "p99": round(float(np.percentile(lat, 99)), 2),
+            "mean": round(float(lat.mean()), 2),
+            "n": len(lat),
+        },
+        "components_voting_median": float(np.median(voting)) if voting else 0.0,
+        "sources": sources,
+        "burst": {
+            "symbols": symbols,
+            "seconds": round(burst_s, 3),
+            "signals_per_s": round(symbols / burst_s, 1),
+            "signals": sum(1 for r in results if getattr(r, "source", None) is not None),
+        },
+        "aim": {"p99_ms": 25, "symbols_within_1s": 50},
+    }
+
+
+def bench_inference(
+    artifacts: Path,
+    data: Path,
+    symbols: int = 50,
+    repeats: int = 200,
+    threads: int = 1,
+    *,
+    eager: EagerBaseline,
+) -> dict[str, Any]:
+    """Every section of ``candlecast bench inference``; ``eager`` is the baseline ORT is compared with."""
+    return {
+        "benchmark": "inference",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "torch": eager.version,
+            "available_providers": ort.get_available_providers(),
+            "ort_threads": threads,
+        },
+        "ort_vs_torch": _ort_vs_eager(artifacts, threads, max(20, repeats // 4), eager),
+        **asyncio.run(_signals(artifacts, data, symbols, repeats, threads)),
+    }

@@ -1,0 +1,38 @@
+"""The inference worker's settings: one frozen :class:`WorkerConfig` shared by its parts.
+
+The signal engine reads the windowing, latency and concurrency knobs (``intervals``, ``book_depth``,
+``thresholds``, ``latency_budget_ms``, ``coarse_*``, ``inference_concurrency``); the consumer loop
+reads the event knobs (``max_in_flight``, ``read_count``, ``block_ms``, ``claim_idle_ms``, ``lag_every_s``,
+``backoff_*``, ``close_timeout_s``). ``service.settings`` builds it from the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from inference.ensemble import Thresholds
+
+__all__ = ["WorkerConfig"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    intervals: tuple[str, ...] = ("1", "5", "15", "60")
+    book_depth: int = 50
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    latency_budget_ms: float = 250.0  # render + inference of one signal, from the end of the read
+    coarse_wait_ms: float = 2000.0  # wall time to wait for a coarser bar due at this close
+    coarse_poll_ms: float = 50.0
+    inference_concurrency: int = 2  # session runs in flight, all symbols together
+    max_in_flight: int = 32  # events being handled at once
+    read_count: int = 32
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000  # an event pending this long on a consumer is taken over
+    lag_every_s: float = 5.0
+    backoff_base_s: float = 0.1
+    backoff_cap_s: float = 5.0
+    close_timeout_s: float = 5.0
+
+    @property
+    def finest(self) -> str:
+        return min(self.intervals, key=int)

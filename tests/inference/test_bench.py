@@ -1,0 +1,79 @@
+"""The ``inference`` benchmarks run end to end without torch (smoke tests, not timings).
+
+``bench inference`` takes its eager baseline from outside (``inference`` never imports torch): here a
+stand-in that reports a fixed time, so what is pinned is the ORT and signal-engine side and the
+JSON shape; ``bench render`` measures every renderer against the mplfinance and pyts baselines.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from inference.bench import EagerBaseline, bench_inference, bench_inputs, bench_render
+from tests.conftest import ARTIFACTS, DATA_1M
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _fixed_ms(artifact: str, x: npt.NDArray[np.float32], threads: int, repeats: int) -> float:
+    assert artifact in bench_inputs() and repeats >= 20
+    return 2.0
+
+
+def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baseline() -> None:
+    result = bench_inference(
+        ARTIFACTS,
+        DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz",
+        symbols=2,
+        repeats=5,
+        eager=EagerBaseline("stand-in", _fixed_ms),
+    )
+    assert list(result) == [
+        "benchmark",
+        "machine",
+        "ort_vs_torch",
+        "per_signal_ms",
+        "components_voting_median",
+        "sources",
+        "burst",
+        "aim",
+    ]
+    assert result["machine"]["torch"] == "stand-in"
+    for name, row in result["ort_vs_torch"].items():
+        assert row["batch"] == bench_inputs()[name].shape[0]
+        assert row["torch_eager_ms"] == 2.0
+        # the ratio of the unrounded times; the printed ms are rounded to 3 decimals
+        assert row["speedup_ort_vs_torch"] == pytest.approx(2.0 / row["onnxruntime_ms"], rel=0.02, abs=0.01)
+    assert result["sources"] == {"ensemble": 5}
+    assert result["burst"]["signals"] == 2
+
+
+def test_bench_render_measures_every_renderer_against_its_baseline() -> None:
+    result = bench_render(repeats=2)
+    assert set(result["renderers"]) == {
+        "ohlc_chart",
+        "composite",
+        "candlestick_chart",
+        "gasf",
+        "gadf",
+        "recurrence_plot",
+    }
+    assert result["renderers"]["composite"]["shape"] == [3, 54, 72]
+    assert result["ratio_vs_mplfinance"] > 0
+    assert result["ratio_vs_pyts"] > 0
+    assert result["data"] == "bybit_linear_BTCUSDT_1m.csv.gz"
+
+
+def test_the_benchmarks_and_the_cli_start_without_torch_or_models() -> None:
+    probe = (
+        "import sys, inference.bench, service.cli; "
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m == 'models' or m.startswith('models.')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
