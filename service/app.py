@@ -27,32 +27,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 import uvicorn
-from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket
+from fastapi import Depends, FastAPI, Path, Query, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from inference.signal import BarRef, Signal
 from inference.signal_store import RedisSignalStore, SignalStore
-from service.errors import ErrorBody, NotReady, SignalUnavailable, Unauthorized, UnknownSymbol, install_error_handlers
+from service.auth import URL_KEY_PARAMS, ApiKeys, require_key
+from service.errors import ErrorBody, NotReady, SignalUnavailable, UnknownSymbol, install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
 from service.settings import ConfigError, Settings
 from service.signal_cache import (
@@ -64,74 +61,18 @@ from service.signal_cache import (
     SubscribableSignalStore,
     Unavailable,
 )
-from service.ws import URL_KEY_PARAMS, WsHub, WsLimits
+from service.state import ApiState, State
+from service.ws import WsHub, WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
 from streaming.redis_store import RedisStore
 
-__all__ = ["ApiKeys", "ApiServer", "ApiState", "api_state", "create_app", "server_config"]
+__all__ = ["ApiServer", "create_app", "server_config"]
 
 log = logging.getLogger(__name__)
 
 HISTORY_MAX = 1000
 _JSON = "application/json"
-
-
-class ApiKeys:
-    """The configured keys; compared in constant time."""
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode() for k in keys)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
-    def valid(self, key: str) -> bool:
-        candidate = key.encode()
-        return any(hmac.compare_digest(candidate, k) for k in self._keys)
-
-
-@dataclass(frozen=True)
-class ApiState:
-    """What the lifespan built, for the handlers."""
-
-    settings: Settings
-    store: SignalStore
-    cache: SignalCache
-    hub: WsHub
-    feed: SignalFeed
-    keys: ApiKeys
-    metrics: ApiMetrics
-    ping: Callable[[], Awaitable[Any]] | None  # Redis, when the API uses it
-
-
-async def api_state(conn: HTTPConnection) -> ApiState:
-    # async: FastAPI runs a plain ``def`` dependency in a worker thread, on every request.
-    state: ApiState = conn.state.api
-    return state
-
-
-State = Annotated[ApiState, Depends(api_state)]
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="Only when CANDLECAST_API_KEYS is set: `Authorization: Bearer <key>`. Never in the URL.",
-)
-
-
-async def require_key(
-    request: Request, state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    keys = state.keys
-    if not keys.enabled:
-        return
-    if not URL_KEY_PARAMS.isdisjoint(request.query_params.keys()):
-        raise Unauthorized("API keys are not accepted in the URL: send Authorization: Bearer <key>")
-    if credentials is None:
-        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    if not keys.valid(credentials.credentials):
-        raise Unauthorized("invalid API key")
 
 
 # --- OpenAPI: models and examples -------------------------------------------------------------------

@@ -62,7 +62,7 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_SLOW_CONSUMER = 1013
 
-URL_KEY_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token", "auth", "authorization"})
+
 _OPS = ("auth", "subscribe", "unsubscribe", "ping")
 
 MessageId = str | int | None
