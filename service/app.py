@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -39,18 +39,32 @@ import redis.exceptions as rex
 import uvicorn
 from fastapi import Depends, FastAPI, Path, Query, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.responses import Response
 
-from inference.signal import BarRef, Signal
 from inference.signal_store import RedisSignalStore, SignalStore
 from service.auth import URL_KEY_PARAMS, ApiKeys, require_key
-from service.errors import ErrorBody, NotReady, SignalUnavailable, UnknownSymbol, install_error_handlers
+from service.errors import NotReady, SignalUnavailable, UnknownSymbol, install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
+from service.schemas import (
+    DESCRIPTION,
+    HISTORY_OK,
+    INVALID,
+    JSON,
+    NOT_READY,
+    SIGNAL_OK,
+    SIGNAL_UNAVAILABLE,
+    SIGNALS_OK,
+    STORE_UNAVAILABLE,
+    UNAUTHORIZED,
+    UNKNOWN_SYMBOL,
+    Ready,
+    SignalHistory,
+    SignalsOverview,
+    keep_example_nulls,
+)
 from service.settings import ConfigError, Settings
 from service.signal_cache import (
     CachedSignal,
@@ -72,225 +86,6 @@ __all__ = ["ApiServer", "create_app", "server_config"]
 log = logging.getLogger(__name__)
 
 HISTORY_MAX = 1000
-_JSON = "application/json"
-
-
-# --- OpenAPI: models and examples -------------------------------------------------------------------
-
-_EXAMPLE_SIGNAL: dict[str, Any] = {
-    "symbol": "BTCUSDT",
-    "bar": {"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-    "produced_at": 1750000080000,
-    "produced_wall_ms": 1750000080420,
-    "direction": "long",
-    "score": 0.0812,
-    "p_up": 0.5406,
-    "confidence": 0.0812,
-    "agreement": 0.75,
-    "source": "ensemble",
-    "fallback_reason": None,
-    "components": [
-        {
-            "name": "tcn_1m",
-            "timeframe": "1",
-            "horizon": "next 1m bar",
-            "p_up": 0.55,
-            "weight": 1.0,
-            "version": "2026.11.20",
-            "provider": "CPUExecutionProvider",
-            "latency_ms": 0.41,
-            "status": "voted",
-            "reason": None,
-        },
-        {
-            "name": "tcn_60m",
-            "timeframe": "60",
-            "horizon": "next 60m bar",
-            "p_up": None,
-            "weight": 1.0,
-            "version": "2026.11.20",
-            "provider": "CPUExecutionProvider",
-            "latency_ms": None,
-            "status": "dropped",
-            "reason": "stale_window",
-        },
-    ],
-    "freshness": {
-        "last_bar_start": {"1": 1750000020000, "60": 1749996000000},
-        "book_state": "READY",
-        "book_age_ms": 112,
-    },
-    "latency_ms": {
-        "read": 0.9,
-        "render": 2.1,
-        "infer": 4.8,
-        "ensemble": 0.05,
-        "total": 8.2,
-        "bar_close_to_publish": 420.0,
-    },
-    "horizon": "next 1m bar; next 60m bar",
-}
-
-
-def _error_example(code: str, message: str, **details: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
-
-
-_UNAVAILABLE_EXAMPLES = {
-    "warming_up": {
-        "summary": "no signal yet",
-        "value": _error_example(
-            "signal_unavailable",
-            "no signal for BTCUSDT yet: the service is warming up",
-            symbol="BTCUSDT",
-            reason="warming_up",
-            retry_after_s=5,
-            exchange_time_ms=None,
-            max_age_ms=150000,
-            last_signal_bar=None,
-            age_ms=None,
-            no_signal=None,
-        ),
-    },
-    "no_signal": {
-        "summary": "the newest bars could not be signalled honestly",
-        "value": _error_example(
-            "signal_unavailable",
-            "no signal for BTCUSDT since the bar at 1750000140000: fallback_input:holed_window",
-            symbol="BTCUSDT",
-            reason="no_signal",
-            retry_after_s=30,
-            exchange_time_ms=1750000260000,
-            max_age_ms=150000,
-            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-            age_ms=180000,
-            no_signal={
-                "reason": "fallback_input:holed_window",
-                "detail": "tcn_1m: holed_window; fallback: holed_window",
-                "bar": {"interval": "1", "start": 1750000140000, "close_time": 1750000200000},
-                "produced_at": 1750000200000,
-            },
-        ),
-    },
-    "stale": {
-        "summary": "the latest signal is too old on the exchange clock",
-        "value": _error_example(
-            "signal_unavailable",
-            "the latest signal for BTCUSDT is older than 150000 ms on the exchange clock",
-            symbol="BTCUSDT",
-            reason="stale",
-            retry_after_s=30,
-            exchange_time_ms=1750000260000,
-            max_age_ms=150000,
-            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-            age_ms=180000,
-            no_signal=None,
-        ),
-    },
-}
-
-
-def _error(description: str, examples: dict[str, Any]) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description, "content": {_JSON: {"examples": examples}}}
-
-
-_UNKNOWN = _error(
-    "The symbol is not configured; `details.symbols` lists those that are.",
-    {
-        "unknown_symbol": {
-            "value": _error_example(
-                "unknown_symbol", "FOOUSDT is not served here", symbol="FOOUSDT", symbols=["BTCUSDT", "ETHUSDT"]
-            )
-        }
-    },
-)
-_UNAUTHORIZED = _error(
-    "API keys are on and the request has no valid `Authorization: Bearer <key>`.",
-    {"unauthorized": {"value": _error_example("unauthorized", "invalid API key")}},
-)
-_INVALID = _error(
-    "A parameter is out of range.",
-    {
-        "validation_error": {
-            "value": _error_example(
-                "validation_error",
-                "the request is not valid",
-                errors=[
-                    {
-                        "loc": ["query", "limit"],
-                        "message": "Input should be less than or equal to 1000",
-                        "type": "less_than_equal",
-                    }
-                ],
-            )
-        }
-    },
-)
-
-
-class NoSignalInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    reason: str
-    detail: str
-    bar: BarRef
-    produced_at: int
-
-
-class SymbolSignal(BaseModel):
-    """A symbol in ``GET /signals``: its servable signal, or why there is none."""
-
-    model_config = ConfigDict(frozen=True)
-
-    available: bool
-    signal: Signal | None = None
-    reason: Literal["warming_up", "no_signal", "stale"] | None = None
-    message: str | None = None
-    retry_after_s: int | None = None
-    age_ms: int | None = None
-    last_signal_bar: BarRef | None = None
-    no_signal: NoSignalInfo | None = None
-
-
-class SignalsOverview(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    exchange_time_ms: int | None
-    max_age_ms: int
-    symbols: dict[str, SymbolSignal]
-
-
-class SignalHistory(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    symbol: str
-    count: int
-    signals: list[Signal]
-
-
-class Ready(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    status: Literal["ready"]
-    checks: dict[str, Any]
-
-
-_DESCRIPTION = """
-Live trading signals for Bybit linear perpetuals. One signal per symbol per close of the finest bar,
-from an ensemble of ONNX models (or a transparent momentum fallback, which the signal says).
-
-**Freshness** is judged on the exchange clock: a signal is served while it is at most two finest bars
-plus a grace old; otherwise `503` with the reason (`warming_up`, `no_signal`, `stale`) and a
-`Retry-After`. A signal is never invented.
-
-**WebSocket** `/ws`: send `{"op":"subscribe","symbols":["BTCUSDT"]}`; get an ack, the last signal of
-each symbol, then every new one. `{"op":"unsubscribe",...}`, `{"op":"ping"}` → `pong`. Errors come
-as `{"op":"error","error":{...}}` frames and keep the connection. A client whose send queue fills up is
-closed with 1013; a missing or bad key closes with 1008.
-
-**Keys** (when configured): `Authorization: Bearer <key>`, or for WebSockets the first message
-`{"op":"auth","key":"..."}`. Never in the URL.
-"""
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -380,7 +175,7 @@ def create_app(
         title="candlecast",
         version="0.1.0",
         summary="Live trading signals for Bybit linear perpetuals",
-        description=_DESCRIPTION,
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -395,38 +190,8 @@ def create_app(
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_signal_routes(app, keys.enabled)
     _add_ops_routes(app, metrics_route=not settings.api_metrics_port)
-    _keep_example_nulls(app)
+    keep_example_nulls(app)
     return app
-
-
-def _keep_example_nulls(app: FastAPI) -> None:
-    """FastAPI drops every ``null`` from the OpenAPI document, examples included, which would make
-    the documented signal invalid (``fallback_reason`` is required, and null when no fallback):
-    put the examples back as written."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        first = app.openapi_schema is None
-        schema = generate()
-        if first:
-            for route in app.routes:
-                if not isinstance(route, APIRoute):
-                    continue
-                for method in route.methods or ():
-                    operation = schema["paths"].get(route.path_format, {}).get(method.lower())
-                    if operation is None:
-                        continue
-                    for status, spec in route.responses.items():
-                        for media, content in spec.get("content", {}).items():
-                            target = operation["responses"].get(str(status), {}).get("content", {}).get(media)
-                            if target is None:
-                                continue
-                            for field in ("example", "examples"):
-                                if field in content:
-                                    target[field] = content[field]
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _detach_freshness(metrics: ApiMetrics) -> None:
@@ -455,7 +220,7 @@ SymbolPath = Annotated[
 def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
     # Without keys, no auth dependency at all: nothing to pay per request, nothing claimed in OpenAPI.
     keyed = [Depends(require_key)] if keys_enabled else []
-    unauthorized: dict[int | str, dict[str, Any]] = {401: _UNAUTHORIZED} if keys_enabled else {}
+    unauthorized: dict[int | str, dict[str, Any]] = {401: UNAUTHORIZED} if keys_enabled else {}
 
     @app.get(
         "/signal/{symbol}",
@@ -463,17 +228,10 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         summary="The latest signal of a symbol",
         dependencies=keyed,
         responses={
-            200: {
-                "model": Signal,
-                "description": "The latest signal, exactly as the worker published it.",
-                "content": {_JSON: {"example": _EXAMPLE_SIGNAL}},
-            },
+            200: SIGNAL_OK,
             **unauthorized,
-            404: _UNKNOWN,
-            503: {
-                **_error("No servable signal; see `details.reason`. Sent with `Retry-After`.", _UNAVAILABLE_EXAMPLES),
-                "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
-            },
+            404: UNKNOWN_SYMBOL,
+            503: SIGNAL_UNAVAILABLE,
         },
     )
     async def get_signal(symbol: SymbolPath, state: State) -> Response:
@@ -483,7 +241,7 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         answer = state.cache.status(_symbol(state, symbol))
         if isinstance(answer, Unavailable):
             raise _unavailable(answer)
-        return Response(answer.raw, media_type=_JSON, headers={"Cache-Control": "no-store"})
+        return Response(answer.raw, media_type=JSON, headers={"Cache-Control": "no-store"})
 
     @app.get(
         "/signals",
@@ -492,28 +250,7 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         dependencies=keyed,
         response_model=SignalsOverview,
         responses={
-            200: {
-                "content": {
-                    _JSON: {
-                        "example": {
-                            "exchange_time_ms": 1750000080000,
-                            "max_age_ms": 150000,
-                            "symbols": {
-                                "BTCUSDT": {"available": True, "signal": _EXAMPLE_SIGNAL},
-                                "ETHUSDT": {
-                                    "available": False,
-                                    "reason": "warming_up",
-                                    "message": "no signal for ETHUSDT yet: the service is warming up",
-                                    "retry_after_s": 5,
-                                    "age_ms": None,
-                                    "last_signal_bar": None,
-                                    "no_signal": None,
-                                },
-                            },
-                        }
-                    }
-                }
-            },
+            200: SIGNALS_OK,
             **unauthorized,
         },
     )
@@ -536,7 +273,7 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
                     "no_signal": d["no_signal"],
                 }
         body = {"exchange_time_ms": cache.now_ms(), "max_age_ms": cache.max_age_ms, "symbols": symbols}
-        return Response(orjson.dumps(body), media_type=_JSON, headers={"Cache-Control": "no-store"})
+        return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})
 
     @app.get(
         "/signal/{symbol}/history",
@@ -545,18 +282,11 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         dependencies=keyed,
         response_model=SignalHistory,
         responses={
-            200: {"content": {_JSON: {"example": {"symbol": "BTCUSDT", "count": 1, "signals": [_EXAMPLE_SIGNAL]}}}},
+            200: HISTORY_OK,
             **unauthorized,
-            404: _UNKNOWN,
-            422: _INVALID,
-            503: _error(
-                "The signal store cannot be reached.",
-                {
-                    "store_unavailable": {
-                        "value": _error_example("store_unavailable", "the signal store is unavailable")
-                    }
-                },
-            ),
+            404: UNKNOWN_SYMBOL,
+            422: INVALID,
+            503: STORE_UNAVAILABLE,
         },
     )
     async def get_history(
@@ -567,7 +297,7 @@ def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         name = _symbol(state, symbol)
         signals = await state.store.history(name, limit)
         body = {"symbol": name, "count": len(signals), "signals": signals}
-        return Response(orjson.dumps(body), media_type=_JSON)
+        return Response(orjson.dumps(body), media_type=JSON)
 
     @app.websocket("/ws")
     async def ws_endpoint(websocket: WebSocket, state: State) -> None:
@@ -590,21 +320,7 @@ def _add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
         tags=["operations"],
         summary="Ready to serve: Redis reachable, data flowing, signals fresh",
         response_model=Ready,
-        responses={
-            503: _error(
-                "Not ready; `details.reasons` says why.",
-                {
-                    "not_ready": {
-                        "value": _error_example(
-                            "not_ready",
-                            "not ready: redis_unreachable, signal_feed_down",
-                            reasons=["redis_unreachable", "signal_feed_down"],
-                            checks={"redis": "unreachable", "signal_feed": "down"},
-                        )
-                    }
-                },
-            )
-        },
+        responses={503: NOT_READY},
     )
     async def readyz(state: State) -> dict[str, Any]:
         """Reasons: `redis_unreachable`, `signal_feed_down` (not subscribed and primed), `no_data`
