@@ -28,14 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 import uvicorn
 from fastapi import Depends, FastAPI, Path, Query, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
@@ -46,8 +44,9 @@ from starlette.responses import Response
 
 from inference.signal_store import RedisSignalStore, SignalStore
 from service.auth import URL_KEY_PARAMS, ApiKeys, require_key
-from service.errors import NotReady, SignalUnavailable, UnknownSymbol, install_error_handlers
+from service.errors import SignalUnavailable, UnknownSymbol, install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
+from service.readiness import readiness
 from service.schemas import (
     DESCRIPTION,
     HISTORY_OK,
@@ -329,7 +328,7 @@ def _add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
         moved for CANDLECAST_API_READY_MAX_STALL_S), `no_fresh_signals` (no symbol servable). Symbols
         without a servable signal are listed in `checks.signals.unavailable` either way: one symbol
         warming up does not take the replica out of a load balancer."""
-        return await _readiness(state)
+        return await readiness(state)
 
     if not metrics_route:
         return  # served on their own port (service.parts.serve_metrics), not beside the signals
@@ -343,50 +342,6 @@ def _add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
     )
     async def prometheus_metrics(state: State) -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _readiness(state: ApiState) -> dict[str, Any]:
-    settings, cache = state.settings, state.cache
-    reasons: list[str] = []
-    checks: dict[str, Any] = {}
-    if state.ping is None:
-        checks["redis"] = "not_used"
-    else:
-        try:
-            async with asyncio.timeout(1.0):
-                await state.ping()
-            checks["redis"] = "ok"
-        except (TimeoutError, rex.RedisError, OSError):
-            checks["redis"] = "unreachable"
-            reasons.append("redis_unreachable")
-    checks["signal_feed"] = "up" if state.feed.up else "down"
-    if not state.feed.up:
-        reasons.append("signal_feed_down")
-    now = cache.now_ms()
-    checks["exchange_time_ms"] = now
-    if now is None:
-        reasons.append("no_data")
-    else:
-        lag_s = time.time() - now / 1000.0
-        checks["data_lag_s"] = round(lag_s, 3)
-        if settings.api_ready_max_lag_s > 0 and lag_s > settings.api_ready_max_lag_s:
-            reasons.append("data_behind_wall_clock")
-        stall_s = cache.seconds_since_advance()
-        checks["data_stall_s"] = None if stall_s is None else round(stall_s, 3)
-        if settings.api_ready_max_stall_s > 0 and stall_s is not None and stall_s > settings.api_ready_max_stall_s:
-            reasons.append("data_stalled")
-    unavailable: dict[str, str] = {}
-    for s in cache.symbols:
-        answer = cache.status(s)
-        if isinstance(answer, Unavailable):
-            unavailable[s] = answer.reason
-    fresh = len(cache.symbols) - len(unavailable)
-    checks["signals"] = {"fresh": fresh, "configured": len(cache.symbols), "unavailable": unavailable}
-    if fresh == 0:
-        reasons.append("no_fresh_signals")
-    if reasons:
-        raise NotReady("not ready: " + ", ".join(reasons), details={"reasons": reasons, "checks": checks})
-    return {"status": "ready", "checks": checks}
 
 
 def server_config(
