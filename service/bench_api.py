@@ -60,7 +60,8 @@ def _serve(port_pipe: Any) -> None:
     from fastapi import Response
 
     from inference.signal_store import MemorySignalStore
-    from service.app import create_app, server_config
+    from service.app import create_app
+    from service.server import server_config
     from service.settings import load_settings
 
     async def main() -> None:

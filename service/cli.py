@@ -325,7 +325,8 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _cmd_api(args: argparse.Namespace) -> int:
-    from service.app import ApiServer, create_app, server_config  # FastAPI and uvicorn: serving commands only
+    from service.app import create_app  # FastAPI and uvicorn: serving commands only
+    from service.server import ApiServer, server_config
 
     settings = load_settings()
     if settings.redis_url is None:

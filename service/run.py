@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import EventSource, MemoryEventSource, Worker, WorkerConfig
-from service.app import create_app, server_config
+from service.app import create_app
 from service.parts import model_registry, open_store, redis_worker_io, serve_metrics
+from service.server import server_config
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics

@@ -22,7 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from inference.runtime import CPU
 from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLatency
 from inference.signal_store import RedisSignalStore
-from service.app import ApiServer, create_app, server_config
+from service.app import create_app
+from service.server import ApiServer, server_config
 from service.settings import Settings, load_settings
 from tests.helpers import eventually
 
