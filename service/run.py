@@ -13,7 +13,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from inference.metrics import WorkerMetrics
@@ -21,24 +20,17 @@ from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import EventSource, MemoryEventSource, Worker, WorkerConfig
 from service.app import create_app
 from service.parts import model_registry, open_store, redis_worker_io, serve_metrics
-from service.server import server_config
+from service.server import ApiServer, server_config
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
 from streaming.simulator import ExchangeSimulator, SimulatorConfig
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["run_service"]
 
-log = logging.getLogger("candlecast")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: this process's owner decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
+log = logging.getLogger(__name__)
 
 
 async def run_service(
@@ -87,7 +79,7 @@ async def run_service(
         models = model_registry(settings, worker_metrics)
         worker = Worker(worker_config, store, events, signals, models, worker_metrics)
         app = create_app(settings, signal_store=memory_signals, registry=registry, exchange_clock=ingestor.clock)
-        server = _Server(server_config(app, settings))
+        server = ApiServer(server_config(app, settings))
         serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
 
         await models.load()
@@ -99,37 +91,32 @@ async def run_service(
             )
             print(f"model {c.spec.name:18s} {c.spec.horizon:14s} {state}", flush=True)
         print(f"ingesting {', '.join(ingest.symbols)} from {ingest.ws_url} into {where}", flush=True)
-        tasks = [
-            asyncio.create_task(ingestor.run(), name="ingestor"),
-            asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(server.serve(), name="api"),
-            asyncio.create_task(_announce(server, signals, settings, bound), name="console"),
-        ]
+        tasks = TaskSupervisor("run")
+        tasks.spawn(ingestor.run(), "ingestor")
+        tasks.spawn(worker.run(), "worker")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await server.start()
+            tasks.spawn(server.wait(), "api")
+            tasks.spawn(_announce(server.url, signals, settings, bound), "console")
+            # Until one part fails (the console ends by itself once every symbol has signalled).
+            done, _ = await asyncio.wait(list(tasks), return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None:
+                    raise exc
         finally:
-            server.should_exit = True
-            for task in reversed(tasks):  # console, api, worker, ingestor
-                if task.get_name() != "api":
-                    task.cancel()
-            await asyncio.wait(tasks, timeout=10)
+            await server.close()  # the API first: no request sees a half-stopped service
+            await tasks.cancel_all(10.0)
             print("stopped", flush=True)
 
 
 async def _announce(
-    server: uvicorn.Server,
+    url: str,
     signals: RedisSignalStore | MemorySignalStore,
     settings: Settings,
     bound: asyncio.Future[str] | None,
 ) -> None:
     """A readable console: where the API listens, then the first signal of each symbol."""
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.05)
-    host, port = next(s for srv in server.servers for s in srv.sockets).getsockname()[:2]
-    url = f"http://{host}:{port}"
     symbols = settings.symbols
     metrics = f"http://{settings.metrics_host}:{settings.api_metrics_port}" if settings.api_metrics_port else url
     print(
