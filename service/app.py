@@ -44,7 +44,8 @@ from service.metrics import ApiMetrics, RequestMetricsMiddleware
 from service.routes import add_ops_routes, add_signal_routes
 from service.schemas import DESCRIPTION, keep_example_nulls
 from service.settings import ConfigError, Settings
-from service.signal_cache import RedisSignalFeed, SignalCache, SignalFeed, StoreSignalFeed, SubscribableSignalStore
+from service.signal_cache import SignalCache
+from service.signal_feed import RedisSignalFeed, SignalFeed, StoreSignalFeed, SubscribableSignalStore
 from service.state import ApiState
 from service.ws import WsHub, WsLimits
 from streaming.backoff import Backoff
@@ -112,7 +113,6 @@ def create_app(
                 store = redis_store
                 feed = RedisSignalFeed(
                     redis_store,
-                    client,
                     subscriber,
                     cache,
                     metrics,

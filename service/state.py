@@ -16,7 +16,8 @@ from starlette.requests import HTTPConnection
 from inference.signal_store import SignalStore
 from service.metrics import ApiMetrics
 from service.settings import Settings
-from service.signal_cache import SignalCache, SignalFeed
+from service.signal_cache import SignalCache
+from service.signal_feed import SignalFeed
 from service.ws import WsHub
 
 if TYPE_CHECKING:
