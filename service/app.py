@@ -5,7 +5,7 @@ Routes (JSON; errors in the one shape of :mod:`service.errors`)::
     GET /signal/{symbol}            the latest signal (404 unknown symbol, 503 + Retry-After: none servable)
     GET /signals                    every configured symbol: its signal, or why there is none
     GET /signal/{symbol}/history    newest first from the audit stream, ?limit=1..1000 (default 100)
-    WS  /ws                         subscriptions (protocol in :mod:`service.ws`)
+    WS  /ws                         subscriptions (protocol in :mod:`service.ws_protocol`)
     GET /healthz                    the process answers
     GET /readyz                     Redis reachable, data flowing, signals fresh (503 with the reasons)
     GET /metrics                    Prometheus text
@@ -47,7 +47,8 @@ from service.settings import ConfigError, Settings
 from service.signal_cache import SignalCache
 from service.signal_feed import RedisSignalFeed, SignalFeed, StoreSignalFeed, SubscribableSignalStore
 from service.state import ApiState
-from service.ws import WsHub, WsLimits
+from service.ws import WsHub
+from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
 from streaming.redis_store import RedisStore

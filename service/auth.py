@@ -2,7 +2,7 @@
 
 When keys are set, ``/signal*`` and ``/ws`` need ``Authorization: Bearer <key>``; a key in the URL
 (any of :data:`URL_KEY_PARAMS`) is refused even when valid, because URLs end up in logs. Keys are
-compared in constant time. The WebSocket's first-message ``auth`` is the hub's (:mod:`service.ws`).
+compared in constant time. The WebSocket's first-message ``auth`` is :mod:`service.ws_protocol`'s.
 """
 
 from __future__ import annotations
