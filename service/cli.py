@@ -422,7 +422,7 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bench_api(args: argparse.Namespace) -> int:
-    from service.bench_api import bench_api
+    from service.bench import bench_api
 
     result = await asyncio.to_thread(bench_api, args.connections, args.seconds, args.subscribers, args.publishes)
     _print_json(result)
