@@ -43,7 +43,7 @@ from service.errors import install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
 from service.routes import add_ops_routes, add_signal_routes
 from service.schemas import DESCRIPTION, keep_example_nulls
-from service.settings import ConfigError, Settings
+from service.settings import Settings
 from service.signal_cache import SignalCache
 from service.signal_feed import RedisSignalFeed, SignalFeed, StoreSignalFeed, SubscribableSignalStore
 from service.state import ApiState
@@ -53,9 +53,11 @@ from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
 from streaming.redis_store import RedisStore
 
-__all__ = ["create_app"]
+__all__ = ["API_NEEDS_REDIS", "create_app"]
 
 log = logging.getLogger(__name__)
+
+API_NEEDS_REDIS = "the API serves the signals workers write to Redis"
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -76,11 +78,7 @@ def create_app(
     worker's metrics live on to see them too. ``exchange_clock``: an in-process ingestor's clock,
     which moves the API's exchange time even between signals.
     """
-    if signal_store is None and settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
-            "(e.g. redis://127.0.0.1:6379/0)"
-        )
+    redis_url = settings.require_redis(API_NEEDS_REDIS) if signal_store is None else None
     metrics = ApiMetrics(registry)
     keys = ApiKeys(k.get_secret_value() for k in settings.api_keys)
     limits = WsLimits(
@@ -99,13 +97,13 @@ def create_app(
             feed: SignalFeed
             ping: Callable[[], Awaitable[Any]] | None = None
             if signal_store is None:
-                assert settings.redis_url is not None
-                client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+                assert redis_url is not None  # required above
+                client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
                 stack.push_async_callback(client.aclose)
                 # No retries on the subscription's client: redis-py would reconnect and resubscribe
                 # silently, and the feed must know, to re-read what it missed meanwhile.
                 subscriber = aioredis.Redis.from_url(
-                    settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+                    redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
                 )
                 stack.push_async_callback(subscriber.aclose)
                 redis_store = RedisSignalStore(

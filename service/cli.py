@@ -297,16 +297,14 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the worker reads windows and events from Redis and shares them with other "
-            "workers; set it (e.g. redis://127.0.0.1:6379/0)"
-        )
+    redis_url = settings.require_redis(
+        "the worker reads windows and events from Redis and shares them with other workers"
+    )
     metrics = WorkerMetrics()
     models = model_registry(settings, metrics)
     store = open_store(settings)
     assert isinstance(store, RedisStore)  # redis_url is set
-    _, signals, events, consumer = redis_worker_io(settings, store, settings.redis_url)
+    _, signals, events, consumer = redis_worker_io(settings, store, redis_url)
     worker = Worker(worker_config(settings), store, events, signals, models, metrics)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -325,15 +323,11 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _cmd_api(args: argparse.Namespace) -> int:
-    from service.app import create_app  # FastAPI and uvicorn: serving commands only
+    from service.app import API_NEEDS_REDIS, create_app  # FastAPI and uvicorn: serving commands only
     from service.server import ApiServer, server_config
 
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
-            "(e.g. redis://127.0.0.1:6379/0), or use `candlecast run` for everything in one process"
-        )
+    settings.require_redis(API_NEEDS_REDIS + " (or use `candlecast run` for everything in one process)")
     registry = CollectorRegistry()
     server = ApiServer(server_config(create_app(settings, registry=registry), settings, host=args.host, port=args.port))
     async with contextlib.AsyncExitStack() as stack:
@@ -363,8 +357,7 @@ async def _cmd_record(args: argparse.Namespace) -> int:
 
 async def _cmd_inspect(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError("CANDLECAST_REDIS_URL: inspect reads the Redis store; set it (e.g. redis://127.0.0.1:6379/0)")
+    settings.require_redis("inspect reads the Redis store")
     store = open_store(settings)
     try:
         report = await inspect_symbol(store, args.symbol, settings, bars=args.bars)
