@@ -175,7 +175,7 @@ def add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
         return await readiness(state)
 
     if not metrics_route:
-        return  # served on their own port (service.parts.serve_metrics), not beside the signals
+        return  # served on their own port (service.compose.serve_metrics), not beside the signals
 
     @app.get(
         "/metrics",
