@@ -37,6 +37,7 @@ __all__ = [
     "error_example",
     "error_response",
     "keep_example_nulls",
+    "one_error",
 ]
 
 JSON = "application/json"
@@ -158,37 +159,28 @@ def error_response(description: str, examples: dict[str, Any]) -> dict[str, Any]
     return {"model": ErrorBody, "description": description, "content": {JSON: {"examples": examples}}}
 
 
-UNKNOWN_SYMBOL = error_response(
+def one_error(description: str, code: str, message: str, **details: Any) -> dict[str, Any]:
+    """An error response documented by a single example, named after its code."""
+    return error_response(description, {code: {"value": error_example(code, message, **details)}})
+
+
+UNKNOWN_SYMBOL = one_error(
     "The symbol is not configured; `details.symbols` lists those that are.",
-    {
-        "unknown_symbol": {
-            "value": error_example(
-                "unknown_symbol", "FOOUSDT is not served here", symbol="FOOUSDT", symbols=["BTCUSDT", "ETHUSDT"]
-            )
-        }
-    },
+    "unknown_symbol",
+    "FOOUSDT is not served here",
+    symbol="FOOUSDT",
+    symbols=["BTCUSDT", "ETHUSDT"],
 )
-UNAUTHORIZED = error_response(
-    "API keys are on and the request has no valid `Authorization: Bearer <key>`.",
-    {"unauthorized": {"value": error_example("unauthorized", "invalid API key")}},
+UNAUTHORIZED = one_error(
+    "API keys are on and the request has no valid `Authorization: Bearer <key>`.", "unauthorized", "invalid API key"
 )
-INVALID = error_response(
+INVALID = one_error(
     "A parameter is out of range.",
-    {
-        "validation_error": {
-            "value": error_example(
-                "validation_error",
-                "the request is not valid",
-                errors=[
-                    {
-                        "loc": ["query", "limit"],
-                        "message": "Input should be less than or equal to 1000",
-                        "type": "less_than_equal",
-                    }
-                ],
-            )
-        }
-    },
+    "validation_error",
+    "the request is not valid",
+    errors=[
+        {"loc": ["query", "limit"], "message": "Input should be less than or equal to 1000", "type": "less_than_equal"}
+    ],
 )
 
 
@@ -293,22 +285,15 @@ SIGNALS_OK: dict[str, Any] = {
 HISTORY_OK: dict[str, Any] = {
     "content": {JSON: {"example": {"symbol": "BTCUSDT", "count": 1, "signals": [EXAMPLE_SIGNAL]}}}
 }
-STORE_UNAVAILABLE = error_response(
-    "The signal store cannot be reached.",
-    {"store_unavailable": {"value": error_example("store_unavailable", "the signal store is unavailable")}},
+STORE_UNAVAILABLE = one_error(
+    "The signal store cannot be reached.", "store_unavailable", "the signal store is unavailable"
 )
-NOT_READY = error_response(
+NOT_READY = one_error(
     "Not ready; `details.reasons` says why.",
-    {
-        "not_ready": {
-            "value": error_example(
-                "not_ready",
-                "not ready: redis_unreachable, signal_feed_down",
-                reasons=["redis_unreachable", "signal_feed_down"],
-                checks={"redis": "unreachable", "signal_feed": "down"},
-            )
-        }
-    },
+    "not_ready",
+    "not ready: redis_unreachable, signal_feed_down",
+    reasons=["redis_unreachable", "signal_feed_down"],
+    checks={"redis": "unreachable", "signal_feed": "down"},
 )
 
 
