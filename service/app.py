@@ -26,6 +26,7 @@ their own (``CANDLECAST_API_METRICS_PORT``), as docker-compose.yml does.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -69,6 +70,7 @@ def create_app(
     signal_store: SubscribableSignalStore | None = None,
     registry: CollectorRegistry | None = None,
     exchange_clock: ExchangeClock | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The API for ``settings``.
 
@@ -76,7 +78,8 @@ def create_app(
     single-process run) instead of Redis; the caller owns and closes it. ``registry``: the API's
     metrics go there and ``/metrics`` exposes all of it, so pass the registry the ingestor's and the
     worker's metrics live on to see them too. ``exchange_clock``: an in-process ingestor's clock,
-    which moves the API's exchange time even between signals.
+    which moves the API's exchange time even between signals. ``monotonic``: the clock readiness
+    measures a stalled feed with (tests pass one they move by hand).
     """
     redis_url = settings.require_redis(API_NEEDS_REDIS) if signal_store is None else None
     metrics = ApiMetrics(registry)
@@ -92,7 +95,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            cache = SignalCache(settings.symbols, finest, settings.api_signal_grace_s, external_clock=exchange_clock)
+            cache = SignalCache(
+                settings.symbols,
+                finest,
+                settings.api_signal_grace_s,
+                external_clock=exchange_clock,
+                monotonic=monotonic,
+            )
             store: SignalStore
             feed: SignalFeed
             ping: Callable[[], Awaitable[Any]] | None = None
