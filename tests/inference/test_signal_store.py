@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 
 from inference.signal import BarRef, NoSignal
 from inference.signal_store import MemorySignalStore, RedisSignalStore
-from tests.service.test_api_kit import MINUTE, T0, make_signal, redis_signals, unique_prefix
+from tests.service.kit import MINUTE, T0, make_signal, redis_signals, unique_prefix
 
 
 def _no_signal(start: int, symbol: str) -> NoSignal:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     T0,
     api_settings,
     make_signal,

@@ -21,7 +21,7 @@ from service.signal_feed import RedisSignalFeed
 from streaming.backoff import Backoff
 from tests.helpers import eventually
 from tests.redis_server import RedisServer
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     T0,
     Api,

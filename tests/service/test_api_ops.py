@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference.metrics import WorkerMetrics
 from streaming.metrics import IngestMetrics
 from tests.helpers import eventually
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     T0,
     Api,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from inference.signal import BarRef, NoSignal
 from service.signal_cache import CachedSignal, SignalCache, Unavailable
 from streaming.clock import ExchangeClock
-from tests.service.test_api_kit import MINUTE, T0, make_signal
+from tests.service.kit import MINUTE, T0, make_signal
 
 
 def _cache(

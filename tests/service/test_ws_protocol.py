@@ -9,7 +9,7 @@ import orjson
 from inference.signal import BarRef, NoSignal
 from service.signal_cache import SignalCache
 from service.ws_protocol import CLOSE_POLICY, Close, Reply, Subscribed, Unsubscribed, WsLimits, WsSession
-from tests.service.test_api_kit import MINUTE, SYMBOLS, T0, make_signal
+from tests.service.kit import MINUTE, SYMBOLS, T0, make_signal
 
 
 def _session(cache: SignalCache | None = None, *, keys: bool = False, **limits: Any) -> WsSession:
