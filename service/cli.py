@@ -28,7 +28,7 @@ from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.simulator import ExchangeSimulator, SimulatorConfig
 
-log = logging.getLogger("candlecast")
+log = logging.getLogger(__name__)
 
 DEFAULT_REPLAY = [
     "../shared/data/klines_1m/bybit_linear_BTCUSDT_1m.csv.gz",
