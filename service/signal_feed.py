@@ -56,11 +56,50 @@ class SignalFeed(Protocol):
     async def close(self) -> None: ...
 
 
+class _Feed:
+    """What both feeds share: the cache they fill, their tasks, and whether they are up."""
+
+    def __init__(self, cache: SignalCache, metrics: ApiMetrics, resync_s: float, close_timeout_s: float) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._resync_s = resync_s
+        self._tasks = TaskSupervisor("signal feed")
+        self._close_timeout_s = close_timeout_s
+        self._up = False
+
+    @property
+    def up(self) -> bool:
+        """Subscribed and primed: the cache follows the store."""
+        return self._up
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up
+        self._metrics.feed_up.set(1 if up else 0)
+
+    async def close(self) -> None:
+        await self._tasks.cancel_all(self._close_timeout_s)
+        self._set_up(False)
+
+    def _prime(self, snapshot: SignalSnapshot) -> None:
+        """Offer the cache what the store holds; the cache keeps only what moves it forward."""
+        for entry in snapshot.symbols:
+            if entry.signal is not None:
+                try:
+                    if self._cache.offer_json(entry.signal) is not None:
+                        self._metrics.signal_updates.labels("prime").inc()
+                except SignalFormatError as exc:
+                    self._metrics.feed_errors.labels("bad_message").inc()
+                    log.warning("%s: the stored latest signal is unreadable: %s", entry.symbol, exc)
+            self._cache.set_no_signal(entry.symbol, entry.no_signal)
+
+
 class _FeedStalled(Exception):
     """The pub/sub connection answers nothing (no subscribe confirmation, no pong)."""
 
 
-class RedisSignalFeed:
+class RedisSignalFeed(_Feed):
+    """Feeds the cache from Redis: pub/sub for every new signal, the store's snapshot to prime."""
+
     def __init__(
         self,
         store: RedisSignalStore,
@@ -77,33 +116,16 @@ class RedisSignalFeed:
         """The store's snapshot runs the prime; ``subscriber`` is a client of its own for the
         subscription, built WITHOUT retries so a lost connection surfaces here. ``events_key``: the
         ingestor's bar-closed stream, whose newest event moves the exchange clock on every prime."""
+        super().__init__(cache, metrics, resync_s, close_timeout_s)
         self._store = store
         self._subscriber = subscriber
-        self._cache = cache
-        self._metrics = metrics
-        self._resync_s = resync_s
         self._backoff = backoff or Backoff(0.1, 5.0)
         self._ping_s = ping_s
         self._events_key = events_key
-        self._tasks = TaskSupervisor("signal feed")
-        self._close_timeout_s = close_timeout_s
-        self._up = False
         self._ever_up = False
-
-    @property
-    def up(self) -> bool:
-        return self._up
 
     async def start(self) -> None:
         self._tasks.spawn(self._run(), "api-signal-feed")
-
-    async def close(self) -> None:
-        await self._tasks.cancel_all(self._close_timeout_s)
-        self._set_up(False)
-
-    def _set_up(self, up: bool) -> None:
-        self._up = up
-        self._metrics.feed_up.set(1 if up else 0)
 
     async def _run(self) -> None:
         while True:
@@ -178,15 +200,15 @@ class RedisSignalFeed:
     async def prime(self) -> None:
         """Read every configured symbol's latest signal and no-signal record in one round trip."""
         snapshot = await self._store.snapshot(self._cache.symbols, events_key=self._events_key)
-        _prime(self._cache, self._metrics, snapshot)
+        self._prime(snapshot)
         # The ingestor's newest bar-closed event moves the exchange clock even when no worker runs,
         # so a dead worker's last signal turns stale instead of being served forever.
         if snapshot.newest_bar_close_ms is not None:
             self._cache.observe(snapshot.newest_bar_close_ms)
 
 
-class StoreSignalFeed:
-    """Feeds the cache from an in-process store (``subscribe()`` + ``latest()`` / ``no_signal()``)."""
+class StoreSignalFeed(_Feed):
+    """Feeds the cache from an in-process store (``subscribe()`` + ``snapshot()``)."""
 
     def __init__(
         self,
@@ -197,17 +219,8 @@ class StoreSignalFeed:
         resync_s: float = 5.0,
         close_timeout_s: float = 5.0,
     ) -> None:
+        super().__init__(cache, metrics, resync_s, close_timeout_s)
         self._store = store
-        self._cache = cache
-        self._metrics = metrics
-        self._resync_s = resync_s
-        self._tasks = TaskSupervisor("signal feed")
-        self._close_timeout_s = close_timeout_s
-        self._up = False
-
-    @property
-    def up(self) -> bool:
-        return self._up
 
     async def start(self) -> None:
         self._tasks.spawn(self._consume(), "api-signal-feed")
@@ -216,13 +229,7 @@ class StoreSignalFeed:
         await asyncio.sleep(0)
         await self.prime()
         self._tasks.spawn(self._resync(), "api-signal-resync")
-        self._up = True
-        self._metrics.feed_up.set(1)
-
-    async def close(self) -> None:
-        await self._tasks.cancel_all(self._close_timeout_s)
-        self._up = False
-        self._metrics.feed_up.set(0)
+        self._set_up(True)
 
     async def _consume(self) -> None:
         async for signal in self._store.subscribe():
@@ -238,17 +245,4 @@ class StoreSignalFeed:
                 log.warning("re-reading the signal store failed: %s", exc)
 
     async def prime(self) -> None:
-        _prime(self._cache, self._metrics, await self._store.snapshot(self._cache.symbols))
-
-
-def _prime(cache: SignalCache, metrics: ApiMetrics, snapshot: SignalSnapshot) -> None:
-    """Offer the cache what the store holds; the cache keeps only what moves it forward."""
-    for entry in snapshot.symbols:
-        if entry.signal is not None:
-            try:
-                if cache.offer_json(entry.signal) is not None:
-                    metrics.signal_updates.labels("prime").inc()
-            except SignalFormatError as exc:
-                metrics.feed_errors.labels("bad_message").inc()
-                log.warning("%s: the stored latest signal is unreadable: %s", entry.symbol, exc)
-        cache.set_no_signal(entry.symbol, entry.no_signal)
+        self._prime(await self._store.snapshot(self._cache.symbols))
