@@ -1,6 +1,6 @@
 """The signal API: ``create_app(settings)`` builds it; the lifespan owns everything it runs.
 
-Routes (JSON; errors in the one shape of :mod:`service.errors`)::
+Routes (:mod:`service.routes`; JSON, errors in the one shape of :mod:`service.errors`)::
 
     GET /signal/{symbol}            the latest signal (404 unknown symbol, 503 + Retry-After: none servable)
     GET /signals                    every configured symbol: its signal, or why there is none
@@ -12,10 +12,10 @@ Routes (JSON; errors in the one shape of :mod:`service.errors`)::
     GET /docs, /openapi.json        OpenAPI
 
 The lifespan creates the Redis clients, the signal cache and its feed, and the WebSocket hub; handlers
-reach them through :func:`api_state` (a dependency), never through module globals. On shutdown it
+reach them through :func:`service.state.api_state` (a dependency), never through module globals. On shutdown it
 closes WebSockets (1001), stops the feed (its tasks cancelled with a timeout), then the clients.
 
-API keys (``CANDLECAST_API_KEYS``): when set, ``/signal*`` and ``/ws`` need
+API keys (``CANDLECAST_API_KEYS``, :mod:`service.auth`): when set, ``/signal*`` and ``/ws`` need
 ``Authorization: Bearer <key>``; a browser, which cannot set headers on a WebSocket, may send
 ``{"op": "auth", "key": "..."}`` as its first message instead. A key in the URL is refused even when
 valid (URLs end up in logs). Health, readiness, metrics and docs stay open; metrics carry each
