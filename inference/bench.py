@@ -52,7 +52,7 @@ from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession
 from streaming.klines import Bar
 from streaming.memory_store import MemoryStore
-from streaming.sim_market import MINUTE_MS, Bars, aggregate, load_1m_bars
+from streaming.sim.bars import MINUTE_MS, Bars, aggregate, load_1m_bars
 from streaming.store import BarEvent, WriteBatch
 
 __all__ = ["DEFAULT_KLINES", "EagerBaseline", "bench_inference", "bench_inputs", "bench_render", "median_ms"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -35,12 +35,15 @@ import redis.exceptions as rex
 
 from inference.signal import NoSignal, Signal, SignalFormatError
 from streaming.errors import StoreError, StoreUnavailable
+from streaming.klines import interval_ms
 
 __all__ = [
     "MemorySignalStore",
     "Published",
     "RedisSignalStore",
+    "SignalSnapshot",
     "SignalStore",
+    "SymbolSnapshot",
     "redis_errors",
 ]
 
@@ -51,6 +54,33 @@ class Published(Enum):
     LATEST = "latest"  # new latest: written, audited, pushed
     AUDITED = "audited"  # older than the latest: audited only
     DUPLICATE = "duplicate"  # this (symbol, bar) was already published: nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSnapshot:
+    """What the store holds for one symbol: its latest signal as stored, and its no-signal record."""
+
+    symbol: str
+    signal: bytes | None  # the latest signal's JSON exactly as the worker wrote it (None: none yet)
+    no_signal: NoSignal | None  # None: no record, or one that cannot be read (logged)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSnapshot:
+    """Every asked symbol's :class:`SymbolSnapshot`, read at one moment (one round trip)."""
+
+    symbols: tuple[SymbolSnapshot, ...]
+    newest_bar_close_ms: int | None = None  # the newest bar-closed event's close, when asked for
+
+
+def _no_signal_or_none(symbol: str, fields: dict[str, str]) -> NoSignal | None:
+    if not fields:
+        return None
+    try:
+        return NoSignal.from_fields(fields)
+    except SignalFormatError as exc:
+        log.warning("%s: the stored no-signal record is unreadable: %s", symbol, exc)
+        return None
 
 
 class SignalStore(Protocol):
@@ -201,8 +231,42 @@ class RedisSignalStore:
             return None
         return NoSignal.from_fields({_text(k): _text(v) for k, v in raw.items()})
 
+    async def snapshot(self, symbols: Sequence[str], *, events_key: str | None = None) -> SignalSnapshot:
+        """Each symbol's latest signal and no-signal record in one round trip; with ``events_key``
+        (the ingestor's bar-closed stream) also the close time of its newest event, so a reader's
+        exchange clock moves even while no worker publishes."""
+        pipe = self._r.pipeline(transaction=False)
+        for s in symbols:
+            pipe.get(self.latest_key(s))
+            pipe.hgetall(self.no_signal_key(s))
+        if events_key is not None:
+            pipe.xrevrange(events_key, count=1)
+        with redis_errors("read the signal snapshot"):
+            replies: list[Any] = await pipe.execute()
+        out = tuple(
+            SymbolSnapshot(
+                s,
+                replies[2 * i],
+                _no_signal_or_none(s, {_text(k): _text(v) for k, v in (replies[2 * i + 1] or {}).items()}),
+            )
+            for i, s in enumerate(symbols)
+        )
+        newest = None if events_key is None else _newest_close(replies[-1], events_key)
+        return SignalSnapshot(out, newest)
+
     async def close(self) -> None:
         await self._r.aclose()
+
+
+def _newest_close(entries: Any, events_key: str) -> int | None:
+    """The close time of the newest entry of the bar-closed stream (``start`` + one ``interval``)."""
+    for _id, fields in entries or []:
+        f = {_text(k): _text(v) for k, v in (fields or {}).items()}
+        try:
+            return int(f["start"]) + interval_ms(f["interval"])
+        except (KeyError, ValueError):
+            log.debug("ignoring a foreign entry in %s", events_key)
+    return None
 
 
 @dataclass
@@ -269,6 +333,15 @@ class MemorySignalStore:
     async def no_signal(self, symbol: str) -> NoSignal | None:
         st = self._symbols.get(symbol)
         return st.no_signal if st else None
+
+    async def snapshot(self, symbols: Sequence[str]) -> SignalSnapshot:
+        """Each symbol's latest signal (as JSON) and no-signal record."""
+        out = []
+        for s in symbols:
+            st = self._symbols.get(s)
+            latest = None if st is None or st.latest is None else st.latest.to_json()
+            out.append(SymbolSnapshot(s, latest, None if st is None else st.no_signal))
+        return SignalSnapshot(tuple(out))
 
     async def subscribe(self) -> AsyncIterator[Signal]:
         """Every signal that becomes a latest, from now on, until the caller stops iterating."""

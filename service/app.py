@@ -1,21 +1,21 @@
 """The signal API: ``create_app(settings)`` builds it; the lifespan owns everything it runs.
 
-Routes (JSON; errors in the one shape of :mod:`service.errors`)::
+Routes (:mod:`service.routes`; JSON, errors in the one shape of :mod:`service.errors`)::
 
     GET /signal/{symbol}            the latest signal (404 unknown symbol, 503 + Retry-After: none servable)
     GET /signals                    every configured symbol: its signal, or why there is none
     GET /signal/{symbol}/history    newest first from the audit stream, ?limit=1..1000 (default 100)
-    WS  /ws                         subscriptions (protocol in :mod:`service.ws`)
+    WS  /ws                         subscriptions (protocol in :mod:`service.ws_protocol`)
     GET /healthz                    the process answers
     GET /readyz                     Redis reachable, data flowing, signals fresh (503 with the reasons)
     GET /metrics                    Prometheus text
     GET /docs, /openapi.json        OpenAPI
 
 The lifespan creates the Redis clients, the signal cache and its feed, and the WebSocket hub; handlers
-reach them through :func:`api_state` (a dependency), never through module globals. On shutdown it
+reach them through :func:`service.state.api_state` (a dependency), never through module globals. On shutdown it
 closes WebSockets (1001), stops the feed (its tasks cancelled with a timeout), then the clients.
 
-API keys (``CANDLECAST_API_KEYS``): when set, ``/signal*`` and ``/ws`` need
+API keys (``CANDLECAST_API_KEYS``, :mod:`service.auth`): when set, ``/signal*`` and ``/ws`` need
 ``Authorization: Bearer <key>``; a browser, which cannot set headers on a WebSocket, may send
 ``{"op": "auth", "key": "..."}`` as its first message instead. A key in the URL is refused even when
 valid (URLs end up in logs). Health, readiness, metrics and docs stay open; metrics carry each
@@ -25,331 +25,40 @@ their own (``CANDLECAST_API_METRICS_PORT``), as docker-compose.yml does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
-import redis.exceptions as rex
-import uvicorn
-from fastapi import Depends, FastAPI, Path, Query, Request, WebSocket
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict
+from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.requests import HTTPConnection
-from starlette.responses import Response
 
-from inference.signal import BarRef, Signal
 from inference.signal_store import RedisSignalStore, SignalStore
-from service.errors import ErrorBody, NotReady, SignalUnavailable, Unauthorized, UnknownSymbol, install_error_handlers
+from service.auth import ApiKeys
+from service.errors import install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
-from service.settings import ConfigError, Settings
-from service.signal_cache import (
-    CachedSignal,
-    RedisSignalFeed,
-    SignalCache,
-    SignalFeed,
-    StoreSignalFeed,
-    SubscribableSignalStore,
-    Unavailable,
-)
-from service.ws import URL_KEY_PARAMS, WsHub, WsLimits
+from service.routes import add_ops_routes, add_signal_routes
+from service.schemas import DESCRIPTION, keep_example_nulls
+from service.settings import Settings
+from service.signal_cache import SignalCache
+from service.signal_feed import RedisSignalFeed, SignalFeed, StoreSignalFeed, SubscribableSignalStore
+from service.state import ApiState
+from service.ws import WsHub
+from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
 from streaming.redis_store import RedisStore
 
-__all__ = ["ApiKeys", "ApiServer", "ApiState", "api_state", "create_app", "server_config"]
+__all__ = ["API_NEEDS_REDIS", "create_app"]
 
 log = logging.getLogger(__name__)
 
-HISTORY_MAX = 1000
-_JSON = "application/json"
-
-
-class ApiKeys:
-    """The configured keys; compared in constant time."""
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode() for k in keys)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
-    def valid(self, key: str) -> bool:
-        candidate = key.encode()
-        return any(hmac.compare_digest(candidate, k) for k in self._keys)
-
-
-@dataclass(frozen=True)
-class ApiState:
-    """What the lifespan built, for the handlers."""
-
-    settings: Settings
-    store: SignalStore
-    cache: SignalCache
-    hub: WsHub
-    feed: SignalFeed
-    keys: ApiKeys
-    metrics: ApiMetrics
-    ping: Callable[[], Awaitable[Any]] | None  # Redis, when the API uses it
-
-
-async def api_state(conn: HTTPConnection) -> ApiState:
-    # async: FastAPI runs a plain ``def`` dependency in a worker thread, on every request.
-    state: ApiState = conn.state.api
-    return state
-
-
-State = Annotated[ApiState, Depends(api_state)]
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="Only when CANDLECAST_API_KEYS is set: `Authorization: Bearer <key>`. Never in the URL.",
-)
-
-
-async def require_key(
-    request: Request, state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    keys = state.keys
-    if not keys.enabled:
-        return
-    if not URL_KEY_PARAMS.isdisjoint(request.query_params.keys()):
-        raise Unauthorized("API keys are not accepted in the URL: send Authorization: Bearer <key>")
-    if credentials is None:
-        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-    if not keys.valid(credentials.credentials):
-        raise Unauthorized("invalid API key")
-
-
-# --- OpenAPI: models and examples -------------------------------------------------------------------
-
-_EXAMPLE_SIGNAL: dict[str, Any] = {
-    "symbol": "BTCUSDT",
-    "bar": {"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-    "produced_at": 1750000080000,
-    "produced_wall_ms": 1750000080420,
-    "direction": "long",
-    "score": 0.0812,
-    "p_up": 0.5406,
-    "confidence": 0.0812,
-    "agreement": 0.75,
-    "source": "ensemble",
-    "fallback_reason": None,
-    "components": [
-        {
-            "name": "tcn_1m",
-            "timeframe": "1",
-            "horizon": "next 1m bar",
-            "p_up": 0.55,
-            "weight": 1.0,
-            "version": "2026.11.20",
-            "provider": "CPUExecutionProvider",
-            "latency_ms": 0.41,
-            "status": "voted",
-            "reason": None,
-        },
-        {
-            "name": "tcn_60m",
-            "timeframe": "60",
-            "horizon": "next 60m bar",
-            "p_up": None,
-            "weight": 1.0,
-            "version": "2026.11.20",
-            "provider": "CPUExecutionProvider",
-            "latency_ms": None,
-            "status": "dropped",
-            "reason": "stale_window",
-        },
-    ],
-    "freshness": {
-        "last_bar_start": {"1": 1750000020000, "60": 1749996000000},
-        "book_state": "READY",
-        "book_age_ms": 112,
-    },
-    "latency_ms": {
-        "read": 0.9,
-        "render": 2.1,
-        "infer": 4.8,
-        "ensemble": 0.05,
-        "total": 8.2,
-        "bar_close_to_publish": 420.0,
-    },
-    "horizon": "next 1m bar; next 60m bar",
-}
-
-
-def _error_example(code: str, message: str, **details: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details}}
-
-
-_UNAVAILABLE_EXAMPLES = {
-    "warming_up": {
-        "summary": "no signal yet",
-        "value": _error_example(
-            "signal_unavailable",
-            "no signal for BTCUSDT yet: the service is warming up",
-            symbol="BTCUSDT",
-            reason="warming_up",
-            retry_after_s=5,
-            exchange_time_ms=None,
-            max_age_ms=150000,
-            last_signal_bar=None,
-            age_ms=None,
-            no_signal=None,
-        ),
-    },
-    "no_signal": {
-        "summary": "the newest bars could not be signalled honestly",
-        "value": _error_example(
-            "signal_unavailable",
-            "no signal for BTCUSDT since the bar at 1750000140000: fallback_input:holed_window",
-            symbol="BTCUSDT",
-            reason="no_signal",
-            retry_after_s=30,
-            exchange_time_ms=1750000260000,
-            max_age_ms=150000,
-            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-            age_ms=180000,
-            no_signal={
-                "reason": "fallback_input:holed_window",
-                "detail": "tcn_1m: holed_window; fallback: holed_window",
-                "bar": {"interval": "1", "start": 1750000140000, "close_time": 1750000200000},
-                "produced_at": 1750000200000,
-            },
-        ),
-    },
-    "stale": {
-        "summary": "the latest signal is too old on the exchange clock",
-        "value": _error_example(
-            "signal_unavailable",
-            "the latest signal for BTCUSDT is older than 150000 ms on the exchange clock",
-            symbol="BTCUSDT",
-            reason="stale",
-            retry_after_s=30,
-            exchange_time_ms=1750000260000,
-            max_age_ms=150000,
-            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
-            age_ms=180000,
-            no_signal=None,
-        ),
-    },
-}
-
-
-def _error(description: str, examples: dict[str, Any]) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description, "content": {_JSON: {"examples": examples}}}
-
-
-_UNKNOWN = _error(
-    "The symbol is not configured; `details.symbols` lists those that are.",
-    {
-        "unknown_symbol": {
-            "value": _error_example(
-                "unknown_symbol", "FOOUSDT is not served here", symbol="FOOUSDT", symbols=["BTCUSDT", "ETHUSDT"]
-            )
-        }
-    },
-)
-_UNAUTHORIZED = _error(
-    "API keys are on and the request has no valid `Authorization: Bearer <key>`.",
-    {"unauthorized": {"value": _error_example("unauthorized", "invalid API key")}},
-)
-_INVALID = _error(
-    "A parameter is out of range.",
-    {
-        "validation_error": {
-            "value": _error_example(
-                "validation_error",
-                "the request is not valid",
-                errors=[
-                    {
-                        "loc": ["query", "limit"],
-                        "message": "Input should be less than or equal to 1000",
-                        "type": "less_than_equal",
-                    }
-                ],
-            )
-        }
-    },
-)
-
-
-class NoSignalInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    reason: str
-    detail: str
-    bar: BarRef
-    produced_at: int
-
-
-class SymbolSignal(BaseModel):
-    """A symbol in ``GET /signals``: its servable signal, or why there is none."""
-
-    model_config = ConfigDict(frozen=True)
-
-    available: bool
-    signal: Signal | None = None
-    reason: Literal["warming_up", "no_signal", "stale"] | None = None
-    message: str | None = None
-    retry_after_s: int | None = None
-    age_ms: int | None = None
-    last_signal_bar: BarRef | None = None
-    no_signal: NoSignalInfo | None = None
-
-
-class SignalsOverview(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    exchange_time_ms: int | None
-    max_age_ms: int
-    symbols: dict[str, SymbolSignal]
-
-
-class SignalHistory(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    symbol: str
-    count: int
-    signals: list[Signal]
-
-
-class Ready(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    status: Literal["ready"]
-    checks: dict[str, Any]
-
-
-_DESCRIPTION = """
-Live trading signals for Bybit linear perpetuals. One signal per symbol per close of the finest bar,
-from an ensemble of ONNX models (or a transparent momentum fallback, which the signal says).
-
-**Freshness** is judged on the exchange clock: a signal is served while it is at most two finest bars
-plus a grace old; otherwise `503` with the reason (`warming_up`, `no_signal`, `stale`) and a
-`Retry-After`. A signal is never invented.
-
-**WebSocket** `/ws`: send `{"op":"subscribe","symbols":["BTCUSDT"]}`; get an ack, the last signal of
-each symbol, then every new one. `{"op":"unsubscribe",...}`, `{"op":"ping"}` → `pong`. Errors come
-as `{"op":"error","error":{...}}` frames and keep the connection. A client whose send queue fills up is
-closed with 1013; a missing or bad key closes with 1008.
-
-**Keys** (when configured): `Authorization: Bearer <key>`, or for WebSockets the first message
-`{"op":"auth","key":"..."}`. Never in the URL.
-"""
+API_NEEDS_REDIS = "the API serves the signals workers write to Redis"
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -361,6 +70,7 @@ def create_app(
     signal_store: SubscribableSignalStore | None = None,
     registry: CollectorRegistry | None = None,
     exchange_clock: ExchangeClock | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The API for ``settings``.
 
@@ -368,13 +78,10 @@ def create_app(
     single-process run) instead of Redis; the caller owns and closes it. ``registry``: the API's
     metrics go there and ``/metrics`` exposes all of it, so pass the registry the ingestor's and the
     worker's metrics live on to see them too. ``exchange_clock``: an in-process ingestor's clock,
-    which moves the API's exchange time even between signals.
+    which moves the API's exchange time even between signals. ``monotonic``: the clock readiness
+    measures a stalled feed with (tests pass one they move by hand).
     """
-    if signal_store is None and settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
-            "(e.g. redis://127.0.0.1:6379/0)"
-        )
+    redis_url = settings.require_redis(API_NEEDS_REDIS) if signal_store is None else None
     metrics = ApiMetrics(registry)
     keys = ApiKeys(k.get_secret_value() for k in settings.api_keys)
     limits = WsLimits(
@@ -388,18 +95,24 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            cache = SignalCache(settings.symbols, finest, settings.api_signal_grace_s, external_clock=exchange_clock)
+            cache = SignalCache(
+                settings.symbols,
+                finest,
+                settings.api_signal_grace_s,
+                external_clock=exchange_clock,
+                monotonic=monotonic,
+            )
             store: SignalStore
             feed: SignalFeed
             ping: Callable[[], Awaitable[Any]] | None = None
             if signal_store is None:
-                assert settings.redis_url is not None
-                client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+                assert redis_url is not None  # required above
+                client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
                 stack.push_async_callback(client.aclose)
                 # No retries on the subscription's client: redis-py would reconnect and resubscribe
                 # silently, and the feed must know, to re-read what it missed meanwhile.
                 subscriber = aioredis.Redis.from_url(
-                    settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+                    redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
                 )
                 stack.push_async_callback(subscriber.aclose)
                 redis_store = RedisSignalStore(
@@ -408,7 +121,6 @@ def create_app(
                 store = redis_store
                 feed = RedisSignalFeed(
                     redis_store,
-                    client,
                     subscriber,
                     cache,
                     metrics,
@@ -439,7 +151,7 @@ def create_app(
         title="candlecast",
         version="0.1.0",
         summary="Live trading signals for Bybit linear perpetuals",
-        description=_DESCRIPTION,
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -452,363 +164,11 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    _add_signal_routes(app, keys.enabled)
-    _add_ops_routes(app, metrics_route=not settings.api_metrics_port)
-    _keep_example_nulls(app)
+    add_signal_routes(app, keys.enabled)
+    add_ops_routes(app, metrics_route=not settings.api_metrics_port)
+    keep_example_nulls(app)
     return app
-
-
-def _keep_example_nulls(app: FastAPI) -> None:
-    """FastAPI drops every ``null`` from the OpenAPI document, examples included, which would make
-    the documented signal invalid (``fallback_reason`` is required, and null when no fallback):
-    put the examples back as written."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        first = app.openapi_schema is None
-        schema = generate()
-        if first:
-            for route in app.routes:
-                if not isinstance(route, APIRoute):
-                    continue
-                for method in route.methods or ():
-                    operation = schema["paths"].get(route.path_format, {}).get(method.lower())
-                    if operation is None:
-                        continue
-                    for status, spec in route.responses.items():
-                        for media, content in spec.get("content", {}).items():
-                            target = operation["responses"].get(str(status), {}).get("content", {}).get(media)
-                            if target is None:
-                                continue
-                            for field in ("example", "examples"):
-                                if field in content:
-                                    target[field] = content[field]
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _detach_freshness(metrics: ApiMetrics) -> None:
     metrics.freshness_source = lambda: None
-
-
-def _symbol(state: ApiState, symbol: str) -> str:
-    name = state.cache.normalise(symbol)
-    if name is None:
-        shown = symbol.strip().upper()[:64]
-        raise UnknownSymbol(
-            f"{shown} is not served here", details={"symbol": shown, "symbols": list(state.cache.symbols)}
-        )
-    return name
-
-
-def _unavailable(answer: Unavailable) -> SignalUnavailable:
-    return SignalUnavailable(answer.message, details=answer.details(), retry_after_s=answer.retry_after_s)
-
-
-SymbolPath = Annotated[
-    str, Path(description="A configured symbol, any case (`btcusdt` = `BTCUSDT`).", max_length=64, examples=["BTCUSDT"])
-]
-
-
-def _add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
-    # Without keys, no auth dependency at all: nothing to pay per request, nothing claimed in OpenAPI.
-    keyed = [Depends(require_key)] if keys_enabled else []
-    unauthorized: dict[int | str, dict[str, Any]] = {401: _UNAUTHORIZED} if keys_enabled else {}
-
-    @app.get(
-        "/signal/{symbol}",
-        tags=["signals"],
-        summary="The latest signal of a symbol",
-        dependencies=keyed,
-        responses={
-            200: {
-                "model": Signal,
-                "description": "The latest signal, exactly as the worker published it.",
-                "content": {_JSON: {"example": _EXAMPLE_SIGNAL}},
-            },
-            **unauthorized,
-            404: _UNKNOWN,
-            503: {
-                **_error("No servable signal; see `details.reason`. Sent with `Retry-After`.", _UNAVAILABLE_EXAMPLES),
-                "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
-            },
-        },
-    )
-    async def get_signal(symbol: SymbolPath, state: State) -> Response:
-        """Served from memory (no Redis round trip). 503 when there is no signal yet, when the newest
-        bars got none (the worker's reason is in `details.no_signal`), or when the latest is older
-        than two finest bars plus a grace on the exchange clock."""
-        answer = state.cache.status(_symbol(state, symbol))
-        if isinstance(answer, Unavailable):
-            raise _unavailable(answer)
-        return Response(answer.raw, media_type=_JSON, headers={"Cache-Control": "no-store"})
-
-    @app.get(
-        "/signals",
-        tags=["signals"],
-        summary="Every configured symbol: its signal, or why there is none",
-        dependencies=keyed,
-        response_model=SignalsOverview,
-        responses={
-            200: {
-                "content": {
-                    _JSON: {
-                        "example": {
-                            "exchange_time_ms": 1750000080000,
-                            "max_age_ms": 150000,
-                            "symbols": {
-                                "BTCUSDT": {"available": True, "signal": _EXAMPLE_SIGNAL},
-                                "ETHUSDT": {
-                                    "available": False,
-                                    "reason": "warming_up",
-                                    "message": "no signal for ETHUSDT yet: the service is warming up",
-                                    "retry_after_s": 5,
-                                    "age_ms": None,
-                                    "last_signal_bar": None,
-                                    "no_signal": None,
-                                },
-                            },
-                        }
-                    }
-                }
-            },
-            **unauthorized,
-        },
-    )
-    async def get_signals(state: State) -> Response:
-        cache = state.cache
-        symbols: dict[str, Any] = {}
-        for s in cache.symbols:
-            answer = cache.status(s)
-            if isinstance(answer, CachedSignal):
-                symbols[s] = {"available": True, "signal": orjson.Fragment(answer.raw)}
-            else:
-                d = answer.details()
-                symbols[s] = {
-                    "available": False,
-                    "reason": answer.reason,
-                    "message": answer.message,
-                    "retry_after_s": answer.retry_after_s,
-                    "age_ms": d["age_ms"],
-                    "last_signal_bar": d["last_signal_bar"],
-                    "no_signal": d["no_signal"],
-                }
-        body = {"exchange_time_ms": cache.now_ms(), "max_age_ms": cache.max_age_ms, "symbols": symbols}
-        return Response(orjson.dumps(body), media_type=_JSON, headers={"Cache-Control": "no-store"})
-
-    @app.get(
-        "/signal/{symbol}/history",
-        tags=["signals"],
-        summary="Past signals of a symbol, newest first (the audit stream)",
-        dependencies=keyed,
-        response_model=SignalHistory,
-        responses={
-            200: {"content": {_JSON: {"example": {"symbol": "BTCUSDT", "count": 1, "signals": [_EXAMPLE_SIGNAL]}}}},
-            **unauthorized,
-            404: _UNKNOWN,
-            422: _INVALID,
-            503: _error(
-                "The signal store cannot be reached.",
-                {
-                    "store_unavailable": {
-                        "value": _error_example("store_unavailable", "the signal store is unavailable")
-                    }
-                },
-            ),
-        },
-    )
-    async def get_history(
-        symbol: SymbolPath,
-        state: State,
-        limit: Annotated[int, Query(ge=1, le=HISTORY_MAX, description="how many, newest first")] = 100,
-    ) -> Response:
-        name = _symbol(state, symbol)
-        signals = await state.store.history(name, limit)
-        body = {"symbol": name, "count": len(signals), "signals": signals}
-        return Response(orjson.dumps(body), media_type=_JSON)
-
-    @app.websocket("/ws")
-    async def ws_endpoint(websocket: WebSocket, state: State) -> None:
-        authorization = websocket.headers.get("authorization")
-        bearer = None
-        if authorization is not None:
-            scheme, _, value = authorization.partition(" ")
-            bearer = value.strip() if scheme.lower() == "bearer" else ""
-        key_in_url = state.keys.enabled and not URL_KEY_PARAMS.isdisjoint(websocket.query_params.keys())
-        await state.hub.serve(websocket, bearer, key_in_url=key_in_url)
-
-
-def _add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
-    @app.get("/healthz", tags=["operations"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get(
-        "/readyz",
-        tags=["operations"],
-        summary="Ready to serve: Redis reachable, data flowing, signals fresh",
-        response_model=Ready,
-        responses={
-            503: _error(
-                "Not ready; `details.reasons` says why.",
-                {
-                    "not_ready": {
-                        "value": _error_example(
-                            "not_ready",
-                            "not ready: redis_unreachable, signal_feed_down",
-                            reasons=["redis_unreachable", "signal_feed_down"],
-                            checks={"redis": "unreachable", "signal_feed": "down"},
-                        )
-                    }
-                },
-            )
-        },
-    )
-    async def readyz(state: State) -> dict[str, Any]:
-        """Reasons: `redis_unreachable`, `signal_feed_down` (not subscribed and primed), `no_data`
-        (no bar seen yet), `data_behind_wall_clock` (newest bar close older than
-        CANDLECAST_API_READY_MAX_LAG_S by the wall clock), `data_stalled` (the exchange clock has not
-        moved for CANDLECAST_API_READY_MAX_STALL_S), `no_fresh_signals` (no symbol servable). Symbols
-        without a servable signal are listed in `checks.signals.unavailable` either way: one symbol
-        warming up does not take the replica out of a load balancer."""
-        return await _readiness(state)
-
-    if not metrics_route:
-        return  # served on their own port (service.parts.serve_metrics), not beside the signals
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics",
-        response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
-    )
-    async def prometheus_metrics(state: State) -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _readiness(state: ApiState) -> dict[str, Any]:
-    settings, cache = state.settings, state.cache
-    reasons: list[str] = []
-    checks: dict[str, Any] = {}
-    if state.ping is None:
-        checks["redis"] = "not_used"
-    else:
-        try:
-            async with asyncio.timeout(1.0):
-                await state.ping()
-            checks["redis"] = "ok"
-        except (TimeoutError, rex.RedisError, OSError):
-            checks["redis"] = "unreachable"
-            reasons.append("redis_unreachable")
-    checks["signal_feed"] = "up" if state.feed.up else "down"
-    if not state.feed.up:
-        reasons.append("signal_feed_down")
-    now = cache.now_ms()
-    checks["exchange_time_ms"] = now
-    if now is None:
-        reasons.append("no_data")
-    else:
-        lag_s = time.time() - now / 1000.0
-        checks["data_lag_s"] = round(lag_s, 3)
-        if settings.api_ready_max_lag_s > 0 and lag_s > settings.api_ready_max_lag_s:
-            reasons.append("data_behind_wall_clock")
-        stall_s = cache.seconds_since_advance()
-        checks["data_stall_s"] = None if stall_s is None else round(stall_s, 3)
-        if settings.api_ready_max_stall_s > 0 and stall_s is not None and stall_s > settings.api_ready_max_stall_s:
-            reasons.append("data_stalled")
-    unavailable: dict[str, str] = {}
-    for s in cache.symbols:
-        answer = cache.status(s)
-        if isinstance(answer, Unavailable):
-            unavailable[s] = answer.reason
-    fresh = len(cache.symbols) - len(unavailable)
-    checks["signals"] = {"fresh": fresh, "configured": len(cache.symbols), "unavailable": unavailable}
-    if fresh == 0:
-        reasons.append("no_fresh_signals")
-    if reasons:
-        raise NotReady("not ready: " + ", ".join(reasons), details={"reasons": reasons, "checks": checks})
-    return {"status": "ready", "checks": checks}
-
-
-def server_config(
-    app: FastAPI, settings: Settings, *, host: str | None = None, port: int | None = None, **overrides: Any
-) -> uvicorn.Config:
-    """The uvicorn settings the API is served with (CLI, single-process run, tests, benchmarks).
-
-    Client frames over ``api_ws_max_frame_bytes`` are refused by the protocol (close 1009).
-    Per-message compression is off: fan-out sends one prepared frame to many clients, and deflate
-    would compress it once per client. uvicorn does not configure logging (the entry point does)."""
-    options: dict[str, Any] = {
-        "host": host or settings.api_host,
-        "port": settings.api_port if port is None else port,
-        "ws_max_size": settings.api_ws_max_frame_bytes,
-        "ws_per_message_deflate": False,
-        "ws_ping_interval": 20.0,
-        "ws_ping_timeout": 20.0,
-        "lifespan": "on",
-        "log_config": None,
-        "access_log": False,
-        "server_header": False,
-        "timeout_graceful_shutdown": 5,
-    } | overrides
-    return uvicorn.Config(app, **options)
-
-
-class _OwnedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The owner handles SIGINT/SIGTERM (the CLI cancels its work, then closes this server);
-        # two handlers would race, and uvicorn's would cut the lifespan short.
-        yield
-
-
-class ApiServer:
-    """uvicorn serving the API as one owned part of a program.
-
-    The owner starts it, reads the bound port (``port=0`` picks a free one) and closes it; closing is
-    graceful — no new connections, WebSockets closed (1012), requests drained, then the lifespan
-    shutdown — bounded by a timeout, and safe twice. It installs no signal handlers."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        self.config = config
-        self._server = _OwnedServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, timeout_s: float = 30.0) -> None:
-        """Bind and run the lifespan start-up; raises if the server stops instead."""
-        task = self._task = asyncio.create_task(self._server.serve(), name="api-server")
-        async with asyncio.timeout(timeout_s):
-            while not self._server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the API server stopped during start-up (see the log)")
-                await asyncio.sleep(0.01)
-
-    @property
-    def port(self) -> int:
-        port: int = self._server.servers[0].sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
-
-    async def wait(self) -> None:
-        """Until the server stops by itself (it normally runs until :meth:`close`)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def close(self, timeout_s: float = 15.0) -> None:
-        task = self._task
-        if task is None or task.done():
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except TimeoutError:
-            log.warning("the API server did not stop within %.0f s: forcing it", timeout_s)
-            self._server.force_exit = True
-            task.cancel()
-            await asyncio.wait([task], timeout=2.0)

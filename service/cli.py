@@ -19,18 +19,16 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from inference.metrics import WorkerMetrics
-from inference.worker import Worker
+from service import compose
 from service.inspect import inspect_symbol
-from service.parts import ingest_config, model_registry, open_store, redis_worker_io, serve_metrics, worker_config
 from service.settings import ConfigError, load_settings
 from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
-from streaming.redis_store import RedisStore
 from streaming.sim.faults import parse_fault, periodic_faults
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 
-log = logging.getLogger("candlecast")
+log = logging.getLogger(__name__)
 
 DEFAULT_REPLAY = [
     "../shared/data/klines_1m/bybit_linear_BTCUSDT_1m.csv.gz",
@@ -230,28 +228,28 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     replay = None if args.replay is None else (list(args.replay) or [Path(x) for x in DEFAULT_REPLAY])
-    await run_service(settings, ingest_config(settings), worker_config(settings), replay=replay, speed=args.speed)
+    await run_service(
+        settings, compose.ingest_config(settings), compose.worker_config(settings), replay=replay, speed=args.speed
+    )
     return 0
 
 
 async def _cmd_ingest(args: argparse.Namespace) -> int:
     settings = load_settings()
-    store = open_store(settings)
+    store = compose.open_store(settings)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         ws_url = rest_url = None
         if args.replay is not None:
             sources = list(args.replay) or [Path(x) for x in DEFAULT_REPLAY]
-            sim = await stack.enter_async_context(
-                ExchangeSimulator(SimulatorConfig(sources=sources, speed=args.speed, start_offset_bars=20_000))
-            )
+            sim = await compose.replay_simulator(stack, sources, args.speed)
             ws_url, rest_url = sim.ws_url, sim.rest_url
             settings = settings.model_copy(update={"symbols": sim.symbols})
             print(f"replaying {', '.join(sim.symbols)} at {args.speed:g}x from {sim.ws_url} (no internet)", flush=True)
-        config = ingest_config(settings, ws_url, rest_url)
+        config = compose.ingest_config(settings, ws_url, rest_url)
         metrics = IngestMetrics()
         ingestor = Ingestor(config, store, metrics)
-        serve_metrics(stack, settings.metrics_host, settings.ingest_metrics_port, metrics.registry)
+        compose.serve_metrics(stack, settings.metrics_host, settings.ingest_metrics_port, metrics.registry)
         print(
             f"ingesting {', '.join(config.symbols)} intervals {','.join(config.intervals)} "
             f"book depth {config.book_depth} from {config.ws_url} into "
@@ -264,25 +262,20 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the worker reads windows and events from Redis and shares them with other "
-            "workers; set it (e.g. redis://127.0.0.1:6379/0)"
-        )
+    settings.require_redis("the worker reads windows and events from Redis and shares them with other workers")
     metrics = WorkerMetrics()
-    models = model_registry(settings, metrics)
-    store = open_store(settings)
-    assert isinstance(store, RedisStore)  # redis_url is set
-    _, signals, events, consumer = redis_worker_io(settings, store, settings.redis_url)
-    worker = Worker(worker_config(settings), store, events, signals, models, metrics)
+    store = compose.open_store(settings)
+    io = compose.open_worker_io(settings, store)
+    worker = compose.worker(settings, store, io, metrics)
+    models = worker.models
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
-        stack.push_async_callback(signals.close)
-        serve_metrics(stack, settings.metrics_host, settings.worker_metrics_port, metrics.registry)
+        stack.push_async_callback(io.signals.close)
+        compose.serve_metrics(stack, settings.metrics_host, settings.worker_metrics_port, metrics.registry)
         stack.push_async_callback(worker.close)
         await models.load()
         print(
-            f"worker {consumer} in group {settings.worker_group}: {len(models.current.enabled)} of "
+            f"worker {io.consumer} in group {settings.worker_group}: {len(models.current.enabled)} of "
             f"{len(models.current.components)} components from {settings.artifacts_dir}, "
             f"signals every {min(settings.intervals, key=int)}m close, Redis {settings.redis_url}",
             flush=True,
@@ -292,20 +285,16 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _cmd_api(args: argparse.Namespace) -> int:
-    from service.app import ApiServer, create_app, server_config  # FastAPI and uvicorn: serving commands only
+    from service.app import API_NEEDS_REDIS  # FastAPI and uvicorn: serving commands only
 
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError(
-            "CANDLECAST_REDIS_URL: the API serves the signals workers write to Redis; set it "
-            "(e.g. redis://127.0.0.1:6379/0), or use `candlecast run` for everything in one process"
-        )
+    settings.require_redis(API_NEEDS_REDIS + " (or use `candlecast run` for everything in one process)")
     registry = CollectorRegistry()
-    server = ApiServer(server_config(create_app(settings, registry=registry), settings, host=args.host, port=args.port))
+    server = compose.api_server(settings, registry, host=args.host, port=args.port)
     async with contextlib.AsyncExitStack() as stack:
         # on SIGINT/SIGTERM too: WebSockets closed, requests drained, Redis closed
         stack.push_async_callback(server.close)
-        serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
+        compose.serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
         await server.start()
         metrics_at = f":{settings.api_metrics_port}/metrics" if settings.api_metrics_port else "/metrics"
         print(
@@ -329,9 +318,8 @@ async def _cmd_record(args: argparse.Namespace) -> int:
 
 async def _cmd_inspect(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if settings.redis_url is None:
-        raise ConfigError("CANDLECAST_REDIS_URL: inspect reads the Redis store; set it (e.g. redis://127.0.0.1:6379/0)")
-    store = open_store(settings)
+    settings.require_redis("inspect reads the Redis store")
+    store = compose.open_store(settings)
     try:
         report = await inspect_symbol(store, args.symbol, settings, bars=args.bars)
     finally:
@@ -389,7 +377,7 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
 
 
 async def _cmd_bench_api(args: argparse.Namespace) -> int:
-    from service.bench_api import bench_api
+    from service.bench import bench_api
 
     result = await asyncio.to_thread(bench_api, args.connections, args.seconds, args.subscribers, args.publishes)
     _print_json(result)

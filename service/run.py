@@ -13,33 +13,20 @@ import contextlib
 import logging
 from pathlib import Path
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from inference.config import WorkerConfig
-from inference.events import EventSource, MemoryEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
-from inference.worker import Worker
-from service.app import create_app, server_config
-from service.parts import model_registry, open_store, redis_worker_io, serve_metrics
+from service import compose
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
-from streaming.redis_store import RedisStore
-from streaming.sim.server import ExchangeSimulator, SimulatorConfig
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["run_service"]
 
-log = logging.getLogger("candlecast")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: this process's owner decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
+log = logging.getLogger(__name__)
 
 
 async def run_service(
@@ -56,9 +43,7 @@ async def run_service(
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
         if replay is not None:
-            sim = await stack.enter_async_context(
-                ExchangeSimulator(SimulatorConfig(sources=replay, speed=speed, start_offset_bars=replay_offset_bars))
-            )
+            sim = await compose.replay_simulator(stack, replay, speed, replay_offset_bars)
             # Replayed bars are historical by design: readiness then judges the feed by whether the
             # exchange clock keeps moving (the stall check), not by its distance to the wall clock.
             settings = settings.model_copy(update={"symbols": sim.symbols, "api_ready_max_lag_s": 0.0})
@@ -69,27 +54,15 @@ async def run_service(
                 f"replaying {', '.join(sim.symbols)} at {speed:g}x from {sim.ws_url} (no internet; book is synthetic)",
                 flush=True,
             )
-        events: EventSource
-        signals: RedisSignalStore | MemorySignalStore
-        memory_signals: MemorySignalStore | None = None
-        store = open_store(settings)
+        store = compose.open_store(settings)
         stack.push_async_callback(store.close)
-        if isinstance(store, RedisStore) and settings.redis_url is not None:
-            client, signals, events, _ = redis_worker_io(settings, store, settings.redis_url)
-            stack.push_async_callback(client.aclose)
-            where = settings.redis_url
-        else:
-            memory_signals = MemorySignalStore(audit_maxlen=settings.signal_audit_maxlen)
-            signals = memory_signals
-            events = MemoryEventSource(store)
-            where = "the in-memory store (CANDLECAST_REDIS_URL not set)"
+        io = compose.open_worker_io(settings, store)
+        stack.push_async_callback(io.signals.close)
         ingestor = Ingestor(ingest, store, IngestMetrics(registry))
-        worker_metrics = WorkerMetrics(registry)
-        models = model_registry(settings, worker_metrics)
-        worker = Worker(worker_config, store, events, signals, models, worker_metrics)
-        app = create_app(settings, signal_store=memory_signals, registry=registry, exchange_clock=ingestor.clock)
-        server = _Server(server_config(app, settings))
-        serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
+        worker = compose.worker(settings, store, io, WorkerMetrics(registry), worker_config)
+        models = worker.models
+        server = compose.api_server(settings, registry, signal_store=io.in_memory, exchange_clock=ingestor.clock)
+        compose.serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
 
         await models.load()
         for c in models.current.components:
@@ -99,38 +72,33 @@ async def run_service(
                 else f"DISABLED ({c.disabled})"
             )
             print(f"model {c.spec.name:18s} {c.spec.horizon:14s} {state}", flush=True)
-        print(f"ingesting {', '.join(ingest.symbols)} from {ingest.ws_url} into {where}", flush=True)
-        tasks = [
-            asyncio.create_task(ingestor.run(), name="ingestor"),
-            asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(server.serve(), name="api"),
-            asyncio.create_task(_announce(server, signals, settings, bound), name="console"),
-        ]
+        print(f"ingesting {', '.join(ingest.symbols)} from {ingest.ws_url} into {io.where}", flush=True)
+        tasks = TaskSupervisor("run")
+        tasks.spawn(ingestor.run(), "ingestor")
+        tasks.spawn(worker.run(), "worker")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await server.start()
+            tasks.spawn(server.wait(), "api")
+            tasks.spawn(_announce(server.url, io.signals, settings, bound), "console")
+            # Until one part fails (the console ends by itself once every symbol has signalled).
+            done, _ = await asyncio.wait(list(tasks), return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None:
+                    raise exc
         finally:
-            server.should_exit = True
-            for task in reversed(tasks):  # console, api, worker, ingestor
-                if task.get_name() != "api":
-                    task.cancel()
-            await asyncio.wait(tasks, timeout=10)
+            await server.close()  # the API first: no request sees a half-stopped service
+            await tasks.cancel_all(10.0)
             print("stopped", flush=True)
 
 
 async def _announce(
-    server: uvicorn.Server,
+    url: str,
     signals: RedisSignalStore | MemorySignalStore,
     settings: Settings,
     bound: asyncio.Future[str] | None,
 ) -> None:
     """A readable console: where the API listens, then the first signal of each symbol."""
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.05)
-    host, port = next(s for srv in server.servers for s in srv.sockets).getsockname()[:2]
-    url = f"http://{host}:{port}"
     symbols = settings.symbols
     metrics = f"http://{settings.metrics_host}:{settings.api_metrics_port}" if settings.api_metrics_port else url
     print(

@@ -12,7 +12,7 @@ from inference.metrics import WorkerMetrics
 from service.metrics import ApiMetrics
 from service.metrics import Freshness as ApiFreshness
 from streaming.metrics import IngestMetrics
-from tests.service.test_api_kit import make_signal
+from tests.service.kit import make_signal
 
 __all__ = ["EXTERNAL_SERIES", "candlecast_series", "metric_names"]
 

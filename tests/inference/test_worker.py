@@ -307,7 +307,7 @@ def test_the_worker_command_refuses_to_start_without_redis(
 
 
 def test_worker_settings_are_validated_and_reach_the_worker_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.parts import worker_config
+    from service.compose import worker_config
     from service.settings import ConfigError, load_settings
 
     monkeypatch.setenv("CANDLECAST_COMPONENT_WEIGHTS", "tcn_1m=0.5, efficientnet_60m=0")

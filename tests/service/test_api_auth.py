@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     T0,
     api_settings,
     make_signal,
@@ -103,9 +103,8 @@ async def test_websocket_key_in_the_header_or_the_first_message(redis_url: str) 
             await send_json(ws, {"op": "subscribe", "symbols": ["BTCUSDT"]})
             assert await closed_with(ws) == 1008
         async with ws_connect(api.ws_url) as ws:
-            started = asyncio.get_running_loop().time()
             assert await closed_with(ws) == 1008
-            assert 0.4 < asyncio.get_running_loop().time() - started < 3.0
+            assert ws.close_reason == "no API key within the time allowed"  # the silence, not another refusal
         for query in (f"?api_key={KEY}", f"?token={KEY}"):
             async with ws_connect(api.ws_url + query, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
                 assert await closed_with(ws) == 1008

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.redis_server import free_port
-from tests.service.test_api_kit import T0, make_signal
+from tests.service.kit import T0, make_signal
 
 pytestmark = pytest.mark.timeout(60)
 

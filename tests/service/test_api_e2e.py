@@ -26,7 +26,7 @@ from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
 from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
-from tests.service.test_api_kit import api_settings, next_signal, serving, subscribe, ws_connect
+from tests.service.kit import api_settings, next_signal, serving, subscribe, ws_connect
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 

@@ -16,11 +16,12 @@ from redis.backoff import NoBackoff
 from inference.signal import BarRef, NoSignal, Signal
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from service.metrics import ApiMetrics
-from service.signal_cache import RedisSignalFeed, SignalCache
+from service.signal_cache import SignalCache
+from service.signal_feed import RedisSignalFeed
 from streaming.backoff import Backoff
 from tests.helpers import eventually
 from tests.redis_server import RedisServer
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     T0,
     Api,
@@ -129,9 +130,7 @@ async def test_a_quiet_feed_stays_up_on_pings_and_a_dead_one_is_noticed(own_redi
     metrics = ApiMetrics(CollectorRegistry())
     client = aioredis.Redis.from_url(own_redis.url)
     subscriber = aioredis.Redis.from_url(own_redis.url, retry=Retry(NoBackoff(), 0), socket_timeout=5.0)
-    feed = RedisSignalFeed(
-        RedisSignalStore(client), client, subscriber, cache, metrics, ping_s=0.1, backoff=Backoff(0.05, 0.1)
-    )
+    feed = RedisSignalFeed(RedisSignalStore(client), subscriber, cache, metrics, ping_s=0.1, backoff=Backoff(0.05, 0.1))
     await feed.start()
     try:
         await eventually(lambda: feed.up, 5)

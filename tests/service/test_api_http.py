@@ -14,7 +14,7 @@ from inference.signal import BarRef, NoSignal, Signal
 from service.app import create_app
 from service.settings import ConfigError, load_settings
 from tests.helpers import eventually
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     SYMBOLS,
     T0,

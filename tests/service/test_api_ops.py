@@ -3,7 +3,6 @@ route templates, WebSocket counters, freshness, and any other metrics on the reg
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inference.metrics import WorkerMetrics
 from streaming.metrics import IngestMetrics
 from tests.helpers import eventually
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     T0,
     Api,
@@ -51,7 +50,8 @@ def last_closed_minute() -> int:
 async def test_readyz_reports_each_reason(redis_url: str) -> None:
     prefix = unique_prefix()
     settings = api_settings(redis_url, prefix, api_ready_max_lag_s=600, api_ready_max_stall_s=1.0)
-    async with redis_signals(redis_url, prefix) as store, serving(settings) as api:
+    now = [1000.0]  # the monotonic clock readiness measures stalls with, moved by hand
+    async with redis_signals(redis_url, prefix) as store, serving(settings, monotonic=lambda: now[0]) as api:
         await eventually(lambda: api.sample("candlecast_api_signal_feed_up") == 1, 5)
         status, reasons, checks = await readiness(api)
         assert (status, reasons) == (503, ["no_data", "no_fresh_signals"])
@@ -78,7 +78,7 @@ async def test_readyz_reports_each_reason(redis_url: str) -> None:
         assert 0 <= checks["data_lag_s"] < 200
 
         # The exchange clock stops moving for longer than allowed: stalled.
-        await asyncio.sleep(1.2)
+        now[0] += 1.2
         status, reasons, _ = await readiness(api)
         assert (status, reasons) == (503, ["data_stalled"])
         await store.publish(make_signal(last_closed_minute() + MINUTE, "ETHUSDT"))

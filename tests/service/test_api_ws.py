@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection
 
 from inference.signal import Signal
 from tests.helpers import eventually
-from tests.service.test_api_kit import (
+from tests.service.kit import (
     MINUTE,
     SYMBOLS,
     T0,

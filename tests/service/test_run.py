@@ -10,7 +10,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from service.parts import ingest_config, worker_config
+from service.compose import ingest_config, worker_config
 from service.run import run_service
 from service.settings import load_settings
 from tests.conftest import DATA_1M

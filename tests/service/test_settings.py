@@ -55,3 +55,9 @@ def test_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, val
         load_settings()
     assert var in str(info.value)
     assert needle in str(info.value)
+
+
+def test_require_redis_names_the_variable_and_why_it_is_needed() -> None:
+    with pytest.raises(ConfigError, match=r"CANDLECAST_REDIS_URL: inspect reads the Redis store; set it \(e\.g\."):
+        load_settings(redis_url=None).require_redis("inspect reads the Redis store")
+    assert load_settings(redis_url="redis://127.0.0.1:6379/3").require_redis("x") == "redis://127.0.0.1:6379/3"

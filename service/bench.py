@@ -1,11 +1,12 @@
 """``candlecast bench api``: the signal route against the framework's ceiling, and WebSocket fan-out.
 
-The API runs in its own process (uvicorn, the app from :func:`service.app.create_app` fed by an
-in-process signal store) with one extra route, ``/bare``, returning fixed bytes through the same
-server settings: the ceiling for any route. The load comes from this process: ``connections``
-keep-alive clients, each request timed; routes alternate so drift hits both. Then ``subscribers``
-WebSocket clients subscribe to BTCUSDT and the server publishes signals stamped with its wall
-clock; each client times publish → receipt (same machine, same clock).
+The API runs in its own process (an :class:`~service.server.ApiServer` serving
+:func:`service.app.create_app` fed by an in-process signal store) with one extra route,
+``/bare``, returning fixed bytes through the same server settings: the ceiling for any route. The
+load comes from this process: ``connections`` keep-alive clients, each request timed; routes
+alternate so drift hits both. Then ``subscribers`` WebSocket clients subscribe to BTCUSDT and the
+server publishes signals stamped with its wall clock; each client times publish → receipt (same
+machine, same clock).
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ def _signal(start: int, wall_ms: int) -> Signal:
 
 
 def _serve(port_pipe: Any) -> None:
-    import uvicorn
     from fastapi import Response
 
     from inference.signal_store import MemorySignalStore
-    from service.app import create_app, server_config
+    from service.app import create_app
+    from service.server import ApiServer, server_config
     from service.settings import load_settings
 
     async def main() -> None:
@@ -82,14 +83,11 @@ def _serve(port_pipe: Any) -> None:
             return Response(status_code=204)
 
         # the production server settings (no per-message deflate, frame limit), quiet
-        server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=0, log_level="error"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.02)
-        port_pipe.send(next(s for srv in server.servers for s in srv.sockets).getsockname()[1])
+        server = ApiServer(server_config(app, settings, host="127.0.0.1", port=0, log_level="error"))
+        await server.start()
+        port_pipe.send(server.port)
         await asyncio.get_running_loop().run_in_executor(None, port_pipe.recv)
-        server.should_exit = True
-        await task
+        await server.close()
 
     asyncio.run(main())
 

@@ -1,5 +1,5 @@
 """Shared by the API tests: a real uvicorn server on 127.0.0.1:0 serving ``create_app``, settings,
-signals, and WebSocket helpers (the ``websockets`` client). The tests at the end check the kit."""
+signals, and WebSocket helpers (the ``websockets`` client). Its own checks are in test_kit.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -22,7 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from inference.runtime import CPU
 from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLatency
 from inference.signal_store import RedisSignalStore
-from service.app import ApiServer, create_app, server_config
+from service.app import create_app
+from service.server import ApiServer, server_config
 from service.settings import Settings, load_settings
 from tests.helpers import eventually
 
@@ -184,28 +184,3 @@ async def read_until_closed(ws: ClientConnection, within: float = 10.0) -> tuple
                 break
             frames.append(orjson.loads(raw))
     return ws.close_code, frames
-
-
-# --- the kit's own checks ---------------------------------------------------------------------------
-
-
-async def test_kit_serves_on_a_free_port_and_stops(redis_url: str) -> None:
-    async with serving(api_settings(redis_url, unique_prefix())) as api, api.http() as http:
-        assert (await http.get("/healthz")).json() == {"status": "ok"}
-    async with httpx.AsyncClient(base_url=api.base_url) as http:
-        with pytest.raises(httpx.ConnectError):
-            await http.get("/healthz")
-    await api.server.close()  # safe twice
-
-
-def test_kit_signals_round_trip() -> None:
-    s = make_signal(T0, "ETHUSDT", direction="short", components=5)
-    assert Signal.from_json(s.to_json()) == s
-    assert len(s.components) == 5
-
-
-@pytest.mark.parametrize("symbols", [["btcusdt"], ["BTCUSDT", "ETHUSDT"]])
-async def test_kit_subscribe_collects_ack_and_snapshot(redis_url: str, symbols: list[str]) -> None:
-    async with serving(api_settings(redis_url, unique_prefix())) as api, ws_connect(api.ws_url) as ws:
-        frames = await subscribe(ws, symbols)
-        assert [f["op"] for f in frames] == ["subscribe"] + ["unavailable"] * len(symbols)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.bench_api import bench_api
+from service.bench import bench_api
 
 pytestmark = pytest.mark.timeout(120)
 

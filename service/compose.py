@@ -1,0 +1,174 @@
+"""The composition root: every part of the service built from :class:`Settings`, in one place.
+
+Every entry point (``candlecast ingest | worker | api | run``) builds its parts here, so a setting
+means the same thing everywhere: the window store, the worker's Redis or in-memory I/O, the worker,
+the API server, the replay simulator and the metrics endpoints. The entry points only own the
+parts' lifetimes. FastAPI and uvicorn are imported only when an API server is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, start_http_server
+
+from inference.components import ModelRegistry
+from inference.config import WorkerConfig
+from inference.ensemble import Thresholds
+from inference.events import EventSource, MemoryEventSource, RedisEventSource
+from inference.metrics import WorkerMetrics
+from inference.signal_store import MemorySignalStore, RedisSignalStore
+from inference.worker import Worker
+from service.settings import Settings
+from streaming.clock import ExchangeClock
+from streaming.ingestor import IngestConfig
+from streaming.memory_store import MemoryStore
+from streaming.redis_store import RedisStore
+from streaming.sim.server import ExchangeSimulator, SimulatorConfig
+from streaming.store import WindowStore
+
+if TYPE_CHECKING:
+    from service.server import ApiServer
+
+__all__ = [
+    "WorkerIO",
+    "api_server",
+    "ingest_config",
+    "model_registry",
+    "open_store",
+    "open_worker_io",
+    "replay_simulator",
+    "serve_metrics",
+    "worker",
+    "worker_config",
+]
+
+log = logging.getLogger(__name__)
+
+
+def ingest_config(settings: Settings, ws_url: str | None = None, rest_url: str | None = None) -> IngestConfig:
+    return IngestConfig(
+        ws_url=ws_url or settings.bybit_ws_url,
+        rest_url=rest_url or settings.bybit_rest_url,
+        symbols=tuple(settings.symbols),
+        intervals=tuple(settings.intervals),
+        book_depth=settings.book_depth,
+        symbols_per_connection=settings.symbols_per_connection,
+        depth_sample_ms=settings.depth_sample_ms,
+        book_silence_s=settings.book_silence_s,
+        kline_silence_s=settings.kline_silence_s,
+        rest_rate_per_s=settings.rest_requests_per_second,
+    )
+
+
+def open_store(settings: Settings) -> WindowStore:
+    if settings.redis_url is None:
+        log.warning("CANDLECAST_REDIS_URL is not set: using the in-memory store (this process only)")
+        return MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
+    return RedisStore.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        window_bars=settings.window_bars,
+        depth_rows=settings.depth_window,
+    )
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        intervals=tuple(settings.intervals),
+        book_depth=settings.book_depth,
+        thresholds=Thresholds(settings.signal_long_above, settings.signal_short_below),
+        latency_budget_ms=settings.latency_budget_ms,
+        coarse_wait_ms=settings.coarse_wait_ms,
+        inference_concurrency=settings.inference_concurrency,
+        max_in_flight=settings.worker_max_in_flight,
+        claim_idle_ms=settings.claim_idle_ms,
+    )
+
+
+def model_registry(settings: Settings, metrics: WorkerMetrics) -> ModelRegistry:
+    return ModelRegistry(
+        settings.artifacts_dir,
+        prefer_gpu=settings.prefer_gpu,
+        threads=settings.inference_threads,
+        weights=settings.component_weights,
+        poll_s=settings.manifest_poll_s,
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerIO:
+    """Where a worker reads bar-closed events and writes signals; ``signals.close()`` releases it."""
+
+    signals: RedisSignalStore | MemorySignalStore
+    events: EventSource
+    consumer: str | None  # the Redis consumer name (None: in memory)
+    where: str  # for the console
+
+    @property
+    def in_memory(self) -> MemorySignalStore | None:
+        """The in-process signal store an API in the same process serves from (None: Redis)."""
+        return self.signals if isinstance(self.signals, MemorySignalStore) else None
+
+
+def open_worker_io(settings: Settings, store: WindowStore) -> WorkerIO:
+    """A Redis store's worker reads its consumer group and writes Redis signals; an in-memory
+    store's reads the store's own events and writes an in-memory signal store."""
+    if isinstance(store, RedisStore) and settings.redis_url is not None:
+        consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
+        events = RedisEventSource(client, store.events_key, group=settings.worker_group, consumer=consumer)
+        return WorkerIO(signals, events, consumer, settings.redis_url)
+    memory = MemorySignalStore(audit_maxlen=settings.signal_audit_maxlen)
+    return WorkerIO(memory, MemoryEventSource(store), None, "the in-memory store (CANDLECAST_REDIS_URL not set)")
+
+
+def worker(
+    settings: Settings, store: WindowStore, io: WorkerIO, metrics: WorkerMetrics, config: WorkerConfig | None = None
+) -> Worker:
+    """The inference worker over ``store`` and ``io`` (``config``: default from ``settings``), with
+    the model registry of ``settings`` (``worker.models``; load it before running)."""
+    config = config if config is not None else worker_config(settings)
+    return Worker(config, store, io.events, io.signals, model_registry(settings, metrics), metrics)
+
+
+def api_server(
+    settings: Settings,
+    registry: CollectorRegistry,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    signal_store: MemorySignalStore | None = None,
+    exchange_clock: ExchangeClock | None = None,
+) -> ApiServer:
+    """The API (:func:`service.app.create_app`) under its production uvicorn settings."""
+    from service.app import create_app  # FastAPI and uvicorn: serving commands only
+    from service.server import ApiServer, server_config
+
+    app = create_app(settings, signal_store=signal_store, registry=registry, exchange_clock=exchange_clock)
+    return ApiServer(server_config(app, settings, host=host, port=port))
+
+
+async def replay_simulator(
+    stack: contextlib.AsyncExitStack, sources: list[Path], speed: float, offset_bars: int = 20_000
+) -> ExchangeSimulator:
+    """An exchange simulator on loopback replaying ``sources`` (1m CSVs) until ``stack`` closes."""
+    config = SimulatorConfig(sources=sources, speed=speed, start_offset_bars=offset_bars)
+    return await stack.enter_async_context(ExchangeSimulator(config))
+
+
+def serve_metrics(stack: contextlib.AsyncExitStack, host: str, port: int, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` for Prometheus on ``host:port`` until ``stack`` closes; port 0 = not at all."""
+    if port:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+        stack.callback(thread.join, 5.0)
+        stack.callback(server.shutdown)

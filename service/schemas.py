@@ -1,0 +1,327 @@
+"""The API's OpenAPI surface: the response schemas and the documented examples, written once.
+
+Routes (:mod:`service.routes`) declare their responses from here; :func:`keep_example_nulls` puts
+back the ``null`` values FastAPI strips from examples, so the documented signal stays valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+
+from inference.signal import BarRef, Signal
+from service.errors import ErrorBody
+
+__all__ = [
+    "DESCRIPTION",
+    "EXAMPLE_SIGNAL",
+    "HISTORY_OK",
+    "INVALID",
+    "JSON",
+    "NOT_READY",
+    "SIGNALS_OK",
+    "SIGNAL_OK",
+    "SIGNAL_UNAVAILABLE",
+    "STORE_UNAVAILABLE",
+    "UNAUTHORIZED",
+    "UNAVAILABLE_EXAMPLES",
+    "UNKNOWN_SYMBOL",
+    "NoSignalInfo",
+    "Ready",
+    "SignalHistory",
+    "SignalsOverview",
+    "SymbolSignal",
+    "error_example",
+    "error_response",
+    "keep_example_nulls",
+    "one_error",
+]
+
+JSON = "application/json"
+
+EXAMPLE_SIGNAL: dict[str, Any] = {
+    "symbol": "BTCUSDT",
+    "bar": {"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
+    "produced_at": 1750000080000,
+    "produced_wall_ms": 1750000080420,
+    "direction": "long",
+    "score": 0.0812,
+    "p_up": 0.5406,
+    "confidence": 0.0812,
+    "agreement": 0.75,
+    "source": "ensemble",
+    "fallback_reason": None,
+    "components": [
+        {
+            "name": "tcn_1m",
+            "timeframe": "1",
+            "horizon": "next 1m bar",
+            "p_up": 0.55,
+            "weight": 1.0,
+            "version": "2026.11.20",
+            "provider": "CPUExecutionProvider",
+            "latency_ms": 0.41,
+            "status": "voted",
+            "reason": None,
+        },
+        {
+            "name": "tcn_60m",
+            "timeframe": "60",
+            "horizon": "next 60m bar",
+            "p_up": None,
+            "weight": 1.0,
+            "version": "2026.11.20",
+            "provider": "CPUExecutionProvider",
+            "latency_ms": None,
+            "status": "dropped",
+            "reason": "stale_window",
+        },
+    ],
+    "freshness": {
+        "last_bar_start": {"1": 1750000020000, "60": 1749996000000},
+        "book_state": "READY",
+        "book_age_ms": 112,
+    },
+    "latency_ms": {
+        "read": 0.9,
+        "render": 2.1,
+        "infer": 4.8,
+        "ensemble": 0.05,
+        "total": 8.2,
+        "bar_close_to_publish": 420.0,
+    },
+    "horizon": "next 1m bar; next 60m bar",
+}
+
+
+def error_example(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+UNAVAILABLE_EXAMPLES = {
+    "warming_up": {
+        "summary": "no signal yet",
+        "value": error_example(
+            "signal_unavailable",
+            "no signal for BTCUSDT yet: the service is warming up",
+            symbol="BTCUSDT",
+            reason="warming_up",
+            retry_after_s=5,
+            exchange_time_ms=None,
+            max_age_ms=150000,
+            last_signal_bar=None,
+            age_ms=None,
+            no_signal=None,
+        ),
+    },
+    "no_signal": {
+        "summary": "the newest bars could not be signalled honestly",
+        "value": error_example(
+            "signal_unavailable",
+            "no signal for BTCUSDT since the bar at 1750000140000: fallback_input:holed_window",
+            symbol="BTCUSDT",
+            reason="no_signal",
+            retry_after_s=30,
+            exchange_time_ms=1750000260000,
+            max_age_ms=150000,
+            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
+            age_ms=180000,
+            no_signal={
+                "reason": "fallback_input:holed_window",
+                "detail": "tcn_1m: holed_window; fallback: holed_window",
+                "bar": {"interval": "1", "start": 1750000140000, "close_time": 1750000200000},
+                "produced_at": 1750000200000,
+            },
+        ),
+    },
+    "stale": {
+        "summary": "the latest signal is too old on the exchange clock",
+        "value": error_example(
+            "signal_unavailable",
+            "the latest signal for BTCUSDT is older than 150000 ms on the exchange clock",
+            symbol="BTCUSDT",
+            reason="stale",
+            retry_after_s=30,
+            exchange_time_ms=1750000260000,
+            max_age_ms=150000,
+            last_signal_bar={"interval": "1", "start": 1750000020000, "close_time": 1750000080000},
+            age_ms=180000,
+            no_signal=None,
+        ),
+    },
+}
+
+
+def error_response(description: str, examples: dict[str, Any]) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description, "content": {JSON: {"examples": examples}}}
+
+
+def one_error(description: str, code: str, message: str, **details: Any) -> dict[str, Any]:
+    """An error response documented by a single example, named after its code."""
+    return error_response(description, {code: {"value": error_example(code, message, **details)}})
+
+
+UNKNOWN_SYMBOL = one_error(
+    "The symbol is not configured; `details.symbols` lists those that are.",
+    "unknown_symbol",
+    "FOOUSDT is not served here",
+    symbol="FOOUSDT",
+    symbols=["BTCUSDT", "ETHUSDT"],
+)
+UNAUTHORIZED = one_error(
+    "API keys are on and the request has no valid `Authorization: Bearer <key>`.", "unauthorized", "invalid API key"
+)
+INVALID = one_error(
+    "A parameter is out of range.",
+    "validation_error",
+    "the request is not valid",
+    errors=[
+        {"loc": ["query", "limit"], "message": "Input should be less than or equal to 1000", "type": "less_than_equal"}
+    ],
+)
+
+
+class NoSignalInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    detail: str
+    bar: BarRef
+    produced_at: int
+
+
+class SymbolSignal(BaseModel):
+    """A symbol in ``GET /signals``: its servable signal, or why there is none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    available: bool
+    signal: Signal | None = None
+    reason: Literal["warming_up", "no_signal", "stale"] | None = None
+    message: str | None = None
+    retry_after_s: int | None = None
+    age_ms: int | None = None
+    last_signal_bar: BarRef | None = None
+    no_signal: NoSignalInfo | None = None
+
+
+class SignalsOverview(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    exchange_time_ms: int | None
+    max_age_ms: int
+    symbols: dict[str, SymbolSignal]
+
+
+class SignalHistory(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str
+    count: int
+    signals: list[Signal]
+
+
+class Ready(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["ready"]
+    checks: dict[str, Any]
+
+
+DESCRIPTION = """
+Live trading signals for Bybit linear perpetuals. One signal per symbol per close of the finest bar,
+from an ensemble of ONNX models (or a transparent momentum fallback, which the signal says).
+
+**Freshness** is judged on the exchange clock: a signal is served while it is at most two finest bars
+plus a grace old; otherwise `503` with the reason (`warming_up`, `no_signal`, `stale`) and a
+`Retry-After`. A signal is never invented.
+
+**WebSocket** `/ws`: send `{"op":"subscribe","symbols":["BTCUSDT"]}`; get an ack, the last signal of
+each symbol, then every new one. `{"op":"unsubscribe",...}`, `{"op":"ping"}` → `pong`. Errors come
+as `{"op":"error","error":{...}}` frames and keep the connection. A client whose send queue fills up is
+closed with 1013; a missing or bad key closes with 1008.
+
+**Keys** (when configured): `Authorization: Bearer <key>`, or for WebSockets the first message
+`{"op":"auth","key":"..."}`. Never in the URL.
+"""
+
+
+# --- per-route responses ------------------------------------------------------------------------
+
+SIGNAL_OK: dict[str, Any] = {
+    "model": Signal,
+    "description": "The latest signal, exactly as the worker published it.",
+    "content": {JSON: {"example": EXAMPLE_SIGNAL}},
+}
+SIGNAL_UNAVAILABLE: dict[str, Any] = {
+    **error_response("No servable signal; see `details.reason`. Sent with `Retry-After`.", UNAVAILABLE_EXAMPLES),
+    "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+}
+SIGNALS_OK: dict[str, Any] = {
+    "content": {
+        JSON: {
+            "example": {
+                "exchange_time_ms": 1750000080000,
+                "max_age_ms": 150000,
+                "symbols": {
+                    "BTCUSDT": {"available": True, "signal": EXAMPLE_SIGNAL},
+                    "ETHUSDT": {
+                        "available": False,
+                        "reason": "warming_up",
+                        "message": "no signal for ETHUSDT yet: the service is warming up",
+                        "retry_after_s": 5,
+                        "age_ms": None,
+                        "last_signal_bar": None,
+                        "no_signal": None,
+                    },
+                },
+            }
+        }
+    }
+}
+HISTORY_OK: dict[str, Any] = {
+    "content": {JSON: {"example": {"symbol": "BTCUSDT", "count": 1, "signals": [EXAMPLE_SIGNAL]}}}
+}
+STORE_UNAVAILABLE = one_error(
+    "The signal store cannot be reached.", "store_unavailable", "the signal store is unavailable"
+)
+NOT_READY = one_error(
+    "Not ready; `details.reasons` says why.",
+    "not_ready",
+    "not ready: redis_unreachable, signal_feed_down",
+    reasons=["redis_unreachable", "signal_feed_down"],
+    checks={"redis": "unreachable", "signal_feed": "down"},
+)
+
+
+def keep_example_nulls(app: FastAPI) -> None:
+    """FastAPI drops every ``null`` from the OpenAPI document, examples included, which would make
+    the documented signal invalid (``fallback_reason`` is required, and null when no fallback):
+    put the examples back as written."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first = app.openapi_schema is None
+        schema = generate()
+        if first:
+            for route in app.routes:
+                if not isinstance(route, APIRoute):
+                    continue
+                for method in route.methods or ():
+                    operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+                    if operation is None:
+                        continue
+                    for status, spec in route.responses.items():
+                        for media, content in spec.get("content", {}).items():
+                            target = operation["responses"].get(str(status), {}).get("content", {}).get(media)
+                            if target is None:
+                                continue
+                            for field in ("example", "examples"):
+                                if field in content:
+                                    target[field] = content[field]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
