@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 
-from inference.signal_store import redis_errors
+from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.errors import StoreError
+from streaming.redis_boundary import store_errors, text
 from streaming.store import BarEvent
 
 __all__ = ["Delivery", "EventSource", "MemoryEventSource", "RedisEventSource"]
@@ -60,16 +61,11 @@ class EventSource(Protocol):
         ...
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _delivery(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> Delivery:
-    f = {_text(k): _text(v) for k, v in (fields or {}).items()}
     try:
-        return Delivery(_text(entry_id), BarEvent(f["symbol"], f["interval"], int(f["start"])))
-    except (KeyError, ValueError):
-        return Delivery(_text(entry_id), None)
+        return Delivery(text(entry_id), decode_bar_event(fields or {}))
+    except BarEventError:
+        return Delivery(text(entry_id), None)
 
 
 class RedisEventSource:
@@ -85,7 +81,7 @@ class RedisEventSource:
         self._claim_cursor = "0-0"
 
     async def setup(self) -> None:
-        with redis_errors("create consumer group"):
+        with store_errors("create consumer group"):
             try:
                 # "$": a new group starts at the live edge; signals for long-gone bars help nobody.
                 await self._r.xgroup_create(self.stream, self.group, id="$", mkstream=True)
@@ -97,7 +93,7 @@ class RedisEventSource:
     async def read(self, *, pending: bool, after: str = "0", count: int = 32, block_ms: int = 1000) -> list[Delivery]:
         streams: dict[Any, Any] = {self.stream: after if pending else ">"}
         try:
-            with redis_errors("read events"):
+            with store_errors("read events"):
                 reply: Any = await self._r.xreadgroup(
                     self.group, self.consumer, streams, count=count, block=None if pending else block_ms
                 )
@@ -113,27 +109,27 @@ class RedisEventSource:
         return out
 
     async def claim(self, min_idle_ms: int, count: int = 32) -> list[Delivery]:
-        with redis_errors("claim events"):
+        with store_errors("claim events"):
             reply = await self._r.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=self._claim_cursor, count=count
             )
-        cursor, entries = _text(reply[0]), reply[1]
+        cursor, entries = text(reply[0]), reply[1]
         self._claim_cursor = cursor
-        deleted = [_text(i) for i in reply[2]] if len(reply) > 2 else []
+        deleted = [text(i) for i in reply[2]] if len(reply) > 2 else []
         if deleted:  # trimmed from the stream while pending: nothing left to handle
             await self.ack(deleted)
         return [_delivery(entry_id, fields) for entry_id, fields in entries]
 
     async def ack(self, ids: Sequence[str]) -> None:
         if ids:
-            with redis_errors("ack events"):
+            with store_errors("ack events"):
                 await self._r.xack(self.stream, self.group, *ids)
 
     async def backlog(self) -> tuple[int | None, int]:
-        with redis_errors("consumer group info"):
+        with store_errors("consumer group info"):
             groups = await self._r.xinfo_groups(self.stream)
         for g in groups:
-            if _text(g["name"]) == self.group:
+            if text(g["name"]) == self.group:
                 lag = g.get("lag")
                 return (None if lag is None else int(lag)), int(g["pending"])
         return None, 0
@@ -141,9 +137,9 @@ class RedisEventSource:
     async def forget_idle_consumers(self, idle_ms: int) -> list[str]:
         """Remove consumers with nothing pending and idle for ``idle_ms`` (restarted workers' old names)."""
         removed = []
-        with redis_errors("tidy consumers"):
+        with store_errors("tidy consumers"):
             for c in await self._r.xinfo_consumers(self.stream, self.group):
-                name = _text(c["name"])
+                name = text(c["name"])
                 if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) >= idle_ms:
                     await self._r.xgroup_delconsumer(self.stream, self.group, name)
                     removed.append(name)

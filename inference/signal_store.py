@@ -24,18 +24,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 
 from inference.signal import NoSignal, Signal, SignalFormatError
-from streaming.errors import StoreError, StoreUnavailable
+from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.klines import interval_ms
+from streaming.redis_boundary import store_errors, text
+from streaming.redis_keys import RedisKeys
 
 __all__ = [
     "MemorySignalStore",
@@ -44,7 +44,6 @@ __all__ = [
     "SignalSnapshot",
     "SignalStore",
     "SymbolSnapshot",
-    "redis_errors",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,17 +102,6 @@ class SignalStore(Protocol):
     async def close(self) -> None: ...
 
 
-@contextmanager
-def redis_errors(what: str) -> Iterator[None]:
-    """Translate redis-py errors at the boundary: unreachable ⇒ ``StoreUnavailable``, else ``StoreError``."""
-    try:
-        yield
-    except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis unavailable ({what}): {exc}") from exc
-    except rex.RedisError as exc:
-        raise StoreError(f"redis error ({what}): {exc}") from exc
-
-
 # KEYS: latest, audit, published bars (zset), nosignal. ARGV: start, json, audit_maxlen, dedupe_keep, channel.
 # Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
 _PUBLISH = """
@@ -153,10 +141,6 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RedisSignalStore:
     def __init__(
         self,
@@ -168,32 +152,23 @@ class RedisSignalStore:
     ) -> None:
         self._r = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.audit_maxlen = audit_maxlen
         self.dedupe_keep = dedupe_keep
         self._publish = client.register_script(_PUBLISH)
         self._no_signal = client.register_script(_NO_SIGNAL)
 
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:signals"
-
-    def latest_key(self, symbol: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:signal"
-
-    def audit_key(self, symbol: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:signals"
-
-    def bars_key(self, symbol: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:signal:bars"
-
-    def no_signal_key(self, symbol: str) -> str:
-        return f"{self.prefix}:{{{symbol}}}:nosignal"
-
     async def publish(self, signal: Signal) -> Published:
         s = signal.symbol
-        keys = [self.latest_key(s), self.audit_key(s), self.bars_key(s), self.no_signal_key(s)]
-        args: list[Any] = [signal.bar.start, signal.to_json(), self.audit_maxlen, self.dedupe_keep, self.channel]
-        with redis_errors("publish signal"):
+        keys = [self.keys.signal_latest(s), self.keys.signal_audit(s), self.keys.signal_bars(s), self.keys.no_signal(s)]
+        args: list[Any] = [
+            signal.bar.start,
+            signal.to_json(),
+            self.audit_maxlen,
+            self.dedupe_keep,
+            self.keys.signals_channel,
+        ]
+        with store_errors("publish signal"):
             outcome = int(await self._publish(keys=keys, args=args))
         return {2: Published.LATEST, 1: Published.AUDITED}.get(outcome, Published.DUPLICATE)
 
@@ -201,18 +176,18 @@ class RedisSignalStore:
         args: list[Any] = [record.bar.start]
         for k, v in record.to_fields().items():
             args += [k, v]
-        keys = [self.no_signal_key(record.symbol), self.bars_key(record.symbol)]
-        with redis_errors("record no-signal"):
+        keys = [self.keys.no_signal(record.symbol), self.keys.signal_bars(record.symbol)]
+        with store_errors("record no-signal"):
             return bool(await self._no_signal(keys=keys, args=args))
 
     async def latest(self, symbol: str) -> Signal | None:
-        with redis_errors("read latest signal"):
-            raw = await self._r.get(self.latest_key(symbol))
+        with store_errors("read latest signal"):
+            raw = await self._r.get(self.keys.signal_latest(symbol))
         return None if raw is None else Signal.from_json(raw)
 
     async def history(self, symbol: str, count: int = 100) -> list[Signal]:
-        with redis_errors("read signal history"):
-            entries = await self._r.xrevrange(self.audit_key(symbol), count=count)
+        with store_errors("read signal history"):
+            entries = await self._r.xrevrange(self.keys.signal_audit(symbol), count=count)
         out = []
         for entry_id, fields in entries or []:
             raw = (fields or {}).get(b"signal")
@@ -221,37 +196,37 @@ class RedisSignalStore:
                     raise SignalFormatError("no signal field")
                 out.append(Signal.from_json(raw))
             except SignalFormatError:
-                log.warning("skipping a foreign entry %r in %s", entry_id, self.audit_key(symbol))
+                log.warning("skipping a foreign entry %r in %s", entry_id, self.keys.signal_audit(symbol))
         return out
 
     async def no_signal(self, symbol: str) -> NoSignal | None:
-        with redis_errors("read no-signal"):
-            raw = await self._r.hgetall(self.no_signal_key(symbol))
+        with store_errors("read no-signal"):
+            raw = await self._r.hgetall(self.keys.no_signal(symbol))
         if not raw:
             return None
-        return NoSignal.from_fields({_text(k): _text(v) for k, v in raw.items()})
+        return NoSignal.from_fields({text(k): text(v) for k, v in raw.items()})
 
-    async def snapshot(self, symbols: Sequence[str], *, events_key: str | None = None) -> SignalSnapshot:
-        """Each symbol's latest signal and no-signal record in one round trip; with ``events_key``
-        (the ingestor's bar-closed stream) also the close time of its newest event, so a reader's
+    async def snapshot(self, symbols: Sequence[str], *, bar_clock: bool = False) -> SignalSnapshot:
+        """Each symbol's latest signal and no-signal record in one round trip; with ``bar_clock``
+        also the close time of the newest event on the ingestor's bar-closed stream, so a reader's
         exchange clock moves even while no worker publishes."""
         pipe = self._r.pipeline(transaction=False)
         for s in symbols:
-            pipe.get(self.latest_key(s))
-            pipe.hgetall(self.no_signal_key(s))
-        if events_key is not None:
-            pipe.xrevrange(events_key, count=1)
-        with redis_errors("read the signal snapshot"):
+            pipe.get(self.keys.signal_latest(s))
+            pipe.hgetall(self.keys.no_signal(s))
+        if bar_clock:
+            pipe.xrevrange(self.keys.bar_events, count=1)
+        with store_errors("read the signal snapshot"):
             replies: list[Any] = await pipe.execute()
         out = tuple(
             SymbolSnapshot(
                 s,
                 replies[2 * i],
-                _no_signal_or_none(s, {_text(k): _text(v) for k, v in (replies[2 * i + 1] or {}).items()}),
+                _no_signal_or_none(s, {text(k): text(v) for k, v in (replies[2 * i + 1] or {}).items()}),
             )
             for i, s in enumerate(symbols)
         )
-        newest = None if events_key is None else _newest_close(replies[-1], events_key)
+        newest = _newest_close(replies[-1], self.keys.bar_events) if bar_clock else None
         return SignalSnapshot(out, newest)
 
     async def close(self) -> None:
@@ -261,10 +236,10 @@ class RedisSignalStore:
 def _newest_close(entries: Any, events_key: str) -> int | None:
     """The close time of the newest entry of the bar-closed stream (``start`` + one ``interval``)."""
     for _id, fields in entries or []:
-        f = {_text(k): _text(v) for k, v in (fields or {}).items()}
         try:
-            return int(f["start"]) + interval_ms(f["interval"])
-        except (KeyError, ValueError):
+            event = decode_bar_event(fields or {})
+            return event.start + interval_ms(event.interval)
+        except (BarEventError, ValueError):
             log.debug("ignoring a foreign entry in %s", events_key)
     return None
 

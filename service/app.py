@@ -52,7 +52,6 @@ from service.ws import WsHub
 from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
-from streaming.redis_store import RedisStore
 
 __all__ = ["API_NEEDS_REDIS", "create_app"]
 
@@ -126,7 +125,7 @@ def create_app(
                     metrics,
                     resync_s=settings.api_resync_s,
                     backoff=Backoff(min(0.1, settings.api_reconnect_max_s), settings.api_reconnect_max_s),
-                    events_key=RedisStore(client, prefix=settings.redis_prefix).events_key,
+                    bar_clock=True,
                 )
                 ping = client.ping
             else:

@@ -126,7 +126,7 @@ def open_worker_io(settings: Settings, store: WindowStore) -> WorkerIO:
         consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
         signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
-        events = RedisEventSource(client, store.events_key, group=settings.worker_group, consumer=consumer)
+        events = RedisEventSource(client, store.keys.bar_events, group=settings.worker_group, consumer=consumer)
         return WorkerIO(signals, events, consumer, settings.redis_url)
     memory = MemorySignalStore(audit_maxlen=settings.signal_audit_maxlen)
     return WorkerIO(memory, MemoryEventSource(store), None, "the in-memory store (CANDLECAST_REDIS_URL not set)")

@@ -110,18 +110,18 @@ class RedisSignalFeed(_Feed):
         resync_s: float = 5.0,
         backoff: Backoff | None = None,
         ping_s: float = 5.0,
-        events_key: str | None = None,
+        bar_clock: bool = False,
         close_timeout_s: float = 5.0,
     ) -> None:
         """The store's snapshot runs the prime; ``subscriber`` is a client of its own for the
-        subscription, built WITHOUT retries so a lost connection surfaces here. ``events_key``: the
-        ingestor's bar-closed stream, whose newest event moves the exchange clock on every prime."""
+        subscription, built WITHOUT retries so a lost connection surfaces here. ``bar_clock``: read the
+        ingestor's bar-closed stream too, whose newest event moves the exchange clock on every prime."""
         super().__init__(cache, metrics, resync_s, close_timeout_s)
         self._store = store
         self._subscriber = subscriber
         self._backoff = backoff or Backoff(0.1, 5.0)
         self._ping_s = ping_s
-        self._events_key = events_key
+        self._bar_clock = bar_clock
         self._ever_up = False
 
     async def start(self) -> None:
@@ -147,7 +147,7 @@ class RedisSignalFeed(_Feed):
             await asyncio.sleep(delay)
 
     async def _connect(self, pubsub: aioredis.client.PubSub) -> None:
-        channel = self._store.channel
+        channel = self._store.keys.signals_channel
         await pubsub.subscribe(channel)
         # Prime only once Redis confirms: a PUBLISH it handles before our SUBSCRIBE would be in
         # neither the keys we read nor the channel.
@@ -195,11 +195,11 @@ class RedisSignalFeed(_Feed):
                 self._metrics.signal_updates.labels("pubsub").inc()
         except SignalFormatError as exc:
             self._metrics.feed_errors.labels("bad_message").inc()
-            log.warning("ignoring a message on %s that is not a signal: %s", self._store.channel, exc)
+            log.warning("ignoring a message on %s that is not a signal: %s", self._store.keys.signals_channel, exc)
 
     async def prime(self) -> None:
         """Read every configured symbol's latest signal and no-signal record in one round trip."""
-        snapshot = await self._store.snapshot(self._cache.symbols, events_key=self._events_key)
+        snapshot = await self._store.snapshot(self._cache.symbols, bar_clock=self._bar_clock)
         self._prime(snapshot)
         # The ingestor's newest bar-closed event moves the exchange clock even when no worker runs,
         # so a dead worker's last signal turns stale instead of being served forever.

@@ -82,22 +82,6 @@ class RedisStore:
         client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10)
         return cls(client, **kwargs)
 
-    @property
-    def events_key(self) -> str:
-        return self.keys.bar_events
-
-    def kline_key(self, symbol: str, interval: str) -> str:
-        return self.keys.kline(symbol, interval)
-
-    def book_key(self, symbol: str, depth: int) -> str:
-        return self.keys.book(symbol, depth)
-
-    def depth_key(self, symbol: str, depth: int) -> str:
-        return self.keys.depth(symbol, depth)
-
-    def status_key(self, symbol: str) -> str:
-        return self.keys.status(symbol)
-
     async def write(self, batch: WriteBatch) -> WriteResult:
         result = WriteResult()
         bar_keys = list(batch.bars)

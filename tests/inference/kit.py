@@ -300,7 +300,7 @@ async def running_worker(
         available_providers=available_providers,
     )
     await registry.load()
-    events = RedisEventSource(client, store.events_key, group=group, consumer=consumer)
+    events = RedisEventSource(client, store.keys.bar_events, group=group, consumer=consumer)
     await events.setup()
     signals = RedisSignalStore(client, prefix=store.prefix)
     fields: dict[str, Any] = {

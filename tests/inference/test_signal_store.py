@@ -25,7 +25,7 @@ async def test_redis_snapshot_reads_signals_no_signals_and_the_newest_event(redi
         try:
             await client.xadd(f"{prefix}:events:bars", {"symbol": "BTCUSDT", "interval": "5", "start": str(T0)})
             snap = await RedisSignalStore(client, prefix=prefix).snapshot(
-                ["BTCUSDT", "ETHUSDT", "SOLUSDT"], events_key=f"{prefix}:events:bars"
+                ["BTCUSDT", "ETHUSDT", "SOLUSDT"], bar_clock=True
             )
         finally:
             await client.aclose()

@@ -43,7 +43,7 @@ async def test_simulated_market_to_signals_with_the_shipped_models(
     registry = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
     await registry.load()
     assert len(registry.current.enabled) == 8
-    events = RedisEventSource(client, store.events_key, group="e2e", consumer="w1")
+    events = RedisEventSource(client, store.keys.bar_events, group="e2e", consumer="w1")
     await events.setup()
     signals = RedisSignalStore(client, prefix=store.prefix)
     worker = Worker(WorkerConfig(intervals=INTERVALS, block_ms=100), store, events, signals, registry, metrics)

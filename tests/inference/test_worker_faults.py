@@ -255,8 +255,8 @@ async def test_unreadable_events_are_skipped_and_a_symbol_without_windows_gets_a
     redis_url: str, redis_store: RedisStore, models: Path
 ) -> None:
     async with running_worker(redis_url, redis_store, models) as h:
-        await h.client.xadd(redis_store.events_key, {"garbage": "1"})
-        await h.client.xadd(redis_store.events_key, {"symbol": "NOPEUSDT", "interval": "1", "start": str(CLOSE)})
+        await h.client.xadd(redis_store.keys.bar_events, {"garbage": "1"})
+        await h.client.xadd(redis_store.keys.bar_events, {"symbol": "NOPEUSDT", "interval": "1", "start": str(CLOSE)})
         result = await h.outcome("NOPEUSDT", CLOSE)
         assert isinstance(result, NoSignal) and result.reason == "fallback_input:empty_window"
         assert "no component voted (all_components_dropped: empty_window)" in result.detail

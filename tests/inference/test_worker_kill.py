@@ -77,7 +77,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
     first = T0 + 60 * MINUTE
     await redis_store.write(history(first, {"1": 60, "5": 60}, SYMBOLS))
     client = aioredis.Redis.from_url(redis_url)
-    group = RedisEventSource(client, redis_store.events_key, group=GROUP, consumer="test")
+    group = RedisEventSource(client, redis_store.keys.bar_events, group=GROUP, consumer="test")
     await group.setup()  # before any event of the run, so every one of them is the workers' to handle
     signals = RedisSignalStore(client, prefix=redis_store.prefix)
 
@@ -85,7 +85,9 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
         return sum([len(await signals.history(s, 1000)) for s in SYMBOLS])
 
     async def pending_on(consumer: str) -> int:
-        return len(await client.xpending_range(redis_store.events_key, GROUP, "-", "+", 100, consumername=consumer))
+        return len(
+            await client.xpending_range(redis_store.keys.bar_events, GROUP, "-", "+", 100, consumername=consumer)
+        )
 
     a, b, b2 = (WorkerProcess(name, env, tmp_path) for name in ("a", "b", "b2"))
     try:
@@ -119,7 +121,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
         expected = MINUTES * len(SYMBOLS)
 
         async def all_done() -> bool:
-            pending = await client.xpending(redis_store.events_key, GROUP)
+            pending = await client.xpending(redis_store.keys.bar_events, GROUP)
             return await published() == expected and int(pending["pending"]) == 0
 
         await eventually(all_done, 30, 0.1, what=f"{expected} signals and nothing pending")

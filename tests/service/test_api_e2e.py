@@ -46,7 +46,7 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(
     worker_metrics = WorkerMetrics(registry)
     models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=worker_metrics)
     await models.load()
-    events = RedisEventSource(client, store.events_key, group="api-e2e", consumer="w1")
+    events = RedisEventSource(client, store.keys.bar_events, group="api-e2e", consumer="w1")
     await events.setup()
     worker = Worker(WorkerConfig(intervals=INTERVALS, block_ms=100), store, events, signals, models, worker_metrics)
     ingestor = Ingestor(
@@ -77,7 +77,7 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(
             # Each push is the audit stream entry for its bar, byte for byte.
             audit = {
                 int(fields[b"start"]): fields[b"signal"]
-                for _id, fields in await client.xrevrange(signals.audit_key(SYMBOL), count=1000)
+                for _id, fields in await client.xrevrange(signals.keys.signal_audit(SYMBOL), count=1000)
             }
             for p in pushed:
                 raw = audit[p["signal"]["bar"]["start"]]

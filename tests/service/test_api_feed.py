@@ -61,7 +61,7 @@ async def test_after_a_redis_restart_the_cache_re_reads_what_pubsub_missed(own_r
 
             # A message lost in flight: the key moved on, nothing was published.
             missed = make_signal(T0 + MINUTE, direction="short")
-            await client.set(store.latest_key("BTCUSDT"), missed.to_json())
+            await client.set(store.keys.signal_latest("BTCUSDT"), missed.to_json())
             await asyncio.sleep(0.2)
             assert await served(api) == T0  # the cache did not see it (and no request reads Redis)
 

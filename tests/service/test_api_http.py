@@ -63,7 +63,7 @@ async def test_a_published_signal_is_served_from_memory_exactly_as_written(redis
 
         # No Redis round trip per request: the key is gone from Redis, the answer is not.
         client = aioredis.Redis.from_url(redis_url)
-        await client.delete(store.latest_key("BTCUSDT"))
+        await client.delete(store.keys.signal_latest("BTCUSDT"))
         await client.aclose()
         assert (await http.get("/signal/BTCUSDT")).content == s.to_json()
 

@@ -62,7 +62,9 @@ async def test_subscribers_get_the_last_value_then_every_new_signal_as_audited(r
             pushed = await next_signal(early)
             assert pushed["symbol"] == "BTCUSDT"
             # The pushed content is the audit stream entry, exactly.
-            assert orjson.loads(await audit_entry(redis_url, store.audit_key("BTCUSDT"), T0)) == pushed["signal"]
+            assert (
+                orjson.loads(await audit_entry(redis_url, store.keys.signal_audit("BTCUSDT"), T0)) == pushed["signal"]
+            )
             assert Signal.from_json(orjson.dumps(pushed["signal"])) == s1
 
             # A late subscriber gets the last value at once.

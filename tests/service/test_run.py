@@ -37,7 +37,7 @@ async def test_one_process_serves_signals_over_http_and_websocket(
             ingest_config(settings),
             worker_config(settings),
             replay=replay,
-            speed=600.0,
+            speed=60.0,  # one bar a second: a 2-core machine running other suites keeps up (readiness below)
             replay_offset_bars=16_000,
             bound=bound,
         )
@@ -47,11 +47,16 @@ async def test_one_process_serves_signals_over_http_and_websocket(
         async with httpx.AsyncClient(base_url=url) as http, connect(url.replace("http", "ws") + "/ws") as ws:
             await ws.send(orjson.dumps({"op": "subscribe", "symbols": ["btcusdt"]}).decode())
 
+            answers: list[httpx.Response] = []
+
             async def served() -> bool:
-                return (await http.get("/signal/btcusdt")).status_code == 200
+                answers.append(await http.get("/signal/btcusdt"))
+                return answers[-1].status_code == 200
 
             await eventually(served, 60, 0.2, what="GET /signal/btcusdt answers 200")
-            body = (await http.get("/signal/BTCUSDT")).json()
+            # The body of the 200 itself: a second GET could find the signal already stale on a
+            # loaded machine, which is the serving policy working, not a failure of `run`.
+            body = answers[-1].json()
             assert body["symbol"] == "BTCUSDT"
             assert body["source"] in ("ensemble", "fallback")
             pushed = []

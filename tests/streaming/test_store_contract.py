@@ -147,14 +147,14 @@ async def test_concurrent_writers_keep_one_bar_per_start(store: WindowStore) -> 
 async def test_redis_keys_of_one_symbol_share_a_cluster_slot(redis_url: str) -> None:
     rs = RedisStore(aioredis.Redis.from_url(redis_url), prefix="cc")
     keys = [
-        rs.kline_key("BTCUSDT", "1"),
-        rs.kline_key("BTCUSDT", "60"),
-        rs.book_key("BTCUSDT", 50),
-        rs.depth_key("BTCUSDT", 50),
-        rs.status_key("BTCUSDT"),
+        rs.keys.kline("BTCUSDT", "1"),
+        rs.keys.kline("BTCUSDT", "60"),
+        rs.keys.book("BTCUSDT", 50),
+        rs.keys.depth("BTCUSDT", 50),
+        rs.keys.status("BTCUSDT"),
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
-    assert key_slot(rs.kline_key("ETHUSDT", "1").encode()) != key_slot(keys[0].encode())
+    assert key_slot(rs.keys.kline("ETHUSDT", "1").encode()) != key_slot(keys[0].encode())
     await rs.close()
 
 

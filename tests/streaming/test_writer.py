@@ -59,7 +59,7 @@ async def test_outage_keeps_updates_and_recovery_writes_them(own_redis: RedisSer
 
 
 async def test_a_refused_key_does_not_block_the_rest_or_retry_forever(redis_store: RedisStore) -> None:
-    await redis_store._r.set(redis_store.status_key("ETHUSDT"), "not a hash")  # WRONGTYPE for HSET
+    await redis_store._r.set(redis_store.keys.status("ETHUSDT"), "not a hash")  # WRONGTYPE for HSET
     metrics = IngestMetrics()
     writer = WindowWriter(redis_store, metrics, linger_s=0)
     writer.put_bars("BTCUSDT", "1", [bar(0), bar(1)])
