@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from streaming.errors import FrameError, UnknownTopicError
+from streaming.klines import Bar
 
 __all__ = [
     "BookUpdate",
@@ -49,15 +50,10 @@ Level = tuple[Decimal, Decimal]
 
 
 class KlineBar(NamedTuple):
-    """One candle. ``confirm`` is true only for a closed bar (bybit_protocol.md §3)."""
+    """One candle as pushed: the bar's values (:class:`streaming.klines.Bar`) and ``confirm``, true
+    only for a closed bar (bybit_protocol.md §3)."""
 
-    start: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
-    turnover: Decimal
+    bar: Bar
     confirm: bool
 
 
@@ -194,7 +190,7 @@ def _parse_kline(topic: str, interval: str, symbol: str, obj: dict[str, Any]) ->
         confirm = item.get("confirm")
         if not isinstance(confirm, bool):
             raise FrameError(f"{topic}: 'confirm' must be a boolean")
-        bar = KlineBar(
+        bar = Bar(
             start=_int(item, "start", topic),
             open=_dec(item.get("open"), topic, positive=True),
             high=_dec(item.get("high"), topic, positive=True),
@@ -202,11 +198,10 @@ def _parse_kline(topic: str, interval: str, symbol: str, obj: dict[str, Any]) ->
             close=_dec(item.get("close"), topic, positive=True),
             volume=_dec(item.get("volume"), topic, positive=False),
             turnover=_dec(item.get("turnover", "0"), topic, positive=False),
-            confirm=confirm,
         )
         if not bar.low <= min(bar.open, bar.close) or not max(bar.open, bar.close) <= bar.high:
             raise FrameError(f"{topic}: inconsistent OHLC at start {bar.start}")
-        bars.append(bar)
+        bars.append(KlineBar(bar, confirm))
     return KlineUpdate(topic=topic, symbol=symbol, interval=interval, ts=ts, bars=tuple(bars))
 
 

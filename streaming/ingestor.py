@@ -273,16 +273,17 @@ class Ingestor:
         key = (msg.symbol, msg.interval)
         step = interval_ms(msg.interval)
         closed = []
-        for b in msg.bars:
-            if not b.confirm:
+        for pushed in msg.bars:
+            if not pushed.confirm:
                 continue
+            b = pushed.bar
             # A closed bar starts on the interval grid and has ended by the push's own timestamp
             # (1 s of slack); anything else would poison the window and its newest-bar events.
             if b.start % step or b.start + step > msg.ts + 1_000:
                 self.metrics.messages.labels(type="malformed").inc()
                 log.warning("%s %s: rejecting closed bar at %d (push ts %d)", *key, b.start, msg.ts)
                 continue
-            closed.append(Bar(b.start, b.open, b.high, b.low, b.close, b.volume, b.turnover))
+            closed.append(b)
         if not closed:
             return
         self.writer.put_bars(msg.symbol, msg.interval, closed)

@@ -12,7 +12,6 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -21,53 +20,17 @@ from hypothesis import strategies as st
 
 from streaming.book import ApplyResult, BookState, OrderBook
 from streaming.frames import BookUpdate, Level, parse_frame
+from tests.streaming.kit import XRP_OB500_ZIP, Pair, book_update, levels
 
 D = Decimal
 
 
-def _shared_dir() -> Path:
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo / "shared", repo.parent / "shared"):
-        if (candidate / "bybit_samples").is_dir():
-            return candidate
-    return repo.parent / "shared"
-
-
-XRP_OB500_ZIP = _shared_dir() / "data" / "orderbook" / "bybit_linear_XRPUSDT_ob500_2024-12-01_first5s.data.zip"
-
-Pair = tuple[str | int, str | int]
-
-
-def _lv(pairs: Sequence[Pair]) -> tuple[Level, ...]:
-    return tuple((D(str(p)), D(str(s))) for p, s in pairs)
-
-
 def snap(u: int, bids: Sequence[Pair], asks: Sequence[Pair], ts: int = 1000) -> BookUpdate:
-    return BookUpdate(
-        topic="orderbook.50.BTCUSDT",
-        symbol="BTCUSDT",
-        depth=50,
-        kind="snapshot",
-        ts=ts,
-        u=u,
-        seq=u * 10,
-        bids=_lv(bids),
-        asks=_lv(asks),
-    )
+    return book_update("snapshot", u, bids, asks, ts=ts, seq=u * 10)
 
 
 def delta(u: int, bids: Sequence[Pair] = (), asks: Sequence[Pair] = (), ts: int = 2000) -> BookUpdate:
-    return BookUpdate(
-        topic="orderbook.50.BTCUSDT",
-        symbol="BTCUSDT",
-        depth=50,
-        kind="delta",
-        ts=ts,
-        u=u,
-        seq=u * 10,
-        bids=_lv(bids),
-        asks=_lv(asks),
-    )
+    return book_update("delta", u, bids, asks, ts=ts, seq=u * 10)
 
 
 def ladders(book: OrderBook) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
@@ -104,7 +67,7 @@ def test_delta_before_first_snapshot_is_dropped() -> None:
     assert ladders(book) == ((), ())
     # The dropped levels never leak into the book that the snapshot builds.
     assert book.apply(snap(5, [(97, 3)], [(103, 3)])) is ApplyResult.APPLIED
-    assert ladders(book) == (_lv([(97, 3)]), _lv([(103, 3)]))
+    assert ladders(book) == (levels([(97, 3)]), levels([(103, 3)]))
 
 
 def test_snapshot_makes_book_ready_with_best_first_ladders() -> None:
@@ -118,7 +81,7 @@ def test_snapshot_makes_book_ready_with_best_first_ladders() -> None:
     assert book.ts == 1234
     assert book.best_bid() == (D(99), D(1))
     assert book.best_ask() == (D(101), D(1))
-    assert ladders(book) == (_lv([(99, 1), (98, 2), (97, 3)]), _lv([(101, 1), (102, 2), (103, 3)]))
+    assert ladders(book) == (levels([(99, 1), (98, 2), (97, 3)]), levels([(101, 1), (102, 2), (103, 3)]))
     view = book.view()
     assert (view.u, view.ts) == (10, 1234)
 
@@ -126,7 +89,7 @@ def test_snapshot_makes_book_ready_with_best_first_ladders() -> None:
 def test_snapshot_replaces_and_never_merges() -> None:
     book = _ready_book()
     assert book.apply(snap(11, [(95, 7)], [(105, 8)])) is ApplyResult.APPLIED
-    assert ladders(book) == (_lv([(95, 7)]), _lv([(105, 8)]))
+    assert ladders(book) == (levels([(95, 7)]), levels([(105, 8)]))
     assert book.last_u == 11
 
 
@@ -136,7 +99,7 @@ def test_restart_snapshot_with_u_1_resets_the_sequence() -> None:
     assert book.last_u == 1
     assert book.apply(delta(2, [(89, 4)])) is ApplyResult.APPLIED
     assert book.state is BookState.READY
-    assert ladders(book) == (_lv([(90, 1), (89, 4)]), _lv([(91, 1)]))
+    assert ladders(book) == (levels([(90, 1), (89, 4)]), levels([(91, 1)]))
 
 
 def test_snapshot_with_the_same_u_is_accepted() -> None:
@@ -144,7 +107,7 @@ def test_snapshot_with_the_same_u_is_accepted() -> None:
     book = _ready_book()
     assert book.apply(snap(10, [(99, 5)], [(101, 6)])) is ApplyResult.APPLIED
     assert book.state is BookState.READY
-    assert ladders(book) == (_lv([(99, 5)]), _lv([(101, 6)]))
+    assert ladders(book) == (levels([(99, 5)]), levels([(101, 6)]))
 
 
 def test_contiguous_delta_upserts_with_absolute_sizes() -> None:
@@ -155,8 +118,8 @@ def test_contiguous_delta_upserts_with_absolute_sizes() -> None:
     assert book.ts == 5555
     # 98 replaced (not 2 + 0.5), 96 inserted in price order, 101 replaced.
     assert ladders(book) == (
-        _lv([(99, 1), (98, "0.5"), (97, 3), (96, 4)]),
-        _lv([(101, "7.25"), (102, 2), (103, 3)]),
+        levels([(99, 1), (98, "0.5"), (97, 3), (96, 4)]),
+        levels([(101, "7.25"), (102, 2), (103, 3)]),
     )
 
 
@@ -170,7 +133,7 @@ def test_delta_inserts_a_new_best_level() -> None:
 def test_size_zero_deletes_the_level() -> None:
     book = _ready_book()
     assert book.apply(delta(11, bids=[(99, 0)], asks=[(102, "0")])) is ApplyResult.APPLIED
-    assert ladders(book) == (_lv([(98, 2), (97, 3)]), _lv([(101, 1), (103, 3)]))
+    assert ladders(book) == (levels([(98, 2), (97, 3)]), levels([(101, 1), (103, 3)]))
     assert book.best_bid() == (D(98), D(2))
 
 
@@ -220,7 +183,7 @@ def test_after_invalid_only_a_snapshot_restores_ready() -> None:
         assert book.state is BookState.INVALID
     assert book.apply(snap(20, [(80, 1)], [(81, 1)])) is ApplyResult.APPLIED
     assert book.state is BookState.READY
-    assert ladders(book) == (_lv([(80, 1)]), _lv([(81, 1)]))
+    assert ladders(book) == (levels([(80, 1)]), levels([(81, 1)]))
     assert book.apply(delta(21, asks=[(82, 2)])) is ApplyResult.APPLIED
     assert book.state is BookState.READY
 
@@ -281,7 +244,7 @@ def test_snapshot_beyond_depth_keeps_the_best_levels() -> None:
     bids = [(95, 5), (99, 1), (97, 3), (98, 2), (96, 4)]
     asks = [(105, 5), (101, 1), (103, 3), (102, 2), (104, 4)]
     assert book.apply(snap(1, bids, asks)) is ApplyResult.APPLIED
-    assert ladders(book) == (_lv([(99, 1), (98, 2)]), _lv([(101, 1), (102, 2)]))
+    assert ladders(book) == (levels([(99, 1), (98, 2)]), levels([(101, 1), (102, 2)]))
 
 
 def test_delta_beyond_depth_trims_the_worst_levels() -> None:
@@ -289,8 +252,8 @@ def test_delta_beyond_depth_trims_the_worst_levels() -> None:
     # Better levels push the worst out; a level worse than the window is not kept.
     assert book.apply(delta(11, bids=[("99.5", 9), (90, 9)], asks=[("100.5", 9), (110, 9)])) is ApplyResult.APPLIED
     assert ladders(book) == (
-        _lv([("99.5", 9), (99, 1), (98, 2)]),
-        _lv([("100.5", 9), (101, 1), (102, 2)]),
+        levels([("99.5", 9), (99, 1), (98, 2)]),
+        levels([("100.5", 9), (101, 1), (102, 2)]),
     )
     assert book.state is BookState.READY
 
@@ -318,7 +281,7 @@ def test_reset_returns_to_not_ready_and_clears() -> None:
     assert book.state is BookState.NOT_READY
     assert ladders(book) == ((), ())
     assert book.apply(snap(500, [(50, 1)], [(51, 1)])) is ApplyResult.APPLIED
-    assert ladders(book) == (_lv([(50, 1)]), _lv([(51, 1)]))
+    assert ladders(book) == (levels([(50, 1)]), levels([(51, 1)]))
     assert book.last_u == 500
 
 
@@ -437,8 +400,8 @@ class ReferenceBook:
         if msg.u != self.last_u + 1:
             self.state = BookState.INVALID
             return ApplyResult.INVALIDATED
-        for side, levels in ((self.bids, msg.bids), (self.asks, msg.asks)):
-            for price, size in levels:
+        for side, updates in ((self.bids, msg.bids), (self.asks, msg.asks)):
+            for price, size in updates:
                 if size == 0:
                     side.pop(price, None)
                 else:
@@ -532,17 +495,7 @@ def test_book_matches_reference_model(steps: list[Step]) -> None:
             continue
         wire_u = _wire_u(u_mode, wire_u)
         k: Literal["snapshot", "delta"] = "snapshot" if kind == "snapshot" else "delta"
-        msg = BookUpdate(
-            topic="orderbook.5.BTCUSDT",
-            symbol="BTCUSDT",
-            depth=DEPTH,
-            kind=k,
-            ts=wire_u,
-            u=wire_u,
-            seq=wire_u,
-            bids=bids,
-            asks=asks,
-        )
+        msg = book_update(k, wire_u, bids, asks, ts=wire_u, seq=wire_u, depth=DEPTH)
         result = book.apply(msg)
         expected = ref.apply(msg)
         assert result is expected

@@ -13,7 +13,6 @@ import json
 import re
 import zipfile
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,22 +21,14 @@ from hypothesis import strategies as st
 
 from streaming.errors import FrameError, UnknownTopicError
 from streaming.frames import BookUpdate, CommandResponse, KlineBar, KlineUpdate, Pong, parse_frame
+from streaming.klines import Bar
+from tests.streaming.kit import SHARED, XRP_OB500_ZIP, book_update
 
 D = Decimal
 MESSAGE_TYPES = (KlineUpdate, BookUpdate, CommandResponse, Pong)
 
 
-def _shared_dir() -> Path:
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo / "shared", repo.parent / "shared"):
-        if (candidate / "bybit_samples").is_dir():
-            return candidate
-    return repo.parent / "shared"
-
-
-SHARED = _shared_dir()
 SAMPLES = SHARED / "bybit_samples"
-XRP_OB500_ZIP = SHARED / "data" / "orderbook" / "bybit_linear_XRPUSDT_ob500_2024-12-01_first5s.data.zip"
 
 # Property tests must stay fast (< 3 s each) and must not write a .hypothesis/ database into the repo.
 FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,10 +36,6 @@ FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_
 
 def _sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
-
-
-def _levels(*pairs: tuple[str, str]) -> tuple[tuple[Decimal, Decimal], ...]:
-    return tuple((D(p), D(s)) for p, s in pairs)
 
 
 def _exact(levels: tuple[tuple[Decimal, Decimal], ...]) -> list[tuple[str, str]]:
@@ -60,49 +47,32 @@ def _exact(levels: tuple[tuple[Decimal, Decimal], ...]) -> list[tuple[str, str]]
 # Golden fixtures
 # ---------------------------------------------------------------------------------------------------
 
-OB50_SNAPSHOT = BookUpdate(
-    topic="orderbook.50.BTCUSDT",
-    symbol="BTCUSDT",
-    depth=50,
-    kind="snapshot",
+
+def _ack(conn_id: str, *, ret_msg: str = "", req_id: str = "", success: bool = True) -> CommandResponse:
+    """The reply to a ``subscribe`` command."""
+    return CommandResponse(op="subscribe", success=success, ret_msg=ret_msg, req_id=req_id, conn_id=conn_id)
+
+
+OB50_SNAPSHOT = book_update(
+    "snapshot",
+    18521288,
+    [("16493.50", "0.006"), ("16493.00", "0.100")],
+    [("16611.00", "0.029"), ("16612.00", "0.213")],
     ts=1672304484978,
-    u=18521288,
     seq=7961638724,
-    bids=_levels(("16493.50", "0.006"), ("16493.00", "0.100")),
-    asks=_levels(("16611.00", "0.029"), ("16612.00", "0.213")),
 )
 
 EXPECTED: dict[str, object] = {
     "docs_ws_pong_linear_docsexample.json": Pong(req_id="", conn_id="465772b1-7630-4fdc-a492-e003e6f0f260"),
     "docs_ws_pong_spot_docsexample.json": Pong(req_id="", conn_id="0970e817-426e-429a-a679-ff7f55e0b16a"),
     "docs_ws_pong_option_docsexample.json": Pong(req_id="", conn_id=""),
-    "docs_ws_subscribe_success_linear_docsexample.json": CommandResponse(
-        op="subscribe",
-        success=True,
-        ret_msg="",
-        req_id="",
-        conn_id="3cd84cb1-4d06-4a05-930a-2efe5fc70f0f",
+    "docs_ws_subscribe_success_linear_docsexample.json": _ack("3cd84cb1-4d06-4a05-930a-2efe5fc70f0f"),
+    "docs_ws_subscribe_success_spot_docsexample.json": _ack(
+        "2324d924-aa4d-45b0-a858-7b8be29ab52b", ret_msg="subscribe", req_id="10001"
     ),
-    "docs_ws_subscribe_success_spot_docsexample.json": CommandResponse(
-        op="subscribe",
-        success=True,
-        ret_msg="subscribe",
-        req_id="10001",
-        conn_id="2324d924-aa4d-45b0-a858-7b8be29ab52b",
-    ),
-    "nautilus_crates_ws_subscribe_success.json": CommandResponse(
-        op="subscribe",
-        success=True,
-        ret_msg="",
-        req_id="sub-orderbook-1",
-        conn_id="cejreaspqfm9se7usbrg-2xh",
-    ),
-    "nautilus_crates_ws_subscribe_failure.json": CommandResponse(
-        op="subscribe",
-        success=False,
-        ret_msg="Invalid topic: invalid.topic.BTCUSDT",
-        req_id="",
-        conn_id="cejreaspqfm9se7usbrg-2xh",
+    "nautilus_crates_ws_subscribe_success.json": _ack("cejreaspqfm9se7usbrg-2xh", req_id="sub-orderbook-1"),
+    "nautilus_crates_ws_subscribe_failure.json": _ack(
+        "cejreaspqfm9se7usbrg-2xh", ret_msg="Invalid topic: invalid.topic.BTCUSDT", success=False
     ),
     "nautilus_crates_ws_kline_confirm_false_docsexample.json": KlineUpdate(
         topic="kline.5.BTCUSDT",
@@ -110,37 +80,23 @@ EXPECTED: dict[str, object] = {
         interval="5",
         ts=1672324988882,
         bars=(
-            KlineBar(
-                start=1672324800000,
-                open=D("16649.5"),
-                high=D("16677"),
-                low=D("16608"),
-                close=D("16677"),
-                volume=D("2.081"),
-                turnover=D("34666.4005"),
-                confirm=False,
-            ),
+            KlineBar(Bar(1672324800000, *map(D, ("16649.5", "16677", "16608", "16677", "2.081", "34666.4005"))), False),
         ),
     ),
     "nautilus_py_ws_orderbook50_snapshot_docsexample.json": OB50_SNAPSHOT,
     # Same message with the top-level ``cts`` added in 2023-12: an extra key changes nothing.
     "docs_ws_orderbook50_snapshot_docsexample_with_cts.json": OB50_SNAPSHOT,
-    "nautilus_py_ws_orderbook50_delta_docsexample.json": BookUpdate(
-        topic="orderbook.50.BTCUSDT",
-        symbol="BTCUSDT",
-        depth=50,
-        kind="delta",
-        ts=1687940967466,
-        u=177400507,
-        seq=66544703342,
-        bids=_levels(
+    "nautilus_py_ws_orderbook50_delta_docsexample.json": book_update(
+        "delta",
+        177400507,
+        [
             ("30247.20", "30.028"),
             ("30245.40", "0.224"),
             ("30242.10", "1.593"),
             ("30240.30", "1.305"),
             ("30240.00", "0"),
-        ),
-        asks=_levels(
+        ],
+        [
             ("30248.70", "0"),
             ("30249.30", "0.892"),
             ("30249.50", "1.778"),
@@ -148,29 +104,21 @@ EXPECTED: dict[str, object] = {
             ("30251.90", "2.947"),
             ("30252.20", "0.659"),
             ("30252.50", "4.591"),
-        ),
+        ],
+        ts=1687940967466,
+        seq=66544703342,
     ),
-    "nautilus_crates_ws_orderbook1_snapshot_FIXTURE.json": BookUpdate(
-        topic="orderbook.1.BTCUSDT",
-        symbol="BTCUSDT",
-        depth=1,
-        kind="snapshot",
+    "nautilus_crates_ws_orderbook1_snapshot_FIXTURE.json": book_update(
+        "snapshot",
+        123456789,
+        [("27450.00", "0.500"), ("27449.50", "1.000")],
+        [("27451.00", "0.750"), ("27451.50", "0.900")],
         ts=1709891679000,
-        u=123456789,
         seq=987654321,
-        bids=_levels(("27450.00", "0.500"), ("27449.50", "1.000")),
-        asks=_levels(("27451.00", "0.750"), ("27451.50", "0.900")),
-    ),
-    "nautilus_crates_ws_orderbook1_delta_FIXTURE.json": BookUpdate(
-        topic="orderbook.1.BTCUSDT",
-        symbol="BTCUSDT",
         depth=1,
-        kind="delta",
-        ts=1709891679500,
-        u=123456790,
-        seq=987654322,
-        bids=_levels(("27450.00", "0.400")),
-        asks=_levels(("27451.00", "0")),
+    ),
+    "nautilus_crates_ws_orderbook1_delta_FIXTURE.json": book_update(
+        "delta", 123456790, [("27450.00", "0.400")], [("27451.00", "0")], ts=1709891679500, seq=987654322, depth=1
     ),
 }
 
@@ -232,9 +180,9 @@ def test_golden_delta_keeps_zero_sizes_as_deletes() -> None:
 def test_golden_kline_values_are_exact_decimals() -> None:
     msg = parse_frame(_sample("nautilus_crates_ws_kline_confirm_false_docsexample.json"))
     assert isinstance(msg, KlineUpdate)
-    (bar,) = msg.bars
+    ((bar, confirm),) = msg.bars
     assert msg.interval == "5"
-    assert bar.confirm is False
+    assert confirm is False
     fields = (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.turnover)
     assert all(type(x) is Decimal for x in fields)
     assert [str(x) for x in fields] == ["16649.5", "16677", "16608", "16677", "2.081", "34666.4005"]
@@ -302,10 +250,10 @@ def test_kline_push_with_closing_and_next_bar_keeps_both_in_order() -> None:
     opening = _bar(1672325100000, confirm=False, open="16680", close="16681", high="16681", low="16679")
     msg = parse_frame(json.dumps(_kline_frame(closing, opening)))
     assert isinstance(msg, KlineUpdate)
-    assert [(b.start, b.confirm) for b in msg.bars] == [(1672324800000, True), (1672325100000, False)]
-    assert msg.bars[0].close == D("16680")
-    assert msg.bars[1].open == D("16680")
-    assert msg.bars[1].low == D("16679")
+    assert [(b.bar.start, b.confirm) for b in msg.bars] == [(1672324800000, True), (1672325100000, False)]
+    assert msg.bars[0].bar.close == D("16680")
+    assert msg.bars[1].bar.open == D("16680")
+    assert msg.bars[1].bar.low == D("16679")
 
 
 def test_kline_turnover_is_optional() -> None:
@@ -313,7 +261,7 @@ def test_kline_turnover_is_optional() -> None:
     del bar["turnover"]
     msg = parse_frame(json.dumps(_kline_frame(bar)))
     assert isinstance(msg, KlineUpdate)
-    assert msg.bars[0].turnover == 0
+    assert msg.bars[0].bar.turnover == 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -506,13 +454,13 @@ def _check_outcome(raw: str | bytes) -> None:
         assert msg.bars
         assert type(msg.ts) is int
         assert msg.ts >= 0
-        for bar in msg.bars:
+        for bar, confirm in msg.bars:
             assert 0 < bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
             assert bar.volume >= 0
             assert bar.turnover >= 0
             assert type(bar.start) is int
             assert bar.start >= 0
-            assert type(bar.confirm) is bool
+            assert type(confirm) is bool
     elif isinstance(msg, BookUpdate):
         assert _SYMBOL.fullmatch(msg.symbol)
         assert msg.topic == f"orderbook.{msg.depth}.{msg.symbol}"
