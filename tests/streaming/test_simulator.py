@@ -6,6 +6,7 @@ method, pacing at extreme speed, and a record -> replay round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import functools
 import gzip
@@ -690,13 +691,21 @@ async def test_send_malformed_reaches_every_connection(sim: ExchangeSimulator) -
 # --- pacing ---------------------------------------------------------------------------------------
 
 
-async def test_end_of_data_sets_finished_and_keeps_connections(tmp_path: Path, bybit_btc_1m: Path) -> None:
-    src = write_head(bybit_btc_1m, tmp_path / "bybit_linear_BTCUSDT_1m.csv.gz", 60)
-    rows = csv_rows(src)
-    config = SimulatorConfig(sources=[src], speed=3000.0, start_offset_bars=40)
+@contextlib.asynccontextmanager
+async def short_replay(
+    src: Path, tmp: Path, bars: int, speed: float, start_offset_bars: int
+) -> AsyncIterator[tuple[ExchangeSimulator, WsClient, dict[int, list[str]]]]:
+    """The first ``bars`` rows of ``src`` replayed at ``speed``, a client on BTC's 1m klines and book."""
+    head = write_head(src, tmp / "bybit_linear_BTCUSDT_1m.csv.gz", bars)
+    config = SimulatorConfig(sources=[head], speed=speed, start_offset_bars=start_offset_bars)
     async with ExchangeSimulator(config) as s, WsClient(s.ws_url) as c:
         await c.subscribe("kline.1.BTCUSDT", "orderbook.50.BTCUSDT", req_id="s")
         await c.reply("s")
+        yield s, c, csv_rows(head)
+
+
+async def test_end_of_data_sets_finished_and_keeps_connections(tmp_path: Path, bybit_btc_1m: Path) -> None:
+    async with short_replay(bybit_btc_1m, tmp_path, 60, speed=3000.0, start_offset_bars=40) as (s, c, rows):
         await asyncio.wait_for(s.finished.wait(), timeout=5)
         await c.send({"op": "ping", "req_id": "flush"})
         await c.reply("flush")  # everything queued before it has arrived
@@ -712,12 +721,7 @@ async def test_end_of_data_sets_finished_and_keeps_connections(tmp_path: Path, b
 
 
 async def test_extreme_speed_catches_up_without_starving_the_loop(tmp_path: Path, bybit_btc_1m: Path) -> None:
-    src = write_head(bybit_btc_1m, tmp_path / "bybit_linear_BTCUSDT_1m.csv.gz", 6000)
-    rows = csv_rows(src)
-    config = SimulatorConfig(sources=[src], speed=1e6, start_offset_bars=100)
-    async with ExchangeSimulator(config) as s, WsClient(s.ws_url) as c:
-        await c.subscribe("kline.1.BTCUSDT", "orderbook.50.BTCUSDT", req_id="s")
-        await c.reply("s")
+    async with short_replay(bybit_btc_1m, tmp_path, 6000, speed=1e6, start_offset_bars=100) as (s, c, rows):
         await c.send({"op": "ping", "req_id": "p"})
         await c.reply("p")
         pong_at = next(i for i, (_, _, o) in enumerate(c.frames) if isinstance(o, dict) and o.get("req_id") == "p")
