@@ -2,17 +2,23 @@
 
 ``SHARED`` is the project's ``shared/`` folder (golden Bybit samples and recorded data), found beside
 the repository or inside it; ``book_update`` builds the typed ``orderbook.*`` push the parser returns,
-with levels written as price/size pairs, so book tests state only what each case is about.
+with levels written as price/size pairs, so book tests state only what each case is about; and
+``scratch_store`` is a RedisStore under a fresh key prefix, deleted when the test ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+import redis.asyncio as aioredis
+
 from streaming.frames import BookUpdate, Level
+from streaming.redis_store import RedisStore
 
 Pair = tuple[str | int | Decimal, str | int | Decimal]
 
@@ -47,3 +53,15 @@ def book_update(
     """A BTCUSDT ``orderbook.{depth}`` push."""
     # Positional in field order: the parameters are named as the fields they fill.
     return BookUpdate(f"orderbook.{depth}.BTCUSDT", "BTCUSDT", depth, kind, ts, u, seq, levels(bids), levels(asks))
+
+
+@contextlib.asynccontextmanager
+async def scratch_store(redis_url: str, tag: str, *, window_bars: int, depth_rows: int) -> AsyncIterator[RedisStore]:
+    """A RedisStore under a fresh ``{tag}<hex>`` prefix; its keys are deleted and it is closed after."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(client, prefix=f"{tag}{uuid.uuid4().hex[:10]}", window_bars=window_bars, depth_rows=depth_rows)
+    try:
+        yield store
+    finally:
+        await store.delete_all()
+        await store.close()

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -27,6 +25,7 @@ from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from streaming.store import SymbolWindows
 from tests.helpers import eventually
 from tests.redis_server import RedisServer
+from tests.streaming.kit import scratch_store
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,14 +66,8 @@ async def sim(bybit_btc_1m: Path) -> AsyncIterator[ExchangeSimulator]:
 
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore(
-        aioredis.Redis.from_url(redis_url), prefix=f"e2e-{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=50
-    )
-    try:
+    async with scratch_store(redis_url, "e2e-", window_bars=WINDOW, depth_rows=50) as s:
         yield s
-    finally:
-        await s.delete_all()
-        await s.close()
 
 
 def make_ingestor(sim: ExchangeSimulator, store: RedisStore, **overrides: object) -> Ingestor:

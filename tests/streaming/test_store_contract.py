@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -19,6 +18,7 @@ from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch
 from tests.redis_server import free_port
+from tests.streaming.kit import scratch_store
 
 WINDOW = 8
 T0 = 1_750_000_020_000 - 1_750_000_020_000 % MINUTE_MS
@@ -50,14 +50,8 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     if request.param == "memory":
         yield MemoryStore(window_bars=WINDOW, depth_rows=4)
         return
-    rs = RedisStore(
-        aioredis.Redis.from_url(redis_url), prefix=f"t{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=4
-    )
-    try:
+    async with scratch_store(redis_url, "t", window_bars=WINDOW, depth_rows=4) as rs:
         yield rs
-    finally:
-        await rs.delete_all()
-        await rs.close()
 
 
 async def write_bars(store: WindowStore, bars: list[Bar], symbol: str = "BTCUSDT", iv: str = "1"):  # type: ignore[no-untyped-def]
