@@ -39,9 +39,13 @@ from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
 from inference.worker import Worker
 from streaming.errors import StoreError
+from streaming.ingestor import IngestConfig, Ingestor
 from streaming.klines import Bar, interval_ms
+from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
+from streaming.sim.server import ExchangeSimulator
 from streaming.store import WriteBatch
+from tests.conftest import ARTIFACTS
 from tests.helpers import eventually
 
 MINUTE = 60_000
@@ -319,3 +323,48 @@ async def running_worker(
     finally:
         await worker.close()
         await client.aclose()
+
+
+# --- the shipped models behind a simulated market (end to end) ----------------------------------
+
+
+@dataclass
+class ShippedPipeline:
+    """Simulator → :class:`Ingestor` → Redis → :class:`Worker` with the shipped models; not started."""
+
+    ingestor: Ingestor
+    worker: Worker
+    models: ModelRegistry
+    signals: RedisSignalStore
+    metrics: WorkerMetrics
+
+
+async def shipped_pipeline(
+    client: aioredis.Redis,
+    store: RedisStore,
+    sim: ExchangeSimulator,
+    *,
+    symbol: str,
+    intervals: tuple[str, ...],
+    group: str,
+    registry: CollectorRegistry,
+) -> ShippedPipeline:
+    """An ingestor of ``symbol`` from ``sim`` into ``store`` and a worker (consumer ``w1`` of
+    ``group``, its models loaded) writing signals under the store's prefix; metrics in ``registry``."""
+    metrics = WorkerMetrics(registry)
+    models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
+    await models.load()
+    events = RedisEventSource(client, store.keys.bar_events, group=group, consumer="w1")
+    await events.setup()
+    signals = RedisSignalStore(client, prefix=store.prefix)
+    worker = Worker(WorkerConfig(intervals=intervals, block_ms=100), store, events, signals, models, metrics)
+    config = IngestConfig(
+        ws_url=sim.ws_url,
+        rest_url=sim.rest_url,
+        symbols=(symbol,),
+        intervals=intervals,
+        rest_rate_per_s=200.0,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.3,
+    )
+    return ShippedPipeline(Ingestor(config, store, IngestMetrics(registry)), worker, models, signals, metrics)
