@@ -45,7 +45,7 @@ from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
 from streaming.store import WriteBatch
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
 
 MINUTE = 60_000
@@ -332,6 +332,7 @@ async def running_worker(
 class ShippedPipeline:
     """Simulator → :class:`Ingestor` → Redis → :class:`Worker` with the shipped models; not started."""
 
+    store: RedisStore
     ingestor: Ingestor
     worker: Worker
     models: ModelRegistry
@@ -339,18 +340,18 @@ class ShippedPipeline:
     metrics: WorkerMetrics
 
 
+SHIPPED_INTERVALS = ("1", "5", "15", "60")  # the timeframes the shipped models cover
+SHIPPED_SYMBOL = "BTCUSDT"  # what the ``shipped_sim`` fixture replays
+
+
 async def shipped_pipeline(
-    client: aioredis.Redis,
-    store: RedisStore,
-    sim: ExchangeSimulator,
-    *,
-    symbol: str,
-    intervals: tuple[str, ...],
-    group: str,
-    registry: CollectorRegistry,
+    client: aioredis.Redis, prefix: str, sim: ExchangeSimulator, *, group: str, registry: CollectorRegistry
 ) -> ShippedPipeline:
-    """An ingestor of ``symbol`` from ``sim`` into ``store`` and a worker (consumer ``w1`` of
-    ``group``, its models loaded) writing signals under the store's prefix; metrics in ``registry``."""
+    """A Redis window store under ``prefix``, an ingestor of :data:`SHIPPED_SYMBOL` from ``sim`` into
+    it and a worker (consumer ``w1`` of ``group``, its models loaded) writing signals under the same
+    prefix; metrics in ``registry``."""
+    symbol, intervals = SHIPPED_SYMBOL, SHIPPED_INTERVALS
+    store = RedisStore(client, prefix=prefix, window_bars=SHIPPED_WINDOW, depth_rows=50)
     metrics = WorkerMetrics(registry)
     models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
     await models.load()
@@ -367,4 +368,4 @@ async def shipped_pipeline(
         backoff_base_s=0.05,
         backoff_cap_s=0.3,
     )
-    return ShippedPipeline(Ingestor(config, store, IngestMetrics(registry)), worker, models, signals, metrics)
+    return ShippedPipeline(store, Ingestor(config, store, IngestMetrics(registry)), worker, models, signals, metrics)

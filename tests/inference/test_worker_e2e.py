@@ -13,17 +13,14 @@ from prometheus_client import CollectorRegistry
 
 from inference.runtime import CPU
 from inference.signal import Signal
-from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
-from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
+from tests.conftest import ARTIFACTS
 from tests.helpers import eventually
+from tests.inference.kit import SHIPPED_INTERVALS as INTERVALS
+from tests.inference.kit import SHIPPED_SYMBOL as SYMBOL
 from tests.inference.kit import shipped_pipeline
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-
-INTERVALS = ("1", "5", "15", "60")
-SYMBOL = "BTCUSDT"
-WINDOW = SHIPPED_WINDOW
 
 
 async def test_simulated_market_to_signals_with_the_shipped_models(
@@ -32,10 +29,10 @@ async def test_simulated_market_to_signals_with_the_shipped_models(
     if not (ARTIFACTS / "manifest.json").exists():
         pytest.fail(f"no shipped models in {ARTIFACTS}")
     client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, prefix=f"e2e-{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=50)
     pipeline = await shipped_pipeline(
-        client, store, shipped_sim, symbol=SYMBOL, intervals=INTERVALS, group="e2e", registry=CollectorRegistry()
+        client, f"e2e-{uuid.uuid4().hex[:10]}", shipped_sim, group="e2e", registry=CollectorRegistry()
     )
+    store = pipeline.store
     assert len(pipeline.models.current.enabled) == 8
     ingestor, worker, signals, metrics = pipeline.ingestor, pipeline.worker, pipeline.signals, pipeline.metrics
     await worker.start()

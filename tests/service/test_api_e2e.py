@@ -14,18 +14,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.signal import Signal
-from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
-from tests.conftest import SHIPPED_WINDOW
 from tests.helpers import eventually
+from tests.inference.kit import SHIPPED_INTERVALS as INTERVALS
+from tests.inference.kit import SHIPPED_SYMBOL as SYMBOL
 from tests.inference.kit import shipped_pipeline
 from tests.service.kit import api_settings, next_signal, serving, subscribe, ws_connect
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-
-INTERVALS = ("1", "5", "15", "60")
-SYMBOL = "BTCUSDT"
-WINDOW = SHIPPED_WINDOW
 
 
 async def test_simulated_market_to_a_websocket_subscriber_and_http(
@@ -34,11 +30,8 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(
     prefix = f"api-e2e-{uuid.uuid4().hex[:10]}"
     registry = CollectorRegistry()
     client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, prefix=prefix, window_bars=WINDOW, depth_rows=50)
-    pipeline = await shipped_pipeline(
-        client, store, shipped_sim, symbol=SYMBOL, intervals=INTERVALS, group="api-e2e", registry=registry
-    )
-    ingestor, worker, signals = pipeline.ingestor, pipeline.worker, pipeline.signals
+    pipeline = await shipped_pipeline(client, prefix, shipped_sim, group="api-e2e", registry=registry)
+    store, ingestor, worker, signals = pipeline.store, pipeline.ingestor, pipeline.worker, pipeline.signals
     settings = api_settings(redis_url, prefix, symbols=[SYMBOL], intervals=list(INTERVALS))
     try:
         async with serving(settings, registry=registry) as api, ws_connect(api.ws_url) as ws:
