@@ -119,6 +119,18 @@ def unique_prefix() -> str:
     return f"api-{uuid.uuid4().hex[:10]}"
 
 
+@asynccontextmanager
+async def served_from_redis(
+    redis_url: str, **overrides: Any
+) -> AsyncIterator[tuple[RedisSignalStore, Api, httpx.AsyncClient]]:
+    """Under a fresh prefix: the worker's signal store, an API serving from it (``api_settings``
+    with ``overrides``) and an HTTP client of that API."""
+    prefix = unique_prefix()
+    settings = api_settings(redis_url, prefix, **overrides)
+    async with redis_signals(redis_url, prefix) as store, serving(settings) as api, api.http() as http:
+        yield store, api, http
+
+
 # --- WebSocket helpers ----------------------------------------------------------------------------
 
 
