@@ -24,33 +24,45 @@ import numpy as np
 import orjson
 from websockets.asyncio.client import connect
 
-from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLatency
+from inference.runtime import CPU
+from inference.signal import BarRef, ComponentReport, Direction, Freshness, Signal, StageLatency
 
-__all__ = ["bench_api"]
+__all__ = ["bench_api", "sample_signal"]
 
 MINUTE = 60_000
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % MINUTE
 
 
-def _signal(start: int, wall_ms: int) -> Signal:
-    reports = tuple(
-        ComponentReport(f"tcn_{tf}m", tf, f"next {tf}m bar", 0.52, 1.0, "bench", "CPUExecutionProvider", 0.5, "voted")
-        for tf in ("1", "5", "15", "60")
-    )
+def sample_signal(
+    start: int,
+    symbol: str = "BTCUSDT",
+    *,
+    direction: Direction = "long",
+    components: tuple[ComponentReport, ...] | None = None,
+    wall_ms: int | None = None,
+) -> Signal:
+    """A well-formed ensemble signal for the 1m bar at ``start`` (the benchmark publishes these; the
+    tests build theirs here too). ``components``: four voting TCNs by default; ``wall_ms``: when the
+    worker produced it (default 40 ms after the close)."""
+    if components is None:
+        components = tuple(
+            ComponentReport(f"tcn_{tf}m", tf, f"next {tf}m bar", 0.55, 1.0, "v1", CPU, 0.4, "voted")
+            for tf in ("1", "5", "15", "60")
+        )
     return Signal(
-        symbol="BTCUSDT",
+        symbol=symbol,
         bar=BarRef("1", start, start + MINUTE),
         produced_at=start + MINUTE,
-        produced_wall_ms=wall_ms,
-        direction="long",
-        score=0.04,
-        p_up=0.52,
-        confidence=0.04,
+        produced_wall_ms=start + MINUTE + 40 if wall_ms is None else wall_ms,
+        direction=direction,
+        score={"long": 0.1, "short": -0.1}.get(direction, 0.0),
+        p_up=0.55,
+        confidence=0.1,
         agreement=1.0,
         source="ensemble",
         fallback_reason=None,
-        components=reports,
-        freshness=Freshness({"1": start}, "READY", 10),
+        components=components,
+        freshness=Freshness({"1": start}, "READY", 12),
         latency_ms=StageLatency(1.0, 2.0, 3.0, 0.1, 6.1, 40.0),
         horizon="next 1m bar",
     )
@@ -68,8 +80,8 @@ def _serve(port_pipe: Any) -> None:
         store = MemorySignalStore()
         settings = load_settings(symbols=["BTCUSDT"], api_port=0, redis_url=None, api_keys=[])
         app = create_app(settings, signal_store=store)
-        body = _signal(T0, int(time.time() * 1000)).to_json()
-        await store.publish(_signal(T0, int(time.time() * 1000)))
+        body = sample_signal(T0, wall_ms=int(time.time() * 1000)).to_json()
+        await store.publish(sample_signal(T0, wall_ms=int(time.time() * 1000)))
         state = {"bar": T0}
 
         @app.get("/bare", include_in_schema=False)
@@ -79,7 +91,7 @@ def _serve(port_pipe: Any) -> None:
         @app.post("/_bench/publish", include_in_schema=False)
         async def publish() -> Response:
             state["bar"] += MINUTE
-            await store.publish(_signal(state["bar"], int(time.time() * 1000)))
+            await store.publish(sample_signal(state["bar"], wall_ms=int(time.time() * 1000)))
             return Response(status_code=204)
 
         # the production server settings (no per-message deflate, frame limit), quiet

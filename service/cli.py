@@ -12,8 +12,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -105,25 +106,19 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="ingestion, worker and API in one process (Redis if CANDLECAST_REDIS_URL is set, else in memory)",
     )
-    rn.add_argument(
-        "--replay",
-        nargs="*",
-        type=Path,
-        default=None,
-        help="feed from an in-process simulator replaying these 1m CSVs (default files when none given): no internet",
+    _replay_arguments(
+        rn,
+        "feed from an in-process simulator replaying these 1m CSVs (default files when none given): no internet",
+        "replay speed: market ms per wall ms",
     )
-    rn.add_argument("--speed", type=float, default=60.0, help="replay speed: market ms per wall ms")
     rn.set_defaults(handler=_cmd_run)
 
     i = sub.add_parser("ingest", help="run ingestion: Bybit WS + REST backfill into the window store")
-    i.add_argument(
-        "--replay",
-        nargs="*",
-        type=Path,
-        default=None,
-        help="ingest from an in-process simulator replaying these 1m CSVs (no internet needed)",
+    _replay_arguments(
+        i,
+        "ingest from an in-process simulator replaying these 1m CSVs (no internet needed)",
+        "replay speed with --replay",
     )
-    i.add_argument("--speed", type=float, default=60.0, help="replay speed with --replay")
     i.set_defaults(handler=_cmd_ingest)
 
     r = sub.add_parser("record", help="record the live raw stream to JSON lines (replay with simulate --recorded)")
@@ -201,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _replay_arguments(p: argparse.ArgumentParser, replay_help: str, speed_help: str) -> None:
+    """``--replay [CSV ...]`` and ``--speed``: feed from an in-process simulator instead of Bybit."""
+    p.add_argument("--replay", nargs="*", type=Path, default=None, help=replay_help)
+    p.add_argument("--speed", type=float, default=60.0, help=speed_help)
+
+
 async def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         faults = [parse_fault(f) for f in args.fault]
@@ -250,14 +251,12 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
         metrics = IngestMetrics()
         ingestor = Ingestor(config, store, metrics)
         compose.serve_metrics(stack, settings.metrics_host, settings.ingest_metrics_port, metrics.registry)
-        print(
+        banner = (
             f"ingesting {', '.join(config.symbols)} intervals {','.join(config.intervals)} "
             f"book depth {config.book_depth} from {config.ws_url} into "
-            f"{settings.redis_url or 'the in-memory store'}",
-            flush=True,
+            f"{settings.redis_url or 'the in-memory store'}"
         )
-        await ingestor.run()
-    return 0
+        return await _announce_and_run(banner, ingestor.run())
 
 
 async def _cmd_worker(args: argparse.Namespace) -> int:
@@ -274,14 +273,12 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
         compose.serve_metrics(stack, settings.metrics_host, settings.worker_metrics_port, metrics.registry)
         stack.push_async_callback(worker.close)
         await models.load()
-        print(
+        banner = (
             f"worker {io.consumer} in group {settings.worker_group}: {len(models.current.enabled)} of "
             f"{len(models.current.components)} components from {settings.artifacts_dir}, "
-            f"signals every {min(settings.intervals, key=int)}m close, Redis {settings.redis_url}",
-            flush=True,
+            f"signals every {min(settings.intervals, key=int)}m close, Redis {settings.redis_url}"
         )
-        await worker.run()
-    return 0
+        return await _announce_and_run(banner, worker.run())
 
 
 async def _cmd_api(args: argparse.Namespace) -> int:
@@ -297,12 +294,17 @@ async def _cmd_api(args: argparse.Namespace) -> int:
         compose.serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
         await server.start()
         metrics_at = f":{settings.api_metrics_port}/metrics" if settings.api_metrics_port else "/metrics"
-        print(
+        banner = (
             f"api: {server.url}  (docs /docs, WebSocket /ws, metrics {metrics_at}) for {', '.join(settings.symbols)} "
-            f"from {settings.redis_url}; API keys {'required' if settings.api_keys else 'off'}",
-            flush=True,
+            f"from {settings.redis_url}; API keys {'required' if settings.api_keys else 'off'}"
         )
-        await server.wait()
+        return await _announce_and_run(banner, server.wait())
+
+
+async def _announce_and_run(banner: str, part: Coroutine[Any, Any, None]) -> int:
+    """Say on the console what a long-running part serves, then run it until it ends or is cancelled."""
+    print(banner, flush=True)
+    await part
     return 0
 
 

@@ -39,9 +39,13 @@ from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
 from inference.worker import Worker
 from streaming.errors import StoreError
+from streaming.ingestor import IngestConfig, Ingestor
 from streaming.klines import Bar, interval_ms
+from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
+from streaming.sim.server import ExchangeSimulator
 from streaming.store import WriteBatch
+from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
 
 MINUTE = 60_000
@@ -319,3 +323,49 @@ async def running_worker(
     finally:
         await worker.close()
         await client.aclose()
+
+
+# --- the shipped models behind a simulated market (end to end) ----------------------------------
+
+
+@dataclass
+class ShippedPipeline:
+    """Simulator → :class:`Ingestor` → Redis → :class:`Worker` with the shipped models; not started."""
+
+    store: RedisStore
+    ingestor: Ingestor
+    worker: Worker
+    models: ModelRegistry
+    signals: RedisSignalStore
+    metrics: WorkerMetrics
+
+
+SHIPPED_INTERVALS = ("1", "5", "15", "60")  # the timeframes the shipped models cover
+SHIPPED_SYMBOL = "BTCUSDT"  # what the ``shipped_sim`` fixture replays
+
+
+async def shipped_pipeline(
+    client: aioredis.Redis, prefix: str, sim: ExchangeSimulator, *, group: str, registry: CollectorRegistry
+) -> ShippedPipeline:
+    """A Redis window store under ``prefix``, an ingestor of :data:`SHIPPED_SYMBOL` from ``sim`` into
+    it and a worker (consumer ``w1`` of ``group``, its models loaded) writing signals under the same
+    prefix; metrics in ``registry``."""
+    symbol, intervals = SHIPPED_SYMBOL, SHIPPED_INTERVALS
+    store = RedisStore(client, prefix=prefix, window_bars=SHIPPED_WINDOW, depth_rows=50)
+    metrics = WorkerMetrics(registry)
+    models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
+    await models.load()
+    events = RedisEventSource(client, store.keys.bar_events, group=group, consumer="w1")
+    await events.setup()
+    signals = RedisSignalStore(client, prefix=store.prefix)
+    worker = Worker(WorkerConfig(intervals=intervals, block_ms=100), store, events, signals, models, metrics)
+    config = IngestConfig(
+        ws_url=sim.ws_url,
+        rest_url=sim.rest_url,
+        symbols=(symbol,),
+        intervals=intervals,
+        rest_rate_per_s=200.0,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.3,
+    )
+    return ShippedPipeline(store, Ingestor(config, store, IngestMetrics(registry)), worker, models, signals, metrics)

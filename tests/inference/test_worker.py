@@ -4,6 +4,7 @@ carries, how it is published, and the timing rules (coarser bars awaited, a late
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import orjson
@@ -24,9 +25,9 @@ from inference.signal import (
     NoSignal,
     Signal,
     SignalFormatError,
-    StageLatency,
 )
 from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
+from service.bench import sample_signal
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
@@ -43,27 +44,14 @@ def models(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Path:
     return artifacts(model_cache(tmp_path_factory), tmp_path / "artifacts", tcn=("1", "5"), image=("1", "5"))
 
 
-def a_signal(start: int, symbol: str = SYMBOL, direction: str = "long") -> Signal:
-    return Signal(
-        symbol=symbol,
-        bar=BarRef("1", start, start + MINUTE),
-        produced_at=start + MINUTE + 5,
-        produced_wall_ms=start + MINUTE + 40,
-        direction="long" if direction == "long" else "short",
-        score=0.1,
-        p_up=0.55,
-        confidence=0.1,
-        agreement=1.0,
-        source="ensemble",
-        fallback_reason=None,
-        components=(
-            ComponentReport("tcn_1m", "1", "next 1m bar", 0.55, 1.0, "v1", CPU, 0.4, "voted"),
-            ComponentReport("tcn_5m", "5", "next 5m bar", None, 1.0, "v1", CPU, None, "dropped", "stale_window"),
-        ),
-        freshness=Freshness({"1": start, "5": None}, "READY", 12),
-        latency_ms=StageLatency(1.0, 2.0, 3.0, 0.1, 6.1, 40.0),
-        horizon="next 1m bar",
+def a_signal(start: int, symbol: str = SYMBOL) -> Signal:
+    """A signal with one voting and one dropped component, and a timeframe with no fresh bar."""
+    reports = (
+        ComponentReport("tcn_1m", "1", "next 1m bar", 0.55, 1.0, "v1", CPU, 0.4, "voted"),
+        ComponentReport("tcn_5m", "5", "next 5m bar", None, 1.0, "v1", CPU, None, "dropped", "stale_window"),
     )
+    s = sample_signal(start, symbol, components=reports)
+    return dataclasses.replace(s, freshness=Freshness({"1": start, "5": None}, "READY", 12))
 
 
 def test_signal_json_round_trips_and_garbage_is_refused() -> None:

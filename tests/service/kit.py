@@ -19,9 +19,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from inference.runtime import CPU
-from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLatency
+from inference.signal import ComponentReport, Signal
 from inference.signal_store import RedisSignalStore
 from service.app import create_app
+from service.bench import sample_signal
 from service.server import ApiServer, server_config
 from service.settings import Settings, load_settings
 from tests.helpers import eventually
@@ -50,23 +51,7 @@ def make_signal(start: int, symbol: str = "BTCUSDT", *, direction: str = "long",
     reports = tuple(
         ComponentReport(f"tcn_{i}m", "1", "next 1m bar", 0.55, 1.0, "v1", CPU, 0.4, "voted") for i in range(components)
     )
-    return Signal(
-        symbol=symbol,
-        bar=BarRef("1", start, start + MINUTE),
-        produced_at=start + MINUTE,
-        produced_wall_ms=start + MINUTE + 40,
-        direction="short" if direction == "short" else "long",
-        score=0.1 if direction == "long" else -0.1,
-        p_up=0.55,
-        confidence=0.1,
-        agreement=1.0,
-        source="ensemble",
-        fallback_reason=None,
-        components=reports,
-        freshness=Freshness({"1": start}, "READY", 12),
-        latency_ms=StageLatency(1.0, 2.0, 3.0, 0.1, 6.1, 40.0),
-        horizon="next 1m bar",
-    )
+    return sample_signal(start, symbol, direction="short" if direction == "short" else "long", components=reports)
 
 
 @dataclass
@@ -132,6 +117,18 @@ async def redis_signals(redis_url: str, prefix: str) -> AsyncIterator[RedisSigna
 
 def unique_prefix() -> str:
     return f"api-{uuid.uuid4().hex[:10]}"
+
+
+@asynccontextmanager
+async def served_from_redis(
+    redis_url: str, **overrides: Any
+) -> AsyncIterator[tuple[RedisSignalStore, Api, httpx.AsyncClient]]:
+    """Under a fresh prefix: the worker's signal store, an API serving from it (``api_settings``
+    with ``overrides``) and an HTTP client of that API."""
+    prefix = unique_prefix()
+    settings = api_settings(redis_url, prefix, **overrides)
+    async with redis_signals(redis_url, prefix) as store, serving(settings) as api, api.http() as http:
+        yield store, api, http
 
 
 # --- WebSocket helpers ----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from tests.service.kit import (
     make_signal,
     read_until_closed,
     recv_json,
-    redis_signals,
     send_json,
+    served_from_redis,
     serving,
     subscribe,
     unique_prefix,
@@ -34,9 +34,7 @@ async def closed_with(ws: ClientConnection) -> int | None:
 
 
 async def test_with_keys_signal_routes_need_a_bearer_header_and_health_stays_open(redis_url: str) -> None:
-    prefix = unique_prefix()
-    settings = api_settings(redis_url, prefix, api_keys=f"{OTHER},{KEY}")
-    async with redis_signals(redis_url, prefix) as store, serving(settings) as api, api.http() as http:
+    async with served_from_redis(redis_url, api_keys=f"{OTHER},{KEY}") as (store, _api, http):
         await store.publish(make_signal(T0))
         good = {"Authorization": f"Bearer {KEY}"}
         for path in ("/signal/BTCUSDT", "/signals", "/signal/BTCUSDT/history"):

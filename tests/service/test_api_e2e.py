@@ -13,26 +13,15 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.components import ModelRegistry
-from inference.config import WorkerConfig
-from inference.events import RedisEventSource
-from inference.metrics import WorkerMetrics
 from inference.signal import Signal
-from inference.signal_store import RedisSignalStore
-from inference.worker import Worker
-from streaming.ingestor import IngestConfig, Ingestor
-from streaming.metrics import IngestMetrics
-from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
-from tests.conftest import ARTIFACTS, SHIPPED_WINDOW
 from tests.helpers import eventually
+from tests.inference.kit import SHIPPED_INTERVALS as INTERVALS
+from tests.inference.kit import SHIPPED_SYMBOL as SYMBOL
+from tests.inference.kit import shipped_pipeline
 from tests.service.kit import api_settings, next_signal, serving, subscribe, ws_connect
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-
-INTERVALS = ("1", "5", "15", "60")
-SYMBOL = "BTCUSDT"
-WINDOW = SHIPPED_WINDOW
 
 
 async def test_simulated_market_to_a_websocket_subscriber_and_http(
@@ -41,27 +30,8 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(
     prefix = f"api-e2e-{uuid.uuid4().hex[:10]}"
     registry = CollectorRegistry()
     client = aioredis.Redis.from_url(redis_url)
-    store = RedisStore(client, prefix=prefix, window_bars=WINDOW, depth_rows=50)
-    signals = RedisSignalStore(client, prefix=prefix)
-    worker_metrics = WorkerMetrics(registry)
-    models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=worker_metrics)
-    await models.load()
-    events = RedisEventSource(client, store.keys.bar_events, group="api-e2e", consumer="w1")
-    await events.setup()
-    worker = Worker(WorkerConfig(intervals=INTERVALS, block_ms=100), store, events, signals, models, worker_metrics)
-    ingestor = Ingestor(
-        IngestConfig(
-            ws_url=shipped_sim.ws_url,
-            rest_url=shipped_sim.rest_url,
-            symbols=(SYMBOL,),
-            intervals=INTERVALS,
-            rest_rate_per_s=200.0,
-            backoff_base_s=0.05,
-            backoff_cap_s=0.3,
-        ),
-        store,
-        IngestMetrics(registry),
-    )
+    pipeline = await shipped_pipeline(client, prefix, shipped_sim, group="api-e2e", registry=registry)
+    store, ingestor, worker, signals = pipeline.store, pipeline.ingestor, pipeline.worker, pipeline.signals
     settings = api_settings(redis_url, prefix, symbols=[SYMBOL], intervals=list(INTERVALS))
     try:
         async with serving(settings, registry=registry) as api, ws_connect(api.ws_url) as ws:

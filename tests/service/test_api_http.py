@@ -21,7 +21,7 @@ from tests.service.kit import (
     Api,
     api_settings,
     make_signal,
-    redis_signals,
+    served_from_redis,
     serving,
     unique_prefix,
 )
@@ -46,12 +46,7 @@ def error_of(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_a_published_signal_is_served_from_memory_exactly_as_written(redis_url: str) -> None:
-    prefix = unique_prefix()
-    async with (
-        redis_signals(redis_url, prefix) as store,
-        serving(api_settings(redis_url, prefix)) as api,
-        api.http() as http,
-    ):
+    async with served_from_redis(redis_url) as (store, api, http):
         s = make_signal(T0)
         await store.publish(s)
         await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 1, 5)
@@ -85,9 +80,8 @@ async def test_unknown_symbol_is_a_404_listing_the_configured_ones(redis_url: st
 
 
 async def test_no_servable_signal_is_a_503_with_the_reason_and_retry_after(redis_url: str) -> None:
-    prefix = unique_prefix()
-    settings = api_settings(redis_url, prefix, api_resync_s=0.2)  # no-signal records are re-read, not pushed
-    async with redis_signals(redis_url, prefix) as store, serving(settings) as api, api.http() as http:
+    # no-signal records are re-read, not pushed
+    async with served_from_redis(redis_url, api_resync_s=0.2) as (store, api, http):
         # Nothing yet: warming up.
         r = await http.get("/signal/BTCUSDT")
         assert r.status_code == 503 and r.headers["retry-after"] == "5"
@@ -143,12 +137,7 @@ async def test_no_servable_signal_is_a_503_with_the_reason_and_retry_after(redis
 
 
 async def test_history_comes_newest_first_from_the_audit_stream_and_limit_is_bounded(redis_url: str) -> None:
-    prefix = unique_prefix()
-    async with (
-        redis_signals(redis_url, prefix) as store,
-        serving(api_settings(redis_url, prefix)) as api,
-        api.http() as http,
-    ):
+    async with served_from_redis(redis_url) as (store, _api, http):
         for k in range(5):
             await store.publish(make_signal(T0 + k * MINUTE))
         await store.publish(make_signal(T0 - MINUTE))  # an older bar finishing late: audited only
