@@ -39,6 +39,8 @@ from inference.features import (
     tcn_input,
     volume_ratio,
 )
+from inference.manifest import Manifest
+from tests.conftest import ARTIFACTS
 
 Bars = NDArray[np.float64]
 RTOL = 1e-9
@@ -75,18 +77,16 @@ def _assert_same_nans(mine: Bars, ref: Bars) -> None:
 # Hand-checked values
 
 
-def test_api_constants() -> None:
-    assert FEATURE_SET_VERSION == "v1"
-    assert FEATURE_NAMES == (
-        "log_return",
-        "rsi_14",
-        "macd_hist",
-        "atr_14",
-        "obv",
-        "bb_width_20",
-        "volume_ratio_20",
-        "hl_range",
-    )
+def test_the_feature_set_is_the_one_the_shipped_models_were_trained_on() -> None:
+    """Serving computes exactly the features, in the order, that every shipped sequence model's
+    manifest entry names: renaming, reordering or adding one without retraining fails here."""
+    manifest = Manifest.load(ARTIFACTS / "manifest.json")
+    sequence_models = [c for c in manifest.components if "names" in c.preprocessing]
+    assert sequence_models
+    for c in sequence_models:
+        assert c.preprocessing["features"] == FEATURE_SET_VERSION, c.name
+        assert tuple(c.preprocessing["names"]) == FEATURE_NAMES, c.name
+        assert c.input["shape"][1] == len(FEATURE_NAMES), c.name
     # MACD(12, 26, 9) has TA-Lib lookback (26 - 1) + (9 - 1) = 33, the largest of all features.
     assert WARMUP_BARS == 33
     assert issubclass(FeatureError, ValueError)
