@@ -7,6 +7,7 @@ never with a book published READY while the local book is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,6 +90,28 @@ def make_ingestor(sim: ExchangeSimulator, store: RedisStore, **overrides: object
     }
     fields.update(overrides)
     return Ingestor(IngestConfig(**fields), store, IngestMetrics())  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(ing: Ingestor) -> AsyncIterator[Ingestor]:
+    """``ing`` started against the simulator, and closed after (``close()`` is safe to call twice)."""
+    await ing.start()
+    try:
+        yield ing
+    finally:
+        await ing.close()
+
+
+@pytest.fixture
+async def ing(
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> AsyncIterator[Ingestor]:
+    """The default ingestor, running and already healthy (full windows equal to the CSV, book READY)."""
+    async with running(make_ingestor(sim, store)) as started:
+        await run_until_healthy(started, store, sim, source_rows)
+        yield started
 
 
 def sample(metrics: IngestMetrics, name: str, **labels: str) -> float:
@@ -191,87 +214,72 @@ def subscriptions(sim: ExchangeSimulator) -> dict[int, list[str]]:
 
 
 async def test_full_run_fills_windows_equal_to_the_source_csv(
-    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
-) -> None:  # type: ignore[type-arg]
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        w = await windows(store)
-        assert len(w.depth) > 0
-        assert w.depth[-1].bids.sum() > 0
-        events = await store.read_events()
-        assert {e.interval for _, e in events} == set(INTERVALS)
-        newest_1m = max(e.start for _, e in events if e.interval == "1")
-        assert newest_1m >= w.bars["1"][-1].start - 60_000
-        assert sample(ing.metrics, BARS_BACKFILLED) >= WINDOW * len(INTERVALS) - len(INTERVALS)
-        # each topic subscribed exactly once on the one connection
-        subs = subscriptions(sim)
-        assert list(subs) == [1]
-        assert sorted(subs[1]) == sorted([f"kline.{iv}.{SYMBOL}" for iv in INTERVALS] + [f"orderbook.50.{SYMBOL}"])
-        age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
-        await eventually(lambda: ing.metrics.registry.get_sample_value(*age) is not None, 5, what="watchdog ran")
-        assert_metrics_exposed(ing)
-        await eventually(lambda: incomplete_windows(ing) == dict.fromkeys(INTERVALS, 0), 5, what="no window behind")
-    finally:
-        await ing.close()
+    ing: Ingestor, sim: ExchangeSimulator, store: RedisStore
+) -> None:
+    w = await windows(store)
+    assert len(w.depth) > 0
+    assert w.depth[-1].bids.sum() > 0
+    events = await store.read_events()
+    assert {e.interval for _, e in events} == set(INTERVALS)
+    newest_1m = max(e.start for _, e in events if e.interval == "1")
+    assert newest_1m >= w.bars["1"][-1].start - 60_000
+    assert sample(ing.metrics, BARS_BACKFILLED) >= WINDOW * len(INTERVALS) - len(INTERVALS)
+    # each topic subscribed exactly once on the one connection
+    subs = subscriptions(sim)
+    assert list(subs) == [1]
+    assert sorted(subs[1]) == sorted([f"kline.{iv}.{SYMBOL}" for iv in INTERVALS] + [f"orderbook.50.{SYMBOL}"])
+    age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
+    await eventually(lambda: ing.metrics.registry.get_sample_value(*age) is not None, 5, what="watchdog ran")
+    assert_metrics_exposed(ing)
+    await eventually(lambda: incomplete_windows(ing) == dict.fromkeys(INTERVALS, 0), 5, what="no window behind")
+    await ing.close()
     w = await windows(store)
     assert w.book is not None and w.book.state == "INVALID" and w.book.reason == "ingestor stopped"
 
 
 async def test_dropped_connection_reconnects_resubscribes_once_and_backfills(
+    ing: Ingestor,
     sim: ExchangeSimulator,
     store: RedisStore,
     source_rows: dict,  # type: ignore[type-arg]
 ) -> None:
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        sim.drop_connections()
-        await eventually(lambda: ing.connections[0].connection_number >= 2, 10, what="reconnected")
-        await bars_close(sim, 5)  # meanwhile; the new connection must not leave holes
-        await run_until_healthy(ing, store, sim, source_rows)
-        subs = subscriptions(sim)
-        assert len(subs) >= 2
-        for conn, topics in subs.items():
-            assert len(topics) == len(set(topics)), f"connection {conn} subscribed a topic twice: {topics}"
-        assert not [e for e in sim.subscribe_log if not e[3]], "no failed (e.g. already subscribed) acks"
-        assert (
-            sample(ing.metrics, RECONNECTS, reason="connection_lost")
-            + sample(ing.metrics, RECONNECTS, reason="server_closed")
-            >= 1
-        )
-    finally:
-        await ing.close()
+    sim.drop_connections()
+    await eventually(lambda: ing.connections[0].connection_number >= 2, 10, what="reconnected")
+    await bars_close(sim, 5)  # meanwhile; the new connection must not leave holes
+    await run_until_healthy(ing, store, sim, source_rows)
+    subs = subscriptions(sim)
+    assert len(subs) >= 2
+    for conn, topics in subs.items():
+        assert len(topics) == len(set(topics)), f"connection {conn} subscribed a topic twice: {topics}"
+    assert not [e for e in sim.subscribe_log if not e[3]], "no failed (e.g. already subscribed) acks"
+    assert (
+        sample(ing.metrics, RECONNECTS, reason="connection_lost")
+        + sample(ing.metrics, RECONNECTS, reason="server_closed")
+        >= 1
+    )
 
 
 async def test_stall_is_detected_and_the_book_is_not_served_meanwhile(
+    ing: Ingestor,
     sim: ExchangeSimulator,
     store: RedisStore,
     source_rows: dict,  # type: ignore[type-arg]
 ) -> None:
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        sim.stall(4.0)
-        await eventually(lambda: ing.books[SYMBOL].state.value != "READY", 5, what="stall noticed")
+    sim.stall(4.0)
+    await eventually(lambda: ing.books[SYMBOL].state.value != "READY", 5, what="stall noticed")
 
-        async def published_not_ready() -> bool:
-            w = await windows(store)
-            return w.book is not None and w.book.state != "READY"
+    async def published_not_ready() -> bool:
+        w = await windows(store)
+        return w.book is not None and w.book.state != "READY"
 
-        await eventually(published_not_ready, 5, what="store says the book is not READY")
-        reasons = {r: sample(ing.metrics, RECONNECTS, reason=r) for r in ("silence", "pong_timeout")}
-        assert sum(reasons.values()) >= 1, reasons
-        # Operators see the silence keep growing while the feed is down, not the age when it dropped.
-        book_age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
-        await eventually(lambda: (ing.metrics.registry.get_sample_value(*book_age) or 0) > 2.5, 3, what="age grows")
-        await run_until_healthy(ing, store, sim, source_rows)
-        assert (ing.metrics.registry.get_sample_value(*book_age) or 99) < 1.5
-    finally:
-        await ing.close()
+    await eventually(published_not_ready, 5, what="store says the book is not READY")
+    reasons = {r: sample(ing.metrics, RECONNECTS, reason=r) for r in ("silence", "pong_timeout")}
+    assert sum(reasons.values()) >= 1, reasons
+    # Operators see the silence keep growing while the feed is down, not the age when it dropped.
+    book_age = ("candlecast_ingest_last_message_age_seconds", {"topic": f"orderbook.50.{SYMBOL}"})
+    await eventually(lambda: (ing.metrics.registry.get_sample_value(*book_age) or 0) > 2.5, 3, what="age grows")
+    await run_until_healthy(ing, store, sim, source_rows)
+    assert (ing.metrics.registry.get_sample_value(*book_age) or 99) < 1.5
 
 
 async def test_u_gap_invalidates_and_resyncs_the_book(
@@ -286,8 +294,7 @@ async def test_u_gap_invalidates_and_resyncs_the_book(
         put_book(symbol, depth, status)
 
     ing.writer.put_book = spy  # type: ignore[method-assign]
-    await ing.start()
-    try:
+    async with running(ing):
         await run_until_healthy(ing, store, sim, source_rows)
         sim.skip_u(SYMBOL)
         await eventually(
@@ -306,37 +313,30 @@ async def test_u_gap_invalidates_and_resyncs_the_book(
         states = [s for s, _ in published]
         i = states.index("INVALID")
         assert "READY" in states[i:]
-    finally:
-        await ing.close()
 
 
 async def test_malformed_frame_is_counted_and_changes_nothing(
-    sim: ExchangeSimulator, store: RedisStore, source_rows: dict
-) -> None:  # type: ignore[type-arg]
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        sim.send_malformed()
-        sim.send_malformed(
-            '{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1,"data":{"s":"BTCUSDT","b":'
-            '[["abc","1"]],"a":[],"u":5,"seq":1}}'
-        )
-        sim.send_malformed('{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[]}')
-        await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
-        await eventually(lambda: sample(ing.metrics, MESSAGES, type="unknown_topic") == 1, 5)
-        await run_until_healthy(ing, store, sim, source_rows)
-        assert ing.connections[0].connection_number == 1
-        assert ing.books[SYMBOL].ready
-    finally:
-        await ing.close()
+    ing: Ingestor,
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    sim.send_malformed()
+    sim.send_malformed(
+        '{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1,"data":{"s":"BTCUSDT","b":'
+        '[["abc","1"]],"a":[],"u":5,"seq":1}}'
+    )
+    sim.send_malformed('{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[]}')
+    await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
+    await eventually(lambda: sample(ing.metrics, MESSAGES, type="unknown_topic") == 1, 5)
+    await run_until_healthy(ing, store, sim, source_rows)
+    assert ing.connections[0].connection_number == 1
+    assert ing.books[SYMBOL].ready
 
 
 async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulator, store: RedisStore) -> None:
     sim.fail_subscribe(f"orderbook.50.{SYMBOL}")
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
+    async with running(make_ingestor(sim, store)) as ing:
         await eventually(
             lambda: sample(ing.metrics, SUBSCRIBE_FAILURES, reason="handler_not_found") == 1,
             5,
@@ -356,8 +356,6 @@ async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulat
         await asyncio.sleep(2.0)  # longer than the book silence threshold: no reconnect loop
         assert ing.connections[0].connection_number == 1
         assert sample(ing.metrics, SUBSCRIBE_FAILURES, reason="handler_not_found") == 1
-    finally:
-        await ing.close()
 
 
 @pytest.mark.parametrize("kind", ["retcode", "http500", "http403"])
@@ -368,9 +366,7 @@ async def test_rest_errors_are_retried_and_windows_complete(
     kind: str,  # type: ignore[type-arg]
 ) -> None:
     sim.fail_rest(kind, count=3)  # type: ignore[arg-type]
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
+    async with running(make_ingestor(sim, store)) as ing:
         outcome = "banned" if kind == "http403" else "retryable"
         await eventually(lambda: sample(ing.metrics, REST_REQUESTS, outcome=outcome) >= 1, 5)
         if kind == "http403":
@@ -382,47 +378,37 @@ async def test_rest_errors_are_retried_and_windows_complete(
 
             await eventually(ban_surfaced, 5, what="the REST ban is visible in the symbol status")
         await run_until_healthy(ing, store, sim, source_rows)
-    finally:
-        await ing.close()
 
 
 async def test_restart_keeps_windows_and_fills_what_was_missed(
     sim: ExchangeSimulator, store: RedisStore, source_rows: dict
 ) -> None:  # type: ignore[type-arg]
-    first = make_ingestor(sim, store)
-    await first.start()
-    await run_until_healthy(first, store, sim, source_rows)
-    await first.close()
+    async with running(make_ingestor(sim, store)) as first:
+        await run_until_healthy(first, store, sim, source_rows)
     before = await windows(store)
     await bars_close(sim, 10)  # while no ingestor runs
-    second = make_ingestor(sim, store)
-    await second.start()
-    try:
+    async with running(make_ingestor(sim, store)) as second:
         assert second.newest[(SYMBOL, "1")] == before.bars["1"][-1].start  # loaded from the store
         await run_until_healthy(second, store, sim, source_rows)
         after = await windows(store)
         assert after.bars["1"][-1].start >= before.bars["1"][-1].start + 5 * 60_000
         assert sample(second.metrics, GAPS_FOUND, trigger="startup") >= 1
-    finally:
-        await second.close()
 
 
 async def test_redis_restart_mid_run_loses_nothing(
     sim: ExchangeSimulator, own_redis: RedisServer, source_rows: dict
 ) -> None:  # type: ignore[type-arg]
     store = RedisStore.from_url(own_redis.url, window_bars=WINDOW, depth_rows=50)
-    ing = make_ingestor(sim, store)
-    await ing.start()
     try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        own_redis.stop()
-        await eventually(lambda: not ing.writer.healthy, 5, what="outage noticed")
-        await bars_close(sim, 10)  # during the outage
-        own_redis.start()
-        await eventually(lambda: ing.writer.healthy, 10, what="store back")
-        await run_until_healthy(ing, store, sim, source_rows)
+        async with running(make_ingestor(sim, store)) as ing:
+            await run_until_healthy(ing, store, sim, source_rows)
+            own_redis.stop()
+            await eventually(lambda: not ing.writer.healthy, 5, what="outage noticed")
+            await bars_close(sim, 10)  # during the outage
+            own_redis.start()
+            await eventually(lambda: ing.writer.healthy, 10, what="store back")
+            await run_until_healthy(ing, store, sim, source_rows)
     finally:
-        await ing.close()
         await store.close()
 
 
@@ -430,9 +416,8 @@ async def test_topics_shard_over_connections_and_unknown_symbols_surface(store: 
     eth = bybit_btc_1m.with_name("bybit_linear_ETHUSDT_1m.csv.gz")
     config = SimulatorConfig(sources=[bybit_btc_1m, eth], speed=600.0, start_offset_bars=WINDOW * 60 + 120)
     async with ExchangeSimulator(config) as sim:
-        ing = make_ingestor(sim, store, symbols=("BTCUSDT", "ETHUSDT", "NOPEUSDT"), symbols_per_connection=1)
-        await ing.start()
-        try:
+        symbols = ("BTCUSDT", "ETHUSDT", "NOPEUSDT")
+        async with running(make_ingestor(sim, store, symbols=symbols, symbols_per_connection=1)) as ing:
             assert len(ing.connections) == 3
             await eventually(lambda: ing.books["BTCUSDT"].ready and ing.books["ETHUSDT"].ready, 10)
 
@@ -451,61 +436,49 @@ async def test_topics_shard_over_connections_and_unknown_symbols_surface(store: 
             assert all(c.connection_number == 1 for c in ing.connections)
             # the unknown symbol's windows never fill, and operators see exactly those as incomplete
             await eventually(lambda: incomplete_windows(ing) == dict.fromkeys(INTERVALS, 1), 5, what="one per interval")
-        finally:
-            await ing.close()
 
 
 async def test_future_or_misaligned_closed_bars_never_enter_a_window(
+    ing: Ingestor,
     sim: ExchangeSimulator,
     store: RedisStore,
     source_rows: dict,  # type: ignore[type-arg]
 ) -> None:
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        now = sim.clock.now_ms()
-        step = 60_000
-        aligned_future = now - now % step + 10 * step
-        for start in (aligned_future, now - now % step - 2 * step + 7):
-            bar = {
-                "start": start,
-                "end": start + step - 1,
-                "interval": "1",
-                "open": "1",
-                "close": "1",
-                "high": "1",
-                "low": "1",
-                "volume": "1",
-                "turnover": "1",
-                "confirm": True,
-                "timestamp": now,
-            }
-            frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [bar]}
-            sim.send_malformed(orjson.dumps(frame).decode())
-        await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
-        await run_until_healthy(ing, store, sim, source_rows)  # every bar still equals the CSV
-        w = await windows(store)
-        assert all(b.start % step == 0 and b.start < aligned_future for b in w.bars["1"])
-    finally:
-        await ing.close()
+    now = sim.clock.now_ms()
+    step = 60_000
+    aligned_future = now - now % step + 10 * step
+    for start in (aligned_future, now - now % step - 2 * step + 7):
+        bar = {
+            "start": start,
+            "end": start + step - 1,
+            "interval": "1",
+            "open": "1",
+            "close": "1",
+            "high": "1",
+            "low": "1",
+            "volume": "1",
+            "turnover": "1",
+            "confirm": True,
+            "timestamp": now,
+        }
+        frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [bar]}
+        sim.send_malformed(orjson.dumps(frame).decode())
+    await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
+    await run_until_healthy(ing, store, sim, source_rows)  # every bar still equals the CSV
+    w = await windows(store)
+    assert all(b.start % step == 0 and b.start < aligned_future for b in w.bars["1"])
 
 
 async def test_repeated_gaps_are_resynced_with_spacing_not_a_storm(
+    ing: Ingestor,
     sim: ExchangeSimulator,
     store: RedisStore,
     source_rows: dict,  # type: ignore[type-arg]
 ) -> None:
-    ing = make_ingestor(sim, store)
-    await ing.start()
-    try:
-        await run_until_healthy(ing, store, sim, source_rows)
-        for _ in range(30):  # a gap every 50 ms for 1.5 s
-            sim.skip_u(SYMBOL)
-            await asyncio.sleep(0.05)
-        unsubscribes = [e for e in sim.subscribe_log if e[1] == "unsubscribe"]
-        assert 1 <= len(unsubscribes) <= 5, len(unsubscribes)  # spaced >= 0.5 s apart
-        await run_until_healthy(ing, store, sim, source_rows)
-        assert ing.books[SYMBOL].ready
-    finally:
-        await ing.close()
+    for _ in range(30):  # a gap every 50 ms for 1.5 s
+        sim.skip_u(SYMBOL)
+        await asyncio.sleep(0.05)
+    unsubscribes = [e for e in sim.subscribe_log if e[1] == "unsubscribe"]
+    assert 1 <= len(unsubscribes) <= 5, len(unsubscribes)  # spaced >= 0.5 s apart
+    await run_until_healthy(ing, store, sim, source_rows)
+    assert ing.books[SYMBOL].ready
