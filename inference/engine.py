@@ -11,7 +11,7 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 3. render the inputs in a thread, then run the components in one batch per artifact (all
    EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
    what is not back within the latency budget is dropped as ``late``;
-4. weighted ensemble; with no vote, the momentum rule on the finest closes; without even that
+4. weighted ensemble; with no vote, the momentum rule on the 1h closes; without even that
    input, no signal and a recorded reason.
 """
 
@@ -32,7 +32,7 @@ from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.ensemble import Vote, combine
 from inference.errors import InferenceError
-from inference.fallback import fallback_signal
+from inference.fallback import FALLBACK_INTERVAL, fallback_signal
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency
@@ -206,12 +206,10 @@ class SignalEngine:
         else:
             reasons = sorted({r.reason or "zero_weight" for r in reports})
             why = "all_components_dropped: " + ", ".join(reasons)
-        finest = self.config.finest
         return fallback_signal(
             symbol=event.symbol,
             bar=bar,
-            interval=finest,
-            bars=closed.get(finest, []),
+            bars=closed.get(FALLBACK_INTERVAL),
             why=why,
             components=reports,
             freshness=freshness,
@@ -223,7 +221,7 @@ class SignalEngine:
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
         intervals = self.config.intervals
         windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
-        used = {c.timeframe for c in models.enabled}
+        used = {c.timeframe for c in models.enabled} | {FALLBACK_INTERVAL}  # the rule may be needed
         due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
         deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
         # A coarser bar closing at this boundary is usually written in the same flush as the finest

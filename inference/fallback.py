@@ -1,9 +1,14 @@
-"""The emergency rule: multi-scale momentum, used when no model can vote (DESIGN.md).
+"""The emergency rule: multi-scale momentum on 1h closes, used when no model can vote (DESIGN.md).
 
-``score = 0.5·mom3 + 0.3·mom7 + 0.2·mom14`` with ``momN = close[t] / close[t-N] - 1``;
-long above +0.0005, short below -0.0005, flat between. Transparent on purpose. This module owns the
-rule and the signal built from it: serving (:func:`fallback_signal`, called by the signal engine)
-and offline evaluation (``models.evaluate``, on whole series) use the same
+As in seed 000 (§ "PatternSignalGenerator", written for Bybit's 1h klines): with the simple returns
+``r[i] = close[i] / close[i-1] - 1`` of the 1h closes, ``momN`` is the MEAN of the last N returns and
+``score = 0.5·mom3 + 0.3·mom7 + 0.2·mom14``; long above +0.0005, short below -0.0005, flat between.
+(The seed's code averages the first items of Bybit's newest-first list, i.e. the latest bars: its
+intent, followed here, is the latest returns.) The rule reads the 1h window whatever the signal's
+own bar is: on 1m closes the same thresholds would trade nearly every minute. Transparent on purpose.
+
+This module owns the rule and the signal built from it: serving (:func:`fallback_signal`, called by
+the signal engine) and offline evaluation (``models.evaluate``, on whole series) use the same
 :func:`momentum_score` and :func:`momentum_direction`.
 """
 
@@ -18,20 +23,31 @@ from inference.checks import check_window
 from inference.signal import BarRef, ComponentReport, Direction, Freshness, NoSignal, Signal, StageLatency
 from streaming.klines import Bar
 
-__all__ = ["FALLBACK_BARS", "THRESHOLD", "fallback_signal", "momentum_direction", "momentum_score"]
+__all__ = [
+    "FALLBACK_BARS",
+    "FALLBACK_INTERVAL",
+    "THRESHOLD",
+    "fallback_signal",
+    "momentum_direction",
+    "momentum_score",
+]
 
 WEIGHTS = ((3, 0.5), (7, 0.3), (14, 0.2))
 THRESHOLD = 0.0005
-FALLBACK_BARS = 15  # closes needed: the current one and 14 before it
+FALLBACK_INTERVAL = "60"  # the rule reads 1h closes (Bybit's interval name)
+FALLBACK_BARS = 15  # closes needed: 14 returns, so the current close and 14 before it
 
 
 def momentum_score(close: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Score for every bar (NaN for the first 14, where mom14 is undefined)."""
+    """Score for every close (NaN for the first 14, where mom14 is undefined)."""
     close = np.asarray(close, dtype=np.float64)
     score = np.full(len(close), np.nan)
     if len(close) >= FALLBACK_BARS:
-        t = np.arange(14, len(close))
-        score[t] = sum(w * (close[t] / close[t - n] - 1.0) for n, w in WEIGHTS)
+        r = np.zeros(len(close))
+        r[1:] = close[1:] / close[:-1] - 1.0
+        c = np.cumsum(r)  # c[t] - c[t-n] = sum of the n returns ending at t
+        t = np.arange(FALLBACK_BARS - 1, len(close))
+        score[t] = sum(w * (c[t] - c[t - n]) / n for n, w in WEIGHTS)
     return score
 
 
@@ -50,8 +66,7 @@ def fallback_signal(
     *,
     symbol: str,
     bar: BarRef,
-    interval: str,
-    bars: Sequence[Bar],
+    bars: Sequence[Bar] | None,
     why: str,
     components: tuple[ComponentReport, ...],
     freshness: Freshness,
@@ -59,15 +74,20 @@ def fallback_signal(
     produced_at: int,
     produced_wall_ms: int,
 ) -> Signal | NoSignal:
-    """The rule's signal at ``bar`` from the closed ``bars`` of ``interval`` (the finest), or the
-    :class:`NoSignal` saying why its input is unusable. ``why`` says why no component voted."""
-    problem = check_window(bars, interval, FALLBACK_BARS, bar.close_time)
-    if problem is not None:
+    """The rule's signal at ``bar`` from the closed 1h ``bars`` (``None``: 1h klines are not
+    ingested), or the :class:`NoSignal` saying why its input is unusable. ``why`` says why no
+    component voted."""
+    problem = (
+        "timeframe_not_ingested"
+        if bars is None
+        else check_window(bars, FALLBACK_INTERVAL, FALLBACK_BARS, bar.close_time)
+    )
+    if problem is not None or bars is None:
         return NoSignal(
             symbol=symbol,
             bar=bar,
             reason=f"fallback_input:{problem}",
-            detail=f"no component voted ({why}); the fallback rule's {interval}m input: {problem}",
+            detail=f"no component voted ({why}); the fallback rule's 1h input: {problem}",
             produced_at=produced_at,
             produced_wall_ms=produced_wall_ms,
         )
@@ -88,5 +108,5 @@ def fallback_signal(
         components=components,
         freshness=freshness,
         latency_ms=latency,
-        horizon=f"next {interval}m bar (momentum rule)",
+        horizon=f"next {bar.interval}m bar (momentum rule on 1h closes)",
     )

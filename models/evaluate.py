@@ -10,8 +10,8 @@ Strategies (one object each in report.json):
 * ``ensemble``, on the finest timeframe present (1m for 1m files): at each bar close the weighted
   mean of every component's latest P(up) — a 1h component contributes its forecast made at the
   last closed hour — mapped to long / short / flat by the thresholds;
-* ``fallback``: the momentum rule of ``inference.fallback`` on the same bars (p_up 1/0/0.5 by its
-  direction);
+* ``fallback``: the momentum rule of ``inference.fallback`` on the same bars, read as serving reads
+  it: at each close, the score of the last 15 closed 1h bars (p_up 1/0/0.5 by its direction);
 * ``buy_and_hold``: always long (p_up = 1).
 """
 
@@ -30,7 +30,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from inference.ensemble import Thresholds
-from inference.fallback import momentum_direction, momentum_score
+from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.features import WARMUP_BARS, tcn_input
 from inference.manifest import Component, Manifest
 from inference.render import composite
@@ -51,6 +51,26 @@ class EvaluateConfig:
 
 
 Parts = list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np.float64]]]
+
+
+def _hourly_momentum(base: Series, close_time: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The rule's score at each ``close_time`` from the 1h bars closed by then (NaN where the last
+    15 of them are not 15 consecutive hours), as the serving engine computes it from its 1h window."""
+    hourly = aggregate(base, int(FALLBACK_INTERVAL))
+    if len(hourly) < FALLBACK_BARS:
+        return np.full(len(close_time), np.nan)
+    step = int(FALLBACK_INTERVAL) * MINUTE_MS
+    score = momentum_score(hourly.ohlcv[:, 3])
+    span = np.full(len(hourly), -1, np.int64)  # start of bar t minus start of bar t-14
+    span[FALLBACK_BARS - 1 :] = (
+        hourly.start_ms[FALLBACK_BARS - 1 :] - hourly.start_ms[: len(hourly) - FALLBACK_BARS + 1]
+    )
+    score[span != (FALLBACK_BARS - 1) * step] = np.nan
+    j = np.searchsorted(hourly.start_ms + step, close_time, side="right") - 1  # newest 1h bar closed by then
+    out = np.where(j >= 0, score[np.maximum(j, 0)], np.nan)
+    # serving refuses a 1h window whose newest bar is not the last one due (check_window: stale)
+    current = (j >= 0) & (close_time < hourly.start_ms[np.maximum(j, 0)] + 2 * step)
+    return np.where(current, out, np.nan)
 
 
 def _directions(p: npt.NDArray[np.float64], cfg: EvaluateConfig) -> npt.NDArray[np.int8]:
@@ -146,8 +166,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         p_ens = np.where(have, num / np.maximum(den, 1e-12), 0.5)
         d_ens = np.where(have, _directions(p_ens, cfg), 0).astype(np.int8)
         per_strategy["ensemble"].append((p_ens, d_ens, r))
-        score = momentum_score(base.ohlcv[:, 3])[ends]
-        d_fb = momentum_direction(score)
+        d_fb = momentum_direction(_hourly_momentum(base, close_time))
         p_fb = np.where(d_fb > 0, 1.0, np.where(d_fb < 0, 0.0, 0.5))
         per_strategy["fallback"].append((p_fb, d_fb, r))
         per_strategy["buy_and_hold"].append((np.ones(len(ends)), np.ones(len(ends), np.int8), r))

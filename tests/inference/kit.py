@@ -308,7 +308,7 @@ async def running_worker(
     await events.setup()
     signals = RedisSignalStore(client, prefix=store.prefix)
     fields: dict[str, Any] = {
-        "intervals": ("1", "5"),
+        "intervals": ("1", "5", "60"),  # 60: the fallback rule reads 1h closes
         "coarse_wait_ms": 200,
         "latency_budget_ms": 5000,
         "block_ms": 100,

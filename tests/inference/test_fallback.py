@@ -1,5 +1,6 @@
-"""The fallback signal is the momentum rule of ``inference.fallback`` — the same ``momentum_score`` and
-``momentum_direction`` offline evaluation uses — on the finest closed bars; bad input is a NoSignal."""
+"""The fallback signal is the seed's momentum rule of ``inference.fallback`` — the same ``momentum_score``
+and ``momentum_direction`` offline evaluation uses — on the closed 1h bars, whatever the signal's own
+bar; bad or missing 1h input is a NoSignal."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from inference.signal import BarRef, Freshness, NoSignal, Signal, StageLatency
 from streaming.klines import Bar
 from tests.inference.kit import MINUTE, T0
 
-CLOSE = T0 + 60 * MINUTE
+HOUR = 60 * MINUTE
+CLOSE = T0 + 20 * HOUR + 37 * MINUTE  # a 1m close at :37; the newest closed 1h bar closed at :00
 
 
 def closes_to_bars(closes: list[float]) -> list[Bar]:
-    start = CLOSE - len(closes) * MINUTE
+    """1h bars with these closes, the newest closing at the last full hour before ``CLOSE``."""
+    start = CLOSE - 37 * MINUTE - len(closes) * HOUR
     return [
         Bar(
-            start + i * MINUTE,
+            start + i * HOUR,
             Decimal(repr(c)),
             Decimal(repr(c)),
             Decimal(repr(c)),
@@ -32,11 +35,10 @@ def closes_to_bars(closes: list[float]) -> list[Bar]:
     ]
 
 
-def signal_of(bars: list[Bar]) -> Signal | NoSignal:
+def signal_of(bars: list[Bar] | None) -> Signal | NoSignal:
     return fallback_signal(
         symbol="BTCUSDT",
         bar=BarRef("1", CLOSE - MINUTE, CLOSE),
-        interval="1",
         bars=bars,
         why="models_missing",
         components=(),
@@ -59,10 +61,36 @@ def test_the_served_direction_and_score_are_the_evaluated_rule(step: float, dire
     assert s.direction == direction == {1: "long", -1: "short", 0: "flat"}[int(momentum_direction(score)[0])]
     assert s.score == max(-1.0, min(1.0, float(score[0])))  # clipped to [-1, 1] (the 5.0 case)
     assert (s.p_up, s.confidence, s.agreement) == (None, None, None)
-    assert s.horizon == "next 1m bar (momentum rule)"
+    assert s.horizon == "next 1m bar (momentum rule on 1h closes)"
+
+
+def test_the_score_is_the_seeds_weighted_mean_of_recent_1h_returns() -> None:
+    # 14 returns, oldest first: +1 % seven times, then -1 % four times, then +2 % three times.
+    returns = [0.01] * 7 + [-0.01] * 4 + [0.02] * 3
+    closes = [100.0]
+    for r in returns:
+        closes.append(closes[-1] * (1 + r))
+    mom3 = 0.02
+    mom7 = (4 * -0.01 + 3 * 0.02) / 7
+    mom14 = (7 * 0.01 + 4 * -0.01 + 3 * 0.02) / 14
+    expected = 0.5 * mom3 + 0.3 * mom7 + 0.2 * mom14
+    assert momentum_score(np.array(closes))[-1] == pytest.approx(expected, rel=1e-9)
+    s = signal_of(closes_to_bars(closes))
+    assert isinstance(s, Signal) and s.direction == "long" and s.score == pytest.approx(expected, rel=1e-9)
+
+
+def test_without_1h_klines_there_is_no_fallback_and_the_reason_says_so() -> None:
+    s = signal_of(None)
+    assert isinstance(s, NoSignal) and s.reason == "fallback_input:timeframe_not_ingested"
+
+
+def test_a_1h_window_missing_the_last_hour_is_stale_not_used() -> None:
+    bars = closes_to_bars([100.0 + i for i in range(20)])[:-1]  # the newest closed hour is missing
+    s = signal_of(bars)
+    assert isinstance(s, NoSignal) and s.reason == "fallback_input:stale_window"
 
 
 def test_too_few_closes_is_a_no_signal_naming_the_input_problem() -> None:
     s = signal_of(closes_to_bars([100.0] * (FALLBACK_BARS - 1)))
     assert isinstance(s, NoSignal) and s.reason == "fallback_input:short_window"
-    assert s.detail == "no component voted (models_missing); the fallback rule's 1m input: short_window"
+    assert s.detail == "no component voted (models_missing); the fallback rule's 1h input: short_window"

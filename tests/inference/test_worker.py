@@ -143,7 +143,8 @@ async def test_one_signal_per_finest_close_with_every_component_batched(
                 (name, "voted", CPU, "v1") for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m")
             ]
             assert all(c.latency_ms is not None and c.latency_ms > 0 for c in s.components)
-            assert s.freshness == Freshness({"1": close - MINUTE, "5": close - 5 * MINUTE}, "READY", 500)
+            # no 1h bars were written: the window the fallback rule would read is reported empty
+            assert s.freshness == Freshness({"1": close - MINUTE, "5": close - 5 * MINUTE, "60": None}, "READY", 500)
             assert s.produced_at == close  # exchange time: the bar close is the newest seen
             lat = s.latency_ms
             assert min(lat.read, lat.render, lat.infer, lat.ensemble) >= 0
@@ -217,13 +218,13 @@ async def test_components_that_miss_the_latency_budget_are_left_out_and_counted(
     """Judged with the in-memory store (the single-process run): same engine, no Redis."""
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE
-    await store.write(history(close, {"1": 60, "5": 60}))
+    await store.write(history(close, {"1": 60, "5": 60, "60": 20}))
     metrics = WorkerMetrics(CollectorRegistry())
     registry = ModelRegistry(models, prefer_gpu=False, metrics=metrics)
     await registry.load()
     event = BarEvent(SYMBOL, "1", close - MINUTE)
 
-    tight = SignalEngine(WorkerConfig(intervals=("1", "5"), latency_budget_ms=0.001), store, registry, metrics)
+    tight = SignalEngine(WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=0.001), store, registry, metrics)
     s = await tight.compute(event)
     assert isinstance(s, Signal)
     assert {(c.status, c.reason) for c in s.components} == {("dropped", "late")}

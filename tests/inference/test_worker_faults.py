@@ -71,16 +71,18 @@ async def outcome_of(h: Harness, store: RedisStore, batch: WriteBatch) -> Signal
 @pytest.mark.parametrize(
     ("case", "expect"),
     [
-        # 21 bars of 1m only: too short for every model, enough for the 15-bar rule.
+        # 21 bars of 1m and 20 of 1h: too short for every model, enough for the rule's 15 hours.
         ("short_1m_no_5m", ("fallback", "all_components_dropped: empty_window, short_window")),
-        # 3 bars: not even the rule can run.
+        # 3 bars of 1m and 3 of 1h: not even the rule can run.
         ("three_bars", ("none", "fallback_input:short_window")),
         # NaN close in the newest 1m bar: the 1m components drop out, the 5m ones vote.
         ("nan_newest_1m", ("ensemble", {"tcn_1m": "bad_values", "efficientnet_1m": "bad_values"})),
         # A zero price 30 bars back: inside the TCN's 49-bar window, outside the image's 24.
         ("zero_price_30_back", ("ensemble", {"tcn_1m": "bad_values"})),
-        # NaN in the 1m window and no 5m window: nothing to vote, and the rule refuses the NaN too.
+        # NaN in the 1m window, no 5m window: nothing votes, and the rule refuses a NaN in its 1h input.
         ("nan_1m_no_5m", ("none", "fallback_input:bad_values")),
+        # Nothing votes and there are no 1h bars: the rule has no input either.
+        ("no_1h", ("none", "fallback_input:empty_window")),
         # Zero volume is a quiet market, not bad data: everyone votes.
         ("zero_volume", ("ensemble", {})),
         # A hole in the 1m window.
@@ -94,11 +96,14 @@ async def test_bad_windows(
         return history(CLOSE, {"1": 60, "5": 60})
 
     batch = {
-        "short_1m_no_5m": history(CLOSE, {"1": 21}),
-        "three_bars": history(CLOSE, {"1": 3}),
+        "short_1m_no_5m": history(CLOSE, {"1": 21, "60": 20}),
+        "three_bars": history(CLOSE, {"1": 3, "60": 3}),
         "nan_newest_1m": with_bar(full(), "1", 0, close="NaN"),
         "zero_price_30_back": with_bar(full(), "1", 30, open="0", low="0"),
-        "nan_1m_no_5m": with_bar(history(CLOSE, {"1": 60}), "1", 2, high="NaN"),
+        "nan_1m_no_5m": with_bar(
+            with_bar(history(CLOSE, {"1": 60, "60": 20}), "1", 2, high="NaN"), "60", 2, high="NaN"
+        ),
+        "no_1h": history(CLOSE, {"1": 21}),
         "zero_volume": with_bar(full(), "1", 0, volume="0"),
         "holed_1m": WriteBatch(bars=full().bars | {(SYMBOL, "1"): window("1", CLOSE, 60)[:50] + window("1", CLOSE, 9)}),
     }[case]
@@ -126,10 +131,10 @@ async def test_bad_windows(
 
 async def test_missing_models_fall_back_to_the_rule(redis_url: str, redis_store: RedisStore, tmp_path: Path) -> None:
     async with running_worker(redis_url, redis_store, tmp_path / "no-artifacts") as h:
-        result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
+        result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60, "60": 20}))
         assert isinstance(result, Signal)
         assert (result.source, result.fallback_reason, result.components) == ("fallback", "models_missing", ())
-        assert result.horizon == "next 1m bar (momentum rule)"
+        assert result.horizon == "next 1m bar (momentum rule on 1h closes)"
         assert h.sample("candlecast_fallbacks_total", reason="models_missing") == 1
 
 

@@ -70,7 +70,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         w = csv.writer(dst)
         w.writerow(next(rows))
         kept = [r for r in rows if int(r[0]) >= Cuts().val_end]
-        w.writerows(kept[:600])
+        w.writerows(kept[:1200])  # 20 hours: the fallback rule needs 15 closed 1h bars
     (root / "summary.json").write_text(json.dumps(summary, default=str))
     return {"root": root, "work": work, "artifacts": artifacts, "slice": sliced}
 
@@ -143,6 +143,13 @@ def test_evaluate_writes_report_predictions_and_equity(pipeline: dict[str, Path]
         for key in ("n_predictions", "trades", "accuracy", "total_return"):
             expected = strategies[name][key]
             assert again[key] == pytest.approx(expected, rel=1e-4, abs=1e-9), (name, key)
+    # the fallback reads 1h closes as serving does: one call per hour, held for its minutes
+    by_hour: dict[int, set[int]] = {}
+    for r in rows:
+        if r["strategy"] == "fallback":
+            by_hour.setdefault((int(r["open_time_ms"]) + 60_000) // 3_600_000, set()).add(int(r["direction"]))
+    assert all(len(calls) == 1 for calls in by_hour.values()), by_hour
+    assert any(calls != {0} for calls in by_hour.values())  # 20 hours of bars: it makes calls
     assert result["strategies"]["ensemble"]["n_predictions"] == strategies["ensemble"]["n_predictions"]
     # nothing before the test cut was evaluated
     assert min(int(r["open_time_ms"]) for r in rows) >= Cuts().val_end
