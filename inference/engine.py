@@ -243,7 +243,9 @@ class SignalEngine:
             started = time.perf_counter()
             try:
                 x = c.prepare(bars_to_array(bars))
-            except InferenceError as exc:  # FeatureError / RenderError: this window, not a bug
+            # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
+            # NumPy on an odd window still costs only this component, not the whole signal.
+            except (InferenceError, ValueError, ArithmeticError) as exc:
                 log.warning("%s: cannot build the input: %s", c.name, exc)
                 drafts.drop(c, "bad_values")
                 continue

@@ -60,8 +60,9 @@ class Series:
 
 
 def load_series(path: Path) -> Series:
-    """Read a bar file with the project's one reader (:func:`streaming.sim.bars.read_bar_file`)."""
-    bars = read_bar_file(path)
+    """Read a bar file with the project's one reader (:func:`streaming.sim.bars.read_bar_file`),
+    sorted, a repeated bar start keeping its first row (as training always read its data)."""
+    bars = read_bar_file(path, sort=True)
     starts = bars.start_ms
     step = int(np.median(np.diff(starts[:10_000]))) if len(starts) > 1 else MINUTE_MS
     return Series(

@@ -56,6 +56,13 @@ Parts = list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np
 def _hourly_momentum(base: Series, close_time: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """The rule's score at each ``close_time`` from the 1h bars closed by then (NaN where the last
     15 of them are not 15 consecutive hours), as the serving engine computes it from its 1h window."""
+    if int(FALLBACK_INTERVAL) % base.interval_min:
+        log.warning(
+            "%s: %dm bars cannot make the 1h closes the fallback rule reads: it stays flat",
+            base.name,
+            base.interval_min,
+        )
+        return np.full(len(close_time), np.nan)
     hourly = aggregate(base, int(FALLBACK_INTERVAL))
     if len(hourly) < FALLBACK_BARS:
         return np.full(len(close_time), np.nan)

@@ -26,6 +26,7 @@ from websockets.asyncio.client import connect
 
 from inference.runtime import CPU
 from inference.signal import BarRef, ComponentReport, Direction, Freshness, Signal, StageLatency
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["bench_api", "sample_signal"]
 
@@ -169,17 +170,20 @@ async def _fanout(url: str, subscribers: int, publishes: int) -> dict[str, Any]:
                 if seen == publishes:
                     return
 
-    tasks = []
-    for _ in range(subscribers):
-        tasks.append(asyncio.create_task(client()))
-        if len(tasks) % 100 == 0:
-            await asyncio.sleep(0.05)  # do not SYN-flood the listen backlog
-    await asyncio.wait_for(all_ready.wait(), 120)
-    async with httpx.AsyncClient(base_url=url) as http:
-        for _ in range(publishes):
-            await http.post("/_bench/publish")
-            await asyncio.sleep(0.3)
-    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    tasks = TaskSupervisor("bench-api")
+    try:
+        for i in range(subscribers):
+            tasks.spawn(client(), f"bench-subscriber-{i}")
+            if (i + 1) % 100 == 0:
+                await asyncio.sleep(0.05)  # do not SYN-flood the listen backlog
+        await asyncio.wait_for(all_ready.wait(), 120)
+        async with httpx.AsyncClient(base_url=url) as http:
+            for _ in range(publishes):
+                await http.post("/_bench/publish")
+                await asyncio.sleep(0.3)
+        await asyncio.wait_for(tasks.wait(), 120)
+    finally:
+        await tasks.cancel_all(5.0)
     lat = np.array(received)
     return {
         "subscribers": subscribers,

@@ -285,7 +285,7 @@ async def _cmd_api(args: argparse.Namespace) -> int:
     from service.app import API_NEEDS_REDIS  # FastAPI and uvicorn: serving commands only
 
     settings = load_settings()
-    settings.require_redis(API_NEEDS_REDIS + " (or use `candlecast run` for everything in one process)")
+    settings.require_redis(API_NEEDS_REDIS, instead="use `candlecast run` for everything in one process")
     registry = CollectorRegistry()
     server = compose.api_server(settings, registry, host=args.host, port=args.port)
     async with contextlib.AsyncExitStack() as stack:

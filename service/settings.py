@@ -232,11 +232,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
-    def require_redis(self, role: str) -> str:
+    def require_redis(self, role: str, *, instead: str = "") -> str:
         """The Redis URL, for a part that cannot run without it; ``role`` says why it needs Redis
-        (e.g. "the worker reads windows and events from Redis"), in the error when it is not set."""
+        (e.g. "the worker reads windows and events from Redis") and ``instead`` offers another way,
+        both in the error when it is not set."""
         if self.redis_url is None:
-            raise ConfigError(f"CANDLECAST_REDIS_URL: {role}; set it (e.g. redis://127.0.0.1:6379/0)")
+            alternative = f", or {instead}" if instead else ""
+            raise ConfigError(f"CANDLECAST_REDIS_URL: {role}; set it (e.g. redis://127.0.0.1:6379/0){alternative}")
         return self.redis_url
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.exceptions import InvalidURI, WebSocketException
 
 from streaming.supervisor import TaskSupervisor
 
@@ -101,7 +101,7 @@ async def _pinger(ws: ClientConnection, interval: float) -> None:
             await asyncio.sleep(interval)
             n += 1
             await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{n}"}).decode())
-    except ConnectionClosed as exc:
+    except (WebSocketException, OSError) as exc:  # ConnectionClosed among them
         log.debug("recorder ping task ended: %r", exc)  # the session notices the close itself
 
 

@@ -164,12 +164,13 @@ class BarFile:
         return len(self.start_ms)
 
 
-def read_bar_file(path: str | Path) -> BarFile:
+def read_bar_file(path: str | Path, *, sort: bool = False) -> BarFile:
     """Read a bar CSV (optionally gzip) with columns ``open_time_ms,open,high,low,close,volume``.
 
     Any interval: starts must be minute-aligned and strictly increasing. Raises ``ValueError``
     naming the file and line when a row is malformed, out of order, not aligned to a minute, or
-    has inconsistent OHLC.
+    has inconsistent OHLC. With ``sort`` (training data, where exchange dumps repeat or reorder
+    rows), rows are first put in start order and a repeated start keeps its first row.
     """
     path = Path(path)
     with _open_text(path) as fh:
@@ -183,6 +184,8 @@ def read_bar_file(path: str | Path) -> BarFile:
         except ValueError:
             raise ValueError(f"{path}: header must contain {','.join(_CSV_COLUMNS)}, got {','.join(names)}") from None
         rows = list(reader)
+    if sort:
+        rows = _sorted_unique(rows, idx[0])
     found = _read_fast(rows, idx)
     if found is None:
         starts, cols = _read_checked(path, rows, idx)
@@ -192,6 +195,21 @@ def read_bar_file(path: str | Path) -> BarFile:
         raise ValueError(f"{path}: no bars")
     strings = (tuple(cols[0]), tuple(cols[1]), tuple(cols[2]), tuple(cols[3]), tuple(cols[4]))
     return BarFile(path, start_ms, strings, np.ascontiguousarray(values.T))
+
+
+def _sorted_unique(rows: list[list[str]], start_col: int) -> list[list[str]]:
+    """Rows in start order (stable), the first of each start kept; a row whose start is not an
+    integer stays where it is for the checked reader to name."""
+    try:
+        keyed = sorted(((int(r[start_col]), i) for i, r in enumerate(rows) if r))
+    except (ValueError, IndexError):
+        return rows
+    out, last = [], None
+    for start, i in keyed:
+        if start != last:
+            out.append(rows[i])
+            last = start
+    return out
 
 
 def _read_fast(rows: list[list[str]], idx: list[int]) -> tuple[Int64Array, list[list[str]], Float64Array] | None:

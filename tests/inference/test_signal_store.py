@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from inference.signal import BarRef, NoSignal
 from inference.signal_store import MemorySignalStore, RedisSignalStore
+from streaming.redis_keys import RedisKeys
 from tests.service.kit import MINUTE, T0, make_signal, redis_signals, unique_prefix
 
 
@@ -23,7 +24,7 @@ async def test_redis_snapshot_reads_signals_no_signals_and_the_newest_event(redi
         await store.record_no_signal(_no_signal(T0, "ETHUSDT"))
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await client.xadd(f"{prefix}:events:bars", {"symbol": "BTCUSDT", "interval": "5", "start": str(T0)})
+            await client.xadd(RedisKeys(prefix).bar_events, {"symbol": "BTCUSDT", "interval": "5", "start": str(T0)})
             snap = await RedisSignalStore(client, prefix=prefix).snapshot(
                 ["BTCUSDT", "ETHUSDT", "SOLUSDT"], bar_clock=True
             )

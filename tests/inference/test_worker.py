@@ -29,6 +29,7 @@ from inference.signal import (
 from inference.signal_store import MemorySignalStore, Published, RedisSignalStore, SignalStore
 from service.bench import sample_signal
 from streaming.memory_store import MemoryStore
+from streaming.redis_keys import RedisKeys
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
 from tests.helpers import eventually
@@ -128,7 +129,7 @@ async def test_one_signal_per_finest_close_with_every_component_batched(
     await redis_store.write(base)
     listener = aioredis.Redis.from_url(redis_url)
     pubsub = listener.pubsub()
-    await pubsub.subscribe(f"{redis_store.prefix}:signals")
+    await pubsub.subscribe(RedisKeys(redis_store.prefix).signals_channel)
     try:
         async with running_worker(redis_url, redis_store, models) as h:
             await redis_store.write(closing(close, ("1", "5")))  # two events: 1m and 5m

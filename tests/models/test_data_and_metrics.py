@@ -93,6 +93,21 @@ def test_cuts_leave_the_newest_bybit_bars_for_testing() -> None:
     assert len(sp.test) > 5000  # about five days of 1m bars after 2025-06-15
 
 
+def test_training_reads_a_dump_with_repeated_and_reordered_rows_in_order_first_row_kept(tmp_path: Path) -> None:
+    path = tmp_path / "bybit_linear_BTCUSDT_1m.csv"
+    path.write_text(
+        "open_time_ms,open,high,low,close,volume\n120000,3,3,3,3,1\n0,1,1,1,1,1\n60000,2,2,2,2,1\n60000,9,9,9,9,1\n"
+    )
+    s = load_series(path)
+    assert s.symbol == "BTCUSDT" and s.interval_min == 1
+    assert s.start_ms.tolist() == [0, 60_000, 120_000]
+    assert s.ohlcv[:, 3].tolist() == [1.0, 2.0, 3.0]
+    from streaming.sim.bars import read_bar_file
+
+    with pytest.raises(ValueError, match=r"bybit_linear_BTCUSDT_1m\.csv"):
+        read_bar_file(path)  # the simulator replays files as they are: out of order is an error
+
+
 def test_metrics_hand_checked() -> None:
     p = np.array([0.6, 0.6, 0.4, 0.5])
     d = np.array([1, 1, -1, 0], np.int8)

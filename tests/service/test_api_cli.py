@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from streaming.redis_keys import RedisKeys
 from tests.redis_server import free_port
 from tests.service.kit import T0, make_signal
 
@@ -32,13 +33,16 @@ def test_api_needs_redis_and_says_so() -> None:
     proc = subprocess.run([*CLI, "api"], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "CANDLECAST_REDIS_URL" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "set it (e.g. redis://127.0.0.1:6379/0), or use `candlecast run` for everything in one process" in proc.stderr
+    )
 
 
 def test_api_serves_what_redis_holds_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
     prefix = f"api-cli-{uuid.uuid4().hex[:10]}"
     client = redis.Redis.from_url(redis_url)
     s = make_signal(T0)
-    client.set(f"{prefix}:{{BTCUSDT}}:signal", s.to_json())  # written by a worker earlier
+    client.set(RedisKeys(prefix).signal_latest("BTCUSDT"), s.to_json())  # written by a worker earlier
     port, metrics_port = free_port(), free_port()
     settings = env(
         CANDLECAST_REDIS_URL=redis_url,
