@@ -8,7 +8,9 @@ buckets). In serving, no aggregation is needed: the ingestor subscribes to
 
 Labels: the direction of the NEXT bar on the sample's own timeframe (``close[t+1] > close[t]``), so
 a 1m component forecasts the next minute and a 1h component the next hour; the signal states each
-component's horizon. Splits are by time per series, with a purge gap of the input length plus the
+component's horizon. A bar whose close is unchanged (about 6 % of Bybit 1m bars) is neither up nor
+down: :func:`moved` leaves it out of training and validation samples rather than calling it "down".
+Splits are by time per series, with a purge gap of the input length plus the
 label horizon between train, validation and test, never shuffled across: one pair of cut times
 for every series, so the test period is the same calendar span everywhere.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "aggregate",
     "labels",
     "load_series",
+    "moved",
     "next_returns",
     "sample_ends",
     "split_by_time",
@@ -139,6 +142,12 @@ def split_by_time(series: Series, need: int, train_end_ms: int, val_end_ms: int)
 def labels(series: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
     close = series.ohlcv[:, 3]
     return (close[ends + 1] > close[ends]).astype(np.float32)
+
+
+def moved(series: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """True where the label bar's close differs from the close at ``t``: a sample with a label."""
+    close = series.ohlcv[:, 3]
+    return np.asarray(close[ends + 1] != close[ends])
 
 
 def next_returns(series: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from inference.features import WARMUP_BARS, tcn_input
 from inference.render import composite
-from models.data import Series, aggregate, labels, load_series, split_by_time
+from models.data import Series, aggregate, labels, load_series, moved, split_by_time
 
 __all__ = ["Cuts", "SampleSet", "build_image_samples", "build_tcn_samples", "series_for_timeframe"]
 
@@ -86,6 +86,7 @@ def _collect(
     for s in series_list:
         split = split_by_time(s, need, cuts.train_end, cuts.val_end)
         ends = getattr(split, part)
+        ends = ends[moved(s, ends)]  # an unchanged close is neither up nor down: no label
         if len(ends):
             chosen.append((s, ends))
     total = sum(len(e) for _, e in chosen)

@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data import MINUTE_MS, Series, aggregate, labels, load_series, next_returns, sample_ends, split_by_time
-from models.datasets import Cuts, series_for_timeframe
+from models.data import (
+    MINUTE_MS,
+    Series,
+    aggregate,
+    labels,
+    load_series,
+    moved,
+    next_returns,
+    sample_ends,
+    split_by_time,
+)
+from models.datasets import Cuts, build_tcn_samples, series_for_timeframe
 from models.metrics import TAKER_FEE, net_returns, strategy_metrics
 from tests.conftest import SHARED
 
@@ -48,6 +58,22 @@ def test_labels_are_the_next_bar_direction() -> None:
     close = s.ohlcv[:, 3]
     assert labels(s, ends).tolist() == [float(close[t + 1] > close[t]) for t in ends]
     assert next_returns(s, ends) == pytest.approx(close[ends + 1] / close[ends] - 1)
+
+
+def test_an_unchanged_close_is_no_training_label() -> None:
+    s = synthetic(400)
+    ohlcv = s.ohlcv.copy()
+    flat = np.arange(150, 400, 3)  # every third label bar closes where the bar before it did
+    ohlcv[flat, 3] = ohlcv[flat - 1, 3]
+    ohlcv[flat, 1] = np.maximum(ohlcv[flat, 1], ohlcv[flat, 3])
+    ohlcv[flat, 2] = np.minimum(ohlcv[flat, 2], ohlcv[flat, 3])
+    s = Series(s.name, s.symbol, 1, s.start_ms, ohlcv)
+    ends = sample_ends(s, 97)
+    assert not moved(s, ends).all() and moved(s, ends).any()
+    cuts = Cuts(train_end=int(s.start_ms[-1]) + MINUTE_MS, val_end=int(s.start_ms[-1]) + 2 * MINUTE_MS)
+    train = build_tcn_samples([s], cuts, "train", cap=10_000)
+    assert len(train) == int(moved(s, ends).sum())  # every moved sample, none of the unchanged
+    assert set(train.y.tolist()) == {0.0, 1.0}
 
 
 def test_samples_never_straddle_a_hole() -> None:
