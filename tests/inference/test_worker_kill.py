@@ -65,7 +65,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CANDLECAST_")} | {
         "CANDLECAST_REDIS_URL": redis_url,
         "CANDLECAST_REDIS_PREFIX": redis_store.prefix,
-        "CANDLECAST_INTERVALS": "1,5",
+        "CANDLECAST_INTERVALS": "1,5,60",  # 60: a bar whose models miss the budget gets the 1h rule
         "CANDLECAST_ARTIFACTS_DIR": str(models),
         "CANDLECAST_WORKER_GROUP": GROUP,
         "CANDLECAST_CLAIM_IDLE_MS": "1000",
@@ -75,7 +75,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
         "CANDLECAST_WINDOW_BARS": "64",
     }
     first = T0 + 60 * MINUTE
-    await redis_store.write(history(first, {"1": 60, "5": 60}, SYMBOLS))
+    await redis_store.write(history(first, {"1": 60, "5": 60, "60": 20}, SYMBOLS))
     client = aioredis.Redis.from_url(redis_url)
     group = RedisEventSource(client, redis_store.keys.bar_events, group=GROUP, consumer="test")
     await group.setup()  # before any event of the run, so every one of them is the workers' to handle
@@ -103,7 +103,7 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
                 await b.kill()
                 await redis_store.write(closing(close, ("5",), SYMBOLS))
                 continue
-            await redis_store.write(closing(close, ("1", "5"), SYMBOLS))
+            await redis_store.write(closing(close, ("1", "5", "60"), SYMBOLS))
             if k == 6:
                 await eventually(lambda: has(published(), 4 * len(SYMBOLS)), 20, what="both workers publishing")
             elif k == 12:
