@@ -12,7 +12,7 @@ components that need it, with a reason code that every signal reports:
 ``load_failed``              ONNX Runtime could not build a session on any provider
 ``warmup_failed``            the session could not run the manifest's input shape
 ``preprocessing_mismatch``   features/renderer version or parameters this code does not produce
-``bad_manifest_entry``       an unknown kind, or a weight that is not a finite number >= 0
+``bad_manifest_entry``       an unknown kind, a weight that is not a finite number >= 0, bad heads
 ===========================  =====================================================================
 
 :class:`ModelRegistry` holds the current :class:`ModelSet` and polls the manifest: a changed
@@ -34,8 +34,17 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, tcn_input
-from inference.manifest import Component, Manifest, ManifestError
+from inference.features import (
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    LINEAR_BARS,
+    LINEAR_FEATURES,
+    LINEAR_SET_VERSION,
+    WARMUP_BARS,
+    linear_input,
+    tcn_input,
+)
+from inference.manifest import Component, EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION, composite
 from inference.runtime import ModelSession, RuntimeFailure, SessionFactory
@@ -57,7 +66,7 @@ class LoadedComponent:
     disabled: str | None = None
     detail: str = ""
     bars_needed: int = 0
-    renderer: str = ""  # "tcn_input" | "composite"
+    renderer: str = ""  # "tcn_input" | "composite" | "linear_input"
 
     @property
     def name(self) -> str:
@@ -74,6 +83,8 @@ class LoadedComponent:
         pre = self.spec.preprocessing
         if self.renderer == "tcn_input":
             return tcn_input(ohlcv, int(pre["length"]))
+        if self.renderer == "linear_input":
+            return linear_input(ohlcv)
         return composite(ohlcv, int(pre["height"]), int(pre["bars"]))
 
 
@@ -85,6 +96,7 @@ class ModelSet:
     digest: str = ""
     created: str = ""
     sessions: dict[str, ModelSession] = field(default_factory=dict)  # by artifact file name
+    ensemble: EnsembleSpec | None = None  # the validation-fitted stacker, when the manifest has one
 
     @property
     def enabled(self) -> tuple[LoadedComponent, ...]:
@@ -109,6 +121,12 @@ def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]
             if list(spec.input.get("shape", []))[1:] != [3, height, 3 * bars]:
                 return None, f"input shape {spec.input.get('shape')} does not match the renderer", 0
             return "composite", "", bars
+        if spec.kind == "linear":
+            if pre.get("features") != LINEAR_SET_VERSION:
+                return None, f"features {pre.get('features')!r}: serving has {LINEAR_SET_VERSION}", 0
+            if list(spec.input.get("shape", []))[1:] != [len(LINEAR_FEATURES)]:
+                return None, f"input shape {spec.input.get('shape')} does not match the features", 0
+            return "linear_input", "", LINEAR_BARS
     except (KeyError, TypeError, ValueError) as exc:
         return None, f"preprocessing {pre!r}: {exc}", 0
     return None, f"unknown kind {spec.kind!r}", 0
@@ -210,7 +228,9 @@ def load_model_set(
             log.error("component %s disabled (%s): %s", p.spec.name, p.disabled, p.detail)
         bound = sessions.get(p.key) if p.disabled is None else None
         components.append(LoadedComponent(p.spec, p.weight, bound, p.disabled, p.detail, p.need, p.renderer))
-    return ModelSet(tuple(components), digest, manifest.created, {k[0]: s for k, s in sessions.items()})
+    return ModelSet(
+        tuple(components), digest, manifest.created, {k[0]: s for k, s in sessions.items()}, manifest.ensemble
+    )
 
 
 @dataclass
@@ -231,6 +251,10 @@ def _plan(spec: Component, weights: Mapping[str, float]) -> _Plan:
     weight = float(weights.get(spec.name, spec.weight))
     if not math.isfinite(weight) or weight < 0:
         return _Plan(spec, 0.0, disabled="bad_manifest_entry", detail=f"weight {weight!r}")
+    try:
+        spec.check_forecast()
+    except ManifestError as exc:
+        return _Plan(spec, weight, disabled="bad_manifest_entry", detail=str(exc))
     renderer, why, need = _check_spec(spec)
     if renderer is None:
         reason = "bad_manifest_entry" if why.startswith("unknown kind") else "preprocessing_mismatch"

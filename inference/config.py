@@ -1,8 +1,9 @@
 """The inference worker's settings: one frozen :class:`WorkerConfig` shared by its parts.
 
-The signal engine reads the windowing, latency and concurrency knobs (``intervals``, ``book_depth``,
-``thresholds``, ``latency_budget_ms``, ``coarse_*``, ``inference_concurrency``); the consumer loop
-reads the event knobs (``max_in_flight``, ``read_count``, ``block_ms``, ``claim_idle_ms``, ``lag_every_s``,
+The signal engine reads the windowing, signal, latency and concurrency knobs (``intervals``,
+``book_depth``, ``thresholds``, ``horizon_minutes``, ``fee_bp``, ``latency_budget_ms``, ``coarse_*``,
+``inference_concurrency``); the consumer loop reads the event knobs (``max_in_flight``,
+``read_count``, ``block_ms``, ``claim_idle_ms``, ``lag_every_s``,
 ``backoff_*``, ``close_timeout_s``). ``service.settings`` builds it from the environment.
 """
 
@@ -19,7 +20,9 @@ __all__ = ["WorkerConfig"]
 class WorkerConfig:
     intervals: tuple[str, ...] = ("1", "5", "15", "60")
     book_depth: int = 50
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # for manifests without a fitted ensemble
+    horizon_minutes: int = 1  # the signal's question: log return over the next H minutes > 0?
+    fee_bp: float = 5.5  # per side, for cost_bp: Bybit's linear taker fee (0.055 %)
     latency_budget_ms: float = 250.0  # render + inference of one signal, from the end of the read
     coarse_wait_ms: float = 2000.0  # wall time to wait for a coarser bar due at this close
     coarse_poll_ms: float = 50.0

@@ -11,8 +11,11 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 3. render the inputs in a thread, then run the components in one batch per artifact (all
    EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
    what is not back within the latency budget is dropped as ``late``;
-4. weighted ensemble; with no vote, the momentum rule on the 1h closes; without even that
-   input, no signal and a recorded reason.
+4. a component forecasting another horizon than the configured ``horizon_minutes`` is dropped as
+   ``horizon_mismatch``; the votes are stacked and calibrated as the manifest's ``ensemble`` says
+   (weighted mean for a manifest without one), the call priced (:func:`inference.ensemble.economics`);
+   with no vote, the momentum rule on the 1h closes; without even that input, no signal and a
+   recorded reason.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +33,11 @@ import numpy.typing as npt
 from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
-from inference.ensemble import Vote, combine
+from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, stack
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
+from inference.features import LINEAR_BARS, ewma_variance
+from inference.manifest import EnsembleSpec
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency
@@ -40,7 +45,7 @@ from streaming.clock import ExchangeClock
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore
 
-__all__ = ["SignalEngine"]
+__all__ = ["SignalEngine", "decide", "horizon_text", "vote_report"]
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +77,64 @@ class _Drafts:
     def drop(self, c: LoadedComponent, reason: str, latency_ms: float | None = None) -> None:
         provider = c.session.provider if c.session is not None else ""
         self.reports[c.name] = ComponentReport(
-            c.name, c.timeframe, c.spec.horizon, None, c.weight, c.spec.version, provider, latency_ms, "dropped", reason
+            c.name,
+            c.timeframe,
+            c.spec.horizon,
+            None,
+            c.weight,
+            c.spec.version,
+            provider,
+            latency_ms,
+            "dropped",
+            reason,
+            c.spec.horizon_min,
         )
 
-    def vote(self, c: LoadedComponent, p_up: float, provider: str, latency_ms: float) -> None:
-        self.reports[c.name] = ComponentReport(
-            c.name, c.timeframe, c.spec.horizon, p_up, c.weight, c.spec.version, provider, latency_ms, "voted", None
-        )
+    def vote(self, c: LoadedComponent, report: ComponentReport) -> None:
+        self.reports[c.name] = report
+
+
+def vote_report(
+    c: LoadedComponent, row: npt.NDArray[np.float64], provider: str, latency_ms: float | None
+) -> ComponentReport | None:
+    """The report of a component whose output row is ``row`` (its heads, in the manifest's order), or
+    ``None`` when the row is unusable (wrong width, not finite). Shared with ``candlecast evaluate``."""
+    heads = _heads(c.spec.heads, row)
+    if heads is None:
+        return None
+    logit = heads["logit"]
+    p_up = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
+    return ComponentReport(
+        c.name,
+        c.timeframe,
+        c.spec.horizon,
+        p_up,
+        c.weight,
+        c.spec.version,
+        provider,
+        latency_ms,
+        "voted",
+        None,
+        c.spec.horizon_min,
+        heads.get("abs_move_bp"),
+        heads.get("volatility_bp"),
+    )
+
+
+def _heads(spec_heads: tuple[str, ...], row: npt.NDArray[np.float64]) -> dict[str, float] | None:
+    """The named output columns of one row (None when a value is not finite): the logit as is, the
+    magnitude floored at 0.01 bp, the variance as a volatility (bp, floored at 0.01)."""
+    if len(row) != len(spec_heads) or not np.isfinite(row).all():
+        return None
+    out = {}
+    for name, value in zip(spec_heads, row.tolist(), strict=True):
+        if name == "abs_move_bp":
+            out[name] = max(value, 0.01)
+        elif name == "var_bp2":
+            out["volatility_bp"] = math.sqrt(max(value, 1e-4))
+        else:
+            out[name] = value
+    return out
 
 
 class SignalEngine:
@@ -130,6 +186,8 @@ class SignalEngine:
         for c in models.components:
             if c.disabled is not None:
                 drafts.drop(c, c.disabled)
+            elif c.spec.horizon_min != self.config.horizon_minutes:
+                drafts.drop(c, "horizon_mismatch")
             elif c.timeframe not in closed:
                 drafts.drop(c, "timeframe_not_ingested")
             elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
@@ -154,11 +212,12 @@ class SignalEngine:
             (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
         )
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
-        try:
-            votes = [Vote(r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
-            result = combine(votes, self.config.thresholds)
-        except ValueError:
-            result = None
+        finest = closed.get(self.config.finest, [])
+        reference = float(finest[-1].close) if finest else None
+        result, money = decide(voters, models.ensemble, self.config, [float(b.close) for b in finest])
+        if models.ensemble is not None and result is not None and result.calibrated:
+            # a report's weight is what its vote counted for: the stacker's
+            reports = tuple(replace(r, weight=models.ensemble.weights.get(r.name, 0.0)) for r in reports)
         t_ens = time.perf_counter()
         wall = self._wall_ms()
         latency = StageLatency(
@@ -170,7 +229,6 @@ class SignalEngine:
             bar_close_to_publish=float(wall - now),
         )
         if result is not None:
-            horizons = list(dict.fromkeys(r.horizon for r in voters if r.weight > 0))
             return Signal(
                 symbol=event.symbol,
                 bar=bar,
@@ -186,9 +244,29 @@ class SignalEngine:
                 components=reports,
                 freshness=freshness,
                 latency_ms=latency,
-                horizon="; ".join(horizons),
+                horizon=horizon_text(self.config.horizon_minutes),
+                horizon_minutes=self.config.horizon_minutes,
+                reference_price=reference,
+                expected_move_bp=_round(money.expected_move_bp),
+                volatility_bp=_round(money.volatility_bp),
+                edge_bp=_round(money.edge_bp),
+                cost_bp=money.cost_bp,
+                tradeable=money.tradeable,
+                calibrated=result.calibrated,
             )
-        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall)
+        fallback = self._fallback(event, bar, closed, reports, models, freshness, latency, wall)
+        if isinstance(fallback, NoSignal):
+            return fallback
+        money = economics(None, fallback.direction, money.expected_move_bp, money.volatility_bp, self.config.fee_bp)
+        return replace(
+            fallback,
+            horizon_minutes=self.config.horizon_minutes,
+            horizon=f"{horizon_text(self.config.horizon_minutes)} (momentum rule on 1h closes)",
+            reference_price=reference,
+            expected_move_bp=_round(money.expected_move_bp),
+            volatility_bp=_round(money.volatility_bp),
+            cost_bp=money.cost_bp,
+        )
 
     def _fallback(
         self,
@@ -291,14 +369,16 @@ class SignalEngine:
                 for c, _ in batch.members:
                     drafts.drop(c, "error")
                 continue
-            flat = np.asarray(logits, dtype=np.float64).reshape(-1)
+            out = np.asarray(logits, dtype=np.float64)
+            rows = out.reshape(len(batch.members), -1) if out.size and out.size % len(batch.members) == 0 else None
             provider = batch.session.provider
             for i, (c, _) in enumerate(batch.members):
                 self.models.note_provider(c.name, provider)
-                if len(flat) != len(batch.members) or not math.isfinite(flat[i]):
+                report = vote_report(c, rows[i], provider, _ms(seconds)) if rows is not None else None
+                if report is None:
                     drafts.drop(c, "bad_output", _ms(seconds))
                     continue
-                drafts.vote(c, float(1.0 / (1.0 + math.exp(-flat[i]))), provider, _ms(seconds))
+                drafts.vote(c, report)
 
     async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float]:
         async with self._sem:
@@ -319,6 +399,60 @@ class SignalEngine:
         """Let late session runs finish (their threads cannot be interrupted)."""
         if self._stragglers:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def horizon_text(minutes: int) -> str:
+    return f"log return over the next {minutes} min"
+
+
+def decide(
+    voters: Sequence[ComponentReport],
+    ensemble: EnsembleSpec | None,
+    config: WorkerConfig,
+    finest_closes: Sequence[float],
+) -> tuple[EnsembleResult | None, Economics]:
+    """The ensemble's call and its economics from the components' votes: pure, shared by the engine
+    and ``candlecast evaluate``. The manifest's stacker when it answers ``config.horizon_minutes``,
+    the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back)."""
+    stacker = ensemble if ensemble is not None and ensemble.horizon_minutes == config.horizon_minutes else None
+    votes = [Vote(r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
+    try:
+        result: EnsembleResult | None = (
+            stack(votes, stacker) if stacker is not None else combine(votes, config.thresholds)
+        )
+    except ValueError:
+        result = None
+    heads = voters if stacker is None or stacker.magnitude == "heads" else []
+    move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)
+    if result is None:
+        return None, economics(None, "flat", move_bp, vol_bp, config.fee_bp)
+    return result, economics(result.p_up, result.direction, move_bp, vol_bp, config.fee_bp)
+
+
+def _magnitude(
+    voters: Sequence[ComponentReport], finest_closes: Sequence[float], horizon_min: int
+) -> tuple[float | None, float | None]:
+    """(expected |move|, volatility) over the horizon, in bp: the mean of the voters' magnitude and
+    volatility heads where they have them, else from the EWMA of the finest closes (the volatility
+    baseline, :func:`inference.features.ewma_variance`; E|move| = √(2/π)·sd for a normal move)."""
+    moves = [r.expected_move_bp for r in voters if r.expected_move_bp is not None]
+    vols = [r.volatility_bp for r in voters if r.volatility_bp is not None]
+    if moves and vols:
+        return sum(moves) / len(moves), sum(vols) / len(vols)
+    vol: float | None = None  # none when even the baseline cannot be computed
+    if len(finest_closes) >= 11:
+        try:
+            vol = math.sqrt(ewma_variance(finest_closes[-LINEAR_BARS:]) * horizon_min)
+        except InferenceError:
+            vol = None
+    if vols:
+        vol = sum(vols) / len(vols)
+    move = sum(moves) / len(moves) if moves else (math.sqrt(2.0 / math.pi) * vol if vol is not None else None)
+    return move, vol
 
 
 def _one_behind(bars: Sequence[Bar], interval: str, now: int) -> bool:

@@ -9,7 +9,18 @@ Example component::
     {"name": "tcn_5m", "kind": "tcn", "timeframe": "5", "version": "2026.11.20", "file": "tcn_5m.onnx",
      "sha256": "…", "input": {"name": "input", "shape": ["batch", 8, 64], "dtype": "float32"},
      "output": {"name": "logits", "shape": ["batch", 1]}, "preprocessing": {"features": "v1", "length": 64,
-     "warmup": 33}, "horizon": "next 5m bar", "training": {…}, "validation": {…}, "weight": 1.0}
+     "warmup": 33}, "horizon": "next 5m bar", "horizon_minutes": 5, "training": {…}, "validation": {…},
+     "weight": 1.0}
+
+Every component predicts P(log return over the next ``horizon_minutes`` minutes > 0), whatever
+timeframe its input shows; an entry without ``horizon_minutes`` (written before it existed) predicts
+the next bar of its own timeframe. ``output["heads"]`` names the output columns when there is more
+than the logit (``["logit", "abs_move_bp", "var_bp2"]``: the expected absolute move in basis points
+and the variance of the log return over the horizon in bp²).
+
+The optional top-level ``ensemble`` (:class:`EnsembleSpec`) is the stacker fitted on the validation
+span: a logistic regression on the components' logits, Platt-calibrated, and the probability a call
+must clear. Without it (older manifests) the components' P(up) are averaged with their ``weight``.
 """
 
 from __future__ import annotations
@@ -23,10 +34,11 @@ from typing import Any
 
 from inference.errors import InferenceError
 
-__all__ = ["Component", "Manifest", "ManifestError", "sha256_file"]
+__all__ = ["HEADS", "Component", "EnsembleSpec", "Manifest", "ManifestError", "sha256_file"]
 
 SCHEMA_VERSION = 1
 HEX = frozenset("0123456789abcdef")
+HEADS = frozenset({"logit", "abs_move_bp", "var_bp2"})
 
 
 class ManifestError(InferenceError):
@@ -56,6 +68,17 @@ class Component:
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
+    horizon_minutes: int | None = None
+
+    @property
+    def horizon_min(self) -> int:
+        """The minutes ahead this component forecasts (its own timeframe's next bar if unstated)."""
+        return self.horizon_minutes if self.horizon_minutes is not None else int(self.timeframe)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The output columns, in order: ``("logit",)`` unless the manifest names more."""
+        return tuple(self.output.get("heads", ("logit",)))
 
     def validate(self) -> None:
         """Raise :class:`ManifestError` for an entry no loader should use (checked before any file access).
@@ -70,6 +93,74 @@ class Component:
             raise ManifestError(
                 f"{self.name}: file must be a plain name inside the artifacts folder, got {self.file!r}"
             )
+        self.check_forecast()
+
+    def check_forecast(self) -> None:
+        """Raise :class:`ManifestError` for a horizon or output heads no loader should use."""
+        h = self.horizon_minutes
+        if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
+            raise ManifestError(f"{self.name}: horizon_minutes must be a whole number >= 1, got {h!r}")
+        heads = self.output.get("heads", ["logit"])
+        if not isinstance(heads, list | tuple) or not heads or heads[0] != "logit" or not set(heads) <= HEADS:
+            raise ManifestError(f"{self.name}: output heads must start with 'logit' and be among {sorted(HEADS)}")
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ManifestError(f"ensemble: {what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """The stacker, fitted on the validation span (``models.stack``), as serving applies it.
+
+    ``z = intercept + Σ weights[c]·logit_c`` over the components that voted (a missing one adds 0,
+    i.e. no opinion); the calibrated ``P(up) = sigmoid(a·z + b)`` (Platt, fitted on the later half of the
+    validation span); long when ``P(up) >= threshold``, short when ``P(up) <= 1 - threshold``.
+    ``magnitude`` says where the expected move and volatility come from: the components' heads, or
+    the EWMA baseline when the heads did not beat it on validation.
+    """
+
+    horizon_minutes: int
+    weights: dict[str, float]
+    intercept: float
+    calibration: dict[str, Any]
+    threshold: float
+    magnitude: str = "heads"  # "heads": the components' magnitude/volatility heads; "ewma": the baseline
+    fitted: dict[str, Any] = field(default_factory=dict)  # spans, samples, validation figures
+
+    @classmethod
+    def parse(cls, raw: Any) -> EnsembleSpec:
+        if not isinstance(raw, dict):
+            raise ManifestError(f"ensemble must be an object, got {type(raw).__name__}")
+        try:
+            h = raw["horizon_minutes"]
+            if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+                raise ManifestError(f"ensemble: horizon_minutes must be a whole number >= 1, got {h!r}")
+            weights = raw["weights"]
+            if not isinstance(weights, dict) or not weights:
+                raise ManifestError("ensemble: weights must be a non-empty object of component: number")
+            cal = raw["calibration"]
+            if not isinstance(cal, dict) or cal.get("method") != "platt":
+                raise ManifestError(f"ensemble: calibration must be {{'method': 'platt', 'a': …, 'b': …}}, got {cal!r}")
+            threshold = _finite(raw["threshold"], "threshold")
+            if not 0.5 <= threshold < 1.0:
+                raise ManifestError(f"ensemble: threshold must lie in [0.5, 1), got {threshold}")
+            magnitude = raw.get("magnitude", "heads")
+            if magnitude not in ("heads", "ewma"):
+                raise ManifestError(f"ensemble: magnitude must be 'heads' or 'ewma', got {magnitude!r}")
+            return cls(
+                magnitude=magnitude,
+                horizon_minutes=h,
+                weights={str(k): _finite(v, f"weight of {k}") for k, v in weights.items()},
+                intercept=_finite(raw["intercept"], "intercept"),
+                calibration={"method": "platt", "a": _finite(cal.get("a"), "a"), "b": _finite(cal.get("b"), "b")},
+                threshold=threshold,
+                fitted=dict(raw.get("fitted", {})),
+            )
+        except KeyError as exc:
+            raise ManifestError(f"ensemble: missing {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -78,6 +169,7 @@ class Manifest:
     created: str
     schema: int = SCHEMA_VERSION
     notes: str = ""
+    ensemble: EnsembleSpec | None = None
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -95,15 +187,23 @@ class Manifest:
             components = tuple(Component(**c) for c in raw["components"])
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed component entry: {exc}") from exc
-        return cls(components=components, created=str(raw.get("created", "")), notes=str(raw.get("notes", "")))
+        ensemble = EnsembleSpec.parse(raw["ensemble"]) if raw.get("ensemble") is not None else None
+        return cls(
+            components=components,
+            created=str(raw.get("created", "")),
+            notes=str(raw.get("notes", "")),
+            ensemble=ensemble,
+        )
 
     def save(self, path: Path) -> None:
-        body = {
+        body: dict[str, Any] = {
             "schema": self.schema,
             "created": self.created,
             "notes": self.notes,
             "components": [asdict(c) for c in self.components],
         }
+        if self.ensemble is not None:
+            body["ensemble"] = asdict(self.ensemble)
         path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
 
     def verified_path(self, component: Component, root: Path) -> Path:

@@ -16,12 +16,18 @@ exchange clock, ``produced_wall_ms`` on the worker's wall clock. Example (abridg
                    "book_age_ms": 112},
      "latency_ms": {"read": 0.9, "render": 2.1, "infer": 4.8, "ensemble": 0.05, "total": 8.2,
                     "bar_close_to_publish": 420.0},
-     "horizon": "next 1m, 5m bars (per component)"}
+     "horizon": "log return over the next 1 min", "horizon_minutes": 1, "reference_price": 104250.5,
+     "expected_move_bp": 4.9, "volatility_bp": 6.3, "edge_bp": 0.4, "cost_bp": 11.0, "tradeable": false,
+     "calibrated": true}
 
-A ``fallback`` signal comes from the momentum rule: its ``p_up``, ``confidence`` and ``agreement``
-are ``null`` (the rule gives no probability), ``score`` is the rule's score clipped to [-1, 1] and
-``fallback_reason`` says why no model voted. When not even the rule can run, there is no signal: a
-:class:`NoSignal` records why (``P:{SYM}:nosignal``).
+``edge_bp`` is the expected signed log return of following the call, before costs; ``cost_bp`` a
+round trip at the configured fee (Bybit's taker 0.055 % a side by default); ``tradeable`` says the
+edge clears it. A bot that only trades ``tradeable`` calls does not pay 11 bp of fees for a 1 bp edge.
+
+A ``fallback`` signal comes from the momentum rule: its ``p_up``, ``confidence``, ``agreement`` and
+``edge_bp`` are ``null`` and it is never ``tradeable`` (the rule gives no probability); ``score`` is
+the rule's score clipped to [-1, 1] and ``fallback_reason`` says why no model voted. When not even
+the rule can run, there is no signal: a :class:`NoSignal` records why (``P:{SYM}:nosignal``).
 """
 
 from __future__ import annotations
@@ -78,6 +84,9 @@ class ComponentReport:
     latency_ms: float | None  # the run of the batch it was in; None when it never ran
     status: Status
     reason: str | None = None  # set when dropped: a data-check code, "late", "error", "artifact_missing", ...
+    horizon_minutes: int | None = None
+    expected_move_bp: float | None = None  # from a magnitude head, when the component has one
+    volatility_bp: float | None = None  # from a volatility head, when the component has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,15 @@ class Signal:
     freshness: Freshness
     latency_ms: StageLatency
     horizon: str
+    # The economics of the call (absent from signals written before they existed: never tradeable).
+    horizon_minutes: int | None = None  # the question: is the log return over the next H minutes > 0?
+    reference_price: float | None = None  # the close of the signal's bar: the price the call is made at
+    expected_move_bp: float | None = None  # E|log return over H|, basis points
+    volatility_bp: float | None = None  # std of the log return over H, basis points
+    edge_bp: float | None = None  # (2·p_up - 1)·expected_move_bp; null without a probability (fallback)
+    cost_bp: float | None = None  # round trip at the configured fee
+    tradeable: bool = False  # long/short and the edge, in its direction, clears the cost
+    calibrated: bool = False  # p_up from the validation-fitted, Platt-calibrated stacker
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -1,41 +1,54 @@
-"""``candlecast evaluate``: the shipped models, walk-forward, on bars they never saw.
+"""``candlecast evaluate``: what the service would have served, on bars the models never saw.
 
-Every component runs through ONNX Runtime on inputs built by the same ``inference`` feature and
-rendering code as serving. Only samples whose whole input window starts at or after the manifest's
-``test_after`` time are used (nothing of them was seen in training or validation).
+The manifest is loaded by the worker's own loader (:func:`inference.components.load_model_set`),
+each component's inputs are built by ``LoadedComponent.prepare`` and run by its ONNX session, and
+every bar's call comes from :func:`inference.engine.decide` — the function the signal engine calls —
+so a backtest is what would have been served (``tests/models/test_evaluate.py`` checks it against
+the engine itself, bar for bar). Only bars whose whole input window starts at or after the manifest's
+``test_after`` time are used.
 
-Strategies (one object each in report.json):
+The question is the signal's: will the log return over the next H minutes be positive (H =
+``--horizon``, default the manifest's ensemble horizon)? Calls are made every H minutes, so held
+positions never overlap. Strategies, on the same bars:
 
-* each component, on its own timeframe: it predicts the next bar of that timeframe;
-* ``ensemble``, on the finest timeframe present (1m for 1m files): at each bar close the weighted
-  mean of every component's latest P(up) — a 1h component contributes its forecast made at the
-  last closed hour — mapped to long / short / flat by the thresholds;
-* ``fallback``: the momentum rule of ``inference.fallback`` on the same bars, read as serving reads
-  it: at each close, the score of the last 15 closed 1h bars (p_up 1/0/0.5 by its direction);
-* ``buy_and_hold``: always long (p_up = 1).
+* ``ensemble``: the served call. Accuracy counts every long/short call; the position trades only
+  ``tradeable`` calls (the edge clears the round-trip cost at the taker fee) and is flat otherwise;
+* ``fallback``: the momentum rule on the 1h closes as serving reads them, trading its direction;
+* ``buy_and_hold``: always long; ``majority``: always the commoner outcome of these bars (hindsight:
+  the bar a model must beat, not a strategy one could run);
+* each component that answers the question, alone: its P(up) through the same thresholds.
+
+See :mod:`models.metrics` for every figure. ``predictions.csv`` has one row per (strategy, bar):
+``open_time_ms`` is the bar at whose close the call is made, ``direction`` the call, ``position`` what
+was traded (the ensemble's tradeable calls), ``realized_return`` the simple return over the next H
+minutes; an empty ``p_up`` means the strategy gives no probability.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import logging
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
-from inference.ensemble import Thresholds
+from inference.components import LoadedComponent, load_model_set
+from inference.config import WorkerConfig
+from inference.engine import decide, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
-from inference.features import WARMUP_BARS, tcn_input
-from inference.manifest import Component, Manifest
-from inference.render import composite
-from models.data import MINUTE_MS, Series, aggregate, load_series, next_returns, sample_ends
-from models.metrics import strategy_metrics
+from inference.features import LINEAR_BARS
+from inference.manifest import Manifest, ManifestError
+from models.data import MINUTE_MS, Series, aggregate, load_series
+from models.linear import ewma_of_windows, horizon_ends, horizon_targets
+from models.metrics import MAKER_FEE, TAKER_FEE, Part, equity_curve, strategy_report
+from models.stack import component_outputs
 
 __all__ = ["EvaluateConfig", "evaluate"]
 
@@ -47,10 +60,8 @@ class EvaluateConfig:
     files: tuple[Path, ...]
     out_dir: Path
     artifacts: Path
-    thresholds: Thresholds = field(default_factory=Thresholds)  # serving thresholds, on score = 2·P(up) - 1
-
-
-Parts = list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np.float64]]]
+    horizon: int | None = None  # None: the manifest ensemble's, else 1
+    fee_bp: float = TAKER_FEE * 1e4
 
 
 def _hourly_momentum(base: Series, close_time: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -80,138 +91,164 @@ def _hourly_momentum(base: Series, close_time: npt.NDArray[np.int64]) -> npt.NDA
     return np.where(current, out, np.nan)
 
 
-def _directions(p: npt.NDArray[np.float64], cfg: EvaluateConfig) -> npt.NDArray[np.int8]:
-    """Vectorised ``Thresholds.direction`` (the rule serving applies), on score = 2p - 1."""
-    score = 2.0 * p - 1.0
-    d = np.zeros(len(p), np.int8)
-    d[score >= cfg.thresholds.long_above] = 1
-    d[score <= -cfg.thresholds.short_below] = -1
-    return d
+def _outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], float]:
+    """The component's output rows for each window, and its mean ms per window (prepare + run)."""
+    started = time.perf_counter()
+    out = component_outputs(c, s, ends)
+    return out, (time.perf_counter() - started) * 1e3 / max(1, len(ends))
 
 
-def _inputs(component: Component, s: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-    pre = component.preprocessing
-    if component.kind == "tcn":
-        length = int(pre["length"])
-        need = int(pre.get("bars_needed", length + WARMUP_BARS))
-        return np.stack([tcn_input(s.ohlcv[t - need + 1 : t + 1], length) for t in ends])
-    bars, height = int(pre["bars"]), int(pre["height"])
-    return np.stack([composite(s.ohlcv[t - bars + 1 : t + 1], height, bars) for t in ends])
+def _why_not(c: LoadedComponent, horizon: int) -> str:
+    if c.disabled is not None:
+        return c.disabled
+    if c.spec.horizon_min != horizon:
+        return f"forecasts {c.spec.horizon_min} min ahead, not {horizon}"
+    return f"{c.timeframe}m inputs are not evaluated yet"
 
 
-def _need(component: Component) -> int:
-    pre = component.preprocessing
-    if component.kind == "tcn":
-        return int(pre.get("bars_needed", int(pre["length"]) + WARMUP_BARS))
-    return int(pre["bars"])
+_SIGN = {"long": 1, "short": -1, "flat": 0}
 
 
 def _iso_ms(text: str) -> int:
-    import datetime as dt
-
     return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest = Manifest.load(cfg.artifacts / "manifest.json")
-    sessions: dict[str, ort.InferenceSession] = {}
-    for c in manifest.components:
-        path = manifest.verified_path(c, cfg.artifacts)  # every entry, even for a shared file
-        if c.file not in sessions:
-            sessions[c.file] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    models = load_model_set(cfg.artifacts, prefer_gpu=False, threads=2)
+    for c in models.components:
+        if c.disabled is not None:  # a backtest missing a component would report another service
+            raise ManifestError(c.detail or f"{c.name}: {c.disabled}")
+    horizon = cfg.horizon or (manifest.ensemble.horizon_minutes if manifest.ensemble else 1)
+    config = WorkerConfig(horizon_minutes=horizon, fee_bp=cfg.fee_bp)
+    voters = [c for c in models.enabled if c.spec.horizon_min == horizon and c.timeframe == "1"]
+    skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters}
     test_after = max(_iso_ms(c.training["test_after"]) for c in manifest.components)
-    per_strategy: dict[str, Parts] = defaultdict(list)
-    rows: list[tuple[str, str, int, float, int, float]] = []
-    base_minutes = 0
-    for path in cfg.files:
+    need = max([c.bars_needed for c in voters] + [LINEAR_BARS])
+    parts: dict[str, list[Part]] = defaultdict(list)
+    rows: list[tuple[str, str, int, float, int, int, float]] = []
+    inference_ms: dict[str, list[float]] = defaultdict(list)
+    for k, path in enumerate(cfg.files, 1):
         base = load_series(path)
-        if base_minutes and base.interval_min != base_minutes:
-            raise ValueError(f"{path.name}: {base.interval_min}m bars; evaluate files of one interval at a time")
-        base_minutes = base.interval_min
-        latest: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}  # close time -> p_up
-        for c in manifest.components:
-            tf = int(c.timeframe)
-            if tf % base.interval_min:
-                continue
-            s = aggregate(base, tf)
-            need = _need(c)
-            ends = sample_ends(s, need)
-            ends = ends[s.start_ms[ends - need + 1] >= test_after]
-            if not len(ends):
-                continue
-            x = _inputs(c, s, ends)
-            session = sessions[c.file]
-            logits = np.concatenate([session.run(None, {"input": x[i : i + 512]})[0] for i in range(0, len(x), 512)])
-            p = 1.0 / (1.0 + np.exp(-logits.reshape(-1).astype(np.float64)))
-            d = _directions(p, cfg)
-            r = next_returns(s, ends)
-            per_strategy[c.name].append((p, d, r))
-            rows += [
-                (c.name, s.name, int(s.start_ms[t]), float(pi), int(di), float(ri))
-                for t, pi, di, ri in zip(ends, p, d, r, strict=True)
-            ]
-            latest[c.name] = (s.start_ms[ends] + tf * MINUTE_MS, p)
-        ends = sample_ends(base, 15)
-        ends = ends[base.start_ms[ends - 14] >= test_after]
+        if base.interval_min != 1:
+            raise ValueError(f"{path.name}: {base.interval_min}m bars; evaluate reads 1m bar files")
+        ends = horizon_ends(base, need, horizon)
+        ends = ends[base.start_ms[ends - need + 1] >= test_after]
+        ends = ends[(base.start_ms[ends] // MINUTE_MS) % horizon == 0]  # one call every H minutes
         if not len(ends):
-            log.warning("%s: no bars after %d to evaluate", path.name, test_after)
+            log.warning("%s: no bars after the test cut to evaluate", path.name)
             continue
-        close_time = base.start_ms[ends] + base.interval_min * MINUTE_MS
-        r = next_returns(base, ends)
-        weights = {c.name: c.weight for c in manifest.components}
-        num = np.zeros(len(ends))
-        den = np.zeros(len(ends))
-        for name, (closes, p) in latest.items():
-            j = np.searchsorted(closes, close_time, side="right") - 1  # latest forecast made by then
-            ok = j >= 0
-            # a forecast is only usable while its horizon has not passed
-            tf = int(next(c.timeframe for c in manifest.components if c.name == name))
-            ok &= close_time < closes[np.maximum(j, 0)] + tf * MINUTE_MS
-            num[ok] += weights[name] * p[j[ok]]
-            den[ok] += weights[name]
-        have = den > 0
-        p_ens = np.where(have, num / np.maximum(den, 1e-12), 0.5)
-        d_ens = np.where(have, _directions(p_ens, cfg), 0).astype(np.int8)
-        per_strategy["ensemble"].append((p_ens, d_ens, r))
+        print(f"[{k}/{len(cfg.files)}] {base.name}: {len(ends):,} bars", flush=True)
+        log_r, var_real = horizon_targets(base, ends, horizon)
+        r = np.expm1(log_r)  # the simple return a position earns over H
+        day = (base.start_ms[ends] // 86_400_000).astype(np.int64)
+        times = base.start_ms[ends]
+        ewma = ewma_of_windows(base, ends, horizon)
+        outs = {}
+        for c in voters:
+            outs[c.name], ms = _outputs(c, base, ends)
+            inference_ms[c.name].append(ms)
+        closes = base.ohlcv[:, 3]
+        p_ens = np.full(len(ends), np.nan)
+        call = np.zeros(len(ends), np.int8)
+        pos = np.zeros(len(ends), np.int8)
+        vol_ens = np.full(len(ends), np.nan)
+        comp_p: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in voters}
+        comp_vol: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in voters}
+        for i, t in enumerate(ends.tolist()):
+            reports = [v for c in voters if (v := vote_report(c, outs[c.name][i], "", None)) is not None]
+            for rep in reports:
+                if rep.p_up is not None:
+                    comp_p[rep.name][i] = rep.p_up
+                if rep.volatility_bp is not None:
+                    comp_vol[rep.name][i] = rep.volatility_bp
+            result, money = decide(
+                reports,
+                models.ensemble,
+                config,
+                closes[t - LINEAR_BARS + 1 : t + 1].tolist(),
+            )
+            if money.volatility_bp is not None:
+                vol_ens[i] = money.volatility_bp
+            if result is None:
+                continue
+            p_ens[i] = result.p_up
+            call[i] = _SIGN[result.direction]
+            pos[i] = call[i] if money.tradeable else 0
+        parts["ensemble"].append(Part(base.name, times, day, p_ens, call, pos, r, var_real, vol_ens**2, ewma))
+        close_time = base.start_ms[ends] + MINUTE_MS
         d_fb = momentum_direction(_hourly_momentum(base, close_time))
-        p_fb = np.where(d_fb > 0, 1.0, np.where(d_fb < 0, 0.0, 0.5))
-        per_strategy["fallback"].append((p_fb, d_fb, r))
-        per_strategy["buy_and_hold"].append((np.ones(len(ends)), np.ones(len(ends), np.int8), r))
-        for name, (pp, dd) in {
-            "ensemble": (p_ens, d_ens),
-            "fallback": (p_fb, d_fb),
-            "buy_and_hold": (np.ones(len(ends)), np.ones(len(ends), np.int8)),
-        }.items():
-            rows += [
-                (name, base.name, int(base.start_ms[t]), float(pi), int(di), float(ri))
-                for t, pi, di, ri in zip(ends, pp, dd, r, strict=True)
-            ]
-    intervals = {c.name: int(c.timeframe) for c in manifest.components}
-    report = {
-        name: strategy_metrics(parts, intervals.get(name, base_minutes))
-        for name, parts in sorted(
-            per_strategy.items(), key=lambda kv: (kv[0] not in ("ensemble", "fallback", "buy_and_hold"), kv[0])
+        nan = np.full(len(ends), np.nan)
+        parts["fallback"].append(Part(base.name, times, day, nan, d_fb, d_fb, r, var_real, nan, ewma))
+        ones = np.ones(len(ends), np.int8)
+        parts["buy_and_hold"].append(Part(base.name, times, day, nan, ones, ones, r, var_real, nan, ewma))
+        for c in voters:
+            p_c = comp_p[c.name]
+            d_c = np.where(p_c >= (models.ensemble.threshold if models.ensemble else 0.525), 1, 0)
+            d_c = np.where(p_c <= 1 - (models.ensemble.threshold if models.ensemble else 0.525), -1, d_c).astype(
+                np.int8
+            )
+            parts[c.name].append(Part(base.name, times, day, p_c, d_c, d_c, r, var_real, comp_vol[c.name] ** 2, ewma))
+    if not parts:
+        raise ValueError("no bars after the test cut in the files given")
+    up_share = float(np.mean(np.concatenate([p.r[p.r != 0] for p in parts["ensemble"]]) > 0))
+    for p in parts["ensemble"]:
+        side = np.full(len(p.r), 1 if up_share >= 0.5 else -1, np.int8)
+        parts["majority"].append(
+            Part(
+                p.series,
+                p.times,
+                p.day,
+                np.full(len(p.r), np.nan),
+                side,
+                side,
+                p.r,
+                p.var_real,
+                np.full(len(p.r), np.nan),
+                p.ewma,
+            )
         )
-    }
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    for name, ps in parts.items():
+        for p in ps:
+            rows += [
+                (name, p.series, int(t), float(pv), int(dv), int(xv), float(rv))
+                for t, pv, dv, xv, rv in zip(p.times, p.p_up, p.call, p.position, p.r, strict=True)
+            ]
+    order = ["ensemble", "fallback", "buy_and_hold", "majority", *sorted(c.name for c in voters)]
+    report = {name: strategy_report(parts[name], horizon) for name in order if name in parts}
+    by_name = {c.name: c for c in manifest.components}
+    for c in voters:
+        report[c.name]["training_seconds"] = by_name[c.name].training.get("seconds")
+        report[c.name]["inference_ms"] = float(np.mean(inference_ms[c.name]))
+    all_times = np.concatenate([p.times for p in parts["ensemble"]])
     meta = {
         "files": [str(p) for p in cfg.files],
-        "test_after_ms": test_after,
-        "thresholds_on_score": [-cfg.thresholds.short_below, cfg.thresholds.long_above],
-        "fee_per_side": 0.00055,
+        "horizon_minutes": horizon,
+        "test_after": dt.datetime.fromtimestamp(test_after / 1000, dt.UTC).isoformat(),
+        "span": [_date(int(all_times.min())), _date(int(all_times.max()))],
+        "fees": {"taker_per_side": TAKER_FEE, "maker_per_side": MAKER_FEE},
+        "ensemble": None
+        if models.ensemble is None
+        else {"threshold": models.ensemble.threshold, "weights": models.ensemble.weights},
+        "not_evaluated": skipped,
         "manifest_created": manifest.created,
     }
-    # report.json: one object per strategy (undefined metrics are null); run parameters in meta.json
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
     (cfg.out_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     with (cfg.out_dir / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["strategy", "open_time_ms", "p_up", "direction", "realized_return", "series"])
-        for name, series_name, t, pv, dv, ret in rows:
-            w.writerow([name, t, repr(pv), dv, repr(ret), series_name])
+        w.writerow(["strategy", "open_time_ms", "p_up", "direction", "position", "realized_return", "series"])
+        for name, series_name, t, pv, dv, xv, ret in rows:
+            w.writerow([name, t, "" if pv != pv else repr(pv), dv, xv, repr(ret), series_name])
     (cfg.out_dir / "report.md").write_text(_markdown(report, meta))
-    _equity_png(per_strategy, cfg.out_dir / "equity.png")
+    _charts(parts, cfg.out_dir, horizon)
+    print(f"wrote {cfg.out_dir}/: report.md, report.json, meta.json, predictions.csv, equity.png, calibration.png")
     return {"meta": meta, "strategies": report}
+
+
+def _date(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
 
 
 def _json_safe(obj: Any) -> Any:
@@ -220,77 +257,115 @@ def _json_safe(obj: Any) -> Any:
         return None
     if isinstance(obj, dict):
         return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
 
 
+COLUMNS = [
+    ("n", "bars"),
+    ("coverage", "coverage"),
+    ("accuracy_moved", "accuracy (moved)"),
+    ("accuracy_ci", "95 % CI"),
+    ("majority_moved", "majority"),
+    ("brier_skill", "Brier skill"),
+    ("log_loss", "log loss"),
+    ("qlike", "QLIKE"),
+    ("qlike_ewma", "QLIKE EWMA"),
+    ("return_gross", "return gross"),
+    ("return_taker", "after taker"),
+    ("return_maker", "after maker"),
+    ("sharpe", "Sharpe"),
+    ("sharpe_ci", "95 % CI"),
+    ("max_drawdown", "max DD"),
+    ("trades", "trades"),
+]
+
+
 def _markdown(report: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    cols = [
-        "n_predictions",
-        "up_rate",
-        "majority_accuracy",
-        "accuracy",
-        "accuracy_moved",
-        "brier",
-        "total_return",
-        "sharpe",
-        "max_drawdown",
-        "win_rate",
-        "profit_factor",
-        "trades",
-    ]
     lines = [
         "# Walk-forward evaluation",
         "",
-        f"Files: {', '.join(Path(f).name for f in meta['files'])}. Only bars whose input windows start after the "
-        f"models' test cut ({meta['test_after_ms']} ms). Taker fee 0.055 % a side. Thresholds on P(up): "
-        f"short at or below score {meta['thresholds_on_score'][0]}, long at or above {meta['thresholds_on_score'][1]} "
-        "(score = 2·P(up) - 1, as in serving).",
+        f"Files: {', '.join(Path(f).name for f in meta['files'])}; bars from {meta['span'][0]} to {meta['span'][1]}"
+        f" (after the models' test cut, {meta['test_after'][:10]}). Question: is the log return over the next "
+        f"{meta['horizon_minutes']} min positive? One call every {meta['horizon_minutes']} min.",
+        "Returns are the mean per symbol (each traded alone) after the Bybit taker (0.055 %) or maker (0.02 %) fee a"
+        " side; the ensemble trades only its `tradeable` calls. 95 % CIs: block bootstrap by day. `*`: fewer than"
+        " 500 calls.",
         "",
-        "| strategy | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 1),
+        "| strategy | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
     ]
     for name, m in report.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
-    lines += [
-        "",
-        "With several files (symbols), `total_return` is the mean of each series traded alone and",
-        "`max_drawdown` the worst series; the equity curve chains the series in file order. Accuracy counts",
-        'only bars with a call (P(up) not exactly 0.5); "up" means the next close is strictly higher;',
-        "`majority_accuracy` (always guessing the commoner outcome) is the bar to beat, and",
-        "`accuracy_moved` leaves out bars that closed unchanged. Sharpe and Sortino are annualised for the",
-        "strategy's bar interval. In `predictions.csv`, `open_time_ms` is the bar at whose close the call",
-        "is made and `realized_return` the return of the NEXT bar. Every number can be recomputed from it.",
-        "",
-    ]
+        flag = " *" if m.get("small_sample") else ""
+        lines.append(f"| {name}{flag} | " + " | ".join(_fmt(m.get(k)) for k, _ in COLUMNS) + " |")
+    lines += ["", f"Not evaluated: {json.dumps(meta['not_evaluated'])}", ""]
     return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     if isinstance(v, float):
         return "nan" if v != v else f"{v:.4f}"
     return str(v)
 
 
-def _equity_png(per_strategy: dict[str, Parts], path: Path) -> None:
+def _charts(parts: dict[str, list[Part]], out: Path, horizon: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-
-    from models.metrics import net_returns
 
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     for name in ("ensemble", "fallback", "buy_and_hold"):
-        parts = per_strategy.get(name)
-        if parts:
-            net = np.concatenate([net_returns(d, r) for _, d, r in parts])
-            ax.plot(np.cumprod(1 + net), label=name)
-    ax.set_xlabel("bar (finest timeframe, files concatenated)")
-    ax.set_ylabel("equity (after fees)")
+        ps = parts.get(name)
+        if ps:
+            times, equity = equity_curve(ps, TAKER_FEE)
+            ax.plot(times.astype("datetime64[ms]"), equity, label=name)
+    ax.set_title(f"Equity after the taker fee, mean of the symbols (H = {horizon} min)")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))  # type: ignore[no-untyped-call]
+    ax.set_ylabel("equity")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(out / "equity.png")
+    plt.close(fig)
+
+    ens = parts["ensemble"]
+    p = np.concatenate([x.p_up for x in ens])
+    r = np.concatenate([x.r for x in ens])
+    ok = np.isfinite(p) & (r != 0)
+    p, up = p[ok], r[ok] > 0
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    if len(p):
+        order = np.argsort(-np.abs(p - 0.5))
+        hits = np.cumsum((p[order] > 0.5) == up[order])
+        n = np.arange(1, len(p) + 1)
+        start = min(len(p) - 1, 100)
+        a1.plot(n[start:] / len(p), hits[start:] / n[start:])
+        bins = np.linspace(0, 1, 21)
+        idx = np.clip(np.digitize(p, bins) - 1, 0, 19)
+        centers, freq = [], []
+        for b in range(20):
+            sel = idx == b
+            if sel.sum() >= 50:
+                centers.append(float(p[sel].mean()))
+                freq.append(float(up[sel].mean()))
+        a2.plot(centers, freq, "o-", label="ensemble")
+    a1.axhline(0.5, color="grey", lw=0.8)
+    a1.set_title("Coverage vs accuracy (most confident first)")
+    a1.set_xlabel("share of bars called")
+    a1.set_ylabel("accuracy, moved bars")
+    a2.plot([0, 1], [0, 1], color="grey", lw=0.8, label="perfect calibration")
+    a2.set_title("Reliability (bins of ≥ 50 bars)")
+    a2.set_xlabel("predicted P(up)")
+    a2.set_ylabel("observed share up")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png")
     plt.close(fig)

@@ -23,6 +23,7 @@ from torch import nn
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.render import RENDERER_VERSION
+from models.card import model_card
 from models.datasets import IMAGE_BARS, IMAGE_HEIGHT, Cuts, build_image_samples, build_tcn_samples, series_for_timeframe
 from models.efficientnet import efficientnet
 from models.tcn import TCN
@@ -135,6 +136,7 @@ def export_all(
                     "bars_needed": length + WARMUP_BARS,
                 },
                 horizon=f"next {tf}m bar",
+                horizon_minutes=tf,
                 training=_training(result, diff, cuts),
                 validation=_val_metrics(logits, val.y),
             )
@@ -161,6 +163,7 @@ def export_all(
                         "channels": ["ohlc_chart/255", "volume_profile", "gasf(log close)"],
                     },
                     horizon=f"next {tf}m bar",
+                    horizon_minutes=tf,
                     training=_training(image_result, idiff, cuts) | {"shared_by_timeframes": True},
                     validation=_val_metrics(ilogits, ival.y),
                 )
@@ -173,45 +176,6 @@ def export_all(
     manifest.save(out_dir / "manifest.json")
     (out_dir / "MODEL_CARD.md").write_text(model_card(manifest))
     return manifest
-
-
-def model_card(manifest: Manifest) -> str:
-    """A short, generated model card: what each component is, what it saw, how it validated."""
-    lines = [
-        "# candlecast models",
-        "",
-        f"Exported {manifest.created}. {manifest.notes}",
-        "",
-        "Each component predicts P(next bar of its timeframe closes up). TCNs read 64 bars of the v1 indicator",
-        "set (inference/features.py); the EfficientNet-B0 (trained from scratch, one network shared by all",
-        "timeframes) reads 24-bar chart composites (inference/render.py). Training data: the real bars in",
-        "../shared/data (Binance spot and USDT-M, Bybit linear), split by time: train before the train cut, early",
-        "stopping on the two weeks after it, and nothing on or after the test cut is ever used in training.",
-        "",
-        "| component | horizon | train samples | train span | train s | val n | val acc | majority | val brier |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in manifest.components:
-        t, v = c.training, c.validation
-        lines.append(
-            f"| {c.name} | {c.horizon} | {t.get('samples')} | {t['span'][0][:10]} → {t['span'][1][:10]} | "
-            f"{t.get('seconds')} | {v.get('n')} | {v.get('accuracy')} | {_majority(v)} | {v.get('brier')} |"
-        )
-    lines += [
-        "",
-        "`majority` is the accuracy of always guessing the more common direction in the validation set (and",
-        "a Brier score of 0.25 is that of always saying 50 %): a model at or below them has learned nothing",
-        "usable. Read the walk-forward",
-        "evaluation (`candlecast evaluate`) before trusting any component. Artifacts are verified by sha256",
-        "from manifest.json at load; ONNX Runtime matched PyTorch within 1e-4 on real validation inputs.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _majority(validation: dict[str, Any]) -> str:
-    up = validation.get("base_rate_up")
-    return f"{max(up, 1 - up):.4f}" if isinstance(up, float) else "?"
 
 
 def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, Any]:

@@ -1,40 +1,64 @@
-"""Strategy metrics after Bybit's taker fee, defined so they can be recomputed from predictions.csv.
+"""Strategy metrics, defined so they can be recomputed from ``predictions.csv``.
 
-Per series, in time order, with ``direction`` d_t ∈ {-1, 0, +1} held over the next bar:
+A :class:`Part` is one series (symbol) in time order: at each bar a probability ``p_up`` (NaN
+when the strategy gives none), a ``call`` d ∈ {-1, 0, +1} (what accuracy judges), a ``position``
+(what is traded: the ensemble trades only its tradeable calls), the simple return ``r`` over the
+horizon, and the realized / forecast / EWMA variances over the horizon (bp²).
 
-* ``net_t = d_t · r_t - fee · |d_t - d_{t-1}|`` (d_{-1} = 0, and the final position is closed:
-  one more ``fee · |d_last|``), fee = 0.055 % a side;
-* per series, total return = Π(1 + net_t) - 1 and max drawdown = max(1 - equity/peak) with equity
-  starting at 1; with several series (symbols) total_return is their mean (an equal-weight book, each
-  traded alone) and max_drawdown the worst of them;
-* sharpe = mean(net)/std(net)·√(bars per year); sortino uses √mean(min(net, 0)²) as the deviation;
-* win_rate = share of bars in a position with net > 0; profit_factor = Σ net⁺ / |Σ net⁻|;
-* trades = entries into a non-zero position that differs from the previous one;
-* classification counts only bars with a call (p_up ≠ 0.5): up predicted when p_up > 0.5, and
-  "up" means r_t > 0 strictly (an unchanged close counts as not up); precision/recall/f1 are for the
-  up class; brier = mean((p_up - up)²) over all; majority_accuracy = max(up_rate, 1 - up_rate) is the
-  accuracy of always guessing the commoner outcome, the bar to beat; accuracy_moved leaves out bars
-  that closed unchanged.
+* classification, on bars that moved (``r != 0``): ``coverage`` = share of bars with a call;
+  ``accuracy_moved`` over the calls; ``precision``/``recall``/``f1`` for the up class; ``majority_moved``
+  = the accuracy of always guessing the commoner outcome (the bar to beat); ``accuracy_all`` counts
+  unchanged bars as misses;
+* probability, on moved bars with a ``p_up``: ``brier``, ``brier_skill = 1 - brier / brier(base
+  rate)`` (the base rate of the same bars: > 0 is skill), ``log_loss``;
+* volatility: ``qlike = mean(ln V + RV / V)`` of the forecast variance V and of the EWMA baseline's
+  (lower is better);
+* trading, per series: ``net_t = pos_t · r_t - fee · |pos_t - pos_{t-1}|`` (the last position is
+  closed); returns are compounded per series and averaged over series (``return_gross``,
+  ``return_taker`` at 0.055 %, ``return_maker`` at 0.02 % a side); ``sharpe``/``sortino`` annualised
+  over the pooled net returns at the taker fee; ``max_drawdown`` the worst series; ``calmar`` =
+  annualised mean return / max drawdown; ``win_rate`` over bars in a position; ``profit_factor``;
+  ``trades`` = entries into a new non-zero position;
+* 95 % intervals for accuracy and Sharpe: block bootstrap, resampling whole days (1,000 draws, seeded);
+  ``small_sample`` when there are fewer than 500 calls.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TAKER_FEE", "net_returns", "strategy_metrics"]
+__all__ = ["MAKER_FEE", "TAKER_FEE", "Part", "equity_curve", "net_returns", "strategy_report"]
 
 TAKER_FEE = 0.00055
+MAKER_FEE = 0.0002
 MINUTES_PER_YEAR = 365.0 * 24 * 60
+SMALL_SAMPLE = 500
+BOOTSTRAP_DRAWS = 1000
+
+F64 = npt.NDArray[np.float64]
 
 
-def net_returns(
-    direction: npt.NDArray[np.int8], realized: npt.NDArray[np.float64], fee: float = TAKER_FEE
-) -> npt.NDArray[np.float64]:
-    d = direction.astype(np.float64)
+@dataclass(frozen=True)
+class Part:
+    series: str
+    times: npt.NDArray[np.int64]  # bar start at whose close the call is made (ms)
+    day: npt.NDArray[np.int64]  # UTC day number, for the block bootstrap
+    p_up: F64
+    call: npt.NDArray[np.int8]
+    position: npt.NDArray[np.int8]
+    r: F64  # simple return over the horizon
+    var_real: F64  # realized variance over the horizon, bp²
+    var_pred: F64  # the strategy's variance forecast, bp² (NaN: none)
+    ewma: F64  # the EWMA baseline's, bp²
+
+
+def net_returns(position: npt.NDArray[np.int8], realized: F64, fee: float = TAKER_FEE) -> F64:
+    d = position.astype(np.float64)
     prev = np.concatenate([[0.0], d[:-1]])
     net = d * realized - fee * np.abs(d - prev)
     if len(net):
@@ -42,65 +66,138 @@ def net_returns(
     return np.asarray(net, dtype=np.float64)
 
 
-def _compound(direction: npt.NDArray[np.int8], realized: npt.NDArray[np.float64]) -> float:
-    return float(np.prod(1.0 + net_returns(direction, realized)) - 1.0)
+def _compound(p: Part, fee: float) -> float:
+    return float(np.prod(1.0 + net_returns(p.position, p.r, fee)) - 1.0)
 
 
-def _max_drawdown(direction: npt.NDArray[np.int8], realized: npt.NDArray[np.float64]) -> float:
-    equity = np.concatenate([[1.0], np.cumprod(1.0 + net_returns(direction, realized))])  # starts at 1
+def _max_drawdown(p: Part, fee: float) -> float:
+    equity = np.concatenate([[1.0], np.cumprod(1.0 + net_returns(p.position, p.r, fee))])
     return float(np.max(1.0 - equity / np.maximum.accumulate(equity)))
 
 
-def strategy_metrics(
-    parts: Sequence[tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], npt.NDArray[np.float64]]],
-    interval_min: int,
-) -> dict[str, float | int]:
-    """``parts``: per series (p_up, direction, realized next-bar return), each in time order."""
-    p = np.concatenate([x[0] for x in parts]) if parts else np.zeros(0)
-    d = np.concatenate([x[1] for x in parts]) if parts else np.zeros(0, np.int8)
-    r = np.concatenate([x[2] for x in parts]) if parts else np.zeros(0)
-    net = np.concatenate([net_returns(x[1], x[2]) for x in parts]) if parts else np.zeros(0)
+def equity_curve(parts: Sequence[Part], fee: float) -> tuple[npt.NDArray[np.int64], F64]:
+    """The equal-weight book over the series: mean of each series' equity, on the union of bar times
+    (a series holds its last value between its bars)."""
+    times = np.unique(np.concatenate([p.times for p in parts]))
+    curves = []
+    for p in parts:
+        eq = np.cumprod(1.0 + net_returns(p.position, p.r, fee))
+        j = np.searchsorted(p.times, times, side="right") - 1
+        curves.append(np.where(j >= 0, eq[np.maximum(j, 0)], 1.0))
+    return times, np.mean(curves, axis=0)
+
+
+def _accuracy(call: npt.NDArray[np.int8], r: F64) -> tuple[int, int]:
+    judged = (call != 0) & (r != 0)
+    return int(np.sum(judged & ((call > 0) == (r > 0)))), int(judged.sum())
+
+
+def _sharpe(net: F64, per_year: float) -> float:
+    sd = float(net.std()) if len(net) > 1 else 0.0
+    return float(net.mean() / sd * math.sqrt(per_year)) if sd > 0 else float("nan")
+
+
+def _bootstrap(parts: Sequence[Part], per_year: float, seed: int = 0) -> tuple[list[float], list[float]]:
+    """95 % intervals of accuracy and Sharpe, resampling days (with all their series) with replacement."""
+    call = np.concatenate([p.call for p in parts])
+    r = np.concatenate([p.r for p in parts])
+    net = np.concatenate([net_returns(p.position, p.r) for p in parts])
+    day = np.concatenate([p.day for p in parts])
+    days, inverse = np.unique(day, return_inverse=True)
+    if len(days) < 2:
+        return [float("nan")] * 2, [float("nan")] * 2
+    groups = [np.flatnonzero(inverse == k) for k in range(len(days))]
+    rng = np.random.default_rng(seed)
+    accs, sharpes = [], []
+    for _ in range(BOOTSTRAP_DRAWS):
+        idx = np.concatenate([groups[k] for k in rng.integers(0, len(days), len(days))])
+        hits, n = _accuracy(call[idx], r[idx])
+        accs.append(hits / n if n else np.nan)
+        sharpes.append(_sharpe(net[idx], per_year))
+
+    def ci(x: list[float]) -> list[float]:
+        a = np.asarray(x, float)
+        a = a[np.isfinite(a)]
+        return [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))] if len(a) else [float("nan")] * 2
+
+    return ci(accs), ci(sharpes)
+
+
+def strategy_report(parts: Sequence[Part], horizon_min: int) -> dict[str, object]:
+    """Every figure of the module docstring for one strategy over its series."""
+    cat = {
+        k: np.concatenate([getattr(p, k) for p in parts]) for k in ("p_up", "call", "r", "var_real", "var_pred", "ewma")
+    }
+    call, r, p = cat["call"], cat["r"], cat["p_up"]
+    n = len(r)
+    moved = r != 0
     up = r > 0
-    moved = r != 0  # a bar that closed unchanged is neither up nor down
-    called = p != 0.5
-    pred_up = p > 0.5
-    tp = int(np.sum(called & pred_up & up))
-    fp = int(np.sum(called & pred_up & ~up))
-    fn = int(np.sum(called & ~pred_up & up))
-    n_called = int(called.sum())
+    hits, judged = _accuracy(call, r)
+    tp = int(np.sum((call > 0) & up))
+    fp = int(np.sum((call > 0) & moved & ~up))
+    fn = int(np.sum((call <= 0) & up))
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
-    in_pos = d != 0
+    base = float(up[moved].mean()) if moved.any() else float("nan")
+    prob = np.isfinite(p) & moved
+    brier = brier_skill = log_loss = float("nan")
+    if prob.any():
+        pp, yy = np.clip(p[prob], 1e-6, 1 - 1e-6), up[prob].astype(np.float64)
+        brier = float(np.mean((pp - yy) ** 2))
+        ref_rate = float(yy.mean())
+        ref = float(np.mean((ref_rate - yy) ** 2))
+        brier_skill = 1.0 - brier / ref if ref > 0 else float("nan")
+        log_loss = float(-np.mean(yy * np.log(pp) + (1 - yy) * np.log(1 - pp)))
+    vol = np.isfinite(cat["var_pred"]) & np.isfinite(cat["ewma"])
+
+    def qlike(pred: F64) -> float:
+        if not vol.any():
+            return float("nan")
+        q = np.maximum(pred[vol], 1e-4)
+        return float(np.mean(np.log(q) + cat["var_real"][vol] / q))
+
+    per_year = MINUTES_PER_YEAR / horizon_min
+    net = np.concatenate([net_returns(x.position, x.r) for x in parts])
+    downside = float(np.sqrt(np.mean(np.minimum(net, 0.0) ** 2))) if len(net) else 0.0
+    in_pos = np.concatenate([x.position for x in parts]) != 0
     gains, losses = net[net > 0].sum(), net[net < 0].sum()
-    bars_per_year = MINUTES_PER_YEAR / interval_min
-    std = float(net.std()) if len(net) > 1 else float("nan")
-    downside = float(np.sqrt(np.mean(np.minimum(net, 0.0) ** 2))) if len(net) else float("nan")
     trades = 0
-    for _, dd, _ in parts:
-        prev = np.concatenate([[0], dd[:-1]])
-        trades += int(np.sum((dd != 0) & (dd != prev)))
+    for x in parts:
+        prev = np.concatenate([[0], x.position[:-1]])
+        trades += int(np.sum((x.position != 0) & (x.position != prev)))
+    mdd = max((_max_drawdown(x, TAKER_FEE) for x in parts), default=0.0)
+    annual = float(net.mean() * per_year) if len(net) else float("nan")
+    acc_ci, sharpe_ci = _bootstrap(parts, per_year)
+    calls = int(np.sum(call != 0))
     return {
-        "n_predictions": len(p),
-        "n_calls": n_called,
-        "up_rate": float(up.mean()) if len(up) else float("nan"),  # the share of bars that closed up
-        "majority_accuracy": float(max(up.mean(), 1 - up.mean())) if len(up) else float("nan"),
-        "accuracy": float(np.sum(called & (pred_up == up)) / n_called) if n_called else float("nan"),
-        "accuracy_moved": float(np.sum(called & moved & (pred_up == up)) / np.sum(called & moved))
-        if np.sum(called & moved)
-        else float("nan"),
+        "n": n,
+        "calls": calls,
+        "coverage": calls / n if n else float("nan"),
+        "small_sample": calls < SMALL_SAMPLE,
+        "up_rate_moved": base,
+        "majority_moved": max(base, 1 - base) if base == base else float("nan"),
+        "accuracy_moved": hits / judged if judged else float("nan"),
+        "accuracy_ci": acc_ci,
+        "accuracy_all": hits / calls if calls else float("nan"),  # unchanged bars count as misses
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan"),
-        "brier": float(np.mean((p - up) ** 2)) if len(p) else float("nan"),
-        "total_return": float(np.mean([_compound(x[1], x[2]) for x in parts])) if parts else 0.0,
-        "sharpe": float(net.mean() / std * math.sqrt(bars_per_year)) if std and std > 0 else float("nan"),
-        "sortino": float(net.mean() / downside * math.sqrt(bars_per_year))
-        if downside and downside > 0
-        else float("nan"),
-        "max_drawdown": max((_max_drawdown(x[1], x[2]) for x in parts), default=0.0),
+        "brier": brier,
+        "brier_skill": brier_skill,
+        "log_loss": log_loss,
+        "qlike": qlike(cat["var_pred"]),
+        "qlike_ewma": qlike(cat["ewma"]),
+        "return_gross": float(np.mean([_compound(x, 0.0) for x in parts])),
+        "return_taker": float(np.mean([_compound(x, TAKER_FEE) for x in parts])),
+        "return_maker": float(np.mean([_compound(x, MAKER_FEE) for x in parts])),
+        "sharpe": _sharpe(net, per_year),
+        "sharpe_ci": sharpe_ci,
+        "sortino": float(net.mean() / downside * math.sqrt(per_year)) if downside > 0 else float("nan"),
+        "max_drawdown": mdd,
+        "calmar": annual / mdd if mdd > 0 else float("nan"),
         "win_rate": float(np.mean(net[in_pos] > 0)) if in_pos.any() else float("nan"),
         "profit_factor": float(gains / -losses) if losses < 0 else float("nan"),
         "trades": trades,
-        "exposure": float(in_pos.mean()) if len(d) else 0.0,
-        "interval_minutes": interval_min,
+        "exposure": float(in_pos.mean()) if len(in_pos) else 0.0,
+        "horizon_minutes": horizon_min,
     }

@@ -165,10 +165,34 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--version", default=None)
     e.set_defaults(handler=_cmd_export)
 
+    fl = sub.add_parser(
+        "fit-linear", help="fit the linear component (P(up), |move|, volatility over H) and add it to the manifest"
+    )
+    fl.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    fl.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    fl.add_argument("--horizon", type=int, default=1, help="minutes ahead (the signal's H)")
+    fl.add_argument("--samples", type=int, default=600_000, help="training samples (cap, over all 1m series)")
+    fl.set_defaults(handler=_cmd_fit_linear)
+
+    st = sub.add_parser(
+        "stack", help="fit the ensemble's weights, calibration and threshold on the validation span (manifest)"
+    )
+    st.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    st.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    st.add_argument("--horizon", type=int, default=1, help="minutes ahead (the signal's H)")
+    st.add_argument("--per-series", type=int, default=8_000, help="validation windows per Bybit series (cap)")
+    st.set_defaults(handler=_cmd_stack)
+
+    mc = sub.add_parser("card", help="regenerate MODEL_CARD.md from the manifest and a walk-forward report")
+    mc.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    mc.add_argument("--evaluation", type=Path, default=Path("models/evaluation/bybit_linear_1m"))
+    mc.set_defaults(handler=_cmd_card)
+
     v = sub.add_parser("evaluate", help="walk-forward evaluation of the shipped models on unseen bars")
     v.add_argument("--data", type=Path, nargs="+", required=True, help="gzip CSV files of bars")
     v.add_argument("--out", type=Path, required=True)
     v.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
+    v.add_argument("--horizon", type=int, default=None, help="minutes ahead (default: the manifest ensemble's)")
     v.set_defaults(handler=_cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -358,12 +382,44 @@ async def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_fit_linear(args: argparse.Namespace) -> int:
+    from models.linear import fit_linear
+
+    c = await asyncio.to_thread(fit_linear, args.data_dir, args.artifacts, horizon=args.horizon, cap=args.samples)
+    _print_json({"component": c.name, "validation": c.validation, "training": c.training})
+    print(f"wrote {args.artifacts / c.file} and its entry in {args.artifacts / 'manifest.json'}", flush=True)
+    return 0
+
+
+async def _cmd_stack(args: argparse.Namespace) -> int:
+    from models.stack import fit_ensemble
+
+    spec = await asyncio.to_thread(
+        fit_ensemble, args.artifacts, args.data_dir, horizon=args.horizon, per_series=args.per_series
+    )
+    _print_json(
+        {"weights": spec.weights, "calibration": spec.calibration, "threshold": spec.threshold, "fitted": spec.fitted}
+    )
+    print(f"wrote the ensemble into {args.artifacts / 'manifest.json'}", flush=True)
+    return 0
+
+
+async def _cmd_card(args: argparse.Namespace) -> int:
+    from inference.manifest import Manifest
+    from models.card import model_card
+
+    card = model_card(Manifest.load(args.artifacts / "manifest.json"), args.evaluation)
+    (args.artifacts / "MODEL_CARD.md").write_text(card)
+    print(f"wrote {args.artifacts / 'MODEL_CARD.md'}", flush=True)
+    return 0
+
+
 async def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import EvaluateConfig, evaluate
 
-    cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts)
-    report = await asyncio.to_thread(evaluate, cfg)
-    _print_json(report["strategies"])
+    cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts, horizon=args.horizon)
+    await asyncio.to_thread(evaluate, cfg)  # prints progress and where the report went
+    print((args.out / "report.md").read_text(), flush=True)
     return 0
 
 

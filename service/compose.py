@@ -85,6 +85,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         intervals=tuple(settings.intervals),
         book_depth=settings.book_depth,
         thresholds=Thresholds(settings.signal_long_above, settings.signal_short_below),
+        horizon_minutes=settings.signal_horizon_min,
+        fee_bp=settings.fee_bp,
         latency_budget_ms=settings.latency_budget_ms,
         coarse_wait_ms=settings.coarse_wait_ms,
         inference_concurrency=settings.inference_concurrency,

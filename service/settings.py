@@ -71,8 +71,16 @@ class Settings(BaseSettings):
     inference_concurrency: int = Field(default=2, ge=1, le=64, description="session runs in flight at once")
     latency_budget_ms: int = Field(default=250, ge=10, le=60_000, description="render + inference budget per signal")
     coarse_wait_ms: int = Field(default=2000, ge=0, le=10_000, description="wait for a coarser bar due at a close")
-    signal_long_above: float = Field(default=0.05, ge=0, le=1, description="score threshold for long")
-    signal_short_below: float = Field(default=0.05, ge=0, le=1, description="score threshold for short (as -x)")
+    signal_horizon_min: int = Field(
+        default=1, ge=1, le=1440, description="the signal's question: log return over the next H minutes > 0"
+    )
+    fee_bp: float = Field(default=5.5, ge=0, le=100, description="fee per side in bp, for cost_bp and tradeable")
+    signal_long_above: float = Field(
+        default=0.05, ge=0, le=1, description="score threshold for long (manifests without a fitted ensemble)"
+    )
+    signal_short_below: float = Field(
+        default=0.05, ge=0, le=1, description="score threshold for short, as -x (manifests without a fitted ensemble)"
+    )
     component_weights: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description="manifest weight overrides, e.g. tcn_1m=0.5,efficientnet_60m=0"
     )

@@ -100,7 +100,10 @@ def closing(close: int, intervals: Iterable[str], symbols: Iterable[str] = ("BTC
 # --- models -------------------------------------------------------------------------------------
 
 
-def tcn_component(root: Path, tf: str, file: str, version: str = "v1", weight: float = 1.0) -> Component:
+def tcn_component(
+    root: Path, tf: str, file: str, version: str = "v1", weight: float = 1.0, horizon_minutes: int = 1
+) -> Component:
+    """A TCN reading ``tf`` bars that forecasts ``horizon_minutes`` ahead (multi-timeframe inputs, one target)."""
     return Component(
         name=f"tcn_{tf}m",
         kind="tcn",
@@ -116,12 +119,15 @@ def tcn_component(root: Path, tf: str, file: str, version: str = "v1", weight: f
             "warmup": WARMUP_BARS,
             "bars_needed": TCN_NEED,
         },
-        horizon=f"next {tf}m bar",
+        horizon=f"log return over the next {horizon_minutes} min",
+        horizon_minutes=horizon_minutes,
         weight=weight,
     )
 
 
-def image_component(root: Path, tf: str, file: str = "efficientnet.onnx", version: str = "v1") -> Component:
+def image_component(
+    root: Path, tf: str, file: str = "efficientnet.onnx", version: str = "v1", horizon_minutes: int = 1
+) -> Component:
     return Component(
         name=f"efficientnet_{tf}m",
         kind="efficientnet",
@@ -137,7 +143,8 @@ def image_component(root: Path, tf: str, file: str = "efficientnet.onnx", versio
             "height": IMAGE_HEIGHT,
             "bars": IMAGE_BARS,
         },
-        horizon=f"next {tf}m bar",
+        horizon=f"log return over the next {horizon_minutes} min",
+        horizon_minutes=horizon_minutes,
     )
 
 

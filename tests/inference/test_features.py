@@ -25,6 +25,8 @@ from numpy.typing import NDArray
 from inference.features import (
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
+    LINEAR_FEATURES,
+    LINEAR_SET_VERSION,
     WARMUP_BARS,
     FeatureError,
     atr,
@@ -81,8 +83,12 @@ def test_the_feature_set_is_the_one_the_shipped_models_were_trained_on() -> None
     """Serving computes exactly the features, in the order, that every shipped sequence model's
     manifest entry names: renaming, reordering or adding one without retraining fails here."""
     manifest = Manifest.load(ARTIFACTS / "manifest.json")
-    sequence_models = [c for c in manifest.components if "names" in c.preprocessing]
+    sequence_models = [c for c in manifest.components if c.kind == "tcn"]
     assert sequence_models
+    for c in (c for c in manifest.components if c.kind == "linear"):
+        assert c.preprocessing["features"] == LINEAR_SET_VERSION, c.name
+        assert tuple(c.preprocessing["names"]) == LINEAR_FEATURES, c.name
+        assert c.input["shape"][1] == len(LINEAR_FEATURES), c.name
     for c in sequence_models:
         assert c.preprocessing["features"] == FEATURE_SET_VERSION, c.name
         assert tuple(c.preprocessing["names"]) == FEATURE_NAMES, c.name

@@ -70,6 +70,9 @@ def test_signal_json_round_trips_and_garbage_is_refused() -> None:
         "latency_ms": None,
         "status": "dropped",
         "reason": "stale_window",
+        "horizon_minutes": None,
+        "expected_move_bp": None,
+        "volatility_bp": None,
     }
     assert Signal.from_json(s.to_json()) == s
     for bad in (b"{}", b"not json", s.to_json().replace(b'"long"', b'"sideways"')):
@@ -150,7 +153,19 @@ async def test_one_signal_per_finest_close_with_every_component_batched(
             lat = s.latency_ms
             assert min(lat.read, lat.render, lat.infer, lat.ensemble) >= 0
             assert lat.total >= lat.read + lat.render + lat.infer
-            assert s.horizon == "next 1m bar; next 5m bar"
+            assert (s.horizon, s.horizon_minutes) == ("log return over the next 1 min", 1)
+            # priced: the EWMA volatility of the 1m closes (no component has heads), a round trip at
+            # the taker fee, at the close of the signal's bar; uncalibrated (no fitted ensemble)
+            last = closing(close, ("1",)).bars[(SYMBOL, "1")][-1]  # the bar the signal is at
+            assert (
+                last.start == s.bar.start
+                and s.reference_price == float(last.close)
+                and s.cost_bp == 11.0
+                and not s.calibrated
+            )
+            assert s.volatility_bp is not None and s.expected_move_bp is not None and s.edge_bp is not None
+            assert s.edge_bp == pytest.approx((2 * s.p_up - 1) * s.expected_move_bp, abs=1e-3)
+            assert s.tradeable == (s.direction != "flat" and abs(s.edge_bp) > 11.0)
 
             assert await h.signals.latest(SYMBOL) == s
             pushed = await next_message(pubsub)

@@ -134,7 +134,12 @@ async def test_missing_models_fall_back_to_the_rule(redis_url: str, redis_store:
         result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60, "60": 20}))
         assert isinstance(result, Signal)
         assert (result.source, result.fallback_reason, result.components) == ("fallback", "models_missing", ())
-        assert result.horizon == "next 1m bar (momentum rule on 1h closes)"
+        assert result.horizon == "log return over the next 1 min (momentum rule on 1h closes)"
+        # no probability, so no edge: the rule's call is never marked tradeable; its cost and the
+        # EWMA volatility of the 1m closes are still stated, at the bar's close price
+        assert (result.horizon_minutes, result.edge_bp, result.tradeable, result.cost_bp) == (1, None, False, 11.0)
+        assert result.volatility_bp is not None and result.volatility_bp > 0
+        assert result.reference_price is not None and result.reference_price > 0
         assert h.sample("candlecast_fallbacks_total", reason="models_missing") == 1
 
 

@@ -20,7 +20,7 @@ from models.data import (
     split_by_time,
 )
 from models.datasets import Cuts, build_tcn_samples, series_for_timeframe
-from models.metrics import TAKER_FEE, net_returns, strategy_metrics
+from models.metrics import TAKER_FEE, Part, net_returns, strategy_report
 from tests.conftest import SHARED
 
 
@@ -134,35 +134,93 @@ def test_training_reads_a_dump_with_repeated_and_reordered_rows_in_order_first_r
         read_bar_file(path)  # the simulator replays files as they are: out of order is an error
 
 
+def part(
+    p: list[float] | None,
+    call: list[int],
+    r: list[float],
+    position: list[int] | None = None,
+    days: list[int] | None = None,
+) -> Part:
+    n = len(r)
+    nan = np.full(n, np.nan)
+    return Part(
+        "SYN",
+        np.arange(n, dtype=np.int64) * MINUTE_MS,
+        np.asarray(days if days is not None else [0] * n, np.int64),
+        np.asarray(p, float) if p is not None else nan,
+        np.asarray(call, np.int8),
+        np.asarray(position if position is not None else call, np.int8),
+        np.asarray(r, float),
+        np.ones(n),
+        nan,
+        np.ones(n),
+    )
+
+
 def test_metrics_hand_checked() -> None:
-    p = np.array([0.6, 0.6, 0.4, 0.5])
-    d = np.array([1, 1, -1, 0], np.int8)
-    r = np.array([0.01, -0.005, -0.02, 0.003])
-    net = net_returns(d, r)
+    r = [0.01, -0.005, -0.02, 0.003]
+    d = [1, 1, -1, 0]
+    net = net_returns(np.array(d, np.int8), np.array(r))
     # enter long (1 side), hold, flip to short (2 sides), exit to flat (1 side)
     assert net.tolist() == pytest.approx([0.01 - TAKER_FEE, -0.005, 0.02 - 2 * TAKER_FEE, -TAKER_FEE])
-    m = strategy_metrics([(p, d, r)], interval_min=1)
-    assert m["n_predictions"] == 4
-    assert m["n_calls"] == 3  # p == 0.5 is no call
-    assert m["accuracy"] == pytest.approx(2 / 3)  # up right, up wrong, down right
+    m = strategy_report([part([0.6, 0.6, 0.4, 0.5], d, r)], horizon_min=1)
+    assert (m["n"], m["calls"], m["coverage"]) == (4, 3, 0.75)
+    assert m["small_sample"] is True
+    assert m["accuracy_moved"] == pytest.approx(2 / 3)  # up right, up wrong, down right
     assert m["precision"] == pytest.approx(0.5)
-    assert m["recall"] == pytest.approx(1.0)
-    assert m["brier"] == pytest.approx(np.mean([(0.6 - 1) ** 2, 0.6**2, 0.4**2, (0.5 - 1) ** 2]))
-    assert m["total_return"] == pytest.approx(np.prod(1 + net) - 1)
+    assert m["recall"] == pytest.approx(0.5)  # two bars went up; one was called up
+    up = np.array([1.0, 0, 0, 1])
+    brier = np.mean((np.array([0.6, 0.6, 0.4, 0.5]) - up) ** 2)
+    assert m["brier"] == pytest.approx(brier)
+    assert m["brier_skill"] == pytest.approx(1 - brier / 0.25)  # base rate 0.5 on these bars
+    assert m["return_taker"] == pytest.approx(np.prod(1 + net) - 1)
+    assert m["return_gross"] == pytest.approx(np.prod(1 + np.array(d) * np.array(r)) - 1)
+    assert m["return_maker"] > m["return_taker"]
     assert m["trades"] == 2
     assert m["win_rate"] == pytest.approx(2 / 3)
     assert m["profit_factor"] == pytest.approx((net[0] + net[2]) / -(net[1] + net[3]))
     equity = np.cumprod(1 + net)
     assert m["max_drawdown"] == pytest.approx(1 - equity[1] / equity[0])
     assert m["sharpe"] == pytest.approx(net.mean() / net.std() * math.sqrt(365 * 24 * 60))
+    assert m["accuracy_ci"] == [None, None] or all(x != x for x in m["accuracy_ci"])  # one day: no interval
+
+
+def test_the_ensemble_is_judged_on_its_calls_but_trades_only_its_positions() -> None:
+    r = [0.01, -0.01, 0.01, 0.02]
+    m = strategy_report([part([0.6, 0.4, 0.6, 0.45], [1, -1, 1, -1], r, position=[0, 0, 1, 0])], horizon_min=1)
+    assert m["accuracy_moved"] == pytest.approx(3 / 4)
+    assert m["trades"] == 1
+    assert m["return_taker"] == pytest.approx((1.01 - TAKER_FEE) * (1 - TAKER_FEE) - 1)
+
+
+def test_day_block_bootstrap_gives_an_interval_around_the_accuracy() -> None:
+    rng = np.random.default_rng(1)
+    n = 2000
+    r = rng.normal(0, 1e-3, n)
+    call = np.where(rng.random(n) < 0.6, np.sign(r), -np.sign(r)).astype(int).tolist()  # right 60 % of the time
+    m = strategy_report([part(None, call, r.tolist(), days=(np.arange(n) // 100).tolist())], horizon_min=1)
+    low, high = m["accuracy_ci"]
+    assert low < m["accuracy_moved"] < high
+    assert low > 0.55 and high < 0.65
+
+
+def test_qlike_prefers_the_true_variance_to_a_wrong_one() -> None:
+    rng = np.random.default_rng(2)
+    var = rng.uniform(1, 50, 5000)
+    realized = var * rng.chisquare(1, 5000)
+    p = part(None, [0] * 5000, [0.0] * 5000)
+    truth = Part(p.series, p.times, p.day, p.p_up, p.call, p.position, p.r, realized, var, np.full(5000, 20.0))
+    m = strategy_report([truth], horizon_min=1)
+    assert m["qlike"] < m["qlike_ewma"]
 
 
 def test_buy_and_hold_pays_the_fee_once_each_way() -> None:
-    r = np.array([0.01, 0.02, -0.01])
-    m = strategy_metrics([(np.ones(3), np.ones(3, np.int8), r)], interval_min=60)
-    assert m["total_return"] == pytest.approx((1.01 - TAKER_FEE) * 1.02 * (0.99 - TAKER_FEE) - 1)
+    r = [0.01, 0.02, -0.01]
+    m = strategy_report([part(None, [1, 1, 1], r)], horizon_min=60)
+    assert m["return_taker"] == pytest.approx((1.01 - TAKER_FEE) * 1.02 * (0.99 - TAKER_FEE) - 1)
     assert m["trades"] == 1
-    assert m["interval_minutes"] == 60
+    assert m["horizon_minutes"] == 60
+    assert m["brier"] != m["brier"]  # no probability, no Brier
 
 
 def test_shared_data_root_exists() -> None:
@@ -170,21 +228,22 @@ def test_shared_data_root_exists() -> None:
 
 
 def test_drawdown_counts_from_the_starting_equity_and_unchanged_bars_are_not_up() -> None:
-    r = np.array([-0.10, -0.05, 0.0])
-    m = strategy_metrics([(np.ones(3), np.ones(3, np.int8), r)], interval_min=1)
+    r = [-0.10, -0.05, 0.0]
+    m = strategy_report([part(None, [1, 1, 1], r)], horizon_min=1)
     equity_end = (0.9 - TAKER_FEE) * 0.95 * (1 - TAKER_FEE)
-    assert m["total_return"] == pytest.approx(equity_end - 1)
+    assert m["return_taker"] == pytest.approx(equity_end - 1)
     assert m["max_drawdown"] == pytest.approx(1 - equity_end)  # from 1.0, not from the first bar's close
-    assert m["up_rate"] == 0.0
-    assert m["majority_accuracy"] == 1.0
+    assert m["up_rate_moved"] == 0.0
+    assert m["majority_moved"] == 1.0
     assert m["accuracy_moved"] == 0.0  # two moved bars, both down, both called up
+    assert m["accuracy_all"] == 0.0
 
 
 def test_several_series_are_an_equal_weight_book() -> None:
-    a = (np.ones(2), np.ones(2, np.int8), np.array([0.10, 0.0]))
-    b = (np.ones(2), np.ones(2, np.int8), np.array([-0.10, 0.0]))
-    m = strategy_metrics([a, b], interval_min=60)
+    a = part(None, [1, 1], [0.10, 0.0])
+    b = part(None, [1, 1], [-0.10, 0.0])
+    m = strategy_report([a, b], horizon_min=60)
     ra = (1.10 - TAKER_FEE) * (1 - TAKER_FEE) - 1
     rb = (0.90 - TAKER_FEE) * (1 - TAKER_FEE) - 1
-    assert m["total_return"] == pytest.approx((ra + rb) / 2)
+    assert m["return_taker"] == pytest.approx((ra + rb) / 2)
     assert m["max_drawdown"] == pytest.approx(-rb)

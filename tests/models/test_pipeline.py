@@ -20,25 +20,39 @@ from inference.manifest import Manifest, ManifestError
 from models.datasets import Cuts
 from models.evaluate import EvaluateConfig, evaluate
 from models.export import export_all
+from models.linear import fit_linear
+from models.stack import fit_ensemble
 from models.train import TrainConfig, train_all
 from tests.conftest import DATA_1M
 
 pytestmark = pytest.mark.timeout(300)
 
 STRATEGY_KEYS = {
-    "n_predictions",
-    "accuracy",
+    "n",
+    "coverage",
+    "accuracy_moved",
+    "accuracy_ci",
+    "majority_moved",
     "precision",
     "recall",
     "f1",
     "brier",
-    "total_return",
+    "brier_skill",
+    "log_loss",
+    "qlike",
+    "qlike_ewma",
+    "return_gross",
+    "return_taker",
+    "return_maker",
     "sharpe",
+    "sharpe_ci",
     "sortino",
     "max_drawdown",
+    "calmar",
     "win_rate",
     "profit_factor",
     "trades",
+    "small_sample",
 }
 
 
@@ -63,6 +77,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     summary = train_all(cfg)
     export_all(work, artifacts, root / "data", version="test", tcn_check_samples=64, image_check_samples=32)
+    fit_linear(root / "data", artifacts, cap=4000, val_cap=800, workers=1)
+    fit_ensemble(artifacts, root / "data", per_series=800)
     # a slice of bars after the test cut, as a file the evaluate command reads
     sliced = root / "bybit_linear_BTCUSDT_1m_slice.csv.gz"
     with gzip.open(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", "rt") as src, gzip.open(sliced, "wt") as dst:
@@ -87,11 +103,13 @@ def test_training_records_spans_and_validation(pipeline: dict[str, Path]) -> Non
 def test_export_writes_checked_artifacts_and_a_complete_manifest(pipeline: dict[str, Path]) -> None:
     manifest = Manifest.load(pipeline["artifacts"] / "manifest.json")
     names = {c.name for c in manifest.components}
-    assert names == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"}
+    assert names == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m"}
     for c in manifest.components:
         path = manifest.verified_path(c, pipeline["artifacts"])
+        if c.kind == "linear":
+            continue
         assert c.training["parity_max_abs_diff"] <= 1e-4
-        assert c.horizon == f"next {c.timeframe}m bar"
+        assert c.horizon == f"next {c.timeframe}m bar" and c.horizon_minutes == int(c.timeframe)
         assert c.validation["n"] > 0
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         shape = session.get_inputs()[0].shape
@@ -118,31 +136,81 @@ def test_tampered_artifact_is_refused_by_evaluate(pipeline: dict[str, Path], tmp
         evaluate(EvaluateConfig(files=(pipeline["slice"],), out_dir=tmp_path / "out", artifacts=copy))
 
 
-def test_evaluate_writes_report_predictions_and_equity(pipeline: dict[str, Path], tmp_path: Path) -> None:
+def test_the_linear_component_is_fitted_before_the_cut_and_its_onnx_is_the_fitted_model(
+    pipeline: dict[str, Path],
+) -> None:
+    from inference.features import LINEAR_BARS, linear_input
+    from models.data import load_series
+    from models.linear import _fit, heads_of
+
+    manifest = Manifest.load(pipeline["artifacts"] / "manifest.json")
+    c = next(c for c in manifest.components if c.name == "linear_1m")
+    assert (c.kind, c.horizon_minutes, c.heads) == ("linear", 1, ("logit", "abs_move_bp", "var_bp2"))
+    assert c.training["span"][1] < "2025-06-01"  # trained before the cut
+    assert c.validation["samples"] > 0 and 0 <= c.validation["accuracy_moved"] <= 1
+    s = load_series(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz")
+    x = np.stack([linear_input(s.ohlcv[t - LINEAR_BARS + 1 : t + 1]) for t in range(300, 340)])
+    session = ort.InferenceSession(str(pipeline["artifacts"] / c.file), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": x})[0]
+    assert out.shape == (40, 3) and (out[:, 1:] > 0).all()  # magnitudes are positive by construction
+    # the graph computes what the fit describes: refit the same data and compare
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(500, x.shape[1]))
+    r = rng.normal(0, 1e-3, 500)
+    w, b = _fit(xs, r, r**2 * 1e8, l2=1.0)
+    assert np.isfinite(heads_of(xs, w, b)).all()
+
+
+def test_stack_is_fitted_on_validation_and_written_to_the_manifest(pipeline: dict[str, Path]) -> None:
+    spec = Manifest.load(pipeline["artifacts"] / "manifest.json").ensemble
+    assert spec is not None and spec.horizon_minutes == 1
+    assert set(spec.weights) == {"tcn_1m", "efficientnet_1m", "linear_1m"}  # the 5m ones forecast 5 min
+    assert 0.5 <= spec.threshold <= 0.6 and spec.magnitude in ("heads", "ewma")
+    cuts = Cuts()
+    assert spec.fitted["stack_span"][0] == "2025-06-01T00:00+00:00"
+    assert spec.fitted["calibration_span"][1] == "2025-06-15T00:00+00:00"  # never the test span
+    assert spec.fitted["samples"]["stack"] > 0 and spec.fitted["samples"]["calibration"] > 0
+    assert cuts.train_end < cuts.val_end
+
+
+def test_evaluate_writes_report_predictions_and_charts(pipeline: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = evaluate(EvaluateConfig(files=(pipeline["slice"],), out_dir=out, artifacts=pipeline["artifacts"]))
     strategies = json.loads((out / "report.json").read_text())
-    assert json.loads((out / "meta.json").read_text())["fee_per_side"] == 0.00055
-    assert {"ensemble", "fallback", "buy_and_hold", "tcn_1m", "efficientnet_1m", "efficientnet_5m"} <= set(strategies)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["fees"] == {"taker_per_side": 0.00055, "maker_per_side": 0.0002}
+    assert meta["horizon_minutes"] == 1 and meta["span"][0] == "2025-06-15"  # ISO dates
+    assert meta["not_evaluated"]["tcn_5m"] == "forecasts 5 min ahead, not 1"
+    expected = {"ensemble", "fallback", "buy_and_hold", "majority", "tcn_1m", "efficientnet_1m", "linear_1m"}
+    assert set(strategies) == expected
     for name, m in strategies.items():
         assert set(m) >= STRATEGY_KEYS, name
     assert strategies["buy_and_hold"]["trades"] == 1
+    assert strategies["linear_1m"]["inference_ms"] > 0
     assert (out / "report.md").read_text().startswith("# Walk-forward evaluation")
-    assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # every metric can be recomputed from predictions.csv
-    from models.metrics import strategy_metrics
+    for chart in ("equity.png", "calibration.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the trading figures can be recomputed from predictions.csv
+    from models.metrics import net_returns
 
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     for name in ("ensemble", "fallback", "tcn_1m"):
         mine = [r for r in rows if r["strategy"] == name]
-        p = np.array([float(r["p_up"]) for r in mine])
-        d = np.array([int(r["direction"]) for r in mine], np.int8)
+        pos = np.array([int(r["position"]) for r in mine], np.int8)
+        call = np.array([int(r["direction"]) for r in mine], np.int8)
         ret = np.array([float(r["realized_return"]) for r in mine])
-        again = strategy_metrics([(p, d, ret)], interval_min=1)
-        for key in ("n_predictions", "trades", "accuracy", "total_return"):
-            expected = strategies[name][key]
-            assert again[key] == pytest.approx(expected, rel=1e-4, abs=1e-9), (name, key)
+        assert len(mine) == strategies[name]["n"]
+        assert float(np.prod(1 + net_returns(pos, ret)) - 1) == pytest.approx(
+            strategies[name]["return_taker"], abs=1e-12
+        )
+        judged = (call != 0) & (ret != 0)
+        if judged.any():
+            acc = float(np.mean((call[judged] > 0) == (ret[judged] > 0)))
+            assert acc == pytest.approx(strategies[name]["accuracy_moved"])
+    # the ensemble trades only what it marked tradeable: a position is always its call
+    ens = [r for r in rows if r["strategy"] == "ensemble"]
+    assert all(r["position"] in ("0", r["direction"]) for r in ens)
     # the fallback reads 1h closes as serving does: one call per hour, held for its minutes
     by_hour: dict[int, set[int]] = {}
     for r in rows:
@@ -150,6 +218,57 @@ def test_evaluate_writes_report_predictions_and_equity(pipeline: dict[str, Path]
             by_hour.setdefault((int(r["open_time_ms"]) + 60_000) // 3_600_000, set()).add(int(r["direction"]))
     assert all(len(calls) == 1 for calls in by_hour.values()), by_hour
     assert any(calls != {0} for calls in by_hour.values())  # 20 hours of bars: it makes calls
-    assert result["strategies"]["ensemble"]["n_predictions"] == strategies["ensemble"]["n_predictions"]
+    assert result["strategies"]["ensemble"]["n"] == strategies["ensemble"]["n"]
     # nothing before the test cut was evaluated
     assert min(int(r["open_time_ms"]) for r in rows) >= Cuts().val_end
+
+
+async def test_evaluate_is_what_the_engine_serves(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """Research-to-live parity: for bars of the slice, the worker's engine on the same windows gives
+    the ensemble row of predictions.csv (probability, call and what is traded)."""
+    from decimal import Decimal
+
+    from prometheus_client import CollectorRegistry
+
+    from inference.components import ModelRegistry
+    from inference.config import WorkerConfig
+    from inference.engine import SignalEngine
+    from inference.metrics import WorkerMetrics
+    from inference.signal import Signal
+    from streaming.klines import Bar
+    from streaming.memory_store import MemoryStore
+    from streaming.store import BarEvent, WriteBatch
+
+    out = tmp_path / "eval"
+    evaluate(EvaluateConfig(files=(pipeline["slice"],), out_dir=out, artifacts=pipeline["artifacts"]))
+    with (out / "predictions.csv").open() as fh:
+        rows = {int(r["open_time_ms"]): r for r in csv.DictReader(fh) if r["strategy"] == "ensemble"}
+    with gzip.open(pipeline["slice"], "rt") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        bars = [Bar(int(r[0]), *(Decimal(v) for v in r[1:6]), Decimal(0)) for r in reader]
+    registry = ModelRegistry(pipeline["artifacts"], prefer_gpu=False)
+    await registry.load()
+    engine = SignalEngine(
+        WorkerConfig(intervals=("1",), latency_budget_ms=60_000),
+        MemoryStore(window_bars=300),
+        registry,
+        WorkerMetrics(CollectorRegistry()),
+    )
+    checked = 0
+    for k in range(300, len(bars), 97):
+        start = bars[k].start
+        if start not in rows:
+            continue
+        store = MemoryStore(window_bars=300)
+        await store.write(WriteBatch(bars={("BTCUSDT", "1"): bars[k - 299 : k + 1]}))
+        engine.store = store
+        s = await engine.compute(BarEvent("BTCUSDT", "1", start))
+        assert isinstance(s, Signal) and s.source == "ensemble" and s.calibrated
+        row = rows[start]
+        assert s.p_up == pytest.approx(float(row["p_up"]), abs=1e-9)
+        assert {"long": 1, "short": -1, "flat": 0}[s.direction] == int(row["direction"])
+        assert (int(row["position"]) != 0) == s.tradeable
+        checked += 1
+    assert checked >= 5
+    await engine.close()

@@ -1,0 +1,136 @@
+"""MODEL_CARD.md, generated from the manifest (and, when given, the walk-forward report): no torch.
+
+It opens with the comparison table on the held-out bars (``candlecast evaluate``'s report.json),
+then says how the ensemble was fitted and what each component earned, then lists the components.
+Numbers are copied as measured; nothing here is tuned or rounded up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from inference.manifest import Manifest
+
+__all__ = ["comparison_table", "model_card"]
+
+TABLE = [
+    ("n", "bars"),
+    ("coverage", "coverage"),
+    ("accuracy_moved", "accuracy, moved bars"),
+    ("accuracy_ci", "95 % CI"),
+    ("majority_moved", "majority"),
+    ("brier_skill", "Brier skill"),
+    ("return_taker", "return after taker, per symbol"),
+    ("return_maker", "after maker"),
+    ("sharpe", "Sharpe"),
+    ("max_drawdown", "max DD"),
+    ("trades", "trades"),
+]
+
+
+def _fmt(key: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(key, x) for x in v) + "]"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if key.startswith("return") or key == "max_drawdown":
+        return f"{v * 100:+.2f} %" if key.startswith("return") else f"{v * 100:.1f} %"
+    if key in ("coverage",):
+        return f"{v:.3f}"
+    if key == "sharpe":
+        return f"{v:.1f}"
+    return f"{v:.4f}" if key != "accuracy_ci" else f"{v:.3f}"
+
+
+def comparison_table(report: dict[str, dict[str, Any]]) -> list[str]:
+    """The markdown rows of the strategy comparison (the README shows the same table)."""
+    lines = [
+        "| strategy | " + " | ".join(label for _, label in TABLE) + " |",
+        "|" + "---|" * (len(TABLE) + 1),
+    ]
+    for name, m in report.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(k, m.get(k)) for k, _ in TABLE) + " |")
+    return lines
+
+
+def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
+    lines = ["# candlecast models", ""]
+    spec = manifest.ensemble
+    if evaluation is not None and (evaluation / "report.json").exists():
+        report = json.loads((evaluation / "report.json").read_text())
+        meta = json.loads((evaluation / "meta.json").read_text())
+        lines += [
+            f"## Held-out comparison ({meta['span'][0]} → {meta['span'][1]}, {len(meta['files'])} Bybit linear 1m"
+            f" series, H = {meta['horizon_minutes']} min)",
+            "",
+            "Measured by `candlecast evaluate` on bars after the test cut, never used to fit or choose anything."
+            " The ensemble trades only its `tradeable` calls (edge above the round-trip cost); accuracy counts"
+            " every long/short call. `majority` always guesses the commoner outcome of these bars (hindsight).",
+            "",
+            *comparison_table(report),
+            "",
+        ]
+    if spec is not None:
+        f = spec.fitted
+        half = f.get("calibration_half", {})
+        lines += [
+            "## The ensemble",
+            "",
+            f"Question: is the log return over the next {spec.horizon_minutes} min positive? Stacked by an L2"
+            f" logistic regression on the components' logits over {f.get('stack_span', ['?', '?'])[0][:10]} →"
+            f" {f.get('stack_span', ['?', '?'])[1][:10]} ({f.get('samples', {}).get('stack')} Bybit bars that moved),"
+            f" Platt-calibrated (a = {spec.calibration['a']:.4f}, b = {spec.calibration['b']:.4f}) and thresholded on"
+            f" {f.get('calibration_span', ['?', '?'])[0][:10]} → {f.get('calibration_span', ['?', '?'])[1][:10]}:"
+            f" long at P(up) ≥ {spec.threshold}, short at ≤ {1 - spec.threshold:.4f}. On that half: coverage"
+            f" {half.get('coverage', float('nan')):.3f}, accuracy {half.get('accuracy_moved', float('nan')):.4f}"
+            f" (majority {half.get('majority_moved', float('nan')):.4f}), Brier skill"
+            f" {half.get('brier_skill', float('nan')):.5f} (in-sample for the threshold: read the held-out table).",
+            f"Expected move and volatility: `{spec.magnitude}` (the volatility heads' QLIKE"
+            f" {f.get('volatility', {}).get('qlike_heads', float('nan')):.4f} against the EWMA's"
+            f" {f.get('volatility', {}).get('qlike_ewma', float('nan')):.4f} on validation; lower wins).",
+            "",
+            "| component | stacker weight | validation accuracy (moved) | validation Brier skill |",
+            "|---|---|---|---|",
+        ]
+        for name, c in f.get("components", {}).items():
+            lines.append(f"| {name} | {c['weight']:+.4f} | {c['accuracy_moved']:.4f} | {c['brier_skill']:+.5f} |")
+        comps = f.get("components", {})
+        unskilled = [n for n, c in comps.items() if not c["brier_skill"] > 0]
+        lines += [
+            "",
+            (f"Without Brier skill on their own on the calibration half: {', '.join(unskilled)}. " if unskilled else "")
+            + "The stacker's weights are what each component earned together with the others on the stacking"
+            " half; a negative weight means a component was reliably wrong there and is used contrarian.",
+            "",
+        ]
+    lines += [
+        "## Components",
+        "",
+        f"Manifest {manifest.created}. {manifest.notes}",
+        "",
+        "| component | kind | input | horizon (min) | train samples | train span | train s | validation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in manifest.components:
+        t, v = c.training, c.validation
+        acc = v.get("accuracy_moved", v.get("accuracy"))
+        lines.append(
+            f"| {c.name} | {c.kind} | {c.timeframe}m | {c.horizon_min} | {t.get('samples')} |"
+            f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | accuracy {acc} |"
+        )
+    lines += [
+        "",
+        "TCNs read 64 bars of indicator set v1, the EfficientNet-B0 (from scratch, shared by all timeframes)"
+        " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/features.py)."
+        " Training data: the real bars in ../shared/data, split by time (train before 2025-06-01, validation"
+        " 06-01 → 06-15, test after). Components forecasting another horizon than the signal's are refused"
+        " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""``candlecast stack``: earn the components' weights, calibrate, and choose the threshold, on validation.
+
+On the Bybit linear 1m series, over the validation span only (input windows from the training cut,
+outcomes before the test cut; :class:`models.datasets.Cuts`), each component that answers the
+signal's question (``horizon_minutes`` = H) is run exactly as serving runs it — the manifest loaded
+by :func:`inference.components.load_model_set`, inputs from ``LoadedComponent.prepare``, the ONNX
+session's ``run``. Then, with the span cut in two halves by time:
+
+1. **stack** (first half): L2 logistic regression of ``up`` on the components' logits: the weights
+   are earned; a component without skill ends near 0;
+2. **calibrate** (second half): Platt scaling ``sigmoid(a·z + b)`` of the stacker's output ``z``;
+3. **threshold** (second half): the calibrated probability a call must clear: the one whose calls
+   have the best lower 95 % Wilson bound on accuracy (moved bars), among thresholds calling at least
+   10 % of bars and 500 bars.
+
+4. **magnitude**: the components' volatility heads, or the EWMA baseline when the heads do not beat
+   it (QLIKE, second half).
+
+The result is written as the manifest's ``ensemble`` (:class:`inference.manifest.EnsembleSpec`),
+with each component's validation figures. The test span is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.components import LoadedComponent, load_model_set
+from inference.ensemble import stacked_p_up
+from inference.manifest import EnsembleSpec, Manifest
+from models.data import Series, load_series
+from models.datasets import Cuts
+from models.linear import ewma_of_windows, fit_logistic, horizon_ends, horizon_targets, iso_minute
+
+__all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "platt", "voters"]
+
+log = logging.getLogger(__name__)
+
+MIN_COVERAGE = 0.10
+MIN_CALLS = 500
+BATCH = 256
+
+
+def voters(components: tuple[LoadedComponent, ...], horizon: int) -> list[LoadedComponent]:
+    """The enabled components that answer the H-minute question on 1m windows (the ones stacked)."""
+    out = []
+    for c in components:
+        if c.disabled is None and c.spec.horizon_min == horizon and c.timeframe == "1":
+            out.append(c)
+        elif c.disabled is None and c.spec.horizon_min == horizon:
+            log.warning("%s: %sm input windows are not stacked yet; it is left out", c.name, c.timeframe)
+    return out
+
+
+def component_outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The component's output rows (its heads) for the window ending at each of ``ends``, built and
+    run by serving's code (``LoadedComponent.prepare``, ``ModelSession.run``)."""
+    assert c.session is not None
+    out = []
+    for i in range(0, len(ends), BATCH):
+        x = np.stack([c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]) for t in ends[i : i + BATCH].tolist()])
+        out.append(np.asarray(c.session.run(x), np.float64).reshape(len(x), -1))
+    return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
+
+
+def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[float, float]:
+    """(a, b) of ``P(up) = sigmoid(a·z + b)``, by maximum likelihood (no penalty)."""
+    w, b = fit_logistic(z.reshape(-1, 1), up, l2=0.0)
+    return float(w[0]), b
+
+
+def _wilson_low(hits: int, n: int) -> float:
+    if n == 0:
+        return 0.0
+    p, z = hits / n, 1.96
+    return (p + z * z / (2 * n) - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+
+
+def choose_threshold(p: npt.NDArray[np.float64], r: npt.NDArray[np.float64]) -> tuple[float, dict[str, float]]:
+    """The threshold (and its figures) with the best Wilson lower bound on moved-bar accuracy among
+    those calling >= 10 % of bars and >= 500 bars; 0.5 (call everything) when none qualifies."""
+    best: tuple[float, float, dict[str, float]] | None = None
+    moved = r != 0
+    for tau in np.round(np.arange(0.5, 0.6001, 0.0005), 4):
+        call = (p >= tau) | (p <= 1 - tau)
+        n_call = int(call.sum())
+        if n_call < max(MIN_CALLS, MIN_COVERAGE * len(p)):
+            continue
+        judged = call & moved
+        hits = int(np.sum(judged & ((p >= tau) == (r > 0))))
+        low = _wilson_low(hits, int(judged.sum()))
+        if best is None or low > best[1]:
+            figures = {"coverage": n_call / len(p), "accuracy_moved": hits / max(1, int(judged.sum())), "calls": n_call}
+            best = (float(tau), low, figures)
+    if best is None:
+        return 0.5, {"coverage": 1.0, "accuracy_moved": float("nan"), "calls": len(p)}
+    return best[0], best[2] | {"accuracy_wilson_low": best[1]}
+
+
+def _brier_skill(p: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> float:
+    base = float(up.mean())
+    ref = float(np.mean((base - up) ** 2))
+    return 1.0 - float(np.mean((p - up) ** 2)) / ref if ref > 0 else float("nan")
+
+
+def fit_ensemble(
+    artifacts: Path,
+    data_dir: Path,
+    *,
+    horizon: int = 1,
+    per_series: int = 8_000,
+    l2: float = 1.0,
+    seed: int = 0,
+) -> EnsembleSpec:
+    """Fit the stacker, calibration and threshold on validation and write them into the manifest."""
+    cuts = Cuts()
+    models = load_model_set(artifacts, prefer_gpu=False, threads=2)
+    stacked = voters(models.components, horizon)
+    if not stacked:
+        raise ValueError(f"no enabled 1m component forecasts {horizon} min ahead: nothing to stack")
+    need = max(c.bars_needed for c in stacked)
+    files = sorted((data_dir / "klines_1m").glob("bybit_linear_*_1m.csv.gz"))
+    if not files:
+        raise ValueError(f"no Bybit linear 1m files in {data_dir / 'klines_1m'}")
+    rng = np.random.default_rng(seed)
+    mid = (cuts.train_end + cuts.val_end) // 2
+    span = horizon * 60_000
+    logits: list[npt.NDArray[np.float64]] = []
+    returns: list[npt.NDArray[np.float64]] = []
+    times: list[npt.NDArray[np.int64]] = []
+    var_real: list[npt.NDArray[np.float64]] = []
+    var_head: list[npt.NDArray[np.float64]] = []  # mean of the voters' variance heads (NaN: none)
+    var_ewma: list[npt.NDArray[np.float64]] = []
+    for path in files:
+        s = load_series(path)
+        ends = horizon_ends(s, need, horizon)
+        ends = ends[
+            (s.start_ms[ends - need + 1] >= cuts.train_end) & (s.start_ms[ends] + 60_000 + span <= cuts.val_end)
+        ]
+        if len(ends) > per_series:
+            ends = np.sort(rng.choice(ends, per_series, replace=False))
+        log.info("%s: %d validation windows", s.name, len(ends))
+        outs = [component_outputs(c, s, ends) for c in stacked]
+        logits.append(np.column_stack([o[:, 0] for o in outs]))
+        with_var = [
+            o[:, c.spec.heads.index("var_bp2")] for o, c in zip(outs, stacked, strict=True) if "var_bp2" in c.spec.heads
+        ]
+        var_head.append(np.mean(np.maximum(with_var, 1e-4), axis=0) if with_var else np.full(len(ends), np.nan))
+        r_h, v_h = horizon_targets(s, ends, horizon)
+        returns.append(r_h)
+        var_real.append(v_h)
+        var_ewma.append(ewma_of_windows(s, ends, horizon))
+        times.append(s.start_ms[ends])
+    z_all, r_all, t_all = np.concatenate(logits), np.concatenate(returns), np.concatenate(times)
+    moved = r_all != 0
+    first, second = moved & (t_all < mid), moved & (t_all >= mid)
+    up = (r_all > 0).astype(np.float64)
+    w, b = fit_logistic(z_all[first], up[first], l2=l2)
+    names = [c.name for c in stacked]
+    raw = {"horizon_minutes": horizon, "weights": dict(zip(names, w.tolist(), strict=True)), "intercept": b}
+    z2 = z_all[second] @ w + b
+    a, c0 = platt(z2, up[second])
+    spec = EnsembleSpec.parse(raw | {"calibration": {"method": "platt", "a": a, "b": c0}, "threshold": 0.5})
+    p2 = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[second]])
+    half2 = second | (~moved & (t_all >= mid))
+    p_half2 = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[half2]])
+    tau, figures = choose_threshold(p_half2, r_all[half2])
+    # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
+    late = t_all >= mid
+    rv, vh, ve = np.concatenate(var_real)[late], np.concatenate(var_head)[late], np.concatenate(var_ewma)[late]
+    qlike_heads = float(np.mean(np.log(vh) + rv / vh)) if np.isfinite(vh).all() and len(vh) else float("nan")
+    qlike_ewma = float(np.mean(np.log(np.maximum(ve, 1e-4)) + rv / np.maximum(ve, 1e-4)))
+    magnitude = "heads" if qlike_heads < qlike_ewma else "ewma"
+    per_component: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        p_c = 1.0 / (1.0 + np.exp(-z_all[second, i]))
+        per_component[name] = {
+            "weight": float(w[i]),
+            "brier_skill": _brier_skill(p_c, up[second]),
+            "accuracy_moved": float(np.mean((p_c > 0.5) == (up[second] > 0.5))),
+        }
+    fitted = {
+        "stack_span": [iso_minute(cuts.train_end), iso_minute(mid)],
+        "calibration_span": [iso_minute(mid), iso_minute(cuts.val_end)],
+        "series": [p.name.removesuffix(".csv.gz") for p in files],
+        "samples": {"stack": int(first.sum()), "calibration": int(second.sum())},
+        "l2": l2,
+        "components": per_component,
+        "volatility": {"qlike_heads": qlike_heads, "qlike_ewma": qlike_ewma, "chosen": magnitude},
+        "calibration_half": {
+            "brier_skill": _brier_skill(p2, up[second]),
+            "majority_moved": float(max(up[second].mean(), 1 - up[second].mean())),
+            "threshold": tau,
+            **figures,
+        },
+    }
+    spec = replace(spec, threshold=tau, magnitude=magnitude, fitted=fitted)
+    manifest_path = artifacts / "manifest.json"
+    manifest = Manifest.load(manifest_path)
+    notes = (
+        f"Every component states the minutes ahead it forecasts (horizon_minutes); the worker uses those that"
+        f" answer the signal's H. The ensemble section is the stacker fitted on validation for H = {horizon}."
+    )
+    replace(manifest, ensemble=spec, notes=notes).save(manifest_path)
+    log.info("ensemble: weights %s, Platt a=%.3f b=%.4f, threshold %.4f: %s", raw["weights"], a, c0, tau, figures)
+    return spec
