@@ -105,6 +105,53 @@ class Component:
             raise ManifestError(f"{self.name}: output heads must start with 'logit' and be among {sorted(HEADS)}")
 
 
+# The type of every field of a component entry, checked before a Component is built from it.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "kind": (str,),
+    "timeframe": (str,),
+    "version": (str,),
+    "file": (str,),
+    "sha256": (str,),
+    "input": (dict,),
+    "output": (dict,),
+    "preprocessing": (dict,),
+    "horizon": (str,),
+    "training": (dict,),
+    "validation": (dict,),
+    "weight": (int, float),
+    "horizon_minutes": (int, type(None)),
+}
+_REQUIRED = ("name", "kind", "timeframe", "version", "file", "sha256", "input", "output", "preprocessing", "horizon")
+
+
+def _name_of(entry: Any) -> str:
+    return repr(entry.get("name")) if isinstance(entry, dict) else "?"
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why a manifest entry cannot be a :class:`Component` (None when it can)."""
+    if not isinstance(entry, dict):
+        return f"must be an object, got {type(entry).__name__}"
+    missing = [k for k in _REQUIRED if k not in entry]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    unknown = sorted(set(entry) - set(_FIELDS))
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}"
+    for key, value in entry.items():
+        types = _FIELDS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            return f"{key} must be {want}, got {type(value).__name__} {value!r:.40}"
+    if not (entry["timeframe"].isascii() and entry["timeframe"].isdigit() and int(entry["timeframe"]) > 0):
+        return f"timeframe must be whole minutes as text (e.g. '5'), got {entry['timeframe']!r}"
+    shape = entry["input"].get("shape")
+    if not isinstance(shape, list) or len(shape) < 2:
+        return f"input.shape must be a list [batch, ...], got {shape!r:.40}"
+    return None
+
+
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ManifestError(f"ensemble: {what} must be a finite number, got {value!r}")
@@ -183,10 +230,14 @@ class Manifest:
             raise ManifestError(
                 f"{path}: unsupported manifest schema {raw.get('schema') if isinstance(raw, dict) else raw!r}"
             )
-        try:
-            components = tuple(Component(**c) for c in raw["components"])
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{path}: malformed component entry: {exc}") from exc
+        entries = raw.get("components")
+        if not isinstance(entries, list):
+            raise ManifestError(f"{path}: 'components' must be a list")
+        for i, entry in enumerate(entries):
+            problem = _entry_problem(entry)
+            if problem is not None:
+                raise ManifestError(f"{path}: component {i} ({_name_of(entry)}): {problem}")
+        components = tuple(Component(**c) for c in entries)
         ensemble = EnsembleSpec.parse(raw["ensemble"]) if raw.get("ensemble") is not None else None
         return cls(
             components=components,

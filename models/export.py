@@ -168,10 +168,19 @@ def export_all(
                     validation=_val_metrics(ilogits, ival.y),
                 )
             )
+    # Into an existing manifest: the re-exported components replace theirs, the others stay. Its
+    # ensemble is dropped: the stacker was fitted on the old components (run `candlecast stack`).
+    kept: tuple[Component, ...] = ()
+    if (out_dir / "manifest.json").exists():
+        new = {c.name for c in components}
+        kept = tuple(c for c in Manifest.load(out_dir / "manifest.json").components if c.name not in new)
+        if kept:
+            log.info("keeping %s from the existing manifest", ", ".join(c.name for c in kept))
     manifest = Manifest(
-        components=tuple(components),
+        components=(*components, *kept),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        notes="Each component votes on the direction of the next bar of its own timeframe; weights are equal.",
+        notes="Every component states the minutes ahead it forecasts (horizon_minutes); no ensemble is fitted"
+        " yet: run `candlecast stack`.",
     )
     manifest.save(out_dir / "manifest.json")
     (out_dir / "MODEL_CARD.md").write_text(model_card(manifest))

@@ -172,3 +172,40 @@ async def test_changed_manifest_is_swapped_in_without_a_gap(cache: Path, tmp_pat
     assert await registry.reload_if_changed() is False
     assert [c.spec.version for c in registry.current.enabled] == ["v2", "v2"]
     assert metrics.registry.get_sample_value("candlecast_model_reloads_total", {"outcome": "failed"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("weight", "abc", "weight must be int or float, got str"),
+        ("input", None, "input must be dict, got NoneType"),
+        ("timeframe", "5m", "timeframe must be whole minutes"),
+        ("horizon_minutes", "1", "horizon_minutes must be int or null"),
+        ("surprise", 1, "unknown field"),
+    ],
+)
+async def test_a_manifest_with_a_mistyped_field_is_refused_once_and_the_old_models_keep_serving(
+    cache: Path, tmp_path: Path, field: str, value: object, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = artifacts(cache, tmp_path, tcn=("1",), image=())
+    good = json.loads((root / "manifest.json").read_text())
+    bad = json.loads(json.dumps(good))
+    bad["components"][0][field] = value
+    (root / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(ManifestError, match=message):
+        load_model_set(root, prefer_gpu=False)
+    # at start-up: no crash, no models (every signal falls back)
+    registry = ModelRegistry(root, prefer_gpu=False, poll_s=0.01)
+    assert (await registry.load()).components == ()
+    # while serving: the bad manifest is refused with one log line and never retried
+    (root / "manifest.json").write_text(json.dumps(good))
+    assert await registry.reload_if_changed()
+    serving = registry.current
+    (root / "manifest.json").write_text(json.dumps(bad))
+    caplog.clear()
+    assert not await registry.reload_if_changed()
+    assert not await registry.reload_if_changed()
+    assert registry.current is serving and [c.name for c in serving.enabled] == ["tcn_1m"]
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and message.split(" must")[0] in refusals[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)  # one clear line, no traceback
