@@ -1,7 +1,7 @@
 """API keys (``CANDLECAST_API_KEYS``): the configured keys and the HTTP dependency that checks them.
 
 When keys are set, ``/signal*`` and ``/ws`` need ``Authorization: Bearer <key>``; a key in the URL
-(any of :data:`URL_KEY_PARAMS`) is refused even when valid, because URLs end up in logs. Keys are
+(any of :data:`URL_KEY_PARAMS`, in any case) is refused even when valid, because URLs end up in logs. Keys are
 compared in constant time. The WebSocket's first-message ``auth`` is :mod:`service.ws_protocol`'s.
 """
 
@@ -17,9 +17,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.errors import Unauthorized
 from service.state import State
 
-__all__ = ["URL_KEY_PARAMS", "ApiKeys", "require_key"]
+__all__ = ["URL_KEY_PARAMS", "ApiKeys", "key_in_url", "require_key"]
 
 URL_KEY_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "token", "access_token", "auth", "authorization"})
+
+
+def key_in_url(params: Iterable[str]) -> bool:
+    """Whether a query string names a key parameter, whatever its case (``?KEY=``, ``?apiKey=``)."""
+    return any(p.lower() in URL_KEY_PARAMS for p in params)
 
 
 class ApiKeys:
@@ -50,7 +55,7 @@ async def require_key(
     keys = state.keys
     if not keys.enabled:
         return
-    if not URL_KEY_PARAMS.isdisjoint(request.query_params.keys()):
+    if key_in_url(request.query_params.keys()):
         raise Unauthorized("API keys are not accepted in the URL: send Authorization: Bearer <key>")
     if credentials is None:
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")

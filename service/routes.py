@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Path, Query, WebSocket
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.auth import URL_KEY_PARAMS, require_key
+from service.auth import key_in_url, require_key
 from service.errors import SignalUnavailable, UnknownSymbol
 from service.readiness import readiness
 from service.schemas import (
@@ -149,14 +149,18 @@ def add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         if authorization is not None:
             scheme, _, value = authorization.partition(" ")
             bearer = value.strip() if scheme.lower() == "bearer" else ""
-        key_in_url = state.keys.enabled and not URL_KEY_PARAMS.isdisjoint(websocket.query_params.keys())
-        await state.hub.serve(websocket, bearer, key_in_url=key_in_url)
+        url_key = state.keys.enabled and key_in_url(websocket.query_params.keys())
+        await state.hub.serve(websocket, bearer, key_in_url=url_key)
 
 
 def add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
+    async def healthz_head() -> Response:
+        return Response(status_code=200)
 
     @app.get(
         "/readyz",

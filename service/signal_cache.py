@@ -158,8 +158,13 @@ class SignalCache:
 
     # -- output ----------------------------------------------------------------------------------
     def normalise(self, symbol: str) -> str | None:
-        """The configured symbol ``symbol`` names (case-insensitive), or None."""
-        s = symbol.strip().upper()
+        """The configured symbol ``symbol`` names (ASCII letters and digits, any case), or None.
+
+        Nothing else is folded: no surrounding whitespace, and no non-ASCII letter that ``upper()``
+        would turn into an ASCII one (U+017F, the long s, → ``S``), so one symbol has one spelling per case."""
+        if not (symbol.isascii() and symbol.isalnum()):
+            return None
+        s = symbol.upper()
         return s if s in self._known else None
 
     def now_ms(self) -> int | None:

@@ -49,7 +49,7 @@ async def test_with_keys_signal_routes_need_a_bearer_header_and_health_stays_ope
         # Either configured key works.
         assert (await http.get("/signals", headers={"Authorization": f"Bearer {OTHER}"})).status_code == 200
         # A key in the URL is refused, even a valid one, even with a valid header.
-        for param in ("api_key", "key", "token"):
+        for param in ("api_key", "key", "token", "KEY", "apiKey", "Access_Token"):  # any case
             r = await http.get("/signals", params={param: KEY}, headers=good)
             assert r.status_code == 401 and "not accepted in the URL" in r.json()["error"]["message"]
         for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
@@ -103,7 +103,7 @@ async def test_websocket_key_in_the_header_or_the_first_message(redis_url: str) 
         async with ws_connect(api.ws_url) as ws:
             assert await closed_with(ws) == 1008
             assert ws.close_reason == "no API key within the time allowed"  # the silence, not another refusal
-        for query in (f"?api_key={KEY}", f"?token={KEY}"):
+        for query in (f"?api_key={KEY}", f"?ToKeN={KEY}"):
             async with ws_connect(api.ws_url + query, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
                 assert await closed_with(ws) == 1008
         await asyncio.sleep(0)

@@ -77,6 +77,11 @@ async def test_unknown_symbol_is_a_404_listing_the_configured_ones(redis_url: st
         assert err["code"] == "unknown_symbol"
         assert err["details"] == {"symbol": "DOGEUSDT", "symbols": list(SYMBOLS)}
         assert (await http.get("/signal/DOGEUSDT/history")).status_code == 404
+        # one spelling per symbol: ASCII letters and digits in any case, nothing folded into it
+        for odd in ("BTCUS\u017fDT", "BTCUSDT%09", "%20BTCUSDT", "BTC-USDT"):
+            r = await http.get(f"/signal/{odd}")
+            assert r.status_code == 404 and error_of(r.json())["code"] == "unknown_symbol", odd
+        assert (await http.head("/healthz")).status_code == 200
 
 
 async def test_no_servable_signal_is_a_503_with_the_reason_and_retry_after(redis_url: str) -> None:
