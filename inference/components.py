@@ -195,12 +195,12 @@ def load_model_set(
         if p.disabled is not None or p.key in sessions:
             continue
         if p.key not in refused:
-            reused = _reusable(previous, p.spec)
-            if reused is not None:
-                sessions[p.key] = reused
-                continue
             try:
-                sessions[p.key] = _open(manifest, p.spec, artifacts, opener)
+                # A session kept from the previous set is reused only if its file still hashes to the
+                # manifest's sha256: a file corrupted or deleted since is refused, not trusted.
+                path = _verified(manifest, p.spec, artifacts)
+                reused = _reusable(previous, p.spec)
+                sessions[p.key] = reused if reused is not None else _open(p.spec, path, opener)
                 continue
             except _Refused as exc:
                 refused[p.key] = (exc.reason, exc.detail)
@@ -269,13 +269,16 @@ class _Refused(Exception):
         self.detail = detail
 
 
-def _open(manifest: Manifest, spec: Component, root: Path, opener: Callable[[str, Path], ModelSession]) -> ModelSession:
+def _verified(manifest: Manifest, spec: Component, root: Path) -> Path:
     if not (root / spec.file).is_file():
         raise _Refused("artifact_missing", f"{root / spec.file} does not exist")
     try:
-        path = manifest.verified_path(spec, root)
+        return manifest.verified_path(spec, root)
     except ManifestError as exc:
         raise _Refused("artifact_checksum", str(exc)) from exc
+
+
+def _open(spec: Component, path: Path, opener: Callable[[str, Path], ModelSession]) -> ModelSession:
     try:
         return opener(Path(spec.file).stem, path)
     except RuntimeFailure as exc:

@@ -209,3 +209,22 @@ async def test_a_manifest_with_a_mistyped_field_is_refused_once_and_the_old_mode
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1 and message.split(" must")[0] in refusals[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)  # one clear line, no traceback
+
+
+async def test_a_reload_rehashes_every_artifact_and_refuses_what_changed_on_disk(cache: Path, tmp_path: Path) -> None:
+    """A session kept across a reload is reused only while its file still matches the manifest."""
+    root = artifacts(cache, tmp_path, tcn=("1", "5"), image=("1",))
+    registry = ModelRegistry(root, prefer_gpu=False)
+    await registry.load()
+    kept = registry.current.sessions["tcn_1m.onnx"]
+    assert len(registry.current.enabled) == 3
+    # damage two files under the running worker, then change the manifest (a new 'created' stamp)
+    (root / "tcn_5m.onnx").write_bytes((root / "tcn_5m.onnx").read_bytes()[:-10])
+    (root / "efficientnet.onnx").unlink()
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["created"] = "2026-02-02T00:00:00+00:00"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert await registry.reload_if_changed()
+    disabled = {c.name: c.disabled for c in registry.current.components}
+    assert disabled == {"tcn_1m": None, "tcn_5m": "artifact_checksum", "efficientnet_1m": "artifact_missing"}
+    assert registry.current.sessions["tcn_1m.onnx"] is kept  # intact and unchanged: still reused
