@@ -164,7 +164,7 @@ def create_app(
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     add_signal_routes(app, keys.enabled)
-    add_ops_routes(app, metrics_route=not settings.api_metrics_port)
+    add_ops_routes(app, metrics_route=not settings.api_metrics_port, keys_enabled=keys.enabled)
     keep_example_nulls(app)
     return app
 

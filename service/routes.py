@@ -153,7 +153,7 @@ def add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         await state.hub.serve(websocket, bearer, key_in_url=url_key)
 
 
-def add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
+def add_ops_routes(app: FastAPI, *, metrics_route: bool, keys_enabled: bool = False) -> None:
     @app.get("/healthz", tags=["operations"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -181,12 +181,15 @@ def add_ops_routes(app: FastAPI, *, metrics_route: bool) -> None:
     if not metrics_route:
         return  # served on their own port (service.compose.serve_metrics), not beside the signals
 
+    # Beside the signals, the metrics carry every symbol's latest direction and score: with API keys
+    # set they need one too (Prometheus sends it with `authorization: {credentials: KEY}`).
     @app.get(
         "/metrics",
         tags=["operations"],
-        summary="Prometheus metrics",
+        summary="Prometheus metrics (an API key when keys are set; none on a separate metrics port)",
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+        dependencies=[Depends(require_key)] if keys_enabled else [],
     )
     async def prometheus_metrics(state: State) -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -52,8 +52,11 @@ async def test_with_keys_signal_routes_need_a_bearer_header_and_health_stays_ope
         for param in ("api_key", "key", "token", "KEY", "apiKey", "Access_Token"):  # any case
             r = await http.get("/signals", params={param: KEY}, headers=good)
             assert r.status_code == 401 and "not accepted in the URL" in r.json()["error"]["message"]
-        for path in ("/healthz", "/metrics", "/openapi.json", "/docs"):
+        for path in ("/healthz", "/openapi.json", "/docs"):
             assert (await http.get(path)).status_code == 200, path
+        # the metrics beside the signals carry every symbol's direction and score: they need a key too
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers=good)).status_code == 200
         spec = (await http.get("/openapi.json")).json()
         assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
         for path in ("/signal/{symbol}", "/signals", "/signal/{symbol}/history"):

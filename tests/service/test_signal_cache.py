@@ -74,7 +74,9 @@ def test_a_newer_no_signal_record_explains_a_stale_signal() -> None:
 def test_unknown_symbols_are_not_cached_and_names_are_normalised() -> None:
     cache = _cache()
     assert cache.offer(make_signal(T0, "SOLUSDT")) is None
-    assert cache.normalise(" btcusdt ") == "BTCUSDT" and cache.normalise("SOLUSDT") is None
+    assert cache.normalise("btcusdt") == "BTCUSDT" and cache.normalise("SOLUSDT") is None
+    for odd in (" btcusdt ", "BTCUSDT\t", "BTCUS\u017fDT", "BTC_USDT", ""):  # one spelling, nothing folded
+        assert cache.normalise(odd) is None, repr(odd)
 
 
 def test_an_in_process_ingestor_clock_moves_the_exchange_time() -> None:
