@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from inference.signal import NoSignal, Signal, SignalFormatError
 from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.klines import interval_ms
-from streaming.redis_boundary import store_errors, text
+from streaming.redis_boundary import client_db, store_errors, text
 from streaming.redis_keys import RedisKeys
 
 __all__ = [
@@ -152,7 +152,7 @@ class RedisSignalStore:
     ) -> None:
         self._r = client
         self.prefix = prefix
-        self.keys = RedisKeys(prefix)
+        self.keys = RedisKeys(prefix, db=client_db(client))
         self.audit_maxlen = audit_maxlen
         self.dedupe_keep = dedupe_keep
         self._publish = client.register_script(_PUBLISH)

@@ -15,7 +15,15 @@ import redis.exceptions as rex
 
 from streaming.errors import StoreError, StoreUnavailable
 
-__all__ = ["store_errors", "text"]
+__all__ = ["client_db", "store_errors", "text"]
+
+
+def client_db(client: object) -> int:
+    """The database number a redis-py client talks to (0 for a cluster client, which has only db 0)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    db = kwargs.get("db", 0) if isinstance(kwargs, dict) else 0
+    return int(db) if isinstance(db, int | str) and str(db).isdigit() else 0
 
 
 def text(value: bytes | str | None) -> str:

@@ -14,8 +14,12 @@ by :mod:`streaming.redis_store`; the signal keys by the worker's signal store an
 ``P:{SYM}:signals``            STREAM  the signal audit stream
 ``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe)
 ``P:{SYM}:nosignal``           HASH    why the newest bar has no signal
-``P:signals``                  PUBSUB  every signal that became the latest
+``P:db{N}:signals``             PUBSUB  every signal that became the latest
 =============================  ======  ==============================================
+
+Keys live in their database, but Redis pub/sub ignores the database number: the channel carries
+the db (``db`` of the client) as well as the prefix, so two instances on one server never hear
+each other's signals.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class RedisKeys:
     """Names under ``prefix``: ``RedisKeys("cc").kline("BTCUSDT", "1") == "cc:{BTCUSDT}:kline:1"``."""
 
     prefix: str = "cc"
+    db: int = 0  # the client's database: pub/sub is server-wide, so the channel names it
 
     def symbol_scope(self, symbol: str) -> str:
         """The hash-tagged stem every key of ``symbol`` starts with: ``cc:{BTCUSDT}``."""
@@ -72,4 +77,4 @@ class RedisKeys:
 
     @property
     def signals_channel(self) -> str:
-        return f"{self.prefix}:signals"
+        return f"{self.prefix}:db{self.db}:signals"

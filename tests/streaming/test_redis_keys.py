@@ -21,5 +21,6 @@ def test_signal_keys_match_the_signal_store_layout() -> None:
     assert k.signal_audit("ETHUSDT") == "p1:{ETHUSDT}:signals"
     assert k.signal_bars("ETHUSDT") == "p1:{ETHUSDT}:signal:bars"
     assert k.no_signal("ETHUSDT") == "p1:{ETHUSDT}:nosignal"
-    assert k.signals_channel == "p1:signals"
+    assert k.signals_channel == "p1:db0:signals"
+    assert RedisKeys("p1", db=3).signals_channel == "p1:db3:signals"  # pub/sub is server-wide
     assert k.symbol_scope("ETHUSDT") == "p1:{ETHUSDT}"
