@@ -181,9 +181,14 @@ class RedisSignalStore:
             return bool(await self._no_signal(keys=keys, args=args))
 
     async def latest(self, symbol: str) -> Signal | None:
+        raw = await self.latest_raw(symbol)
+        return None if raw is None else Signal.from_json(raw)
+
+    async def latest_raw(self, symbol: str) -> bytes | None:
+        """The latest signal's stored bytes, exactly as the worker's publish script wrote them."""
         with store_errors("read latest signal"):
             raw = await self._r.get(self.keys.signal_latest(symbol))
-        return None if raw is None else Signal.from_json(raw)
+        return raw.encode() if isinstance(raw, str) else raw
 
     async def history(self, symbol: str, count: int = 100) -> list[Signal]:
         with store_errors("read signal history"):

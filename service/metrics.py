@@ -160,7 +160,8 @@ class ApiMetrics:
         )
         self.feed_errors = Counter(
             "candlecast_api_signal_feed_errors_total",
-            "Signal feed failures, by kind (redis, bad_message).",
+            "Signal feed failures, by kind (redis, bad_message, unknown_symbol, unverified: a message that is not"
+            " the stored latest signal, e.g. forged with PUBLISH).",
             ["kind"],
             registry=r,
         )
@@ -170,7 +171,7 @@ class ApiMetrics:
             self.ws_messages_sent.labels(kind)
         for via in ("pubsub", "prime"):
             self.signal_updates.labels(via)
-        for kind in ("redis", "bad_message", "internal"):
+        for kind in ("redis", "bad_message", "unknown_symbol", "unverified", "internal"):
             self.feed_errors.labels(kind)
         self.freshness_source: Callable[[], Freshness | None] = lambda: None
         r.register(_FreshnessCollector(lambda: self.freshness_source()))

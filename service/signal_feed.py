@@ -118,6 +118,7 @@ class RedisSignalFeed(_Feed):
         ingestor's bar-closed stream too, whose newest event moves the exchange clock on every prime."""
         super().__init__(cache, metrics, resync_s, close_timeout_s)
         self._store = store
+        self._dropped = 0
         self._subscriber = subscriber
         self._backoff = backoff or Backoff(0.1, 5.0)
         self._ping_s = ping_s
@@ -157,7 +158,7 @@ class RedisSignalFeed(_Feed):
             if msg is not None and msg["type"] == "subscribe":
                 break
             if msg is not None and msg["type"] == "message":
-                self._on_message(msg["data"])
+                await self._on_message(msg["data"])
             if asyncio.get_running_loop().time() > deadline:
                 raise _FeedStalled(f"no confirmation of SUBSCRIBE {channel}")
         await self.prime()
@@ -177,7 +178,7 @@ class RedisSignalFeed(_Feed):
             now = loop.time()
             if msg is not None:
                 if msg["type"] == "message":
-                    self._on_message(msg["data"])
+                    await self._on_message(msg["data"])
                 elif msg["type"] == "pong":
                     last_pong = now
             if now >= next_resync:
@@ -189,13 +190,34 @@ class RedisSignalFeed(_Feed):
             if now - last_pong > 3 * self._ping_s:
                 raise _FeedStalled(f"no pong from Redis for {now - last_pong:.1f} s")
 
-    def _on_message(self, data: bytes) -> None:
+    async def _on_message(self, data: bytes) -> None:
+        """Offer a published signal to the cache only if it is the one the store holds as latest.
+
+        Anyone who can reach Redis can PUBLISH on the channel; only the worker's publish script
+        writes the latest key and publishes the same bytes in one atomic step. So a message is
+        believed when it is byte for byte the stored latest of a configured symbol; anything else is
+        dropped and counted (``unverified``), and the next prime reads the truth anyway."""
+        channel = self._store.keys.signals_channel
         try:
-            if self._cache.offer_json(data) is not None:
-                self._metrics.signal_updates.labels("pubsub").inc()
+            signal = Signal.from_json(data)
         except SignalFormatError as exc:
-            self._metrics.feed_errors.labels("bad_message").inc()
-            log.warning("ignoring a message on %s that is not a signal: %s", self._store.keys.signals_channel, exc)
+            self._drop("bad_message", f"a message on {channel} that is not a signal: {exc}")
+            return
+        symbol = self._cache.normalise(signal.symbol)
+        if symbol is None or symbol != signal.symbol:
+            self._drop("unknown_symbol", f"a signal on {channel} for {signal.symbol[:32]!r}, not a configured symbol")
+            return
+        if await self._store.latest_raw(symbol) != data:
+            self._drop("unverified", f"a signal on {channel} for {symbol} that is not the stored latest (forged?)")
+            return
+        if self._cache.offer_json(data) is not None:
+            self._metrics.signal_updates.labels("pubsub").inc()
+
+    def _drop(self, kind: str, detail: str) -> None:
+        self._metrics.feed_errors.labels(kind).inc()
+        self._dropped += 1
+        if self._dropped <= 10 or self._dropped % 1000 == 0:  # a flood must not flood the log
+            log.warning("signal feed dropped %s (%d dropped so far)", detail, self._dropped)
 
     async def prime(self) -> None:
         """Read every configured symbol's latest signal and no-signal record in one round trip."""

@@ -69,6 +69,30 @@ async def test_a_published_signal_is_served_from_memory_exactly_as_written(redis
         assert Signal.from_json((await http.get("/signal/BTCUSDT")).content) == newer
 
 
+async def test_a_forged_publish_is_dropped_and_counted_and_moves_no_clock(redis_url: str) -> None:
+    """Anyone who reaches Redis can PUBLISH on the channel: a message is believed only when it is the
+    stored latest signal of a configured symbol, byte for byte."""
+    async with served_from_redis(redis_url) as (store, api, http):
+        real = make_signal(T0)
+        await store.publish(real)
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 1, 5)
+        eth = make_signal(T0, symbol="ETHUSDT")
+        await store.publish(eth)
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2, 5)
+        attacker = aioredis.Redis.from_url(redis_url)
+        channel = store.keys.signals_channel
+        forged = make_signal(T0 + 30 * 24 * 60 * MINUTE, direction="long")  # 30 days ahead
+        unknown = make_signal(T0 + MINUTE, symbol="DOGEUSDT")
+        for payload in (forged.to_json(), unknown.to_json(), b"not a signal"):
+            await attacker.publish(channel, payload)
+        await attacker.aclose()
+        for kind in ("unverified", "unknown_symbol", "bad_message"):
+            await eventually(lambda k=kind: api.sample("candlecast_api_signal_feed_errors_total", kind=k) == 1, 5)
+        assert (await http.get("/signal/BTCUSDT")).content == real.to_json()  # not the forgery
+        assert (await http.get("/signal/ETHUSDT")).content == eth.to_json()  # and not made stale by it
+        assert api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2
+
+
 async def test_unknown_symbol_is_a_404_listing_the_configured_ones(redis_url: str) -> None:
     async with serving(api_settings(redis_url, unique_prefix())) as api, api.http() as http:
         r = await http.get("/signal/dogeusdt")
