@@ -100,6 +100,7 @@ def create_app(
                 settings.api_signal_grace_s,
                 external_clock=exchange_clock,
                 monotonic=monotonic,
+                max_silence_s=settings.api_feed_max_silence_s,
             )
             store: SignalStore
             feed: SignalFeed
@@ -136,6 +137,7 @@ def create_app(
             stack.push_async_callback(feed.close)
             await feed.start()
             stack.push_async_callback(hub.close)  # runs first: clients go before the feed
+            hub.start()
             metrics.freshness_source = cache.freshness
             stack.callback(_detach_freshness, metrics)
             log.info(

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     api_ready_max_lag_s: float = Field(
         default=300.0, ge=0, description="/readyz: newest bar close at most this far behind the wall clock; 0 = off"
     )
+    api_feed_max_silence_s: float = Field(
+        default=180.0,
+        ge=0,
+        description="a signal is stale once the exchange clock has not advanced for this many wall seconds; 0 = off",
+    )
     api_ready_max_stall_s: float = Field(
         default=300.0, ge=0, description="/readyz: the exchange clock advanced within this many wall seconds; 0 = off"
     )

@@ -9,7 +9,10 @@ it came by, so a prime racing a pushed message can never turn the answer back.
 Time is the EXCHANGE clock (DESIGN.md "Time"): the newest bar close the API has seen — from signals,
 no-signal records, the ingestor's bar-closed events in Redis, and an in-process ingestor's clock
 when there is one. A signal is servable while ``exchange now - its bar close <= max_age``
-(2 finest bars + grace), never judged on the local wall clock.
+(2 finest bars + grace), never judged on the local wall clock — and while the exchange clock itself
+keeps moving: when the feed dies the exchange clock stops with it, so a signal is also stale once
+the clock has not advanced for ``max_silence_s`` wall seconds (``CANDLECAST_API_FEED_MAX_SILENCE_S``;
+in a replay the feed advances as fast as it replays, so the same bound holds).
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class SignalCache:
         *,
         external_clock: ExchangeClock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        max_silence_s: float = 0.0,
     ) -> None:
         self.symbols = tuple(symbols)
         self._known = frozenset(self.symbols)
@@ -106,6 +110,7 @@ class SignalCache:
         self.clock = ExchangeClock()
         self._external = external_clock
         self._monotonic = monotonic
+        self.max_silence_s = max_silence_s  # 0: off
         self._advanced_at: float | None = None
         self._latest: dict[str, CachedSignal] = {}
         self._no_signal: dict[str, NoSignal] = {}
@@ -194,10 +199,20 @@ class SignalCache:
             if ns is not None and ns.bar.start > cached.signal.bar.start:
                 return self._unavailable(symbol, "no_signal", cached.signal, ns, now)
             return self._unavailable(symbol, "stale", cached.signal, None, now)
+        silence = self.seconds_since_advance()
+        if self.max_silence_s > 0 and silence is not None and silence > self.max_silence_s:
+            return self._unavailable(symbol, "stale", cached.signal, None, now, silence_s=silence)
         return cached
 
     def _unavailable(
-        self, symbol: str, reason: Reason, last: Signal | None, ns: NoSignal | None, now: int | None
+        self,
+        symbol: str,
+        reason: Reason,
+        last: Signal | None,
+        ns: NoSignal | None,
+        now: int | None,
+        *,
+        silence_s: float | None = None,
     ) -> Unavailable:
         if reason == "warming_up":
             message = f"no signal for {symbol} yet: the service is warming up"
@@ -205,6 +220,12 @@ class SignalCache:
         elif reason == "no_signal":
             assert ns is not None
             message = f"no signal for {symbol} since the bar at {ns.bar.start}: {ns.reason}"
+            retry = self.retry_after_s
+        elif silence_s is not None:
+            message = (
+                f"the market data feed has not advanced for {silence_s:.0f} s (limit {self.max_silence_s:.0f} s):"
+                f" the latest signal for {symbol} may no longer be current"
+            )
             retry = self.retry_after_s
         else:
             message = f"the latest signal for {symbol} is older than {self.max_age_ms} ms on the exchange clock"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from service.metrics import ApiMetrics
-from service.signal_cache import CachedSignal, SignalCache
+from service.signal_cache import CachedSignal, SignalCache, Unavailable
 from service.ws_protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -31,6 +31,7 @@ from service.ws_protocol import (
     Unsubscribed,
     WsLimits,
     WsSession,
+    unavailable_frame,
 )
 from streaming.supervisor import TaskSupervisor
 
@@ -83,10 +84,34 @@ class WsHub:
         self._closing = False
         self._sent_signal = metrics.ws_messages_sent.labels("signal")
         self._sent_control = metrics.ws_messages_sent.labels("control")
+        self._servable: dict[str, bool] = {}  # per symbol, as last told to its subscribers
+        self._tasks = TaskSupervisor("ws hub")
+
+    def start(self, check_every_s: float = 1.0) -> None:
+        """Watch servability: a subscribed symbol whose signal stops being servable (stale, a silent
+        feed) gets an ``unavailable`` frame, as a new subscriber would."""
+        self._tasks.spawn(self._watch(check_every_s), "ws-availability")
+
+    async def _watch(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.check_availability()
+
+    def check_availability(self) -> None:
+        """Tell the subscribers of each symbol that just became unservable why (once per change)."""
+        for symbol, subscribers in tuple(self._by_symbol.items()):
+            answer = self._cache.status(symbol)
+            servable = not isinstance(answer, Unavailable)
+            if self._servable.get(symbol, True) and isinstance(answer, Unavailable):
+                frame = unavailable_frame(answer)
+                for client in tuple(subscribers):
+                    self._push(client, frame)
+            self._servable[symbol] = servable
 
     # -- fan-out -----------------------------------------------------------------------------------
     def publish(self, cached: CachedSignal) -> None:
         """Queue ``cached`` to every subscriber of its symbol; a full queue closes its client (1013)."""
+        self._servable[cached.signal.symbol] = True
         subscribers = self._by_symbol.get(cached.signal.symbol)
         if not subscribers:
             return
@@ -238,6 +263,7 @@ class WsHub:
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close every connection with 1001 and wait (bounded) for them to end. Safe twice."""
         self._closing = True
+        await self._tasks.cancel_all(timeout_s)
         for client in tuple(self._clients):
             client.end(CLOSE_GOING_AWAY, "server shutting down", "shutdown")
         if self._clients:

@@ -64,6 +64,7 @@ __all__ = [
     "Unsubscribed",
     "WsLimits",
     "WsSession",
+    "unavailable_frame",
 ]
 
 CLOSE_GOING_AWAY = 1001
@@ -139,6 +140,19 @@ def _msg_id(body: dict[str, Any] | None) -> MessageId:
     """The client's ``id`` to echo: a string or an integer, else none."""
     raw = None if body is None else body.get("id")
     return raw if isinstance(raw, str | int) and not isinstance(raw, bool) else None
+
+
+def unavailable_frame(answer: Unavailable) -> str:
+    """``{"op": "unavailable", ...}``: why a symbol has no servable signal (on subscribe, and when a
+    subscribed symbol's signal stops being servable)."""
+    fields = {
+        "symbol": answer.symbol,
+        "reason": answer.reason,
+        "message": answer.message,
+        "retry_after_s": answer.retry_after_s,
+        "no_signal": answer.details()["no_signal"],
+    }
+    return _frame("unavailable", **fields)
 
 
 def _frame(op: str, msg_id: MessageId = None, **fields: Any) -> str:
@@ -278,14 +292,7 @@ class WsSession:
             if isinstance(answer, CachedSignal):
                 actions.append(Reply(answer.frame, signal=True))
             else:
-                fields = {
-                    "symbol": symbol,
-                    "reason": answer.reason,
-                    "message": answer.message,
-                    "retry_after_s": answer.retry_after_s,
-                    "no_signal": answer.details()["no_signal"],
-                }
-                actions.append(Reply(_frame("unavailable", **fields)))
+                actions.append(Reply(unavailable_frame(answer)))
         return actions
 
     def _unsubscribe(self, msg: _Symbols) -> list[Action]:

@@ -20,6 +20,7 @@ from tests.service.kit import (
     Api,
     api_settings,
     make_signal,
+    recv_json,
     redis_signals,
     serving,
     subscribe,
@@ -84,6 +85,37 @@ async def test_readyz_reports_each_reason(redis_url: str) -> None:
         await store.publish(make_signal(last_closed_minute() + MINUTE, "ETHUSDT"))
         await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 3, 5)
         assert (await readiness(api))[0] == 200
+
+
+async def test_a_signal_is_stale_once_the_feed_stops_advancing(redis_url: str) -> None:
+    """When the ingestor dies the exchange clock stops with it: a wall-clock bound on the silence
+    turns the last signal stale (HTTP 503 with the reason) instead of serving it as fresh."""
+    prefix = unique_prefix()
+    settings = api_settings(redis_url, prefix, api_feed_max_silence_s=180, api_ready_max_stall_s=0)
+    now = [1000.0]
+    async with redis_signals(redis_url, prefix) as store, serving(settings, monotonic=lambda: now[0]) as api:
+        s = make_signal(last_closed_minute(), "BTCUSDT")
+        await store.publish(s)
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 1, 5)
+        async with api.http() as http, ws_connect(api.ws_url) as ws:
+            _ack, snapshot = await subscribe(ws, ["BTCUSDT"])
+            assert snapshot["op"] == "signal"
+            assert (await http.get("/signal/BTCUSDT")).status_code == 200
+            now[0] += 179.0
+            assert (await http.get("/signal/BTCUSDT")).status_code == 200  # within the bound
+            now[0] += 2.0  # 181 s without the exchange clock moving
+            r = await http.get("/signal/BTCUSDT")
+            assert r.status_code == 503
+            err = r.json()["error"]
+            assert err["details"]["reason"] == "stale" and "has not advanced for 181 s" in err["message"]
+            assert "no_fresh_signals" in (await readiness(api))[1]
+            # a subscriber is told too, once
+            told = await recv_json(ws, 10)
+            assert (told["op"], told["symbol"], told["reason"]) == ("unavailable", "BTCUSDT", "stale")
+            # the feed moves again: the next bar's signal is served
+            await store.publish(make_signal(last_closed_minute() + MINUTE, "BTCUSDT"))
+            await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2, 5)
+            assert (await http.get("/signal/BTCUSDT")).status_code == 200
 
 
 async def test_metrics_parse_with_route_templates_and_the_registry_passed_in(redis_url: str) -> None:

@@ -97,3 +97,17 @@ def test_seconds_since_advance_follow_the_injected_monotonic_clock() -> None:
     assert cache.seconds_since_advance() == 7.5
     cache.observe(T0)  # not an advance
     assert cache.seconds_since_advance() == 7.5
+
+
+def test_a_silent_feed_makes_the_latest_signal_stale_after_the_bound() -> None:
+    now = [100.0]
+    cache = SignalCache(["BTCUSDT"], "1", 30.0, monotonic=lambda: now[0], max_silence_s=180.0)
+    cache.offer(make_signal(T0))
+    assert not isinstance(cache.status("BTCUSDT"), Unavailable)
+    now[0] += 180.5
+    answer = cache.status("BTCUSDT")
+    assert isinstance(answer, Unavailable) and answer.reason == "stale" and answer.last is not None
+    off = SignalCache(["BTCUSDT"], "1", 30.0, monotonic=lambda: now[0], max_silence_s=0.0)
+    off.offer(make_signal(T0))
+    now[0] += 10_000
+    assert not isinstance(off.status("BTCUSDT"), Unavailable)  # 0 turns the bound off
