@@ -101,6 +101,8 @@ class SignalCache:
         external_clock: ExchangeClock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         max_silence_s: float = 0.0,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        max_future_ms: int = 300_000,
     ) -> None:
         self.symbols = tuple(symbols)
         self._known = frozenset(self.symbols)
@@ -111,6 +113,8 @@ class SignalCache:
         self._external = external_clock
         self._monotonic = monotonic
         self.max_silence_s = max_silence_s  # 0: off
+        self._wall_ms = wall_ms
+        self.max_future_ms = max_future_ms
         self._advanced_at: float | None = None
         self._latest: dict[str, CachedSignal] = {}
         self._no_signal: dict[str, NoSignal] = {}
@@ -121,7 +125,14 @@ class SignalCache:
         """``listener`` is called (synchronously) with every new latest signal."""
         self._listeners.append(listener)
 
+    def from_the_future(self, close_ms: int) -> bool:
+        """A time further ahead of the local wall clock than any real or replayed bar can be."""
+        return close_ms > self._wall_ms() + self.max_future_ms
+
     def observe(self, close_ms: int) -> None:
+        if self.from_the_future(close_ms):
+            log.warning("ignoring an exchange time %d ahead of the local clock", close_ms)
+            return
         if close_ms > self.clock.now_ms():
             self.clock.observe(close_ms)
             self._advanced_at = self._monotonic()
@@ -135,8 +146,8 @@ class SignalCache:
 
     def _offer(self, signal: Signal, raw: bytes) -> CachedSignal | None:
         symbol = signal.symbol
-        if symbol not in self._known:
-            return None
+        if symbol not in self._known or self.from_the_future(signal.bar.close_time):
+            return None  # a bar from the future is no signal, and must not move the clock either
         self.observe(signal.bar.close_time)
         current = self._latest.get(symbol)
         if current is not None and current.signal.bar.start >= signal.bar.start:
@@ -152,7 +163,7 @@ class SignalCache:
 
     def set_no_signal(self, symbol: str, record: NoSignal | None) -> None:
         """The store's current "why no signal" record for ``symbol`` (None: it has none)."""
-        if symbol not in self._known:
+        if symbol not in self._known or (record is not None and self.from_the_future(record.bar.close_time)):
             return
         current = self._latest.get(symbol)
         if record is None or (current is not None and current.signal.bar.start >= record.bar.start):

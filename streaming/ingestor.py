@@ -56,6 +56,7 @@ class IngestConfig:
     rest_ban_s: float = 600.0
     rest_retry_s: float = 2.0
     missed_close_grace_ms: int = 5000  # after a boundary, how long to wait for the confirm push
+    max_future_ms: int = 300_000  # a frame stamped further ahead of the local wall clock is quarantined
 
 
 class Ingestor:
@@ -84,6 +85,7 @@ class Ingestor:
         self._tasks = TaskSupervisor("ingestor")
         self._closed = False
         self._frames = 0
+        self._future = 0  # frames quarantined for a timestamp ahead of the wall clock
         # Labelled children resolved once: ``labels()`` costs about a microsecond per call.
         self._m_kline = metrics.messages.labels(type="kline")
         self._m_book = {k: metrics.messages.labels(type=f"book_{k}") for k in ("snapshot", "delta")}
@@ -212,6 +214,21 @@ class Ingestor:
         log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
 
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
+        if isinstance(msg, BookUpdate | KlineUpdate) and msg.ts > recv_wall * 1000 + self.config.max_future_ms:
+            # One frame from the future would top a window (no later bar could follow it) and move
+            # every clock that reads it. Real or replayed data are never ahead of the wall clock.
+            self.metrics.messages.labels(type="future").inc()
+            self._future += 1
+            if self._future <= 10 or self._future % 1000 == 0:
+                log.warning(
+                    "[%s] quarantined a %s frame stamped %d, %.0f s ahead of the local clock (%d so far)",
+                    conn.name,
+                    msg.topic,
+                    msg.ts,
+                    msg.ts / 1000 - recv_wall,
+                    self._future,
+                )
+            return
         if isinstance(msg, BookUpdate):
             self._on_book(conn, msg)
         elif isinstance(msg, KlineUpdate):

@@ -13,7 +13,17 @@ __all__ = ["IngestMetrics"]
 
 # Label values known in advance are created at zero, so a dashboard or alert sees a flat 0 rather than
 # no series at all until the first event (https://prometheus.io/docs/practices/instrumentation/).
-MESSAGE_TYPES = ("kline", "book_snapshot", "book_delta", "ack", "pong", "malformed", "unknown_topic", "handler_error")
+MESSAGE_TYPES = (
+    "kline",
+    "book_snapshot",
+    "book_delta",
+    "ack",
+    "pong",
+    "malformed",
+    "future",
+    "unknown_topic",
+    "handler_error",
+)
 RECONNECT_REASONS = (
     "connect_failed",
     "server_closed",

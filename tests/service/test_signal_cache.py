@@ -111,3 +111,18 @@ def test_a_silent_feed_makes_the_latest_signal_stale_after_the_bound() -> None:
     off.offer(make_signal(T0))
     now[0] += 10_000
     assert not isinstance(off.status("BTCUSDT"), Unavailable)  # 0 turns the bound off
+
+
+def test_a_record_from_the_future_is_ignored_and_moves_no_clock() -> None:
+    """A 30-days-ahead signal or no-signal record of one symbol used to make every other symbol stale."""
+    wall = [T0 + 2 * MINUTE]
+    cache = SignalCache(["BTCUSDT", "ETHUSDT"], "1", 30.0, wall_ms=lambda: wall[0])
+    eth = make_signal(T0, "ETHUSDT")
+    cache.offer(eth)
+    ahead = T0 + 30 * 24 * 60 * MINUTE
+    assert cache.offer(make_signal(ahead, "BTCUSDT")) is None
+    cache.set_no_signal("BTCUSDT", _no_signal(ahead))
+    cache.observe(ahead + MINUTE)
+    assert cache.now_ms() == T0 + MINUTE  # still the real bar's close
+    assert cache.status("ETHUSDT") == cache.latest("ETHUSDT")  # still servable
+    assert cache.latest("BTCUSDT") is None

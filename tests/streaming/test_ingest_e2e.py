@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -331,6 +332,45 @@ async def test_malformed_frame_is_counted_and_changes_nothing(
     await eventually(lambda: sample(ing.metrics, MESSAGES, type="unknown_topic") == 1, 5)
     await run_until_healthy(ing, store, sim, source_rows)
     assert ing.connections[0].connection_number == 1
+    assert ing.books[SYMBOL].ready
+
+
+async def test_a_frame_from_the_future_is_quarantined_and_the_window_keeps_moving(
+    ing: Ingestor,
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    """A confirmed kline stamped 30 days ahead used to top the window for good (no later bar could
+    follow it) and move every clock that read it; a future book snapshot froze the depth window."""
+    await run_until_healthy(ing, store, sim, source_rows)
+    ahead = int(time.time() * 1000) + 30 * 86_400_000
+    start = ahead - ahead % 60_000 - 60_000
+    bar = {
+        "start": start,
+        "end": start + 59_999,
+        "interval": "1",
+        "open": "1",
+        "close": "1",
+        "high": "1",
+        "low": "1",
+        "volume": "1",
+        "turnover": "1",
+        "confirm": True,
+        "timestamp": ahead,
+    }
+    sim.send_malformed(
+        orjson.dumps({"topic": f"kline.1.{SYMBOL}", "type": "snapshot", "ts": ahead, "data": [bar]}).decode()
+    )
+    book = {"s": SYMBOL, "b": [["1", "1"]], "a": [["2", "1"]], "u": 1, "seq": 1}
+    sim.send_malformed(
+        orjson.dumps({"topic": f"orderbook.50.{SYMBOL}", "type": "snapshot", "ts": ahead, "data": book}).decode()
+    )
+    await eventually(lambda: sample(ing.metrics, MESSAGES, type="future") == 2, 5)
+    assert ing.clock.now_ms() < ahead - 86_400_000  # the exchange clock did not move
+    w = await windows(store)
+    assert all(b.start < start for b in w.bars["1"])  # the window never held it
+    await run_until_healthy(ing, store, sim, source_rows)  # and it goes on taking the real bars
     assert ing.books[SYMBOL].ready
 
 
