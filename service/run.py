@@ -22,6 +22,7 @@ from service import compose
 from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
+from streaming.redis_store import RedisStore
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["run_service"]
@@ -54,8 +55,16 @@ async def run_service(
                 f"replaying {', '.join(sim.symbols)} at {speed:g}x from {sim.ws_url} (no internet; book is synthetic)",
                 flush=True,
             )
+        if replay is not None and settings.redis_url is not None:
+            # A replay starts from its first bar: the windows and signals of an earlier run, later in
+            # the data, would stop every new one. It owns its namespace and starts it empty.
+            prefix = f"{settings.redis_prefix}-replay"[:32]
+            settings = settings.model_copy(update={"redis_prefix": prefix})
         store = compose.open_store(settings)
         stack.push_async_callback(store.close)
+        if replay is not None and isinstance(store, RedisStore):
+            await store.delete_all()
+            print(f"replay namespace: {settings.redis_prefix}:* in Redis, emptied at start", flush=True)
         io = compose.open_worker_io(settings, store)
         stack.push_async_callback(io.signals.close)
         ingestor = Ingestor(ingest, store, IngestMetrics(registry))

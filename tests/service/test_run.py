@@ -74,3 +74,59 @@ async def test_one_process_serves_signals_over_http_and_websocket(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_replay_on_a_used_redis_starts_afresh_in_its_own_namespace(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` twice: the second replay starts from its first bar again, while Redis still holds
+    the first run's later bars and signals. Those used to stop every new signal for minutes."""
+    import redis.asyncio as aioredis
+
+    from inference.signal_store import RedisSignalStore
+    from service.bench import sample_signal
+    from streaming.redis_store import RedisStore
+    from streaming.store import WriteBatch
+    from tests.inference.kit import bar
+
+    for var in ("CANDLECAST_REDIS_URL", "CANDLECAST_API_KEYS"):
+        monkeypatch.delenv(var, raising=False)
+    prefix = f"rerun-{uuid.uuid4().hex[:8]}"
+    later = 1_751_000_000_000 - 1_751_000_000_000 % 60_000  # after every bar of the replayed file
+    for namespace in (prefix, f"{prefix}-replay"):  # whichever the run uses holds an earlier run's data
+        client = aioredis.Redis.from_url(redis_url)
+        await RedisSignalStore(client, prefix=namespace).publish(sample_signal(later, "BTCUSDT"))
+        store = RedisStore(client, prefix=namespace, window_bars=256, depth_rows=10)
+        await store.write(WriteBatch(bars={("BTCUSDT", "1"): [bar(later)]}))
+        await client.aclose()
+    settings = load_settings(api_port=0, redis_url=redis_url, redis_prefix=prefix)
+    bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_service(
+            settings,
+            ingest_config(settings),
+            worker_config(settings),
+            replay=[DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz"],
+            speed=60.0,
+            replay_offset_bars=16_000,
+            bound=bound,
+        )
+    )
+    try:
+        url = await asyncio.wait_for(bound, 60)
+        async with httpx.AsyncClient(base_url=url) as http:
+            answers: list[httpx.Response] = []
+
+            async def fresh() -> bool:
+                answers.append(await http.get("/signal/BTCUSDT"))
+                return answers[-1].status_code == 200 and answers[-1].json()["bar"]["start"] < later
+
+            await eventually(fresh, 60, 0.2, what="a signal of this run, not the earlier run's")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        client = aioredis.Redis.from_url(redis_url)
+        for namespace in (prefix, f"{prefix}-replay"):
+            await RedisStore(client, prefix=namespace, window_bars=256, depth_rows=10).delete_all()
+        await client.aclose()
