@@ -190,6 +190,8 @@ class SignalEngine:
                 drafts.drop(c, "horizon_mismatch")
             elif c.timeframe not in closed:
                 drafts.drop(c, "timeframe_not_ingested")
+            elif c.timeframe in windows.corrupt:
+                drafts.drop(c, "corrupt_window")
             elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
                 drafts.drop(c, reason)
             else:

@@ -233,7 +233,8 @@ class Worker:
                 ev.symbol,
                 BarRef(ev.interval, ev.start, now),
                 "store_error" if isinstance(exc, StoreError) else "internal_error",
-                str(exc)[:500],
+                # what failed, never the message: it can quote stored bytes, and the API shows it
+                f"{type(exc).__name__} while computing the signal (see the worker log)",
                 self.engine.clock.now_ms(),
                 int(time.time() * 1000),
             )

@@ -14,7 +14,7 @@ import redis.exceptions as rex
 from streaming.bar_events import BarEventError, decode_bar_event, encode_bar_event
 from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError
-from streaming.klines import decode_bar, encode_bar
+from streaming.klines import Bar, decode_bar, encode_bar
 from streaming.redis_boundary import store_errors, text
 from streaming.redis_keys import RedisKeys
 from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes
@@ -161,15 +161,27 @@ class RedisStore:
                     pipe.zrange(self.keys.depth(symbol, depth), 0, -1)
                 replies = await pipe.execute()
         n = len(intervals)
+        bars: dict[str, list[Bar]] = {}
+        corrupt: set[str] = set()
+        for i, iv in enumerate(intervals):
+            # One damaged record costs its window (the components reading it are dropped), not the
+            # whole symbol; its content is never repeated (it may hold anything).
+            bars[iv] = []
+            for member in replies[i]:
+                try:
+                    bars[iv].append(decode_bar(member))
+                except (StoreError, ValueError, UnicodeDecodeError):
+                    corrupt.add(iv)
+            if iv in corrupt:
+                log.error("%s: undecodable records skipped", self.keys.kline(symbol, iv))
         try:
-            bars = {iv: [decode_bar(m) for m in replies[i]] for i, iv in enumerate(intervals)}
             book_raw: dict[bytes, bytes] = replies[n]
             book = BookStatus.from_fields({text(k): text(v) for k, v in book_raw.items()}) if book_raw else None
             status = {text(k): text(v) for k, v in replies[n + 1].items()}
             rows = [decode_row(m) for m in replies[n + 2]] if with_depth else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
-        return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status)
+        return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status, corrupt=frozenset(corrupt))
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
         with store_errors():

@@ -109,6 +109,7 @@ class SymbolWindows:
     book: BookStatus | None
     depth: list[DepthRow]
     status: dict[str, str]
+    corrupt: frozenset[str] = frozenset()  # intervals whose window held undecodable records (skipped)
 
 
 class WindowStore(Protocol):

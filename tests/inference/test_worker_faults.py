@@ -303,3 +303,26 @@ async def test_redis_lost_mid_signal_leaves_the_event_pending_until_it_returns(
         assert [s.bar.start for s in await h.signals.history(SYMBOL)] == [CLOSE - MINUTE]  # once
         assert h.sample("candlecast_worker_events_total", outcome="published") == 1
     await store.close()
+
+
+async def test_one_corrupt_record_costs_only_the_components_of_its_window_and_is_never_echoed(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    """`ZADD cc:{SYM}:kline:5 1000 'garbage|secret'` used to stop every signal of the symbol, and the
+    API repeated the record in the no-signal detail."""
+    batch = history(CLOSE - MINUTE, {"1": 60, "5": 60, "60": 20})
+    await redis_store.write(batch)
+    raw = aioredis.Redis.from_url(redis_url)
+    await raw.zadd(redis_store.keys.kline(SYMBOL, "5"), {"garbage|secret": 1000})
+    await raw.aclose()
+    async with running_worker(redis_url, redis_store, models) as h:
+        result = await outcome_of(h, redis_store, closing(CLOSE, ("1", "5")))
+        assert isinstance(result, Signal) and result.source == "ensemble"
+        status = {c.name: (c.status, c.reason) for c in result.components}
+        assert status == {
+            "tcn_1m": ("voted", None),
+            "tcn_5m": ("dropped", "corrupt_window"),
+            "efficientnet_1m": ("voted", None),
+            "efficientnet_5m": ("dropped", "corrupt_window"),
+        }
+        assert "secret" not in result.to_json().decode()
