@@ -141,21 +141,18 @@ class WindowStore(Protocol):
     async def close(self) -> None: ...
 
 
-MAX_EVENTS_PER_WRITE = 16
-
-
 def new_closes(before: int, fresh: list[int]) -> list[int]:
     """Starts that deserve a bar-closed event: every bar added beyond the previous newest.
 
-    Several closes can land in one write (a slow flush, a backfill after a reconnect): each gets its
-    event, so a worker makes a signal for each. An empty window (a first fill) announces only its
-    newest bar, and a long catch-up only its newest ``MAX_EVENTS_PER_WRITE`` bars.
+    Several closes can land in one write (a slow flush, a backfill after a reconnect, however long
+    the gap): each gets its event, so a worker makes a signal for each and none is lost silently.
+    An empty window (a first fill) announces only its newest bar: what came before is history.
     """
     if not fresh:
         return []
     if before < 0:
         return fresh[-1:]
-    return fresh[-MAX_EVENTS_PER_WRITE:]
+    return fresh
 
 
 def trim_oldest(window: dict[int, _T], maxlen: int) -> None:

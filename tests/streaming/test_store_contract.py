@@ -165,8 +165,8 @@ async def test_every_close_beyond_the_head_gets_an_event(store: WindowStore) -> 
     await write_bars(store, [bar(0)])
     r = await write_bars(store, [bar(1), bar(2), bar(3)])  # three closes in one flush
     assert r.events == [BarEvent("BTCUSDT", "1", T0 + i * MINUTE_MS) for i in (1, 2, 3)]
-    r = await write_bars(store, [bar(i) for i in range(4, 4 + 40)])  # a long catch-up: the newest 16
-    assert [e.start for e in r.events] == [T0 + i * MINUTE_MS for i in range(28, 44)]
+    r = await write_bars(store, [bar(i) for i in range(4, 4 + 70)])  # a long catch-up: every bar
+    assert [e.start for e in r.events] == [T0 + i * MINUTE_MS for i in range(4, 74)]
 
 
 async def test_depth_rows_can_be_left_out_of_a_read(store: WindowStore) -> None:
