@@ -104,6 +104,8 @@ class FeedConnection:
         self._active: set[str] = set()  # topics acked on this connection
         self._failed: set[str] = set()
         self._last_rx: dict[str, float] = {}  # per connection, for the silence watchdog
+        self._delivered: set[str] = set()  # acked topics that delivered data on this connection
+        self._healthy = False  # every acked topic delivered data on this connection
         # Monotonic time of the last frame per topic, kept across reconnects: what operators see as
         # the topic's last-message age, which keeps growing while the feed is down.
         self.last_frame_at: dict[str, float] = {}
@@ -126,10 +128,12 @@ class FeedConnection:
         """Connect, serve, reconnect — until cancelled."""
         while True:
             started = time.monotonic()
+            self._delivered.clear()
+            self._healthy = False
             reason = await self._connect_and_serve()
             lived = time.monotonic() - started
             self._metrics.reconnects.labels(reason=reason).inc()
-            self._backoff.connection_ended(lived)
+            self._backoff.connection_ended(lived, delivered=self._healthy)
             delay = self._backoff.next_delay()
             log.warning(
                 "[%s] connection ended (%s) after %.1f s; reconnecting in %.2f s",
@@ -223,6 +227,9 @@ class FeedConnection:
                         log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
                 else:
                     self._last_rx[msg.topic] = self.last_frame_at[msg.topic] = time.monotonic()
+                    if msg.topic not in self._delivered and msg.topic in self._active:
+                        self._delivered.add(msg.topic)
+                        self._healthy = self._active <= self._delivered
                     try:
                         handler.on_message(self, msg, recv_wall)
                     except Exception:

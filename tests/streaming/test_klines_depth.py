@@ -88,3 +88,7 @@ def test_backoff_is_capped_jittered_and_resets_after_a_healthy_connection() -> N
     assert b.next_delay() >= 4.0
     b.connection_ended(lived_s=60.0)
     assert b.next_delay() <= 1.0
+    for _ in range(5):
+        b.next_delay()
+    b.connection_ended(lived_s=5.0, delivered=True)  # short, but every topic delivered: healthy
+    assert b.next_delay() <= 1.0
