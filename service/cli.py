@@ -415,10 +415,24 @@ async def _cmd_card(args: argparse.Namespace) -> int:
 
 
 async def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from inference.manifest import ManifestError
+
+    # Checked before minutes of work, each in one line: what is wrong and what to do.
+    missing = [m for m in ("matplotlib", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"evaluate needs {', '.join(missing)} (the train extra): pip install -e '.[train]'")
+    for path in args.data:
+        if not path.is_file():
+            raise ConfigError(f"evaluate: no bar file {path} (gzip CSV: open_time_ms,open,high,low,close,volume)")
     from models.evaluate import EvaluateConfig, evaluate
 
     cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts, horizon=args.horizon)
-    await asyncio.to_thread(evaluate, cfg)  # prints progress and where the report went
+    try:
+        await asyncio.to_thread(evaluate, cfg)  # prints progress and where the report went
+    except (ManifestError, ValueError, OSError) as exc:
+        raise ConfigError(f"evaluate: {exc}") from exc
     print((args.out / "report.md").read_text(), flush=True)
     return 0
 

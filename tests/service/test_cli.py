@@ -51,6 +51,29 @@ def test_inspect_needs_redis_and_says_so() -> None:
     assert "CANDLECAST_REDIS_URL" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("missing.csv.gz", "evaluate: no bar file missing.csv.gz"),
+        ("../shared/data/klines_1h/binance_spot_BTCUSDT_1h.csv.gz", "60m bars; evaluate reads 1m bar files"),
+    ],
+)
+def test_evaluate_input_errors_are_one_line_and_exit_2(data: str, expected: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*CLI, "evaluate", "--data", data, "--out", str(tmp_path / "out")],
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("candlecast: ") and expected in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     name = f"cli-{uuid.uuid4().hex[:10]}"
