@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -23,6 +24,7 @@ from inference.metrics import WorkerMetrics
 from service import compose
 from service.inspect import inspect_symbol
 from service.settings import ConfigError, load_settings
+from streaming.errors import StoreUnavailable
 from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
@@ -53,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 async def _until_signal(work: Awaitable[int]) -> int:
@@ -89,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--data", nargs="+", type=Path, default=[Path(x) for x in DEFAULT_REPLAY])
     s.add_argument("--recorded", type=Path, default=None, help="JSON-lines stream from `candlecast record`")
-    s.add_argument("--speed", type=float, default=60.0, help="market ms per wall ms (600 = 10 min/s)")
+    s.add_argument("--speed", type=_positive, default=60.0, help="market ms per wall ms (600 = 10 min/s)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--start-offset-bars", type=int, default=1500, help="history (1m bars) before the clock")
@@ -223,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
 def _replay_arguments(p: argparse.ArgumentParser, replay_help: str, speed_help: str) -> None:
     """``--replay [CSV ...]`` and ``--speed``: feed from an in-process simulator instead of Bybit."""
     p.add_argument("--replay", nargs="*", type=Path, default=None, help=replay_help)
-    p.add_argument("--speed", type=float, default=60.0, help=speed_help)
+    p.add_argument("--speed", type=_positive, default=60.0, help=speed_help)
 
 
 async def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -348,10 +358,19 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
     store = compose.open_store(settings)
     try:
         report = await inspect_symbol(store, args.symbol, settings, bars=args.bars)
+    except StoreUnavailable as exc:
+        raise ConfigError(f"inspect: Redis at {settings.redis_url} does not answer ({exc}): is it running?") from exc
     finally:
         await store.close()
     _print_json(report)
-    return 0 if report.get("known", False) else 1
+    if not report.get("known", False):
+        print(
+            f"candlecast: {args.symbol.upper()} is not configured (CANDLECAST_SYMBOLS={','.join(settings.symbols)})"
+            " and the store holds nothing for it",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 async def _cmd_train(args: argparse.Namespace) -> int:

@@ -74,6 +74,21 @@ def test_evaluate_input_errors_are_one_line_and_exit_2(data: str, expected: str,
     assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
 
 
+def test_input_mistakes_get_one_line_naming_the_problem(redis_url: str) -> None:
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], env=env(**extra), cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    speed = cli("simulate", "--speed", "-5")
+    assert speed.returncode == 2 and "--speed: must be a number > 0, got -5" in speed.stderr
+    down = cli("inspect", "BTCUSDT", CANDLECAST_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert down.returncode == 2 and "does not answer" in down.stderr and "Traceback" not in down.stderr
+    unknown = cli(
+        "inspect", "DOGEUSDT", CANDLECAST_REDIS_URL=redis_url, CANDLECAST_REDIS_PREFIX=f"x{uuid.uuid4().hex[:8]}"
+    )
+    assert unknown.returncode == 1
+    assert "DOGEUSDT is not configured (CANDLECAST_SYMBOLS=BTCUSDT,ETHUSDT)" in unknown.stderr
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     name = f"cli-{uuid.uuid4().hex[:10]}"
