@@ -146,9 +146,6 @@ def _entry_problem(entry: Any) -> str | None:
             return f"{key} must be {want}, got {type(value).__name__} {value!r:.40}"
     if not (entry["timeframe"].isascii() and entry["timeframe"].isdigit() and int(entry["timeframe"]) > 0):
         return f"timeframe must be whole minutes as text (e.g. '5'), got {entry['timeframe']!r}"
-    shape = entry["input"].get("shape")
-    if not isinstance(shape, list) or len(shape) < 2:
-        return f"input.shape must be a list [batch, ...], got {shape!r:.40}"
     return None
 
 
@@ -236,7 +233,7 @@ class Manifest:
         for i, entry in enumerate(entries):
             problem = _entry_problem(entry)
             if problem is not None:
-                raise ManifestError(f"{path}: component {i} ({_name_of(entry)}): {problem}")
+                raise ManifestError(f"{path}: malformed component {i} ({_name_of(entry)}): {problem}")
         components = tuple(Component(**c) for c in entries)
         ensemble = EnsembleSpec.parse(raw["ensemble"]) if raw.get("ensemble") is not None else None
         return cls(

@@ -71,7 +71,6 @@ def test_bad_manifest_files(tmp_path: Path, body: str, needle: str) -> None:
     [
         ("weight", float("inf"), "weight must be"),
         ("weight", -1.0, "weight must be"),
-        ("weight", "1.0", "weight must be"),
         ("sha256", "abc", "64 hex"),
         ("file", "../outside.onnx", "plain name"),
         ("file", "/etc/passwd", "plain name"),
@@ -87,3 +86,24 @@ def test_component_fields_are_validated(tmp_path: Path, field: str, value: objec
     manifest = Manifest.load(tmp_path / "manifest.json")  # one bad entry does not sink the manifest
     with pytest.raises(ManifestError, match=needle):
         manifest.verified_path(manifest.components[0], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("weight", "1.0", "weight must be int or float, got str"),
+        ("input", None, "input must be dict, got NoneType"),
+        ("name", 7, "name must be str, got int"),
+    ],
+)
+def test_a_mistyped_field_refuses_the_whole_manifest(tmp_path: Path, field: str, value: object, needle: str) -> None:
+    """A value of the wrong type is a broken manifest, not a bad entry: refused with its reason (the
+    worker keeps the models it serves) instead of raising a TypeError out of the loader later."""
+    import json
+
+    make(tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    raw["components"][0][field] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=f"malformed component 0 .*{needle}"):
+        Manifest.load(tmp_path / "manifest.json")

@@ -335,6 +335,19 @@ async def test_malformed_frame_is_counted_and_changes_nothing(
     assert ing.books[SYMBOL].ready
 
 
+def confirmed_kline(start: int, ts: int) -> dict[str, object]:
+    """A closed 1m kline item as Bybit pushes it, at ``start``, stamped ``ts``."""
+    fields = ("open", "close", "high", "low", "volume", "turnover")
+    return {
+        "start": start,
+        "end": start + 59_999,
+        "interval": "1",
+        **dict.fromkeys(fields, "1"),
+        "confirm": True,
+        "timestamp": ts,
+    }
+
+
 async def test_a_frame_from_the_future_is_quarantined_and_the_window_keeps_moving(
     ing: Ingestor,
     sim: ExchangeSimulator,
@@ -346,19 +359,7 @@ async def test_a_frame_from_the_future_is_quarantined_and_the_window_keeps_movin
     await run_until_healthy(ing, store, sim, source_rows)
     ahead = int(time.time() * 1000) + 30 * 86_400_000
     start = ahead - ahead % 60_000 - 60_000
-    bar = {
-        "start": start,
-        "end": start + 59_999,
-        "interval": "1",
-        "open": "1",
-        "close": "1",
-        "high": "1",
-        "low": "1",
-        "volume": "1",
-        "turnover": "1",
-        "confirm": True,
-        "timestamp": ahead,
-    }
+    bar = confirmed_kline(start, ahead)
     sim.send_malformed(
         orjson.dumps({"topic": f"kline.1.{SYMBOL}", "type": "snapshot", "ts": ahead, "data": [bar]}).decode()
     )
@@ -488,19 +489,7 @@ async def test_future_or_misaligned_closed_bars_never_enter_a_window(
     step = 60_000
     aligned_future = now - now % step + 10 * step
     for start in (aligned_future, now - now % step - 2 * step + 7):
-        bar = {
-            "start": start,
-            "end": start + step - 1,
-            "interval": "1",
-            "open": "1",
-            "close": "1",
-            "high": "1",
-            "low": "1",
-            "volume": "1",
-            "turnover": "1",
-            "confirm": True,
-            "timestamp": now,
-        }
+        bar = confirmed_kline(start, now)
         frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [bar]}
         sim.send_malformed(orjson.dumps(frame).decode())
     await eventually(lambda: sample(ing.metrics, MESSAGES, type="malformed") == 2, 5)
