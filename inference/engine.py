@@ -216,7 +216,7 @@ class SignalEngine:
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
-        result, money = decide(voters, models.ensemble, self.config, [float(b.close) for b in finest])
+        result, money = decide(voters, models.ensemble, self.config, _contiguous_closes(finest, self.config.finest))
         if models.ensemble is not None and result is not None and result.calibrated:
             # a report's weight is what its vote counted for: the stacker's
             reports = tuple(replace(r, weight=models.ensemble.weights.get(r.name, 0.0)) for r in reports)
@@ -301,7 +301,9 @@ class SignalEngine:
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
         intervals = self.config.intervals
         windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
-        used = {c.timeframe for c in models.enabled} | {FALLBACK_INTERVAL}  # the rule may be needed
+        # only the timeframes of components that answer this horizon (the others are dropped anyway)
+        used = {c.timeframe for c in models.enabled if c.spec.horizon_min == self.config.horizon_minutes}
+        used.add(FALLBACK_INTERVAL)  # the rule may be needed
         due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
         deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
         # A coarser bar closing at this boundary is usually written in the same flush as the finest
@@ -401,6 +403,15 @@ class SignalEngine:
         """Let late session runs finish (their threads cannot be interrupted)."""
         if self._stragglers:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
+
+
+def _contiguous_closes(bars: Sequence[Bar], interval: str) -> list[float]:
+    """The closes of the newest run of consecutive bars: a return across a hole is not one bar's."""
+    step = interval_ms(interval)
+    first = len(bars) - 1
+    while first > 0 and bars[first].start - bars[first - 1].start == step:
+        first -= 1
+    return [float(b.close) for b in bars[max(first, 0) :]]
 
 
 def _round(x: float | None) -> float | None:

@@ -121,7 +121,13 @@ def stack(votes: Sequence[Vote], spec: EnsembleSpec) -> EnsembleResult:
     direction = stack_direction(p_up, spec.threshold)
     weights = {v.component: abs(spec.weights[v.component]) for v in usable}
     total = sum(weights.values())
-    agree = sum(weights[v.component] for v in usable if stack_direction(v.p_up, spec.threshold) == direction)
+    # A component with a negative weight pushes the call against its own lean: it agrees when it leans
+    # the other way (its vote, as the stacker uses it, is 1 - p_up).
+    agree = sum(
+        weights[v.component]
+        for v in usable
+        if stack_direction(v.p_up if spec.weights[v.component] >= 0 else 1.0 - v.p_up, spec.threshold) == direction
+    )
     score = 2.0 * p_up - 1.0
     return EnsembleResult(p_up, score, direction, abs(score), agree / total if total > 0 else 0.0, len(usable), True)
 

@@ -149,6 +149,12 @@ def _entry_problem(entry: Any) -> str | None:
     return None
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestError(f"ensemble: {what} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ManifestError(f"ensemble: {what} must be a finite number, got {value!r}")
@@ -201,7 +207,7 @@ class EnsembleSpec:
                 intercept=_finite(raw["intercept"], "intercept"),
                 calibration={"method": "platt", "a": _finite(cal.get("a"), "a"), "b": _finite(cal.get("b"), "b")},
                 threshold=threshold,
-                fitted=dict(raw.get("fitted", {})),
+                fitted=_object(raw.get("fitted", {}), "fitted"),
             )
         except KeyError as exc:
             raise ManifestError(f"ensemble: missing {exc}") from None

@@ -20,7 +20,9 @@ exchange clock, ``produced_wall_ms`` on the worker's wall clock. Example (abridg
      "expected_move_bp": 4.9, "volatility_bp": 6.3, "edge_bp": 0.4, "cost_bp": 11.0, "tradeable": false,
      "calibrated": true}
 
-``edge_bp`` is the expected signed log return of following the call, before costs; ``cost_bp`` a
+``edge_bp`` is the expected log return over H in the price's direction, before costs:
+``(2·p_up - 1)·expected_move_bp``, positive for up, negative for down (a short call profits from a
+negative edge; ``tradeable`` compares ``|edge_bp|`` in the call's direction with the cost); ``cost_bp`` a
 round trip at the configured fee (Bybit's taker 0.055 % a side by default); ``tradeable`` says the
 edge clears it. A bot that only trades ``tradeable`` calls does not pay 11 bp of fees for a 1 bp edge.
 
@@ -130,7 +132,7 @@ class Signal:
     reference_price: float | None = None  # the close of the signal's bar: the price the call is made at
     expected_move_bp: float | None = None  # E|log return over H|, basis points
     volatility_bp: float | None = None  # std of the log return over H, basis points
-    edge_bp: float | None = None  # (2·p_up - 1)·expected_move_bp; null without a probability (fallback)
+    edge_bp: float | None = None  # (2·p_up - 1)·expected_move_bp, in the price's direction; null for the fallback
     cost_bp: float | None = None  # round trip at the configured fee
     tradeable: bool = False  # long/short and the edge, in its direction, clears the cost
     calibrated: bool = False  # p_up from the validation-fitted, Platt-calibrated stacker

@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from inference.components import LoadedComponent, load_model_set
 from inference.ensemble import stacked_p_up
+from inference.errors import InferenceError
 from inference.manifest import EnsembleSpec, Manifest
 from models.data import Series, load_series
 from models.datasets import Cuts
@@ -64,9 +65,21 @@ def component_outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]
     assert c.session is not None
     out = []
     for i in range(0, len(ends), BATCH):
-        x = np.stack([c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]) for t in ends[i : i + BATCH].tolist()])
-        out.append(np.asarray(c.session.run(x), np.float64).reshape(len(x), -1))
+        inputs, bad = [], []
+        for k, t in enumerate(ends[i : i + BATCH].tolist()):
+            try:
+                inputs.append(c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]))
+            except (InferenceError, ValueError, ArithmeticError):  # as serving: this component drops out
+                inputs.append(np.zeros(_input_shape(c), np.float32))
+                bad.append(k)
+        rows = np.asarray(c.session.run(np.stack(inputs)), np.float64).reshape(len(inputs), -1)
+        rows[bad] = np.nan  # no vote (vote_report refuses a non-finite row)
+        out.append(rows)
     return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
+
+
+def _input_shape(c: LoadedComponent) -> tuple[int, ...]:
+    return tuple(int(d) for d in list(c.spec.input["shape"])[1:])
 
 
 def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[float, float]:

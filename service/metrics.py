@@ -161,7 +161,7 @@ class ApiMetrics:
         self.feed_errors = Counter(
             "candlecast_api_signal_feed_errors_total",
             "Signal feed failures, by kind (redis, bad_message, unknown_symbol, unverified: a message that is not"
-            " the stored latest signal, e.g. forged with PUBLISH).",
+            " the stored latest signal, e.g. forged with PUBLISH; superseded: a genuine one already overtaken).",
             ["kind"],
             registry=r,
         )
@@ -171,7 +171,7 @@ class ApiMetrics:
             self.ws_messages_sent.labels(kind)
         for via in ("pubsub", "prime"):
             self.signal_updates.labels(via)
-        for kind in ("redis", "bad_message", "unknown_symbol", "unverified", "internal"):
+        for kind in ("redis", "bad_message", "unknown_symbol", "unverified", "superseded", "internal"):
             self.feed_errors.labels(kind)
         self.freshness_source: Callable[[], Freshness | None] = lambda: None
         r.register(_FreshnessCollector(lambda: self.freshness_source()))

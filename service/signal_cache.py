@@ -12,7 +12,8 @@ when there is one. A signal is servable while ``exchange now - its bar close <= 
 (2 finest bars + grace), never judged on the local wall clock — and while the exchange clock itself
 keeps moving: when the feed dies the exchange clock stops with it, so a signal is also stale once
 the clock has not advanced for ``max_silence_s`` wall seconds (``CANDLECAST_API_FEED_MAX_SILENCE_S``;
-in a replay the feed advances as fast as it replays, so the same bound holds).
+in a replay the feed advances as fast as it replays; one slower than a bar per 180 wall seconds
+needs a larger bound or 0).
 """
 
 from __future__ import annotations

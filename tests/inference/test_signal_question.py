@@ -137,6 +137,9 @@ def test_stacking_math_and_missing_components() -> None:
     assert stack([Vote("a", 0.4, 1.0)], spec).direction == "short"
     with pytest.raises(ValueError, match="no usable votes"):
         stack([Vote("c", 0.9, 1.0)], spec)  # no stacker weight: nothing to combine
+    contrarian = EnsembleSpec.parse(GOOD | {"weights": {"a": 1.0, "b": -1.0}, "threshold": 0.5})
+    both_long = stack([Vote("a", 0.6, 1.0), Vote("b", 0.4, 1.0)], contrarian)
+    assert both_long.direction == "long" and both_long.agreement == 1.0  # b leans short, so it pushes long
 
 
 def test_a_call_is_tradeable_only_when_its_edge_clears_the_round_trip_cost() -> None:
@@ -174,6 +177,7 @@ GOOD = {
         ({"horizon_minutes": True}, "horizon_minutes must be a whole number"),
         ({"magnitude": "oracle"}, "magnitude must be"),
         ({"intercept": None}, "intercept must be a finite number"),
+        ({"fitted": [1, 2]}, "fitted must be an object"),
     ],
 )
 def test_a_bad_ensemble_section_is_refused_with_the_reason(change: dict[str, Any], message: str) -> None:
@@ -242,3 +246,13 @@ def test_linear_features_read_exactly_the_last_241_bars() -> None:
     holed[100, 3] = np.nan
     with pytest.raises(FeatureError):
         linear_input(holed)
+
+
+def test_the_volatility_reads_only_the_newest_run_of_consecutive_bars() -> None:
+    from inference.engine import _contiguous_closes
+
+    bars = history(CLOSE, {"1": 30}).bars[(SYMBOL, "1")]
+    holed = bars[:10] + bars[12:]  # two bars missing: the return across the hole is not one bar's
+    assert _contiguous_closes(holed, "1") == [float(b.close) for b in bars[12:]]
+    assert _contiguous_closes(bars, "1") == [float(b.close) for b in bars]
+    assert _contiguous_closes([], "1") == []

@@ -272,3 +272,19 @@ async def test_evaluate_is_what_the_engine_serves(pipeline: dict[str, Path], tmp
         checked += 1
     assert checked >= 5
     await engine.close()
+
+
+def test_a_window_serving_would_refuse_gets_no_vote_in_evaluation_either(pipeline: dict[str, Path]) -> None:
+    """A bad bar drops the component for the windows that hold it (as serving does), not the run."""
+    from inference.components import load_model_set
+    from models.data import load_series
+    from models.stack import component_outputs
+
+    s = load_series(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz")
+    s.ohlcv[400, 3] = np.nan  # one unreadable close
+    models = load_model_set(pipeline["artifacts"], prefer_gpu=False)
+    c = next(c for c in models.components if c.name == "linear_1m")
+    ends = np.array([399, 400, 500, 700], np.int64)  # the 241-bar window ending at 500 holds bar 400
+    rows = component_outputs(c, s, ends)
+    assert np.isfinite(rows[[0, 3]]).all()
+    assert np.isnan(rows[[1, 2]]).all()

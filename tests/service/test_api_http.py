@@ -91,6 +91,15 @@ async def test_a_forged_publish_is_dropped_and_counted_and_moves_no_clock(redis_
         assert (await http.get("/signal/BTCUSDT")).content == real.to_json()  # not the forgery
         assert (await http.get("/signal/ETHUSDT")).content == eth.to_json()  # and not made stale by it
         assert api.sample("candlecast_api_signal_updates_total", via="pubsub") == 2
+        # a genuine signal already overtaken by the next bar (a backlog) is no forgery: ignored, not flagged
+        newer = make_signal(T0 + MINUTE)
+        await store.publish(newer)
+        await eventually(lambda: api.sample("candlecast_api_signal_updates_total", via="pubsub") == 3, 5)
+        late = aioredis.Redis.from_url(redis_url)
+        await late.publish(channel, real.to_json())
+        await late.aclose()
+        await eventually(lambda: api.sample("candlecast_api_signal_feed_errors_total", kind="superseded") == 1, 5)
+        assert api.sample("candlecast_api_signal_feed_errors_total", kind="unverified") == 1
 
 
 async def test_unknown_symbol_is_a_404_listing_the_configured_ones(redis_url: str) -> None:
