@@ -34,16 +34,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from inference.features import (
-    FEATURE_NAMES,
-    FEATURE_SET_VERSION,
-    LINEAR_BARS,
-    LINEAR_FEATURES,
-    LINEAR_SET_VERSION,
-    WARMUP_BARS,
-    linear_input,
-    tcn_input,
-)
+from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, tcn_input
+from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
 from inference.manifest import Component, EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION, composite

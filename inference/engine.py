@@ -36,7 +36,7 @@ from inference.config import WorkerConfig
 from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, stack
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
-from inference.features import LINEAR_BARS, ewma_variance
+from inference.linear_features import LINEAR_BARS, ewma_variance
 from inference.manifest import EnsembleSpec
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure

@@ -127,7 +127,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
     lines += [
         "",
         "TCNs read 64 bars of indicator set v1, the EfficientNet-B0 (from scratch, shared by all timeframes)"
-        " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/features.py)."
+        " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/linear_features.py)."
         " Training data: the real bars in ../shared/data, split by time (train before 2025-06-01, validation"
         " 06-01 → 06-15, test after). Components forecasting another horizon than the signal's are refused"
         " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load.",

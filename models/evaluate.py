@@ -43,7 +43,7 @@ from inference.components import LoadedComponent, load_model_set
 from inference.config import WorkerConfig
 from inference.engine import decide, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
-from inference.features import LINEAR_BARS
+from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
 from models.data import MINUTE_MS, Series, aggregate, load_series
 from models.linear import ewma_of_windows, horizon_ends, horizon_targets

@@ -33,7 +33,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from inference.features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
+from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, ewma_variance, linear_input
 from inference.manifest import Component, Manifest, sha256_file
 from models.data import MINUTE_MS, Series
 from models.datasets import Cuts, series_for_timeframe
@@ -285,8 +285,6 @@ def export_linear(weights: npt.NDArray[np.float64], bias: npt.NDArray[np.float64
 
 def ewma_of_windows(series: Series, ends: npt.NDArray[np.int64], horizon: int) -> npt.NDArray[np.float64]:
     """The EWMA baseline over each window (the same function serving falls back to), scaled to H."""
-    from inference.features import ewma_variance
-
     return np.array([ewma_variance(series.ohlcv[t - LINEAR_BARS + 1 : t + 1, 3]) * horizon for t in ends.tolist()])
 
 

@@ -25,8 +25,6 @@ from numpy.typing import NDArray
 from inference.features import (
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
-    LINEAR_FEATURES,
-    LINEAR_SET_VERSION,
     WARMUP_BARS,
     FeatureError,
     atr,
@@ -41,6 +39,7 @@ from inference.features import (
     tcn_input,
     volume_ratio,
 )
+from inference.linear_features import LINEAR_FEATURES, LINEAR_SET_VERSION
 from inference.manifest import Manifest
 from tests.conftest import ARTIFACTS
 

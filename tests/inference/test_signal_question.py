@@ -16,7 +16,8 @@ from inference.components import ModelRegistry, load_model_set
 from inference.config import WorkerConfig
 from inference.engine import SignalEngine
 from inference.ensemble import Vote, economics, stack
-from inference.features import LINEAR_BARS, LINEAR_FEATURES, FeatureError, ewma_variance, linear_input
+from inference.features import FeatureError
+from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, ewma_variance, linear_input
 from inference.manifest import EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
 from inference.signal import Signal

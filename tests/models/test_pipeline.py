@@ -139,7 +139,7 @@ def test_tampered_artifact_is_refused_by_evaluate(pipeline: dict[str, Path], tmp
 def test_the_linear_component_is_fitted_before_the_cut_and_its_onnx_is_the_fitted_model(
     pipeline: dict[str, Path],
 ) -> None:
-    from inference.features import LINEAR_BARS, linear_input
+    from inference.linear_features import LINEAR_BARS, linear_input
     from models.data import load_series
     from models.linear import _fit, heads_of
 
