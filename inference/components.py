@@ -41,7 +41,7 @@ from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION, composite
 from inference.runtime import ModelSession, RuntimeFailure, SessionFactory
 
-__all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "load_model_set"]
+__all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "example_input", "load_model_set"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]
     return None, f"unknown kind {spec.kind!r}", 0
 
 
-def _example(spec: Component, batch: int) -> npt.NDArray[np.float32]:
+def example_input(spec: Component, batch: int) -> npt.NDArray[np.float32]:
     dims = [int(d) for d in list(spec.input["shape"])[1:]]
     return np.zeros((batch, *dims), np.float32)
 
@@ -205,7 +205,7 @@ def load_model_set(
         if not users or id(session) in old:
             continue
         try:
-            seconds = session.warm_up(_example(users[0], len(users)), rounds=warmup_rounds)
+            seconds = session.warm_up(example_input(users[0], len(users)), rounds=warmup_rounds)
         except (RuntimeFailure, ValueError) as exc:
             del sessions[key]
             for p in plans:

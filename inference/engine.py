@@ -33,7 +33,7 @@ import numpy.typing as npt
 from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
-from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, stack
+from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, sigmoid, stack
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
 from inference.linear_features import LINEAR_BARS, ewma_variance
@@ -102,13 +102,11 @@ def vote_report(
     heads = _heads(c.spec.heads, row)
     if heads is None:
         return None
-    logit = heads["logit"]
-    p_up = 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
     return ComponentReport(
         c.name,
         c.timeframe,
         c.spec.horizon,
-        p_up,
+        sigmoid(heads["logit"]),
         c.weight,
         c.spec.version,
         provider,

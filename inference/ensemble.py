@@ -33,6 +33,7 @@ __all__ = [
     "Vote",
     "combine",
     "economics",
+    "sigmoid",
     "stack",
     "stack_direction",
     "stacked_p_up",
@@ -81,7 +82,8 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def _sigmoid(z: float) -> float:
+def sigmoid(z: float) -> float:
+    """The logistic function, without overflow for large |z|."""
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
@@ -101,7 +103,7 @@ def combine(votes: Sequence[Vote], thresholds: Thresholds = Thresholds()) -> Ens
 def stacked_p_up(logits: dict[str, float], spec: EnsembleSpec) -> float:
     """The calibrated P(up) from the components' logits (absent ones add 0)."""
     z = spec.intercept + sum(w * logits[name] for name, w in spec.weights.items() if name in logits)
-    return _sigmoid(float(spec.calibration["a"]) * z + float(spec.calibration["b"]))
+    return sigmoid(float(spec.calibration["a"]) * z + float(spec.calibration["b"]))
 
 
 def stack_direction(p_up: float, threshold: float) -> Direction:

@@ -182,12 +182,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         parts["fallback"].append(Part(base.name, times, day, nan, d_fb, d_fb, r, var_real, nan, ewma))
         ones = np.ones(len(ends), np.int8)
         parts["buy_and_hold"].append(Part(base.name, times, day, nan, ones, ones, r, var_real, nan, ewma))
+        alone = models.ensemble.threshold if models.ensemble else 0.5 + config.thresholds.long_above / 2
         for c in voters:
             p_c = comp_p[c.name]
-            d_c = np.where(p_c >= (models.ensemble.threshold if models.ensemble else 0.525), 1, 0)
-            d_c = np.where(p_c <= 1 - (models.ensemble.threshold if models.ensemble else 0.525), -1, d_c).astype(
-                np.int8
-            )
+            d_c = np.where(p_c >= alone, 1, 0)
+            d_c = np.where(p_c <= 1 - alone, -1, d_c).astype(np.int8)
             parts[c.name].append(Part(base.name, times, day, p_c, d_c, d_c, r, var_real, comp_vol[c.name] ** 2, ewma))
     if not parts:
         raise ValueError("no bars after the test cut in the files given")

@@ -37,6 +37,7 @@ from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_V
 from inference.manifest import Component, Manifest, sha256_file
 from models.data import MINUTE_MS, Series
 from models.datasets import Cuts, series_for_timeframe
+from models.metrics import brier_skill, qlike
 
 __all__ = [
     "export_linear",
@@ -233,25 +234,18 @@ def validation_figures(
     up = (r[moved] > 0).astype(np.float64)
     p = 1.0 / (1.0 + np.exp(-heads[moved, 0]))
     base = float(up.mean())
-    brier = float(np.mean((p - up) ** 2))
-    brier_base = float(np.mean((base - up) ** 2))
     conf = np.abs(p - 0.5)
     top = conf >= np.quantile(conf, 0.9)
-    var_hat = np.maximum(heads[:, 2], 1e-4)  # serving floors the variance the same way
-
-    def qlike(pred: npt.NDArray[np.float64]) -> float:
-        return float(np.mean(np.log(pred) + v / pred))
-
     return {
         "samples": len(r),
         "moved": int(moved.sum()),
         "accuracy_moved": float(np.mean((p > 0.5) == (up > 0.5))),
         "majority_moved": max(base, 1 - base),
         "accuracy_top_decile": float(np.mean((p[top] > 0.5) == (up[top] > 0.5))),
-        "brier": brier,
-        "brier_skill": 1.0 - brier / brier_base if brier_base > 0 else float("nan"),
-        "qlike": qlike(var_hat),
-        "qlike_ewma": qlike(np.maximum(ewma_var, 1e-4)),
+        "brier": float(np.mean((p - up) ** 2)),
+        "brier_skill": brier_skill(p, up),
+        "qlike": qlike(heads[:, 2], v),
+        "qlike_ewma": qlike(ewma_var, v),
         "abs_move_mae_bp": float(np.mean(np.abs(np.maximum(heads[:, 1], 0.01) - np.abs(r) * 1e4))),
     }
 

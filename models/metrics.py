@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAKER_FEE", "TAKER_FEE", "Part", "equity_curve", "net_returns", "strategy_report"]
+__all__ = ["MAKER_FEE", "TAKER_FEE", "Part", "brier_skill", "equity_curve", "net_returns", "qlike", "strategy_report"]
 
 TAKER_FEE = 0.00055
 MAKER_FEE = 0.0002
@@ -55,6 +55,18 @@ class Part:
     var_real: F64  # realized variance over the horizon, bp²
     var_pred: F64  # the strategy's variance forecast, bp² (NaN: none)
     ewma: F64  # the EWMA baseline's, bp²
+
+
+def brier_skill(p: F64, up: F64) -> float:
+    """``1 - brier / brier(base rate of the same outcomes)``: > 0 is skill (NaN when all outcomes agree)."""
+    ref = float(np.mean((float(up.mean()) - up) ** 2))
+    return 1.0 - float(np.mean((p - up) ** 2)) / ref if ref > 0 else float("nan")
+
+
+def qlike(var_pred: F64, var_real: F64) -> float:
+    """``mean(ln V + RV / V)`` with the forecast variance floored at 1e-4 bp² (as serving floors it)."""
+    v = np.maximum(var_pred, 1e-4)
+    return float(np.mean(np.log(v) + var_real / v))
 
 
 def net_returns(position: npt.NDArray[np.int8], realized: F64, fee: float = TAKER_FEE) -> F64:
@@ -140,21 +152,16 @@ def strategy_report(parts: Sequence[Part], horizon_min: int) -> dict[str, object
     recall = tp / (tp + fn) if tp + fn else float("nan")
     base = float(up[moved].mean()) if moved.any() else float("nan")
     prob = np.isfinite(p) & moved
-    brier = brier_skill = log_loss = float("nan")
+    brier = skill = log_loss = float("nan")
     if prob.any():
         pp, yy = np.clip(p[prob], 1e-6, 1 - 1e-6), up[prob].astype(np.float64)
         brier = float(np.mean((pp - yy) ** 2))
-        ref_rate = float(yy.mean())
-        ref = float(np.mean((ref_rate - yy) ** 2))
-        brier_skill = 1.0 - brier / ref if ref > 0 else float("nan")
+        skill = brier_skill(pp, yy)
         log_loss = float(-np.mean(yy * np.log(pp) + (1 - yy) * np.log(1 - pp)))
     vol = np.isfinite(cat["var_pred"]) & np.isfinite(cat["ewma"])
 
-    def qlike(pred: F64) -> float:
-        if not vol.any():
-            return float("nan")
-        q = np.maximum(pred[vol], 1e-4)
-        return float(np.mean(np.log(q) + cat["var_real"][vol] / q))
+    def vol_loss(pred: F64) -> float:
+        return qlike(pred[vol], cat["var_real"][vol]) if vol.any() else float("nan")
 
     per_year = MINUTES_PER_YEAR / horizon_min
     net = np.concatenate([net_returns(x.position, x.r) for x in parts])
@@ -183,10 +190,10 @@ def strategy_report(parts: Sequence[Part], horizon_min: int) -> dict[str, object
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan"),
         "brier": brier,
-        "brier_skill": brier_skill,
+        "brier_skill": skill,
         "log_loss": log_loss,
-        "qlike": qlike(cat["var_pred"]),
-        "qlike_ewma": qlike(cat["ewma"]),
+        "qlike": vol_loss(cat["var_pred"]),
+        "qlike_ewma": vol_loss(cat["ewma"]),
         "return_gross": float(np.mean([_compound(x, 0.0) for x in parts])),
         "return_taker": float(np.mean([_compound(x, TAKER_FEE) for x in parts])),
         "return_maker": float(np.mean([_compound(x, MAKER_FEE) for x in parts])),

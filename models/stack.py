@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.components import LoadedComponent, load_model_set
+from inference.components import LoadedComponent, example_input, load_model_set
 from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
 from inference.manifest import EnsembleSpec, Manifest
 from models.data import Series, load_series
 from models.datasets import Cuts
 from models.linear import ewma_of_windows, fit_logistic, horizon_ends, horizon_targets, iso_minute
+from models.metrics import brier_skill, qlike
 
 __all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "platt", "voters"]
 
@@ -70,16 +71,12 @@ def component_outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]
             try:
                 inputs.append(c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]))
             except (InferenceError, ValueError, ArithmeticError):  # as serving: this component drops out
-                inputs.append(np.zeros(_input_shape(c), np.float32))
+                inputs.append(example_input(c.spec, 1)[0])  # zeros of the input's shape
                 bad.append(k)
         rows = np.asarray(c.session.run(np.stack(inputs)), np.float64).reshape(len(inputs), -1)
         rows[bad] = np.nan  # no vote (vote_report refuses a non-finite row)
         out.append(rows)
     return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
-
-
-def _input_shape(c: LoadedComponent) -> tuple[int, ...]:
-    return tuple(int(d) for d in list(c.spec.input["shape"])[1:])
 
 
 def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[float, float]:
@@ -114,12 +111,6 @@ def choose_threshold(p: npt.NDArray[np.float64], r: npt.NDArray[np.float64]) -> 
     if best is None:
         return 0.5, {"coverage": 1.0, "accuracy_moved": float("nan"), "calls": len(p)}
     return best[0], best[2] | {"accuracy_wilson_low": best[1]}
-
-
-def _brier_skill(p: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> float:
-    base = float(up.mean())
-    ref = float(np.mean((base - up) ** 2))
-    return 1.0 - float(np.mean((p - up) ** 2)) / ref if ref > 0 else float("nan")
 
 
 def fit_ensemble(
@@ -180,22 +171,21 @@ def fit_ensemble(
     z2 = z_all[second] @ w + b
     a, c0 = platt(z2, up[second])
     spec = EnsembleSpec.parse(raw | {"calibration": {"method": "platt", "a": a, "b": c0}, "threshold": 0.5})
-    p2 = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[second]])
-    half2 = second | (~moved & (t_all >= mid))
-    p_half2 = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[half2]])
-    tau, figures = choose_threshold(p_half2, r_all[half2])
+    late = t_all >= mid  # the calibration half, unchanged closes included (they count against coverage)
+    p_late = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[late]])
+    p2 = p_late[moved[late]]  # the same, on the bars that moved
+    tau, figures = choose_threshold(p_late, r_all[late])
     # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
-    late = t_all >= mid
     rv, vh, ve = np.concatenate(var_real)[late], np.concatenate(var_head)[late], np.concatenate(var_ewma)[late]
-    qlike_heads = float(np.mean(np.log(vh) + rv / vh)) if np.isfinite(vh).all() and len(vh) else float("nan")
-    qlike_ewma = float(np.mean(np.log(np.maximum(ve, 1e-4)) + rv / np.maximum(ve, 1e-4)))
+    qlike_heads = qlike(vh, rv) if np.isfinite(vh).all() and len(vh) else float("nan")
+    qlike_ewma = qlike(ve, rv)
     magnitude = "heads" if qlike_heads < qlike_ewma else "ewma"
     per_component: dict[str, Any] = {}
     for i, name in enumerate(names):
         p_c = 1.0 / (1.0 + np.exp(-z_all[second, i]))
         per_component[name] = {
             "weight": float(w[i]),
-            "brier_skill": _brier_skill(p_c, up[second]),
+            "brier_skill": brier_skill(p_c, up[second]),
             "accuracy_moved": float(np.mean((p_c > 0.5) == (up[second] > 0.5))),
         }
     fitted = {
@@ -207,7 +197,7 @@ def fit_ensemble(
         "components": per_component,
         "volatility": {"qlike_heads": qlike_heads, "qlike_ewma": qlike_ewma, "chosen": magnitude},
         "calibration_half": {
-            "brier_skill": _brier_skill(p2, up[second]),
+            "brier_skill": brier_skill(p2, up[second]),
             "majority_moved": float(max(up[second].mean(), 1 - up[second].mean())),
             "threshold": tau,
             **figures,

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from inference.signal import NoSignal, Signal
 from service.metrics import Freshness
-from streaming.clock import ExchangeClock
+from streaming.clock import MAX_AHEAD_MS, ExchangeClock, from_the_future
 from streaming.klines import interval_ms
 
 __all__ = ["CachedSignal", "SignalCache", "Unavailable"]
@@ -103,7 +103,7 @@ class SignalCache:
         monotonic: Callable[[], float] = time.monotonic,
         max_silence_s: float = 0.0,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-        max_future_ms: int = 300_000,
+        max_future_ms: int = MAX_AHEAD_MS,
     ) -> None:
         self.symbols = tuple(symbols)
         self._known = frozenset(self.symbols)
@@ -128,7 +128,7 @@ class SignalCache:
 
     def from_the_future(self, close_ms: int) -> bool:
         """A time further ahead of the local wall clock than any real or replayed bar can be."""
-        return close_ms > self._wall_ms() + self.max_future_ms
+        return from_the_future(close_ms, self._wall_ms(), self.max_future_ms)
 
     def observe(self, close_ms: int) -> None:
         if self.from_the_future(close_ms):

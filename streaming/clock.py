@@ -6,7 +6,16 @@ speed behaves like the live market and a skewed local clock cannot make good dat
 
 from __future__ import annotations
 
-__all__ = ["ExchangeClock"]
+__all__ = ["MAX_AHEAD_MS", "ExchangeClock", "from_the_future"]
+
+# No real or replayed exchange time is this far ahead of the local wall clock (a sane skew bound).
+MAX_AHEAD_MS = 300_000
+
+
+def from_the_future(ts_ms: int, wall_ms: float, max_ahead_ms: int = MAX_AHEAD_MS) -> bool:
+    """An exchange timestamp further ahead of the local wall clock than any real one can be: it must
+    not enter a window or move a clock (one such frame would freeze both for good)."""
+    return ts_ms > wall_ms + max_ahead_ms
 
 
 class ExchangeClock:

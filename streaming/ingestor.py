@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from streaming.backoff import Backoff
 from streaming.book import ApplyResult, BookState, OrderBook
-from streaming.clock import ExchangeClock
+from streaming.clock import MAX_AHEAD_MS, ExchangeClock, from_the_future
 from streaming.connection import FeedConnection
 from streaming.depth import sample_levels
 from streaming.errors import FrameError, RestBanned, RestRejected, RestRetryable, StoreError
@@ -56,7 +56,7 @@ class IngestConfig:
     rest_ban_s: float = 600.0
     rest_retry_s: float = 2.0
     missed_close_grace_ms: int = 5000  # after a boundary, how long to wait for the confirm push
-    max_future_ms: int = 300_000  # a frame stamped further ahead of the local wall clock is quarantined
+    max_future_ms: int = MAX_AHEAD_MS  # a frame stamped further ahead of the local wall clock is quarantined
 
 
 class Ingestor:
@@ -214,7 +214,9 @@ class Ingestor:
         log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
 
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
-        if isinstance(msg, BookUpdate | KlineUpdate) and msg.ts > recv_wall * 1000 + self.config.max_future_ms:
+        if isinstance(msg, BookUpdate | KlineUpdate) and from_the_future(
+            msg.ts, recv_wall * 1000, self.config.max_future_ms
+        ):
             # One frame from the future would top a window (no later bar could follow it) and move
             # every clock that reads it. Real or replayed data are never ahead of the wall clock.
             self.metrics.messages.labels(type="future").inc()
