@@ -33,19 +33,19 @@ import numpy.typing as npt
 from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
-from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, sigmoid, stack
+from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, round_bp, sigmoid, stack
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
 from inference.linear_features import LINEAR_BARS, ewma_variance
 from inference.manifest import EnsembleSpec
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
-from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency
+from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore
 
-__all__ = ["SignalEngine", "decide", "horizon_text", "vote_report"]
+__all__ = ["SignalEngine", "decide", "vote_report"]
 
 log = logging.getLogger(__name__)
 
@@ -247,26 +247,15 @@ class SignalEngine:
                 horizon=horizon_text(self.config.horizon_minutes),
                 horizon_minutes=self.config.horizon_minutes,
                 reference_price=reference,
-                expected_move_bp=_round(money.expected_move_bp),
-                volatility_bp=_round(money.volatility_bp),
-                edge_bp=_round(money.edge_bp),
+                expected_move_bp=round_bp(money.expected_move_bp),
+                volatility_bp=round_bp(money.volatility_bp),
+                edge_bp=round_bp(money.edge_bp),
                 cost_bp=money.cost_bp,
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
             )
-        fallback = self._fallback(event, bar, closed, reports, models, freshness, latency, wall)
-        if isinstance(fallback, NoSignal):
-            return fallback
-        money = economics(None, fallback.direction, money.expected_move_bp, money.volatility_bp, self.config.fee_bp)
-        return replace(
-            fallback,
-            horizon_minutes=self.config.horizon_minutes,
-            horizon=f"{horizon_text(self.config.horizon_minutes)} (momentum rule on 1h closes)",
-            reference_price=reference,
-            expected_move_bp=_round(money.expected_move_bp),
-            volatility_bp=_round(money.volatility_bp),
-            cost_bp=money.cost_bp,
-        )
+        # no vote: ``money`` is priced without a probability (no edge, never tradeable)
+        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money)
 
     def _fallback(
         self,
@@ -278,6 +267,8 @@ class SignalEngine:
         freshness: Freshness,
         latency: StageLatency,
         wall: int,
+        reference: float | None,
+        money: Economics,
     ) -> Signal | NoSignal:
         if not models.components:
             why = "models_missing"
@@ -294,6 +285,9 @@ class SignalEngine:
             latency=latency,
             produced_at=self.clock.now_ms(),
             produced_wall_ms=wall,
+            horizon_minutes=self.config.horizon_minutes,
+            reference_price=reference,
+            money=money,
         )
 
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
@@ -410,14 +404,6 @@ def _contiguous_closes(bars: Sequence[Bar], interval: str) -> list[float]:
     while first > 0 and bars[first].start - bars[first - 1].start == step:
         first -= 1
     return [float(b.close) for b in bars[max(first, 0) :]]
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
-
-
-def horizon_text(minutes: int) -> str:
-    return f"log return over the next {minutes} min"
 
 
 def decide(

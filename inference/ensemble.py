@@ -33,6 +33,7 @@ __all__ = [
     "Vote",
     "combine",
     "economics",
+    "round_bp",
     "sigmoid",
     "stack",
     "stack_direction",
@@ -141,6 +142,11 @@ class Economics:
     edge_bp: float | None
     cost_bp: float
     tradeable: bool
+
+
+def round_bp(x: float | None) -> float | None:
+    """A basis-point figure as the signal carries it (4 decimals)."""
+    return None if x is None else round(x, 4)
 
 
 def economics(

@@ -20,7 +20,17 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.checks import check_window
-from inference.signal import BarRef, ComponentReport, Direction, Freshness, NoSignal, Signal, StageLatency
+from inference.ensemble import Economics, round_bp
+from inference.signal import (
+    BarRef,
+    ComponentReport,
+    Direction,
+    Freshness,
+    NoSignal,
+    Signal,
+    StageLatency,
+    horizon_text,
+)
 from streaming.klines import Bar
 
 __all__ = [
@@ -73,6 +83,9 @@ def fallback_signal(
     latency: StageLatency,
     produced_at: int,
     produced_wall_ms: int,
+    horizon_minutes: int = 1,
+    reference_price: float | None = None,
+    money: Economics | None = None,
 ) -> Signal | NoSignal:
     """The rule's signal at ``bar`` from the closed 1h ``bars`` (``None``: 1h klines are not
     ingested), or the :class:`NoSignal` saying why its input is unusable. ``why`` says why no
@@ -108,5 +121,10 @@ def fallback_signal(
         components=components,
         freshness=freshness,
         latency_ms=latency,
-        horizon=f"next {bar.interval}m bar (momentum rule on 1h closes)",
+        horizon=f"{horizon_text(horizon_minutes)} (momentum rule on 1h closes)",
+        horizon_minutes=horizon_minutes,
+        reference_price=reference_price,
+        expected_move_bp=None if money is None else round_bp(money.expected_move_bp),
+        volatility_bp=None if money is None else round_bp(money.volatility_bp),
+        cost_bp=None if money is None else money.cost_bp,
     )

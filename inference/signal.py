@@ -52,6 +52,7 @@ __all__ = [
     "Signal",
     "SignalFormatError",
     "StageLatency",
+    "horizon_text",
 ]
 
 Direction = Literal["long", "short", "flat"]
@@ -196,6 +197,11 @@ class NoSignal:
             )
         except (KeyError, ValueError) as exc:
             raise SignalFormatError(f"not a no-signal record: {exc}") from exc
+
+
+def horizon_text(minutes: int) -> str:
+    """The signal's ``horizon``: the question every component answers, in words."""
+    return f"log return over the next {minutes} min"
 
 
 @functools.cache

@@ -142,8 +142,9 @@ class SignalCache:
         """A signal as published; raises :class:`SignalFormatError` for anything else."""
         return self._offer(Signal.from_json(raw), raw)
 
-    def offer(self, signal: Signal) -> CachedSignal | None:
-        return self._offer(signal, signal.to_json())
+    def offer(self, signal: Signal, raw: bytes | None = None) -> CachedSignal | None:
+        """``raw``: the bytes ``signal`` was parsed from, when the caller has them (served as they are)."""
+        return self._offer(signal, signal.to_json() if raw is None else raw)
 
     def _offer(self, signal: Signal, raw: bytes) -> CachedSignal | None:
         symbol = signal.symbol

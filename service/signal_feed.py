@@ -218,7 +218,7 @@ class RedisSignalFeed(_Feed):
                 return
             self._drop("unverified", f"a signal on {channel} for {symbol} that is not the stored latest (forged?)")
             return
-        if self._cache.offer_json(data) is not None:
+        if self._cache.offer(signal, data) is not None:  # parsed once, above
             self._metrics.signal_updates.labels("pubsub").inc()
 
     def _drop(self, kind: str, detail: str) -> None:

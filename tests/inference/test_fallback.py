@@ -61,7 +61,7 @@ def test_the_served_direction_and_score_are_the_evaluated_rule(step: float, dire
     assert s.direction == direction == {1: "long", -1: "short", 0: "flat"}[int(momentum_direction(score)[0])]
     assert s.score == max(-1.0, min(1.0, float(score[0])))  # clipped to [-1, 1] (the 5.0 case)
     assert (s.p_up, s.confidence, s.agreement) == (None, None, None)
-    assert s.horizon == "next 1m bar (momentum rule on 1h closes)"
+    assert s.horizon == "log return over the next 1 min (momentum rule on 1h closes)"  # what the engine serves
 
 
 def test_the_score_is_the_seeds_weighted_mean_of_recent_1h_returns() -> None:
