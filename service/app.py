@@ -88,6 +88,8 @@ def create_app(
         max_symbols=settings.api_ws_max_symbols,
         max_frame_bytes=settings.api_ws_max_frame_bytes,
         auth_timeout_s=settings.api_ws_auth_timeout_s,
+        max_msgs_per_s=settings.api_ws_max_msgs_per_s,
+        burst=settings.api_ws_burst,
     )
     finest = min(settings.intervals, key=int)
 

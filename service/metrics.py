@@ -118,7 +118,8 @@ class ApiMetrics:
         self.ws_clients = Gauge("candlecast_api_ws_clients", "WebSocket clients connected now.", registry=r)
         self.ws_connections = Counter(
             "candlecast_api_ws_connections_total",
-            "WebSocket connections ended, by close reason (client, slow_consumer, unauthorized, shutdown, error).",
+            "WebSocket connections ended, by close reason (client, slow_consumer, unauthorized, rate_limited, shutdown,"
+            " error).",
             ["reason"],
             registry=r,
         )
@@ -165,7 +166,7 @@ class ApiMetrics:
             ["kind"],
             registry=r,
         )
-        for reason in ("client", "slow_consumer", "unauthorized", "shutdown", "error"):
+        for reason in ("client", "slow_consumer", "unauthorized", "rate_limited", "shutdown", "error"):
             self.ws_connections.labels(reason)
         for kind in ("signal", "control"):
             self.ws_messages_sent.labels(kind)

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     api_ws_auth_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="time for the first-message key when no Authorization header came"
     )
+    api_ws_max_msgs_per_s: float = Field(
+        default=20.0, gt=0, le=100_000, description="messages a WebSocket client may send a second, on average"
+    )
+    api_ws_burst: int = Field(
+        default=100, ge=1, le=1_000_000, description="messages at once before that average applies; past it: 1008"
+    )
     api_resync_s: float = Field(
         default=5.0, gt=0, le=3600, description="re-read latest signals and no-signal reasons this often"
     )

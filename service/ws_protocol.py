@@ -30,8 +30,12 @@ publish that finds it full does not wait and does not drop silently: the client 
 **1013 (try again later)**, its queued frames are discarded (counted as dropped), and it may
 reconnect and resubscribe to get the last values again. Nobody else is slowed down.
 
-Close codes: 1000 client's own; 1008 policy — missing, invalid or URL-borne API key, or no key
-within ``api_ws_auth_timeout_s``; 1009 frame too large (protocol level); 1011 internal error; 1012
+Floods: a client may send ``api_ws_max_msgs_per_s`` messages a second on average, in bursts of up
+to ``api_ws_burst`` (a token bucket per connection); the message past that closes it with **1008**
+(``rate_limited``), so one client's ping flood costs the others at most one burst of work.
+
+Close codes: 1000 client's own; 1008 policy — missing, invalid or URL-borne API key, no key
+within ``api_ws_auth_timeout_s``, or a message flood; 1009 frame too large (protocol level); 1011 internal error; 1012
 server restart (uvicorn's shutdown); 1001 going away (hub shutdown); 1013 slow consumer.
 
 :class:`WsSession` is one connection's protocol state (its subscriptions, whether it has
@@ -84,6 +88,30 @@ class WsLimits:
     max_frame_bytes: int = 16_384  # a client frame
     auth_timeout_s: float = 5.0  # for the first-message key
     close_timeout_s: float = 5.0  # for our close frame to get out
+    max_msgs_per_s: float = 20.0  # client messages a second, on average
+    burst: int = 100  # client messages at once before the average applies
+
+
+@dataclass(eq=False, slots=True)
+class _Bucket:
+    """A token bucket: ``burst`` tokens, refilled at ``rate`` a second on the ``now`` clock."""
+
+    rate: float
+    burst: int
+    now: Callable[[], float]
+    tokens: float = -1.0
+    at: float = 0.0
+
+    def take(self) -> bool:
+        t = self.now()
+        if self.tokens < 0:  # the first message: a full bucket
+            self.tokens, self.at = float(self.burst), t
+        self.tokens = min(float(self.burst), self.tokens + (t - self.at) * self.rate)
+        self.at = t
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 # -- client messages ---------------------------------------------------------------------------------
@@ -183,11 +211,19 @@ class WsSession:
     keys_enabled: bool = False
     check_key: Callable[[str], bool] = lambda _key: True
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    monotonic: Callable[[], float] = time.monotonic
     symbols: set[str] = field(default_factory=set)
     authenticated: bool = False
 
     def __post_init__(self) -> None:
         self.authenticated = not self.keys_enabled
+        self._bucket = _Bucket(self.limits.max_msgs_per_s, self.limits.burst, self.monotonic)
+
+    def _flooding(self) -> list[Action] | None:
+        if self._bucket.take():
+            return None
+        rate = f"{self.limits.max_msgs_per_s:g}"
+        return [Close(CLOSE_POLICY, f"too many messages: at most {rate} a second", "rate_limited")]
 
     def open(self, bearer: str | None, *, key_in_url: bool = False) -> list[Action]:
         """The handshake: ``bearer`` is the ``Authorization: Bearer`` key, if the request had one;
@@ -205,6 +241,8 @@ class WsSession:
 
     def authenticate(self, data: str | bytes) -> list[Action]:
         """The first message of a connection that must authenticate: an ``auth`` with a valid key."""
+        if (flood := self._flooding()) is not None:
+            return flood
         body, _ = self._parse(data)
         key = None
         if body is not None and body.get("op") == "auth":
@@ -219,7 +257,10 @@ class WsSession:
         return [Reply(_frame("auth", _msg_id(body), ok=True))]
 
     def receive(self, data: str | bytes) -> list[Action]:
-        """A client message of an authenticated connection; errors are frames, never a close."""
+        """A client message of an authenticated connection; errors are frames, never a close (but a
+        flood is closed: see the module's "Floods")."""
+        if (flood := self._flooding()) is not None:
+            return flood
         body, problem = self._parse(data)
         if body is None:
             return [problem] if problem is not None else []

@@ -5,12 +5,14 @@ slow-consumer policy (1013, others unaffected) and 200 subscribers at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from inference.signal import Signal
 from tests.helpers import eventually
@@ -196,6 +198,31 @@ async def test_a_slow_consumer_is_closed_with_1013_and_nobody_else_waits(redis_u
             assert api.sample("candlecast_api_ws_connections_total", reason="slow_consumer") == 1
             await send_json(fast, {"op": "ping"})
             assert (await recv_json(fast))["op"] == "pong"
+
+
+async def test_a_ping_flood_is_closed_with_1008_and_the_other_clients_keep_receiving(redis_url: str) -> None:
+    """One client sends pings as fast as it can and reads nothing: it is closed with 1008 after its
+    burst (not kept until its queue fills, as a slow consumer would be), and a subscriber beside it
+    gets the next publish."""
+    prefix = unique_prefix()
+    settings = api_settings(redis_url, prefix, api_ws_max_msgs_per_s=5.0, api_ws_burst=20)
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(settings) as api,
+        ws_connect(api.ws_url) as flood,
+        ws_connect(api.ws_url) as other,
+    ):
+        await subscribe(other, ["BTCUSDT"])
+        ping = orjson.dumps({"op": "ping"}).decode()
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(2_000):
+                await flood.send(ping)
+        code, frames = await read_until_closed(flood)
+        assert code == 1008 and flood.close_reason == "too many messages: at most 5 a second"
+        assert 0 < sum(f["op"] == "pong" for f in frames) <= 20  # the burst was answered, no more
+        await eventually(lambda: api.sample("candlecast_api_ws_connections_total", reason="rate_limited") == 1)
+        await store.publish(make_signal(T0))
+        assert (await next_signal(other))["signal"]["bar"]["start"] == T0
 
 
 async def test_two_hundred_subscribers_all_receive_a_publish(redis_url: str) -> None:

@@ -123,3 +123,28 @@ def test_unavailable_frame_carries_the_no_signal_record() -> None:
     frames = _frames(_session(cache).receive('{"op": "subscribe", "symbols": ["BTCUSDT"]}'))
     assert frames[1]["reason"] == "no_signal"
     assert frames[1]["no_signal"]["reason"] == "fallback_input:holed_window"
+
+
+def test_a_message_flood_is_closed_with_1008_after_one_burst_and_a_steady_client_never_is() -> None:
+    clock = [100.0]
+    cache = SignalCache(SYMBOLS, "1", 30.0)
+    session = WsSession(
+        WsLimits(max_msgs_per_s=10.0, burst=5), cache.symbols, cache.normalise, cache.status, monotonic=lambda: clock[0]
+    )
+    for _ in range(5):  # the burst
+        assert _frames(session.receive('{"op": "ping"}'))[0]["op"] == "pong"
+    flood = session.receive('{"op": "ping"}')
+    assert flood == [Close(CLOSE_POLICY, "too many messages: at most 10 a second", "rate_limited")]
+    # tokens come back at the average rate: one every 0.1 s
+    steady = WsSession(
+        WsLimits(max_msgs_per_s=10.0, burst=5), cache.symbols, cache.normalise, cache.status, monotonic=lambda: clock[0]
+    )
+    for _ in range(1_000):
+        clock[0] += 0.1
+        assert _frames(steady.receive('{"op": "ping"}'))[0]["op"] == "pong"
+    # the first message of a keyed connection counts too: a flood of bad auth frames is the same flood
+    keyed = _session(keys=True, max_msgs_per_s=1.0, burst=1)
+    assert isinstance(keyed.authenticate('{"op": "auth", "key": "good"}')[0], Reply)
+    assert keyed.receive('{"op": "ping"}') == [
+        Close(CLOSE_POLICY, "too many messages: at most 1 a second", "rate_limited")
+    ]
