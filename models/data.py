@@ -32,12 +32,15 @@ __all__ = [
     "Series",
     "Split",
     "aggregate",
+    "horizon_ends",
+    "horizon_targets",
     "labels",
     "load_series",
     "moved",
     "next_returns",
     "sample_ends",
     "split_by_time",
+    "view_ends",
 ]
 
 
@@ -153,3 +156,42 @@ def moved(series: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
 def next_returns(series: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     close = series.ohlcv[:, 3]
     return close[ends + 1] / close[ends] - 1.0
+
+
+def view_ends(base: Series, coarse: Series, ends: npt.NDArray[np.int64], need: int) -> npt.NDArray[np.int64]:
+    """For each base bar ``t`` of ``ends``: the index in ``coarse`` of the newest coarse bar closed when
+    bar ``t`` closes, as the serving window of that interval holds it then; -1 where serving would
+    refuse the window (``check_window``: the ``need`` coarse bars ending there are not consecutive, or
+    the newest is not the last one due)."""
+    if len(coarse) < need or not len(ends):
+        return np.full(len(ends), -1, np.int64)
+    step = coarse.interval_min * MINUTE_MS
+    close_time = base.start_ms[ends] + base.interval_min * MINUTE_MS
+    j = np.searchsorted(coarse.start_ms + step, close_time, side="right") - 1
+    ok = j >= need - 1
+    jj = np.maximum(j, need - 1)
+    ok &= coarse.start_ms[jj] == (close_time // step) * step - step  # the last one due
+    ok &= coarse.start_ms[jj] - coarse.start_ms[jj - need + 1] == (need - 1) * step  # consecutive
+    return np.where(ok, j, -1).astype(np.int64)
+
+
+def horizon_ends(series: Series, need: int, horizon: int) -> npt.NDArray[np.int64]:
+    """Indices ``t`` with ``need`` bars ending at ``t`` and ``horizon`` more after it, in one contiguous run."""
+    parts = [
+        np.arange(a + need - 1, b - horizon, dtype=np.int64)
+        for a, b in series.contiguous_runs()
+        if b - a >= need + horizon
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def horizon_targets(
+    series: Series, ends: npt.NDArray[np.int64], horizon: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(log return over the next ``horizon`` bars, its realized variance Σ r² in bp²) after each end."""
+    logc = np.log(series.ohlcv[:, 3])
+    r_h = logc[ends + horizon] - logc[ends]
+    step = np.diff(logc, prepend=logc[0]) * 1e4
+    csum = np.concatenate([[0.0], np.cumsum(step**2)])
+    var = csum[ends + horizon + 1] - csum[ends + 1]
+    return r_h, var

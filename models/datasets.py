@@ -2,7 +2,14 @@
 
 ``tcn``: indicator sequences from :func:`inference.features.tcn_input` (channels-first).
 ``efficientnet``: chart composites from :func:`inference.render.composite`, one shared model for
-all timeframes. Each sample's label is the direction of the next bar of its own timeframe.
+all timeframes.
+
+Two labellings. :func:`build_tcn_samples` / :func:`build_image_samples`: the direction of the next bar
+of the window's own timeframe (the models shipped before the signal had one horizon).
+:func:`build_view_samples`: the signal's question — is the log return over the next H minutes
+positive? — asked at every 1m close, with the input a view of any timeframe: the window of 5m, 15m
+or 1h bars that serving holds when that 1m bar closes (:func:`models.data.view_ends`). One target,
+multi-timeframe inputs.
 """
 
 from __future__ import annotations
@@ -17,9 +24,28 @@ import numpy.typing as npt
 
 from inference.features import WARMUP_BARS, tcn_input
 from inference.render import composite
-from models.data import Series, aggregate, labels, load_series, moved, split_by_time
+from models.data import (
+    MINUTE_MS,
+    Series,
+    aggregate,
+    horizon_ends,
+    horizon_targets,
+    labels,
+    load_series,
+    moved,
+    split_by_time,
+    view_ends,
+)
 
-__all__ = ["Cuts", "SampleSet", "build_image_samples", "build_tcn_samples", "series_for_timeframe"]
+__all__ = [
+    "Cuts",
+    "SampleSet",
+    "build_image_samples",
+    "build_tcn_samples",
+    "build_view_samples",
+    "series_for_timeframe",
+    "view_need",
+]
 
 TIMEFRAMES = (1, 5, 15, 60)
 TCN_LENGTH = 64
@@ -131,4 +157,72 @@ def build_image_samples(series_list: list[Series], cuts: Cuts, part: str, cap: i
         y=np.concatenate(ys) if ys else np.zeros(0, np.float32),
         span=_span(parts),
         sources=[s.name for s, _ in parts],
+    )
+
+
+def view_need(kind: str, length: int = TCN_LENGTH) -> int:
+    """Bars of its own timeframe one window of ``kind`` (``tcn`` or ``image``) needs."""
+    return length + WARMUP_BARS if kind == "tcn" else IMAGE_BARS
+
+
+def build_view_samples(
+    kind: str,
+    bases: list[Series],
+    timeframe: int,
+    cuts: Cuts,
+    part: str,
+    cap: int,
+    horizon: int,
+    seed: int = 0,
+) -> SampleSet:
+    """Samples of the H-minute question on a ``timeframe`` view of each 1m series in ``bases``.
+
+    One sample per 1m bar ``t`` that moved over the next ``horizon`` minutes; its input is the
+    ``timeframe`` window serving would read when ``t`` closes (skipped where serving would refuse
+    it), its label ``log return over (t, t + H] > 0``. Parts by time, as :func:`split_by_time`: train
+    when the last label bar starts before ``train_end``; validation when the input window starts at
+    or after ``train_end`` and the label ends by ``val_end``; test when the window starts at or after
+    ``val_end``.
+    """
+    rng = np.random.default_rng(seed)
+    need = view_need(kind)
+    chosen: list[tuple[Series, Series, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+    for s in bases:
+        if s.interval_min != 1:
+            raise ValueError(f"{s.name}: view samples are asked at 1m closes; this series has {s.interval_min}m bars")
+        coarse = aggregate(s, timeframe)
+        ends = horizon_ends(s, 1, horizon)
+        j = view_ends(s, coarse, ends, need)
+        ends, j = ends[j >= 0], j[j >= 0]
+        r_h, _ = horizon_targets(s, ends, horizon)
+        label_start = s.start_ms[ends + horizon]
+        window_start = coarse.start_ms[j - need + 1]
+        keep = {
+            "train": label_start < cuts.train_end,
+            "val": (window_start >= cuts.train_end) & (label_start + MINUTE_MS <= cuts.val_end),
+            "test": window_start >= cuts.val_end,
+        }[part] & (r_h != 0)  # an unchanged close is neither up nor down: no label
+        if keep.any():
+            chosen.append((s, coarse, ends[keep], j[keep], (r_h[keep] > 0).astype(np.float32)))
+    total = sum(len(e) for _, _, e, _, _ in chosen)
+    xs, ys, firsts, lasts = [], [], [], []
+    for s, coarse, ends, j, y in chosen:
+        if total > cap:  # the cap spread over the series in proportion to what each offers
+            pick = np.sort(rng.choice(len(ends), size=min(len(ends), max(1, cap * len(ends) // total)), replace=False))
+            ends, j, y = ends[pick], j[pick], y[pick]
+        if kind == "tcn":
+            xs.append(np.stack([tcn_input(coarse.ohlcv[k - need + 1 : k + 1], TCN_LENGTH) for k in j.tolist()]))
+        else:
+            xs.append(
+                np.stack([composite(coarse.ohlcv[k - need + 1 : k + 1], IMAGE_HEIGHT, IMAGE_BARS) for k in j.tolist()])
+            )
+        ys.append(y)
+        firsts.append(int(s.start_ms[ends[0] + 1]))
+        lasts.append(int(s.start_ms[ends[-1] + 1]))
+    empty = (0, 8, TCN_LENGTH) if kind == "tcn" else (0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS)
+    return SampleSet(
+        x=np.concatenate(xs) if xs else np.zeros(empty, np.float32),
+        y=np.concatenate(ys) if ys else np.zeros(0, np.float32),
+        span=(min(firsts), max(lasts)) if firsts else (0, 0),
+        sources=[f"{s.name}->{timeframe}m" if timeframe != 1 else s.name for s, *_ in chosen],
     )

@@ -4,8 +4,10 @@ The manifest is loaded by the worker's own loader (:func:`inference.components.l
 each component's inputs are built by ``LoadedComponent.prepare`` and run by its ONNX session, and
 every bar's call comes from :func:`inference.engine.decide` — the function the signal engine calls —
 so a backtest is what would have been served (``tests/models/test_evaluate.py`` checks it against
-the engine itself, bar for bar). Only bars whose whole input window starts at or after the manifest's
-``test_after`` time are used.
+the engine itself, bar for bar). Only bars whose whole 1m input window starts at or after the
+manifest's ``test_after`` time are called; a 5m, 15m or 1h component reads the window of its
+timeframe serving holds at that 1m close (older bars in it are history, not outcomes), and does not
+vote where serving would refuse that window.
 
 The question is the signal's: will the log return over the next H minutes be positive (H =
 ``--horizon``, default the manifest's ensemble horizon)? Calls are made every H minutes, so held
@@ -45,10 +47,11 @@ from inference.engine import decide, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
-from models.data import MINUTE_MS, Series, aggregate, load_series
-from models.linear import ewma_of_windows, horizon_ends, horizon_targets
+from models.data import MINUTE_MS, Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
+from models.linear import ewma_of_windows
 from models.metrics import MAKER_FEE, TAKER_FEE, Part, equity_curve, strategy_report
-from models.stack import component_outputs
+from models.stack import component_outputs, minute_bars_needed
+from models.stack import voters as stack_voters
 
 __all__ = ["EvaluateConfig", "evaluate"]
 
@@ -64,46 +67,35 @@ class EvaluateConfig:
     fee_bp: float = TAKER_FEE * 1e4
 
 
-def _hourly_momentum(base: Series, close_time: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-    """The rule's score at each ``close_time`` from the 1h bars closed by then (NaN where the last
-    15 of them are not 15 consecutive hours), as the serving engine computes it from its 1h window."""
+def _hourly_momentum(base: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The rule's score at the close of each 1m bar ``ends`` from the 1h window serving holds then
+    (NaN where it would refuse it: the last 15 hours not consecutive, or the newest not the last due)."""
     if int(FALLBACK_INTERVAL) % base.interval_min:
         log.warning(
             "%s: %dm bars cannot make the 1h closes the fallback rule reads: it stays flat",
             base.name,
             base.interval_min,
         )
-        return np.full(len(close_time), np.nan)
+        return np.full(len(ends), np.nan)
     hourly = aggregate(base, int(FALLBACK_INTERVAL))
-    if len(hourly) < FALLBACK_BARS:
-        return np.full(len(close_time), np.nan)
-    step = int(FALLBACK_INTERVAL) * MINUTE_MS
+    j = view_ends(base, hourly, ends, FALLBACK_BARS)
     score = momentum_score(hourly.ohlcv[:, 3])
-    span = np.full(len(hourly), -1, np.int64)  # start of bar t minus start of bar t-14
-    span[FALLBACK_BARS - 1 :] = (
-        hourly.start_ms[FALLBACK_BARS - 1 :] - hourly.start_ms[: len(hourly) - FALLBACK_BARS + 1]
-    )
-    score[span != (FALLBACK_BARS - 1) * step] = np.nan
-    j = np.searchsorted(hourly.start_ms + step, close_time, side="right") - 1  # newest 1h bar closed by then
-    out = np.where(j >= 0, score[np.maximum(j, 0)], np.nan)
-    # serving refuses a 1h window whose newest bar is not the last one due (check_window: stale)
-    current = (j >= 0) & (close_time < hourly.start_ms[np.maximum(j, 0)] + 2 * step)
-    return np.where(current, out, np.nan)
+    return np.where(j >= 0, score[np.maximum(j, 0)] if len(score) else np.nan, np.nan)
 
 
-def _outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float64], float]:
-    """The component's output rows for each window, and its mean ms per window (prepare + run)."""
+def _outputs(
+    c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64], views: dict[int, Series]
+) -> tuple[npt.NDArray[np.float64], float]:
+    """The component's output rows at each 1m close, and its mean ms per window (prepare + run)."""
     started = time.perf_counter()
-    out = component_outputs(c, s, ends)
+    out = component_outputs(c, s, ends, views)
     return out, (time.perf_counter() - started) * 1e3 / max(1, len(ends))
 
 
 def _why_not(c: LoadedComponent, horizon: int) -> str:
     if c.disabled is not None:
         return c.disabled
-    if c.spec.horizon_min != horizon:
-        return f"forecasts {c.spec.horizon_min} min ahead, not {horizon}"
-    return f"{c.timeframe}m inputs are not evaluated yet"
+    return f"forecasts {c.spec.horizon_min} min ahead, not {horizon}"
 
 
 _SIGN = {"long": 1, "short": -1, "flat": 0}
@@ -121,10 +113,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             raise ManifestError(c.detail or f"{c.name}: {c.disabled}")
     horizon = cfg.horizon or (manifest.ensemble.horizon_minutes if manifest.ensemble else 1)
     config = WorkerConfig(horizon_minutes=horizon, fee_bp=cfg.fee_bp)
-    voters = [c for c in models.enabled if c.spec.horizon_min == horizon and c.timeframe == "1"]
+    voters = stack_voters(models.components, horizon)
     skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters}
     test_after = max(_iso_ms(c.training["test_after"]) for c in manifest.components)
-    need = max([c.bars_needed for c in voters] + [LINEAR_BARS])
+    need = minute_bars_needed(voters)
     parts: dict[str, list[Part]] = defaultdict(list)
     rows: list[tuple[str, str, int, float, int, int, float]] = []
     inference_ms: dict[str, list[float]] = defaultdict(list)
@@ -145,8 +137,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         times = base.start_ms[ends]
         ewma = ewma_of_windows(base, ends, horizon)
         outs = {}
+        views: dict[int, Series] = {}
         for c in voters:
-            outs[c.name], ms = _outputs(c, base, ends)
+            outs[c.name], ms = _outputs(c, base, ends, views)
             inference_ms[c.name].append(ms)
         closes = base.ohlcv[:, 3]
         p_ens = np.full(len(ends), np.nan)
@@ -176,8 +169,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             call[i] = _SIGN[result.direction]
             pos[i] = call[i] if money.tradeable else 0
         parts["ensemble"].append(Part(base.name, times, day, p_ens, call, pos, r, var_real, vol_ens**2, ewma))
-        close_time = base.start_ms[ends] + MINUTE_MS
-        d_fb = momentum_direction(_hourly_momentum(base, close_time))
+        d_fb = momentum_direction(_hourly_momentum(base, ends))
         nan = np.full(len(ends), np.nan)
         parts["fallback"].append(Part(base.name, times, day, nan, d_fb, d_fb, r, var_real, nan, ewma))
         ones = np.ones(len(ends), np.int8)

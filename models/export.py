@@ -24,7 +24,16 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.render import RENDERER_VERSION
 from models.card import model_card
-from models.datasets import IMAGE_BARS, IMAGE_HEIGHT, Cuts, build_image_samples, build_tcn_samples, series_for_timeframe
+from models.datasets import (
+    IMAGE_BARS,
+    IMAGE_HEIGHT,
+    Cuts,
+    SampleSet,
+    build_image_samples,
+    build_tcn_samples,
+    build_view_samples,
+    series_for_timeframe,
+)
 from models.efficientnet import efficientnet
 from models.tcn import TCN
 
@@ -104,15 +113,26 @@ def export_all(
         image_result: dict[str, Any] = state["result"]
         image_path = out_dir / "efficientnet.onnx"
         export_onnx(image_model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), image_path)
+    bases = series_for_timeframe(data_dir, 1)
+
+    def validation(kind: str, tf: int, horizon: int | None, n: int) -> SampleSet:
+        """Real validation inputs labelled as the checkpoint was trained (its H, or its next bar)."""
+        if horizon is not None:
+            return build_view_samples(kind, bases, tf, cuts, "val", n, horizon, seed=1)
+        series = series_for_timeframe(data_dir, tf)
+        build = build_tcn_samples if kind == "tcn" else build_image_samples
+        return build(series, cuts, "val", n, seed=1)
+
+    image_h = image_result.get("horizon_minutes") if image_model is not None else None
     for ckpt in sorted(work_dir.glob("tcn_*m.pt"), key=lambda p: int(p.stem.split("_")[1][:-1])):
         tf = int(ckpt.stem.split("_")[1][:-1])
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         result = state["result"]
+        h = result.get("horizon_minutes")
         model = TCN(in_channels=result["config"]["in_channels"])
         model.load_state_dict(state["state_dict"])
         model.eval()
-        series = series_for_timeframe(data_dir, tf)
-        val = build_tcn_samples(series, cuts, "val", tcn_check_samples, seed=1)
+        val = validation("tcn", tf, h, tcn_check_samples)
         path = out_dir / f"tcn_{tf}m.onnx"
         export_onnx(model, val.x[:1], path)
         logits, diff = _parity(model, path, val.x)
@@ -127,7 +147,7 @@ def export_all(
                 file=path.name,
                 sha256=sha256_file(path),
                 input={"name": "input", "shape": ["batch", len(FEATURE_NAMES), length], "dtype": "float32"},
-                output={"name": "logits", "shape": ["batch", 1], "meaning": "logit of P(next bar closes up)"},
+                output={"name": "logits", "shape": ["batch", 1], "meaning": _meaning(tf, h)},
                 preprocessing={
                     "features": FEATURE_SET_VERSION,
                     "names": list(FEATURE_NAMES),
@@ -135,14 +155,14 @@ def export_all(
                     "warmup": WARMUP_BARS,
                     "bars_needed": length + WARMUP_BARS,
                 },
-                horizon=f"next {tf}m bar",
-                horizon_minutes=tf,
+                horizon=_horizon_text(tf, h),
+                horizon_minutes=h or tf,
                 training=_training(result, diff, cuts),
                 validation=_val_metrics(logits, val.y),
             )
         )
         if image_model is not None:
-            ival = build_image_samples(series, cuts, "val", image_check_samples, seed=1)
+            ival = validation("image", tf, image_h, image_check_samples)
             ilogits, idiff = _parity(image_model, image_path, ival.x)
             log.info("efficientnet %dm: parity %.2e on %d real images", tf, idiff, len(ival))
             components.append(
@@ -154,7 +174,7 @@ def export_all(
                     file=image_path.name,
                     sha256=sha256_file(image_path),
                     input={"name": "input", "shape": ["batch", 3, IMAGE_HEIGHT, 3 * IMAGE_BARS], "dtype": "float32"},
-                    output={"name": "logits", "shape": ["batch", 1], "meaning": "logit of P(next bar closes up)"},
+                    output={"name": "logits", "shape": ["batch", 1], "meaning": _meaning(tf, image_h)},
                     preprocessing={
                         "renderer": "composite",
                         "renderer_version": RENDERER_VERSION,
@@ -162,8 +182,8 @@ def export_all(
                         "bars": IMAGE_BARS,
                         "channels": ["ohlc_chart/255", "volume_profile", "gasf(log close)"],
                     },
-                    horizon=f"next {tf}m bar",
-                    horizon_minutes=tf,
+                    horizon=_horizon_text(tf, image_h),
+                    horizon_minutes=image_h or tf,
                     training=_training(image_result, idiff, cuts) | {"shared_by_timeframes": True},
                     validation=_val_metrics(ilogits, ival.y),
                 )
@@ -200,4 +220,15 @@ def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, An
         "seconds": round(result["train_seconds"], 1),
         "sources": result["sources"],
         "parity_max_abs_diff": parity,
+        **{k: result[k] for k in ("pretrained", "fine_tune") if k in result},
     }
+
+
+def _horizon_text(tf: int, horizon: int | None) -> str:
+    return f"next {tf}m bar" if horizon is None else f"log return over the next {horizon} min"
+
+
+def _meaning(tf: int, horizon: int | None) -> str:
+    if horizon is None:
+        return "logit of P(next bar closes up)"
+    return f"logit of P(log return over the next {horizon} min > 0), from the {tf}m window"

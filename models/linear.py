@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, ewma_variance, linear_input
 from inference.manifest import Component, Manifest, sha256_file
-from models.data import MINUTE_MS, Series
+from models.data import MINUTE_MS, Series, horizon_ends, horizon_targets
 from models.datasets import Cuts, series_for_timeframe
 from models.metrics import brier_skill, qlike
 
@@ -57,28 +57,6 @@ log = logging.getLogger(__name__)
 DIRECTION = tuple(i for i, n in enumerate(LINEAR_FEATURES) if not n.startswith("ln_"))
 VOLATILITY = tuple(i for i in range(len(LINEAR_FEATURES)) if i not in DIRECTION)
 HEADS = ["logit", "abs_move_bp", "var_bp2"]
-
-
-def horizon_ends(series: Series, need: int, horizon: int) -> npt.NDArray[np.int64]:
-    """Indices ``t`` with ``need`` bars ending at ``t`` and ``horizon`` more after it, in one contiguous run."""
-    parts = [
-        np.arange(a + need - 1, b - horizon, dtype=np.int64)
-        for a, b in series.contiguous_runs()
-        if b - a >= need + horizon
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def horizon_targets(
-    series: Series, ends: npt.NDArray[np.int64], horizon: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(log return over the next ``horizon`` bars, its realized variance Σ r² in bp²) after each end."""
-    logc = np.log(series.ohlcv[:, 3])
-    r_h = logc[ends + horizon] - logc[ends]
-    step = np.diff(logc, prepend=logc[0]) * 1e4
-    csum = np.concatenate([[0.0], np.cumsum(step**2)])
-    var = csum[ends + horizon + 1] - csum[ends + 1]
-    return r_h, var
 
 
 def _features_chunk(args: tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:

@@ -1,10 +1,13 @@
 """``candlecast stack``: earn the components' weights, calibrate, and choose the threshold, on validation.
 
-On the Bybit linear 1m series, over the validation span only (input windows from the training cut,
+On the Bybit linear 1m series, over the validation span only (1m input windows from the training cut,
 outcomes before the test cut; :class:`models.datasets.Cuts`), each component that answers the
 signal's question (``horizon_minutes`` = H) is run exactly as serving runs it — the manifest loaded
 by :func:`inference.components.load_model_set`, inputs from ``LoadedComponent.prepare``, the ONNX
-session's ``run``. Then, with the span cut in two halves by time:
+session's ``run``. A 5m, 15m or 1h component reads, at each 1m close, the window of its timeframe
+that serving holds then (:func:`models.data.view_ends`; the bars before the cut in it are history,
+not outcomes); where serving would refuse that window the component does not vote, and an absent
+vote adds nothing to the stacker's sum, as in serving. Then, with the span cut in two halves by time:
 
 1. **stack** (first half): L2 logistic regression of ``up`` on the components' logits: the weights
    are earned; a component without skill ends near 0;
@@ -34,13 +37,14 @@ import numpy.typing as npt
 from inference.components import LoadedComponent, example_input, load_model_set
 from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
+from inference.linear_features import LINEAR_BARS
 from inference.manifest import EnsembleSpec, Manifest
-from models.data import Series, load_series
+from models.data import Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.datasets import Cuts
-from models.linear import ewma_of_windows, fit_logistic, horizon_ends, horizon_targets, iso_minute
+from models.linear import ewma_of_windows, fit_logistic, iso_minute
 from models.metrics import brier_skill, qlike
 
-__all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "platt", "voters"]
+__all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "minute_bars_needed", "platt", "voters"]
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +54,43 @@ BATCH = 256
 
 
 def voters(components: tuple[LoadedComponent, ...], horizon: int) -> list[LoadedComponent]:
-    """The enabled components that answer the H-minute question on 1m windows (the ones stacked)."""
-    out = []
-    for c in components:
-        if c.disabled is None and c.spec.horizon_min == horizon and c.timeframe == "1":
-            out.append(c)
-        elif c.disabled is None and c.spec.horizon_min == horizon:
-            log.warning("%s: %sm input windows are not stacked yet; it is left out", c.name, c.timeframe)
-    return out
+    """The enabled components that answer the H-minute question, whatever window they read."""
+    return [c for c in components if c.disabled is None and c.spec.horizon_min == horizon]
 
 
-def component_outputs(c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-    """The component's output rows (its heads) for the window ending at each of ``ends``, built and
-    run by serving's code (``LoadedComponent.prepare``, ``ModelSession.run``)."""
+def minute_bars_needed(components: list[LoadedComponent]) -> int:
+    """The 1m bars a signal needs before its first call: the 1m components' windows and the EWMA's."""
+    return max([c.bars_needed for c in components if c.timeframe == "1"] + [LINEAR_BARS])
+
+
+def component_outputs(
+    c: LoadedComponent,
+    base: Series,
+    ends: npt.NDArray[np.int64],
+    views: dict[int, Series] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The component's output rows (its heads) at the close of each 1m bar ``ends`` of ``base``, built
+    and run by serving's code (``LoadedComponent.prepare``, ``ModelSession.run``) on the window of the
+    component's timeframe serving holds then; NaN rows where serving would not let it vote.
+
+    ``views`` caches the coarser series aggregated from ``base`` (several components share one)."""
     assert c.session is not None
+    tf = int(c.timeframe)
+    if tf == base.interval_min:
+        s, idx = base, ends
+    else:
+        views = {} if views is None else views
+        if tf not in views:
+            views[tf] = aggregate(base, tf)
+        s = views[tf]
+        idx = view_ends(base, s, ends, c.bars_needed)
     out = []
-    for i in range(0, len(ends), BATCH):
+    for i in range(0, len(idx), BATCH):
         inputs, bad = [], []
-        for k, t in enumerate(ends[i : i + BATCH].tolist()):
+        for k, t in enumerate(idx[i : i + BATCH].tolist()):
             try:
+                if t < c.bars_needed - 1:
+                    raise ValueError("no usable window")  # serving: stale, holed or short window
                 inputs.append(c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]))
             except (InferenceError, ValueError, ArithmeticError):  # as serving: this component drops out
                 inputs.append(example_input(c.spec, 1)[0])  # zeros of the input's shape
@@ -128,7 +150,7 @@ def fit_ensemble(
     stacked = voters(models.components, horizon)
     if not stacked:
         raise ValueError(f"no enabled 1m component forecasts {horizon} min ahead: nothing to stack")
-    need = max(c.bars_needed for c in stacked)
+    need = minute_bars_needed(stacked)
     files = sorted((data_dir / "klines_1m").glob("bybit_linear_*_1m.csv.gz"))
     if not files:
         raise ValueError(f"no Bybit linear 1m files in {data_dir / 'klines_1m'}")
@@ -150,7 +172,8 @@ def fit_ensemble(
         if len(ends) > per_series:
             ends = np.sort(rng.choice(ends, per_series, replace=False))
         log.info("%s: %d validation windows", s.name, len(ends))
-        outs = [component_outputs(c, s, ends) for c in stacked]
+        views: dict[int, Series] = {}
+        outs = [component_outputs(c, s, ends, views) for c in stacked]
         logits.append(np.column_stack([o[:, 0] for o in outs]))
         with_var = [
             o[:, c.spec.heads.index("var_bp2")] for o, c in zip(outs, stacked, strict=True) if "var_bp2" in c.spec.heads
@@ -162,6 +185,8 @@ def fit_ensemble(
         var_ewma.append(ewma_of_windows(s, ends, horizon))
         times.append(s.start_ms[ends])
     z_all, r_all, t_all = np.concatenate(logits), np.concatenate(returns), np.concatenate(times)
+    voted = np.isfinite(z_all)
+    z_all = np.where(voted, z_all, 0.0)  # an absent vote adds nothing to the stacker's sum, as in serving
     moved = r_all != 0
     first, second = moved & (t_all < mid), moved & (t_all >= mid)
     up = (r_all > 0).astype(np.float64)
@@ -172,7 +197,12 @@ def fit_ensemble(
     a, c0 = platt(z2, up[second])
     spec = EnsembleSpec.parse(raw | {"calibration": {"method": "platt", "a": a, "b": c0}, "threshold": 0.5})
     late = t_all >= mid  # the calibration half, unchanged closes included (they count against coverage)
-    p_late = np.array([stacked_p_up(dict(zip(names, row.tolist(), strict=True)), spec) for row in z_all[late]])
+    p_late = np.array(
+        [
+            stacked_p_up({n: z for n, z, v in zip(names, row.tolist(), has.tolist(), strict=True) if v}, spec)
+            for row, has in zip(z_all[late], voted[late], strict=True)
+        ]
+    )
     p2 = p_late[moved[late]]  # the same, on the bars that moved
     tau, figures = choose_threshold(p_late, r_all[late])
     # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
@@ -182,11 +212,13 @@ def fit_ensemble(
     magnitude = "heads" if qlike_heads < qlike_ewma else "ewma"
     per_component: dict[str, Any] = {}
     for i, name in enumerate(names):
-        p_c = 1.0 / (1.0 + np.exp(-z_all[second, i]))
+        mine = second & voted[:, i]  # the calibration-half bars this component voted on
+        p_c = 1.0 / (1.0 + np.exp(-z_all[mine, i]))
         per_component[name] = {
             "weight": float(w[i]),
-            "brier_skill": brier_skill(p_c, up[second]),
-            "accuracy_moved": float(np.mean((p_c > 0.5) == (up[second] > 0.5))),
+            "votes": float(mine.sum() / max(1, second.sum())),
+            "brier_skill": brier_skill(p_c, up[mine]) if mine.any() else float("nan"),
+            "accuracy_moved": float(np.mean((p_c > 0.5) == (up[mine] > 0.5))) if mine.any() else float("nan"),
         }
     fitted = {
         "stack_span": [iso_minute(cuts.train_end), iso_minute(mid)],

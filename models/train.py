@@ -3,10 +3,22 @@
 Seeded, CUDA when present and the CPU otherwise (``--device`` chooses), AdamW with a cosine schedule, early stopping
 on validation loss, progress bars. Writes checkpoints and their metrics to ``--work``; ``candlecast
 export`` turns them into ONNX artifacts and the manifest.
+
+``--horizon H`` trains every timeframe for the signal's one question (the log return over the next H
+minutes, asked at each 1m close; a 5m, 15m or 1h component reads the view of its timeframe that
+serving holds then: :func:`models.datasets.build_view_samples`). Without it, each model forecasts the
+next bar of its own timeframe, as the first artifacts did.
+
+Pre-train, then fine-tune: every 1m series (Binance spot and USDT-M, Bybit) trains the model; with
+``--fine-tune bybit_linear`` it then continues on those series alone at a tenth of the learning rate,
+and the fine-tuned weights are kept only if their validation loss on those series is lower than the
+pre-trained ones'. ``--init-from models/artifacts`` starts a TCN from a shipped artifact's weights
+(read from its ONNX graph) instead of from scratch; with ``--tcn-epochs 0`` only the fine-tune runs.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -16,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
+from inference.manifest import Manifest
+from models.data import Series
 from models.datasets import (
     IMAGE_BARS,
     IMAGE_HEIGHT,
@@ -29,12 +45,13 @@ from models.datasets import (
     SampleSet,
     build_image_samples,
     build_tcn_samples,
+    build_view_samples,
     series_for_timeframe,
 )
 from models.efficientnet import efficientnet
 from models.tcn import TCN
 
-__all__ = ["TrainConfig", "train_all"]
+__all__ = ["TrainConfig", "load_onnx_weights", "train_all"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +77,10 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 3
     efficientnet_variant: str = "b0"
+    horizon: int | None = None  # None: the next bar of each timeframe; else the H-minute question
+    fine_tune: str | None = None  # series-name prefix to fine-tune on after pre-training
+    fine_tune_epochs: int = 2
+    init_from: Path | None = None  # artifacts directory: start TCNs from its ONNX weights
 
 
 def _device(name: str) -> torch.device:
@@ -185,21 +206,32 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(cfg).items()}, "cuts": asdict(cuts)}
     image_train: list[SampleSet] = []
     image_val: list[SampleSet] = []
+    bases = series_for_timeframe(cfg.data_dir, 1) if cfg.horizon is not None else []
     for tf in cfg.timeframes:
-        series = series_for_timeframe(cfg.data_dir, tf)
+        series = series_for_timeframe(cfg.data_dir, tf) if cfg.horizon is None else bases
         if "tcn" in cfg.models:
-            train = build_tcn_samples(series, cuts, "train", cfg.tcn_train_cap, cfg.seed)
-            val = build_tcn_samples(series, cuts, "val", cfg.tcn_val_cap, cfg.seed)
-            log.info("tcn %dm: %d train / %d val samples from %d series", tf, len(train), len(val), len(series))
+            label = f"tcn_{tf}m"
             torch.manual_seed(cfg.seed)
-            model = TCN(in_channels=train.x.shape[1])
-            result = fit(model, train, val, cfg, cfg.tcn_epochs, f"tcn_{tf}m")
-            result["config"] = {"in_channels": int(train.x.shape[1]), "length": TCN_LENGTH}
-            torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"tcn_{tf}m.pt")
-            summary[f"tcn_{tf}m"] = {k: v for k, v in result.items() if k != "history"}
+            model = TCN(in_channels=8)
+            pretrained = _init_tcn(model, cfg, label)
+            if cfg.tcn_epochs > 0:
+                train = _samples(cfg, "tcn", series, tf, cuts, "train", cfg.tcn_train_cap)
+                val = _samples(cfg, "tcn", series, tf, cuts, "val", cfg.tcn_val_cap)
+                log.info("%s: %d train / %d val samples from %d series", label, len(train), len(val), len(series))
+                result = fit(model, train, val, cfg, cfg.tcn_epochs, label)
+            elif pretrained is not None:
+                result = pretrained
+            else:
+                raise ValueError(f"{label}: --tcn-epochs 0 needs --init-from (nothing to start from)")
+            if cfg.fine_tune:
+                result = _fine_tune(model, result, cfg, "tcn", series, tf, cuts, label)
+            result["config"] = {"in_channels": 8, "length": TCN_LENGTH}
+            result["horizon_minutes"] = cfg.horizon
+            torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
+            summary[label] = {k: v for k, v in result.items() if k != "history"}
         if "efficientnet" in cfg.models:
-            image_train.append(build_image_samples(series, cuts, "train", cfg.image_train_cap, cfg.seed))
-            image_val.append(build_image_samples(series, cuts, "val", cfg.image_val_cap, cfg.seed))
+            image_train.append(_samples(cfg, "image", series, tf, cuts, "train", cfg.image_train_cap))
+            image_val.append(_samples(cfg, "image", series, tf, cuts, "val", cfg.image_val_cap))
     if "efficientnet" in cfg.models:
         train = _concat(image_train)
         val = _concat(image_val)
@@ -222,6 +254,7 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
             lr=cfg.image_lr,
             batch_size=cfg.image_batch_size,
         )
+        result["horizon_minutes"] = cfg.horizon
         result["config"] = {
             "variant": cfg.efficientnet_variant,
             "in_channels": 3,
@@ -242,3 +275,128 @@ def _concat(sets: list[SampleSet]) -> SampleSet:
         span=(min(s.span[0] for s in sets if len(s)), max(s.span[1] for s in sets if len(s))),
         sources=[n for s in sets for n in s.sources],
     )
+
+
+def _samples(cfg: TrainConfig, kind: str, series: list[Series], tf: int, cuts: Cuts, part: str, cap: int) -> SampleSet:
+    if cfg.horizon is not None:
+        return build_view_samples(kind, series, tf, cuts, part, cap, cfg.horizon, cfg.seed)
+    if kind == "tcn":
+        return build_tcn_samples(series, cuts, part, cap, cfg.seed)
+    return build_image_samples(series, cuts, part, cap, cfg.seed)
+
+
+def load_onnx_weights(model: nn.Module, path: Path) -> None:
+    """Load an exported model's weights back: its ONNX initializers, by parameter name, into ``model``.
+
+    Exact for the TCN (its graph keeps every parameter under its state_dict name); a graph whose
+    export folded or renamed parameters (BatchNorm into convolutions) is refused, not half-loaded.
+    """
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise ValueError(f"{path.name}: the graph has no weights named {', '.join(missing[:3])}; cannot start from it")
+    shapes = [k for k in state if tuple(state[k].shape) != weights[k].shape]
+    if shapes:
+        raise ValueError(
+            f"{path.name}: {shapes[0]} is {weights[shapes[0]].shape}, the model wants {state[shapes[0]].shape}"
+        )
+    model.load_state_dict({k: torch.from_numpy(weights[k].copy()) for k in state})
+
+
+def _init_tcn(model: nn.Module, cfg: TrainConfig, label: str) -> dict[str, Any] | None:
+    """Start ``model`` from the shipped ``label`` artifact (``--init-from``); its training record, as
+    a :func:`fit` result, or None without ``--init-from``."""
+    if cfg.init_from is None:
+        return None
+    manifest = Manifest.load(cfg.init_from / "manifest.json")
+    entry = next((c for c in manifest.components if c.name == label), None)
+    if entry is None:
+        raise ValueError(f"--init-from {cfg.init_from}: the manifest has no {label}")
+    if cfg.horizon is not None and entry.horizon_min != cfg.horizon:
+        raise ValueError(f"--init-from: {label} forecasts {entry.horizon_min} min ahead, not --horizon {cfg.horizon}")
+    load_onnx_weights(model, cfg.init_from / entry.file)
+    tr = entry.training
+    log.info("%s: starting from %s %s (%s samples)", label, entry.file, entry.version, tr.get("samples"))
+    return {
+        "history": [],
+        "validation": dict(entry.validation),
+        "train_seconds": float(tr.get("seconds") or 0.0),
+        "train_samples": int(tr.get("samples") or 0),
+        "val_samples": int(entry.validation.get("n") or 0),
+        "train_span": [_ms(tr["span"][0]), _ms(tr["span"][1])],
+        "val_span": [_ms(tr["validation_span"][0]), _ms(tr["validation_span"][1])],
+        "sources": list(tr.get("sources", [])),
+        "pretrained": {"from": f"{entry.file} {entry.version}"},
+    }
+
+
+def _ms(iso: str) -> int:
+    return int(dt.datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+def _loss(model: nn.Module, val: SampleSet, cfg: TrainConfig) -> float:
+    logits = _predict(model, val.x, _device(cfg.device), cfg.batch_size * 2)
+    return float(nn.BCEWithLogitsLoss()(torch.from_numpy(logits), torch.from_numpy(val.y)))
+
+
+def _fine_tune(
+    model: nn.Module,
+    result: dict[str, Any],
+    cfg: TrainConfig,
+    kind: str,
+    series: list[Series],
+    tf: int,
+    cuts: Cuts,
+    label: str,
+) -> dict[str, Any]:
+    """Continue on the ``--fine-tune`` series at a tenth of the learning rate; keep the fine-tuned
+    weights only if they lower the validation loss on those series."""
+    assert cfg.fine_tune is not None
+    chosen = [s for s in series if s.name.startswith(cfg.fine_tune)]
+    if not chosen:
+        raise ValueError(f"--fine-tune {cfg.fine_tune}: no series of that name in {cfg.data_dir}")
+    train = _samples(cfg, kind, chosen, tf, cuts, "train", cfg.tcn_train_cap)
+    val = _samples(cfg, kind, chosen, tf, cuts, "val", cfg.tcn_val_cap)
+    if not len(train) or not len(val):  # e.g. a 1h window is longer than those series' training span
+        why = f"{len(train)} training and {len(val)} validation samples on {cfg.fine_tune}"
+        log.warning("%s: no fine-tune (%s); the pre-trained weights stay", label, why)
+        return result | {"fine_tune": {"series": [s.name for s in chosen], "kept": False, "skipped": why}}
+    model.to(_device(cfg.device))
+    before_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    before = _loss(model, val, cfg)
+    tuned = fit(model, train, val, cfg, cfg.fine_tune_epochs, f"{label} fine-tune", lr=cfg.lr / 10)
+    after = min(h["val_loss"] for h in tuned["history"])
+    kept = after < before
+    if not kept:
+        model.load_state_dict(before_state)
+    log.info(
+        "%s fine-tune on %s: val loss %.5f -> %.5f (%s)",
+        label,
+        cfg.fine_tune,
+        before,
+        after,
+        "kept" if kept else "discarded",
+    )
+    out = dict(result)
+    out["fine_tune"] = {
+        "series": [s.name for s in chosen],
+        "samples": len(train),
+        "val_samples": len(val),
+        "epochs": len(tuned["history"]),
+        "seconds": round(tuned["train_seconds"], 1),
+        "val_loss_before": before,
+        "val_loss_after": after,
+        "kept": kept,
+    }
+    out["train_samples"] = int(result["train_samples"]) + len(train)
+    out["train_seconds"] = float(result["train_seconds"]) + tuned["train_seconds"]
+    out["train_span"] = [
+        min(result["train_span"][0], tuned["train_span"][0]),
+        max(result["train_span"][1], tuned["train_span"][1]),
+    ]
+    out["sources"] = sorted(set(result["sources"]) | set(tuned["sources"]))
+    if kept:
+        out["validation"] = tuned["validation"]
+    model.to("cpu")
+    return out

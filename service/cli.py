@@ -166,6 +166,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--image-epochs", type=int, default=4)
     t.add_argument("--tcn-samples", type=int, default=60_000, help="training samples per timeframe (cap)")
     t.add_argument("--image-samples", type=int, default=3_000, help="training images per timeframe (cap)")
+    t.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        help="minutes ahead (the signal's H), asked at every 1m close; default: each timeframe's next bar",
+    )
+    t.add_argument("--fine-tune", default=None, help="after pre-training, fine-tune on series named so (bybit_linear)")
+    t.add_argument("--fine-tune-epochs", type=int, default=2)
+    t.add_argument("--init-from", type=Path, default=None, help="start TCNs from the artifacts in this directory")
     t.set_defaults(handler=_cmd_train)
 
     e = sub.add_parser("export", help="export trained checkpoints to ONNX + manifest (parity-checked)")
@@ -387,6 +396,10 @@ async def _cmd_train(args: argparse.Namespace) -> int:
         image_epochs=args.image_epochs,
         tcn_train_cap=args.tcn_samples,
         image_train_cap=args.image_samples,
+        horizon=args.horizon,
+        fine_tune=args.fine_tune,
+        fine_tune_epochs=args.fine_tune_epochs,
+        init_from=args.init_from,
     )
     summary = await asyncio.to_thread(train_all, cfg)
     _print_json(summary)

@@ -18,8 +18,9 @@ from models.data import (
     next_returns,
     sample_ends,
     split_by_time,
+    view_ends,
 )
-from models.datasets import Cuts, build_tcn_samples, series_for_timeframe
+from models.datasets import Cuts, build_tcn_samples, build_view_samples, series_for_timeframe, view_need
 from models.metrics import TAKER_FEE, Part, net_returns, strategy_report
 from tests.conftest import SHARED
 
@@ -98,6 +99,62 @@ def test_time_split_purges_so_no_window_or_label_crosses_parts() -> None:
     assert s.start_ms[sp.val.max() + 1] < t2
     assert s.start_ms[sp.test.min() - need + 1] >= t2
     assert sp.train.max() < sp.val.min() < sp.val.max() < sp.test.min()
+
+
+def test_a_view_is_the_coarse_window_serving_holds_at_each_1m_close() -> None:
+    """view_ends agrees with serving's own check (inference.checks.check_window) at every 1m close,
+    holes included: the coarse window it picks is the one the worker would read, or none."""
+    from decimal import Decimal
+
+    from inference.checks import check_window
+    from streaming.klines import Bar
+
+    s = synthetic(2_000)
+    keep = np.ones(len(s), bool)
+    keep[700:703] = False  # a 3-minute hole: the 5m buckets holding it are never formed
+    s = Series(s.name, s.symbol, 1, s.start_ms[keep], s.ohlcv[keep])
+    coarse = aggregate(s, 5)
+    bars = [
+        Bar(int(t), *(Decimal(repr(float(v))) for v in row), Decimal(0))
+        for t, row in zip(coarse.start_ms, coarse.ohlcv)
+    ]
+    need = 20
+    ends = np.arange(len(s), dtype=np.int64)
+    j = view_ends(s, coarse, ends, need)
+    for t, k in zip(ends.tolist(), j.tolist()):
+        now = int(s.start_ms[t]) + MINUTE_MS  # the 1m bar t closes
+        held = [b for b in bars if b.start + 5 * MINUTE_MS <= now]  # what the 5m window holds then
+        verdict = check_window(held, "5", need, now)
+        assert (verdict is None) == (k >= 0), (t, verdict, k)
+        if k >= 0:
+            assert held[-1].start == coarse.start_ms[k]
+    assert (j >= 0).sum() > 1_500 and (j < 0).sum() > 100  # both cases occur (warm-up, the hole)
+
+
+def test_view_samples_ask_the_h_minute_question_on_the_coarse_window() -> None:
+    from inference.features import tcn_input
+
+    s = synthetic(6_000, start=Cuts().train_end - 3_000 * MINUTE_MS)
+    for part in ("train", "val"):
+        v = build_view_samples("tcn", [s], 5, Cuts(), part, cap=100_000, horizon=3)
+        assert len(v) > 1_000 and v.sources == [f"{s.name}->5m"]
+        if part == "train":
+            assert v.span[1] < Cuts().train_end
+        else:
+            assert v.span[0] >= Cuts().train_end + view_need("tcn") * 5 * MINUTE_MS  # the window after the cut
+    # one sample by hand: cut the series so that one 1m close alone has a full 97-bar 5m window and
+    # its 3-minute outcome: the last minute of 5m bucket k, the window the buckets k-96..k
+    coarse = aggregate(s, 5)
+    k = 800
+    first = int(np.searchsorted(s.start_ms, coarse.start_ms[k - 96]))
+    t = int(np.searchsorted(s.start_ms, coarse.start_ms[k] + 4 * MINUTE_MS))
+    cut = Series(s.name, s.symbol, 1, s.start_ms[first : t + 4], s.ohlcv[first : t + 4])
+    one = build_view_samples("tcn", [cut], 5, Cuts(), "val", cap=100, horizon=3)
+    close = s.ohlcv[:, 3]
+    assert len(one) == 1 and one.y[0] == float(close[t + 3] > close[t])
+    np.testing.assert_array_equal(one.x[0], tcn_input(coarse.ohlcv[k - 96 : k + 1], 64))
+    with pytest.raises(ValueError, match="asked at 1m closes"):
+        build_view_samples("tcn", [coarse], 15, Cuts(), "train", cap=10, horizon=1)
 
 
 def test_shared_data_series_are_deduplicated_per_market() -> None:
