@@ -43,7 +43,7 @@ from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
 from streaming.klines import Bar, interval_ms
-from streaming.store import BarEvent, SymbolWindows, WindowStore
+from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 
 __all__ = ["SignalEngine", "decide", "vote_report"]
 
@@ -179,6 +179,8 @@ class SignalEngine:
             self.clock.observe(windows.book.ts)
 
         closed = {iv: _closed(windows.bars.get(iv, []), interval_ms(iv), now) for iv in self.config.intervals}
+        # A window with a rewritten closed bar waits for the ingestor's REST reconcile (store.revised_field).
+        unreconciled = {iv for iv in self.config.intervals if windows.status.get(revised_field(iv))}
         drafts = _Drafts()
         runnable: list[tuple[LoadedComponent, list[Bar]]] = []
         for c in models.components:
@@ -190,6 +192,8 @@ class SignalEngine:
                 drafts.drop(c, "timeframe_not_ingested")
             elif c.timeframe in windows.corrupt:
                 drafts.drop(c, "corrupt_window")
+            elif c.timeframe in unreconciled:
+                drafts.drop(c, "unreconciled_window")
             elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
                 drafts.drop(c, reason)
             else:
@@ -255,7 +259,8 @@ class SignalEngine:
                 calibrated=result.calibrated,
             )
         # no vote: ``money`` is priced without a probability (no edge, never tradeable)
-        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money)
+        refused = "unreconciled_window" if FALLBACK_INTERVAL in unreconciled else None
+        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money, refused)
 
     def _fallback(
         self,
@@ -269,6 +274,7 @@ class SignalEngine:
         wall: int,
         reference: float | None,
         money: Economics,
+        refused: str | None = None,
     ) -> Signal | NoSignal:
         if not models.components:
             why = "models_missing"
@@ -288,6 +294,7 @@ class SignalEngine:
             horizon_minutes=self.config.horizon_minutes,
             reference_price=reference,
             money=money,
+            refused=refused,
         )
 
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:

@@ -86,11 +86,13 @@ def fallback_signal(
     horizon_minutes: int = 1,
     reference_price: float | None = None,
     money: Economics | None = None,
+    refused: str | None = None,
 ) -> Signal | NoSignal:
     """The rule's signal at ``bar`` from the closed 1h ``bars`` (``None``: 1h klines are not
-    ingested), or the :class:`NoSignal` saying why its input is unusable. ``why`` says why no
+    ingested), or the :class:`NoSignal` saying why its input is unusable (``refused``: the reason the
+    caller already refuses the 1h window for, e.g. ``unreconciled_window``). ``why`` says why no
     component voted."""
-    problem = (
+    problem = refused or (
         "timeframe_not_ingested"
         if bars is None
         else check_window(bars, FALLBACK_INTERVAL, FALLBACK_BARS, bar.close_time)

@@ -24,7 +24,7 @@ from streaming.klines import Bar, interval_ms, last_closed_start
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.rest import BybitRest
-from streaming.store import BookStatus, WindowStore
+from streaming.store import BookStatus, WindowStore, revised_field
 from streaming.supervisor import TaskSupervisor
 from streaming.writer import WindowWriter
 
@@ -73,7 +73,7 @@ class Ingestor:
         self.metrics = metrics
         self.clock = ExchangeClock()
         self.rest = rest or BybitRest(config.rest_url, rate_per_s=config.rest_rate_per_s, ban_seconds=config.rest_ban_s)
-        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered)
+        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered, on_revised=self._on_revised)
         self.books = {s: OrderBook(s, config.book_depth) for s in config.symbols}
         self.newest: dict[tuple[str, str], int] = {}  # newest closed start known per window
         self._last_slot: dict[str, int] = {}
@@ -357,6 +357,14 @@ class Ingestor:
         self._reconcile_pending.add((symbol, interval))
         self._reconcile_queue.put_nowait((symbol, interval, trigger))
 
+    def _on_revised(self, symbol: str, interval: str) -> None:
+        """A closed bar was rewritten with other values: the store has marked the window (no signal
+        is computed from it) and REST, the exchange's record, decides what it holds. Counted as a
+        gap, except when it is REST's own repair of this window (then checked once more)."""
+        if (symbol, interval) != self._reconcile_running:
+            self.metrics.gaps_found.labels(trigger="revised").inc()
+        self._schedule_reconcile(symbol, interval, "revised")
+
     async def _store_recovered(self) -> None:
         for symbol in self.config.symbols:
             self._publish_book(symbol)
@@ -408,6 +416,7 @@ class Ingestor:
 
     async def _reconcile(self, symbol: str, iv: str, trigger: str) -> None:
         """Make the window hold the newest ``window_bars`` closed bars REST knows, without holes."""
+        log.debug("reconciling %s %s from REST (%s)", symbol, iv, trigger)
         want = self.store.window_bars
         collected: dict[int, Bar] = {}
         end: int | None = None
@@ -428,9 +437,9 @@ class Ingestor:
         inserted = result.inserted.get((symbol, iv), 0)
         key = (symbol, iv)
         self.newest[key] = max(self.newest.get(key, bars[-1].start), bars[-1].start)
-        self.writer.put_status(symbol, {f"backfill:{iv}": "ok"})
+        self.writer.put_status(symbol, {f"backfill:{iv}": "ok", revised_field(iv): ""})  # reconciled
         if inserted:
             self.metrics.bars_backfilled.inc(inserted)
-            if trigger != "startup" or len(bars) != inserted:
+            if (trigger != "startup" or len(bars) != inserted) and trigger != "revised":  # counted when found
                 self.metrics.gaps_found.labels(trigger=trigger).inc()
             log.info("backfilled %d bar(s) of %s %s (%s)", inserted, symbol, iv, trigger)

@@ -17,6 +17,7 @@ from streaming.store import (
     WriteBatch,
     WriteResult,
     new_closes,
+    revised_field,
     trim_oldest,
 )
 
@@ -40,6 +41,7 @@ class MemoryStore:
             window = self._bars.setdefault(key, {})
             before = max(window, default=-1)
             inserted = revised = 0
+            first_revised = 2**63
             fresh = []
             for bar in bars:
                 old = window.get(bar.start)
@@ -49,7 +51,10 @@ class MemoryStore:
                         fresh.append(bar.start)
                 elif encode_bar(old) != encode_bar(bar):  # exact strings, like Redis members
                     revised += 1
+                    first_revised = min(first_revised, bar.start)
                 window[bar.start] = bar
+            if revised:  # marked with the write, as the Redis script does
+                self._status.setdefault(key[0], {})[revised_field(key[1])] = str(first_revised)
             trim_oldest(window, self.window_bars)
             result.inserted[key] = inserted
             result.revised[key] = revised

@@ -17,18 +17,23 @@ from streaming.errors import StoreError
 from streaming.klines import Bar, decode_bar, encode_bar
 from streaming.redis_boundary import store_errors, text
 from streaming.redis_keys import RedisKeys
-from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes
+from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes, revised_field
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
 
 # Idempotent upsert into a bounded time-keyed window, atomically (a script runs alone).
-# KEYS[1] = ZSET; ARGV = maxlen, then (score, member) pairs.
+# KEYS[1] = ZSET, KEYS[2] = the symbol's status HASH (same hash tag); ARGV = maxlen, the status field
+# that marks a revised window ('' for none), then (score, member) pairs. A member replaced by other
+# values sets that field to the oldest revised start in the same script, so no reader ever sees a
+# revised window unmarked (streaming.store.revised_field).
 # Returns {newest start before, newest start after, inserted, revised, starts inserted beyond the old newest...}.
 _UPSERT_WINDOW = """
 local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
+local mark = ARGV[2]
+local first_revised = nil
 local function newest()
   local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if top[2] then return top[2] end
@@ -37,7 +42,7 @@ end
 local before = newest()
 local inserted, revised = 0, 0
 local fresh = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local score, member = ARGV[i], ARGV[i + 1]
   local old = redis.call('ZRANGEBYSCORE', key, score, score)
   if #old == 0 then
@@ -48,8 +53,10 @@ for i = 2, #ARGV, 2 do
     redis.call('ZREMRANGEBYSCORE', key, score, score)
     redis.call('ZADD', key, score, member)
     revised = revised + 1
+    if first_revised == nil or tonumber(score) < tonumber(first_revised) then first_revised = score end
   end
 end
+if first_revised ~= nil and mark ~= '' then redis.call('HSET', KEYS[2], mark, first_revised) end
 local n = redis.call('ZCARD', key)
 if n > maxlen then redis.call('ZREMRANGEBYRANK', key, 0, n - maxlen - 1) end
 local out = {before, newest(), inserted, revised}
@@ -98,14 +105,15 @@ class RedisStore:
             return
         async with self._r.pipeline(transaction=False) as pipe:
             for symbol, interval in bar_keys:
-                args: list[Any] = [self.window_bars]
+                args: list[Any] = [self.window_bars, revised_field(interval)]
                 for bar in batch.bars[(symbol, interval)]:
                     args += [bar.start, encode_bar(bar)]
-                await self._upsert(keys=[self.keys.kline(symbol, interval)], args=args, client=pipe)
+                keys = [self.keys.kline(symbol, interval), self.keys.status(symbol)]
+                await self._upsert(keys=keys, args=args, client=pipe)
             for (symbol, depth), book in batch.books.items():
                 pipe.hset(self.keys.book(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
             for (symbol, depth), rows in batch.depth_rows.items():
-                args = [self.depth_rows]
+                args = [self.depth_rows, ""]
                 for row in rows:
                     args += [row.ts, encode_row(row)]
                 await self._upsert(keys=[self.keys.depth(symbol, depth)], args=args, client=pipe)

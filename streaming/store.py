@@ -24,6 +24,7 @@ __all__ = [
     "WriteBatch",
     "WriteResult",
     "new_closes",
+    "revised_field",
     "trim_oldest",
 ]
 
@@ -139,6 +140,14 @@ class WindowStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def revised_field(interval: str) -> str:
+    """The symbol status field that marks ``interval``'s window as revised: a closed bar in it was
+    rewritten with other values (its value: the oldest such start; empty once reconciled). The store
+    sets it in the same atomic write; the ingestor reconciles the window from REST and clears it;
+    the worker does not signal from a window so marked."""
+    return f"revised:{interval}"
 
 
 def new_closes(before: int, fresh: list[int]) -> list[int]:

@@ -37,8 +37,10 @@ class WindowWriter:
         linger_s: float = 0.005,
         backoff: Backoff | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
+        on_revised: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_revised = on_revised
         self._metrics = metrics
         self._linger_s = linger_s
         self._backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
@@ -112,8 +114,10 @@ class WindowWriter:
                 log.error("window store refused part of a batch: %s", err)
             for key, n in result.revised.items():
                 if n:
-                    log.warning("%d closed bar(s) of %s %s changed on rewrite", n, *key)
+                    log.warning("%d closed bar(s) of %s %s changed on rewrite; the window waits for REST", n, *key)
                     self._metrics.bars_revised.inc(n)
+                    if self._on_revised is not None:
+                        self._on_revised(*key)
             return result
 
     def _restore(self, batch: WriteBatch) -> None:

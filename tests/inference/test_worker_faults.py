@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from inference.runtime import CPU
 from inference.signal import NoSignal, Signal
 from streaming.errors import StoreError
 from streaming.redis_store import RedisStore
-from streaming.store import WriteBatch
+from streaming.store import WriteBatch, revised_field
 from tests.helpers import eventually
 from tests.inference.kit import (
     MINUTE,
@@ -326,3 +327,37 @@ async def test_one_corrupt_record_costs_only_the_components_of_its_window_and_is
             "efficientnet_5m": ("dropped", "corrupt_window"),
         }
         assert "secret" not in result.to_json().decode()
+
+
+async def test_a_window_with_a_revised_bar_is_not_signalled_from_until_reconciled(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    """The store marks a window whose closed bar was rewritten (status ``revised:{iv}``, set in the
+    same script); its components drop out, and the fallback refuses a marked 1h window, until the
+    ingestor's REST reconcile clears the mark."""
+    await redis_store.write(history(CLOSE - MINUTE, {"1": 60, "5": 60, "60": 20}))
+    old = history(CLOSE - MINUTE, {"5": 60}).bars[(SYMBOL, "5")][-3]
+    await redis_store.write(WriteBatch(bars={(SYMBOL, "5"): [replace(old, volume=old.volume + 1)]}))
+    async with running_worker(redis_url, redis_store, models) as h:
+        result = await outcome_of(h, redis_store, closing(CLOSE, ("1", "5")))
+        assert isinstance(result, Signal) and result.source == "ensemble"
+        status = {c.name: (c.status, c.reason) for c in result.components}
+        assert status == {
+            "tcn_1m": ("voted", None),
+            "tcn_5m": ("dropped", "unreconciled_window"),
+            "efficientnet_1m": ("voted", None),
+            "efficientnet_5m": ("dropped", "unreconciled_window"),
+        }
+        # every model window and the 1h window revised: no model, and not the rule either
+        for iv in ("1", "60"):
+            await redis_store.write(WriteBatch(status={SYMBOL: {revised_field(iv): "1"}}))
+        await redis_store.write(closing(CLOSE + MINUTE, ("1",)))
+        result = await h.outcome(SYMBOL, CLOSE)
+        assert isinstance(result, NoSignal) and result.reason == "fallback_input:unreconciled_window"
+        # reconciled (the ingestor clears the marks): signalled again
+        fields = {revised_field(iv): "" for iv in ("1", "5", "60")}
+        await redis_store.write(WriteBatch(status={SYMBOL: fields}))
+        await redis_store.write(closing(CLOSE + 2 * MINUTE, ("1",)))
+        result = await h.outcome(SYMBOL, CLOSE + MINUTE)
+        assert isinstance(result, Signal)
+        assert {c.name: c.reason for c in result.components} == dict.fromkeys(status)

@@ -24,7 +24,7 @@ from streaming.klines import interval_ms, is_contiguous
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
-from streaming.store import SymbolWindows
+from streaming.store import SymbolWindows, revised_field
 from tests.helpers import eventually
 from tests.redis_server import RedisServer
 from tests.streaming.kit import scratch_store
@@ -373,6 +373,31 @@ async def test_a_frame_from_the_future_is_quarantined_and_the_window_keeps_movin
     assert all(b.start < start for b in w.bars["1"])  # the window never held it
     await run_until_healthy(ing, store, sim, source_rows)  # and it goes on taking the real bars
     assert ing.books[SYMBOL].ready
+
+
+async def test_a_revised_closed_bar_is_a_hole_reconciled_from_rest_and_counted(
+    ing: Ingestor,
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    """A closed bar pushed again with other values is not kept with a warning: the window is marked
+    (the worker signals nothing from it), REST's record replaces it, and the mark is cleared."""
+    await run_until_healthy(ing, store, sim, source_rows)
+    old = (await windows(store)).bars["1"][-3]
+    now = sim.clock.now_ms()
+    revised = confirmed_kline(old.start, now)  # every price "1": not what the exchange recorded
+    frame = {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": now, "data": [revised]}
+    sim.send_malformed(orjson.dumps(frame).decode())
+    await eventually(lambda: sample(ing.metrics, GAPS_FOUND, trigger="revised") == 1, 10)
+    assert sample(ing.metrics, "candlecast_ingest_bars_revised_total") >= 1
+
+    async def cleared() -> bool:
+        return (await windows(store)).status.get(revised_field("1")) == ""
+
+    await eventually(cleared, 10, what="the revised mark cleared after the REST reconcile")
+    await run_until_healthy(ing, store, sim, source_rows)  # the bar equals the CSV again
+    assert sample(ing.metrics, GAPS_FOUND, trigger="revised") == 1  # REST's repair is not another gap
 
 
 async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulator, store: RedisStore) -> None:

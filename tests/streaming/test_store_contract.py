@@ -16,7 +16,7 @@ from streaming.errors import StoreUnavailable
 from streaming.klines import MINUTE_MS, Bar
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
-from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch
+from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch, revised_field
 from tests.redis_server import free_port
 from tests.streaming.kit import scratch_store
 
@@ -82,6 +82,24 @@ async def test_revised_bar_replaces_and_is_reported(store: WindowStore) -> None:
     assert res.inserted[("BTCUSDT", "1")] == 0
     w = await store.read_symbol("BTCUSDT", ["1"], 50)
     assert [str(b.close) for b in w.bars["1"]] == ["100.5", "100.75"]
+
+
+async def test_a_revised_window_is_marked_in_the_same_write_and_an_identical_rewrite_is_not(
+    store: WindowStore,
+) -> None:
+    await write_bars(store, [bar(0), bar(1), bar(2), bar(3)])
+    await write_bars(store, [bar(0), bar(1), bar(2)])  # the same values again: no revision
+    assert (await store.read_symbol("BTCUSDT", ["1"], 50)).status == {}
+    await write_bars(store, [bar(3, close="99"), bar(1, close="101"), bar(2)])
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert w.status == {revised_field("1"): str(T0 + MINUTE_MS)}  # the oldest bar rewritten
+    await write_bars(store, [bar(0)], iv="5")
+    await write_bars(store, [bar(0, close="98")], iv="5")  # another window, its own mark
+    w = await store.read_symbol("BTCUSDT", ["1", "5"], 50)
+    assert w.status[revised_field("5")] == str(T0)
+    # the reconciler clears it in a status write
+    await store.write(WriteBatch(status={"BTCUSDT": {revised_field("1"): ""}}))
+    assert (await store.read_symbol("BTCUSDT", ["1"], 50)).status[revised_field("1")] == ""
 
 
 async def test_event_only_when_newest_bar_advances(store: WindowStore) -> None:
