@@ -42,6 +42,7 @@ from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
+from streaming.errors import StoreError
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 
@@ -164,6 +165,11 @@ class SignalEngine:
         now = event.start + interval_ms(event.interval)
         models = self.models.current  # one snapshot for the whole signal, whatever a reload does meanwhile
         windows = await self._read(event.symbol, now, models)
+        for iv in sorted(windows.corrupt):  # its components drop out; the ingestor rebuilds it from REST
+            try:
+                await self.store.request_repair(event.symbol, iv)
+            except StoreError as exc:  # asked again at the next signal; this one goes on
+                log.warning("%s %s: could not ask for a repair: %s", event.symbol, iv, exc)
         return await self.signal_at(event, windows, models, read_started=t0)
 
     async def signal_at(

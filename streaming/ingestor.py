@@ -137,6 +137,7 @@ class Ingestor:
         self._tasks.spawn(self.writer.run(), "writer")
         self._tasks.spawn(self._reconciler(), "reconciler")
         self._tasks.spawn(self._freshness(), "freshness")
+        self._tasks.spawn(self._repairs(), "repairs")
         for conn in self.connections:
             self._tasks.spawn(conn.run(), conn.name)
         for symbol in self.config.symbols:
@@ -336,6 +337,21 @@ class Ingestor:
                     self._schedule_reconcile(*key, "overdue")
             self._count_incomplete(now)
 
+    async def _repairs(self, every_s: float = 1.0) -> None:
+        """Windows a reader found damaged (undecodable records, ``store.request_repair``) are rebuilt
+        from REST: the exchange's bars replace the window's older members, the damaged ones with them."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                asked = await self.store.take_repairs()
+            except StoreError:
+                continue  # the writer's recovery hook reconciles every window once the store is back
+            for symbol, iv in asked:
+                if symbol in self.books and iv in self.config.intervals:
+                    self.metrics.gaps_found.labels(trigger="corrupt").inc()
+                    log.warning("%s %s: a reader found damaged records; rebuilding the window from REST", symbol, iv)
+                    self._schedule_reconcile(symbol, iv, "corrupt")
+
     def _count_incomplete(self, now_ms: int) -> None:
         """Export how many windows per interval are behind the exchange clock or wait for a backfill."""
         for iv in self.config.intervals:
@@ -432,7 +448,7 @@ class Ingestor:
         if not collected:
             return
         bars = [collected[s] for s in sorted(collected)[-want:]]
-        self.writer.put_bars(symbol, iv, bars)
+        self.writer.put_bars(symbol, iv, bars, replace=trigger == "corrupt")
         result = await self.writer.flush()
         inserted = result.inserted.get((symbol, iv), 0)
         key = (symbol, iv)
@@ -440,6 +456,6 @@ class Ingestor:
         self.writer.put_status(symbol, {f"backfill:{iv}": "ok", revised_field(iv): ""})  # reconciled
         if inserted:
             self.metrics.bars_backfilled.inc(inserted)
-            if (trigger != "startup" or len(bars) != inserted) and trigger != "revised":  # counted when found
+            if (trigger != "startup" or len(bars) != inserted) and trigger not in ("revised", "corrupt"):  # counted
                 self.metrics.gaps_found.labels(trigger=trigger).inc()
             log.info("backfilled %d bar(s) of %s %s (%s)", inserted, symbol, iv, trigger)

@@ -32,6 +32,7 @@ class MemoryStore:
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._depth: dict[tuple[str, int], dict[int, DepthRow]] = {}
         self._status: dict[str, dict[str, str]] = {}
+        self._repairs: set[tuple[str, str]] = set()
         self._events: deque[tuple[str, BarEvent]] = deque(maxlen=events_maxlen)
         self._seq = itertools.count(1)
 
@@ -39,6 +40,10 @@ class MemoryStore:
         result = WriteResult()
         for key, bars in batch.bars.items():
             window = self._bars.setdefault(key, {})
+            if key in batch.replace and bars:
+                newest, keep = max(b.start for b in bars), {b.start for b in bars}
+                for start in [s for s in window if s < newest and s not in keep]:
+                    del window[start]
             before = max(window, default=-1)
             inserted = revised = 0
             first_revised = 2**63
@@ -83,6 +88,14 @@ class MemoryStore:
             depth=rows,
             status=dict(self._status.get(symbol, {})),
         )
+
+    async def request_repair(self, symbol: str, interval: str) -> None:
+        self._repairs.add((symbol, interval))
+
+    async def take_repairs(self, count: int = 100) -> list[tuple[str, str]]:
+        taken = sorted(self._repairs)[:count]
+        self._repairs.difference_update(taken)
+        return taken
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
         after_n = int(after.split("-")[0])

@@ -35,7 +35,7 @@ RECONNECT_REASONS = (
     "resync_failed",
 )
 RESYNC_REASONS = ("u_gap", "empty_side", "crossed")
-GAP_TRIGGERS = ("stream", "overdue", "startup", "reconnect", "store_recovered", "revised")
+GAP_TRIGGERS = ("stream", "overdue", "startup", "reconnect", "store_recovered", "revised", "corrupt")
 REST_OUTCOMES = ("ok", "banned", "retryable", "rejected")
 
 

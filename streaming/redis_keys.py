@@ -62,6 +62,11 @@ class RedisKeys:
     def bar_events(self) -> str:
         return f"{self.prefix}:events:bars"
 
+    @property
+    def repairs(self) -> str:
+        """SET of ``SYMBOL|interval``: windows a reader found damaged, for the ingestor to rebuild."""
+        return f"{self.prefix}:repairs"
+
     # -- signals (written by the worker, read by the API)
     def signal_latest(self, symbol: str) -> str:
         return f"{self.symbol_scope(symbol)}:signal"

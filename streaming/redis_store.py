@@ -25,15 +25,25 @@ log = logging.getLogger(__name__)
 
 # Idempotent upsert into a bounded time-keyed window, atomically (a script runs alone).
 # KEYS[1] = ZSET, KEYS[2] = the symbol's status HASH (same hash tag); ARGV = maxlen, the status field
-# that marks a revised window ('' for none), then (score, member) pairs. A member replaced by other
-# values sets that field to the oldest revised start in the same script, so no reader ever sees a
-# revised window unmarked (streaming.store.revised_field).
+# that marks a revised window ('' for none), '1' to replace (the pairs are the exchange's record:
+# every other member older than the newest pair goes, e.g. an undecodable one) else '0', then
+# (score, member) pairs in ascending score. A member replaced by other values sets the status field
+# to the oldest revised start in the same script, so no reader ever sees a revised window unmarked
+# (streaming.store.revised_field).
 # Returns {newest start before, newest start after, inserted, revised, starts inserted beyond the old newest...}.
 _UPSERT_WINDOW = """
 local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
 local mark = ARGV[2]
 local first_revised = nil
+if ARGV[3] == '1' and #ARGV >= 5 then
+  local keep = {}
+  for i = 4, #ARGV, 2 do keep[tonumber(ARGV[i])] = true end
+  local older = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[#ARGV - 1], 'WITHSCORES')
+  for j = 1, #older, 2 do
+    if not keep[tonumber(older[j + 1])] then redis.call('ZREM', key, older[j]) end
+  end
+end
 local function newest()
   local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if top[2] then return top[2] end
@@ -42,7 +52,7 @@ end
 local before = newest()
 local inserted, revised = 0, 0
 local fresh = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local score, member = ARGV[i], ARGV[i + 1]
   local old = redis.call('ZRANGEBYSCORE', key, score, score)
   if #old == 0 then
@@ -105,15 +115,16 @@ class RedisStore:
             return
         async with self._r.pipeline(transaction=False) as pipe:
             for symbol, interval in bar_keys:
-                args: list[Any] = [self.window_bars, revised_field(interval)]
-                for bar in batch.bars[(symbol, interval)]:
+                replace = "1" if (symbol, interval) in batch.replace else "0"
+                args: list[Any] = [self.window_bars, revised_field(interval), replace]
+                for bar in sorted(batch.bars[(symbol, interval)], key=lambda b: b.start):
                     args += [bar.start, encode_bar(bar)]
                 keys = [self.keys.kline(symbol, interval), self.keys.status(symbol)]
                 await self._upsert(keys=keys, args=args, client=pipe)
             for (symbol, depth), book in batch.books.items():
                 pipe.hset(self.keys.book(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
             for (symbol, depth), rows in batch.depth_rows.items():
-                args = [self.depth_rows, ""]
+                args = [self.depth_rows, "", "0"]
                 for row in rows:
                     args += [row.ts, encode_row(row)]
                 await self._upsert(keys=[self.keys.depth(symbol, depth)], args=args, client=pipe)
@@ -190,6 +201,20 @@ class RedisStore:
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status, corrupt=frozenset(corrupt))
+
+    async def request_repair(self, symbol: str, interval: str) -> None:
+        with store_errors():
+            await self._r.sadd(self.keys.repairs, f"{symbol}|{interval}")
+
+    async def take_repairs(self, count: int = 100) -> list[tuple[str, str]]:
+        with store_errors():
+            members = await self._r.spop(self.keys.repairs, count)
+        out = []
+        for m in members or []:
+            symbol, _, interval = (m.decode(errors="replace") if isinstance(m, bytes) else str(m)).partition("|")
+            if symbol and interval:
+                out.append((symbol, interval))
+        return sorted(out)
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:
         with store_errors():

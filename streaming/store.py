@@ -90,6 +90,9 @@ class WriteBatch:
     books: dict[tuple[str, int], BookStatus] = field(default_factory=dict)
     depth_rows: dict[tuple[str, int], list[DepthRow]] = field(default_factory=dict)
     status: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Windows whose bars in this batch are the exchange's record (a REST rebuild of a damaged
+    # window): any other member older than the batch's newest bar is removed, in the same write.
+    replace: set[tuple[str, str]] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.bars or self.books or self.depth_rows or self.status)
@@ -131,6 +134,15 @@ class WindowStore(Protocol):
         ``with_depth=False`` leaves out the depth-heatmap rows (hundreds of KB a symbol) for readers
         that do not use them, such as the worker on every bar close.
         """
+        ...
+
+    async def request_repair(self, symbol: str, interval: str) -> None:
+        """Ask for ``interval``'s window of ``symbol`` to be rebuilt from REST: a reader found
+        records in it it could not decode (idempotent; the ingestor takes the requests)."""
+        ...
+
+    async def take_repairs(self, count: int = 100) -> list[tuple[str, str]]:
+        """Up to ``count`` pending repair requests, each returned once."""
         ...
 
     async def read_events(self, after: str = "0", count: int = 1000) -> list[tuple[str, BarEvent]]:

@@ -49,13 +49,18 @@ class WindowWriter:
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
         self._status: dict[str, dict[str, str]] = {}
+        self._replace: set[tuple[str, str]] = set()
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()  # one flush at a time
         self._healthy = True
         self.flushes = 0
 
     # -- producers (synchronous, never block) ---------------------------------------------------
-    def put_bars(self, symbol: str, interval: str, bars: list[Bar]) -> None:
+    def put_bars(self, symbol: str, interval: str, bars: list[Bar], *, replace: bool = False) -> None:
+        """Queue closed bars. ``replace``: they are the exchange's record of the window (a REST
+        rebuild), so the write removes every other member older than the newest of them."""
+        if replace:
+            self._replace.add((symbol, interval))
         pending = self._bars.setdefault((symbol, interval), {})
         for bar in bars:
             pending[bar.start] = bar
@@ -93,8 +98,10 @@ class WindowWriter:
                 books=dict(self._books),
                 depth_rows={k: sorted(v.values(), key=lambda r: r.ts) for k, v in self._rows.items()},
                 status={k: dict(v) for k, v in self._status.items()},
+                replace=self._replace & set(self._bars),
             )
             self._bars, self._books, self._rows, self._status = {}, {}, {}, {}
+            self._replace = set()
             try:
                 result = await self._store.write(batch)
             except StoreUnavailable:
@@ -122,6 +129,7 @@ class WindowWriter:
 
     def _restore(self, batch: WriteBatch) -> None:
         """Put a failed batch back underneath anything newer that arrived meanwhile."""
+        self._replace |= batch.replace
         for key, bars in batch.bars.items():
             newer = self._bars.get(key, {})
             merged = {b.start: b for b in bars}

@@ -327,6 +327,8 @@ async def test_one_corrupt_record_costs_only_the_components_of_its_window_and_is
             "efficientnet_5m": ("dropped", "corrupt_window"),
         }
         assert "secret" not in result.to_json().decode()
+    assert await redis_store.take_repairs() == [(SYMBOL, "5")]  # the ingestor is asked to rebuild it
+    assert await redis_store.take_repairs() == []  # once
 
 
 async def test_a_window_with_a_revised_bar_is_not_signalled_from_until_reconciled(

@@ -116,12 +116,12 @@ def test_a_view_is_the_coarse_window_serving_holds_at_each_1m_close() -> None:
     coarse = aggregate(s, 5)
     bars = [
         Bar(int(t), *(Decimal(repr(float(v))) for v in row), Decimal(0))
-        for t, row in zip(coarse.start_ms, coarse.ohlcv)
+        for t, row in zip(coarse.start_ms, coarse.ohlcv, strict=True)
     ]
     need = 20
     ends = np.arange(len(s), dtype=np.int64)
     j = view_ends(s, coarse, ends, need)
-    for t, k in zip(ends.tolist(), j.tolist()):
+    for t, k in zip(ends.tolist(), j.tolist(), strict=True):
         now = int(s.start_ms[t]) + MINUTE_MS  # the 1m bar t closes
         held = [b for b in bars if b.start + 5 * MINUTE_MS <= now]  # what the 5m window holds then
         verdict = check_window(held, "5", need, now)

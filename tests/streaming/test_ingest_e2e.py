@@ -15,6 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -398,6 +399,36 @@ async def test_a_revised_closed_bar_is_a_hole_reconciled_from_rest_and_counted(
     await eventually(cleared, 10, what="the revised mark cleared after the REST reconcile")
     await run_until_healthy(ing, store, sim, source_rows)  # the bar equals the CSV again
     assert sample(ing.metrics, GAPS_FOUND, trigger="revised") == 1  # REST's repair is not another gap
+
+
+async def test_a_window_a_reader_found_damaged_is_rebuilt_from_rest(
+    ing: Ingestor,
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    redis_url: str,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    """`ZADD <1m window> 1000 'garbage|secret'` and a damaged member at a bar's own score: the
+    worker asks for a repair (store.request_repair); the ingestor rebuilds the window from REST,
+    the damaged members go, and every bar equals the exchange's record again."""
+    await run_until_healthy(ing, store, sim, source_rows)
+    key = store.keys.kline(SYMBOL, "1")
+    victim = (await windows(store)).bars["1"][-5].start
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        await raw.zadd(key, {"garbage|secret": 1000, "also|garbage": victim})
+        assert (await windows(store)).corrupt == {"1"}
+        await store.request_repair(SYMBOL, "1")
+        await eventually(lambda: sample(ing.metrics, GAPS_FOUND, trigger="corrupt") == 1, 10)
+
+        async def repaired() -> bool:
+            return not (await windows(store)).corrupt
+
+        await eventually(repaired, 10, what="the damaged members removed by the REST rebuild")
+        await run_until_healthy(ing, store, sim, source_rows)
+        assert await raw.zrangebyscore(key, 0, 1000) == []
+    finally:
+        await raw.aclose()
 
 
 async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulator, store: RedisStore) -> None:

@@ -102,6 +102,23 @@ async def test_a_revised_window_is_marked_in_the_same_write_and_an_identical_rew
     assert (await store.read_symbol("BTCUSDT", ["1"], 50)).status[revised_field("1")] == ""
 
 
+async def test_a_replacing_write_keeps_only_its_bars_up_to_its_newest_and_repairs_are_taken_once(
+    store: WindowStore,
+) -> None:
+    await write_bars(store, [bar(i) for i in range(6)])
+    # the exchange's record of bars 1..4 (bar 2 missing there, bar 3 other values); bar 5 is newer
+    batch = WriteBatch(bars={("BTCUSDT", "1"): [bar(4), bar(3, close="99"), bar(1)]}, replace={("BTCUSDT", "1")})
+    await store.write(batch)
+    w = await store.read_symbol("BTCUSDT", ["1"], 50)
+    assert [(b.start - T0) // MINUTE_MS for b in w.bars["1"]] == [1, 3, 4, 5]
+    assert str(w.bars["1"][1].close) == "99"
+    for _ in range(2):
+        await store.request_repair("BTCUSDT", "5")
+    await store.request_repair("ETHUSDT", "1")
+    assert await store.take_repairs() == [("BTCUSDT", "5"), ("ETHUSDT", "1")]
+    assert await store.take_repairs() == []
+
+
 async def test_event_only_when_newest_bar_advances(store: WindowStore) -> None:
     r1 = await write_bars(store, [bar(0), bar(1), bar(2)])
     assert r1.events == [BarEvent("BTCUSDT", "1", T0 + 2 * MINUTE_MS)]
