@@ -114,15 +114,15 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         "",
         f"Manifest {manifest.created}. {manifest.notes}",
         "",
-        "| component | kind | input | horizon (min) | train samples | train span | train s | validation |",
-        "|---|---|---|---|---|---|---|---|",
+        "| component | kind | input | horizon (min) | train samples | train span | train s | fine-tune | validation |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in manifest.components:
         t, v = c.training, c.validation
         acc = v.get("accuracy_moved", v.get("accuracy"))
         lines.append(
             f"| {c.name} | {c.kind} | {c.timeframe}m | {c.horizon_min} | {t.get('samples')} |"
-            f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | accuracy {acc} |"
+            f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | {_fine_tune(t)} | accuracy {acc} |"
         )
     lines += [
         "",
@@ -134,3 +134,17 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fine_tune(training: dict[str, Any]) -> str:
+    """The fine-tune pass of a component (``candlecast train --fine-tune``), in a few words."""
+    ft = training.get("fine_tune")
+    if not isinstance(ft, dict):
+        return "-"
+    if "skipped" in ft:
+        return f"none ({ft['skipped']})"
+    verdict = "kept" if ft.get("kept") else "discarded"
+    return (
+        f"{ft.get('samples')} Bybit samples, val loss {ft.get('val_loss_before', float('nan')):.5f}"
+        f" → {ft.get('val_loss_after', float('nan')):.5f}: {verdict}"
+    )

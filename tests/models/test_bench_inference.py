@@ -23,5 +23,5 @@ def test_bench_inference_reports_every_section() -> None:
         assert row["torch_eager_ms"] > 0
     assert result["per_signal_ms"]["n"] == 5
     assert result["sources"] == {"ensemble": 5}  # the shipped models vote on complete windows
-    assert result["components_voting_median"] == 3  # those answering the default 1-minute question
+    assert result["components_voting_median"] == 9  # every view answers the default 1-minute question
     assert result["burst"]["signals"] == 2
