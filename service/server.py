@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 
 __all__ = ["ApiServer", "server_config"]
 
@@ -30,9 +31,19 @@ def server_config(
 
     Client frames over ``api_ws_max_frame_bytes`` are refused by the protocol (close 1009).
     Per-message compression is off: fan-out sends one prepared frame to many clients, and deflate
-    would compress it once per client. uvicorn does not configure logging (the entry point does)."""
+    would compress it once per client. uvicorn does not configure logging (the entry point does).
+
+    Raises :class:`ConfigError` for an address beyond loopback with no API keys, unless
+    ``api_allow_anonymous`` says anonymous access is meant (the compose API listens on 0.0.0.0 in
+    its container: there, no keys must be a decision, not a default)."""
+    bind = host or settings.api_host
+    if not settings.api_keys and not settings.api_allow_anonymous and not _loopback(bind):
+        raise ConfigError(
+            f"the API would listen on {bind} with no API keys: set CANDLECAST_API_KEYS, or"
+            " CANDLECAST_API_ALLOW_ANONYMOUS=true if anyone who reaches it may read the signals"
+        )
     options: dict[str, Any] = {
-        "host": host or settings.api_host,
+        "host": bind,
         "port": settings.api_port if port is None else port,
         "ws_max_size": settings.api_ws_max_frame_bytes,
         "ws_per_message_deflate": False,
@@ -45,6 +56,15 @@ def server_config(
         "timeout_graceful_shutdown": 5,
     } | overrides
     return uvicorn.Config(app, **options)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 class _OwnedServer(uvicorn.Server):

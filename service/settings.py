@@ -95,6 +95,9 @@ class Settings(BaseSettings):
 
     # -- signal API (`candlecast api`) --
     api_host: str = Field(default="127.0.0.1", min_length=1, description="address `candlecast api` binds")
+    api_allow_anonymous: bool = Field(
+        default=False, description="serve beyond loopback without API keys (otherwise the API refuses to start)"
+    )
     api_port: int = Field(default=8000, ge=0, le=65_535, description="port `candlecast api` binds; 0 = any free port")
     api_metrics_port: int = Field(
         default=0,

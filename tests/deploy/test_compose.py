@@ -42,6 +42,16 @@ HEALTH_PORT_SETTING = {
     "api": "CANDLECAST_API_PORT",
 }
 
+# The secrets compose refuses to start without (no defaults); set for every resolution unless a test
+# removes one.
+SECRETS = {
+    "CANDLECAST_REDIS_INGESTOR_PASSWORD": "ingestor-password-0123",
+    "CANDLECAST_REDIS_WORKER_PASSWORD": "worker-password-0123456",
+    "CANDLECAST_REDIS_API_PASSWORD": "api-password-0123456789",
+    "CANDLECAST_REDIS_EXPORTER_PASSWORD": "exporter-password-01234",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-password-0123",
+}
+
 DOCKER_COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
     DOCKER_COMPOSE is None,
@@ -68,12 +78,13 @@ def compose_config(
     env_file: Path | None = None,
     env: dict[str, str] | None = None,
     tmp_path: Path,
+    without: Iterable[str] = (),
 ) -> dict[str, Any]:
     """What ``docker-compose [-f FILE]... [--profile P]... --env-file F config`` resolves, parsed.
 
     Hermetic: the stack's variables and any ``COMPOSE_*`` are removed from the environment, and an env
     file is always given (an empty one by default), so neither the caller's shell nor a developer's
-    ``.env`` changes the result.
+    ``.env`` changes the result. :data:`SECRETS` are set unless named in ``without``.
     """
     assert DOCKER_COMPOSE is not None
     if env_file is None:
@@ -87,10 +98,20 @@ def compose_config(
     args += ["--env-file", str(env_file), "config"]
     ours = set(read_env_file(ENV_EXAMPLE))
     clean = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("COMPOSE_")}
-    done = subprocess.run(args, cwd=ROOT, env=clean | (env or {}), check=False, capture_output=True, text=True)
+    secrets = {k: v for k, v in SECRETS.items() if k not in set(without)}
+    done = subprocess.run(
+        args, cwd=ROOT, env=clean | secrets | (env or {}), check=False, capture_output=True, text=True
+    )
+    if without:
+        assert done.returncode != 0, f"{' '.join(args[1:])} resolved without {', '.join(without)}"
+        raise ComposeRefused(done.stderr)
     assert done.returncode == 0, f"{' '.join(args[1:])} failed:\n{done.stderr}"
     config: dict[str, Any] = yaml.safe_load(done.stdout)
     return config
+
+
+class ComposeRefused(Exception):
+    """``docker-compose config`` failed; the message is its stderr."""
 
 
 def enabled(config: dict[str, Any], profiles: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
@@ -165,13 +186,22 @@ def check_settings(env: dict[str, str]) -> Settings:
 def compose_variables() -> dict[str, set[str]]:
     """Every variable the compose files interpolate, with the defaults they give it.
 
-    Each use must be ``${NAME:-default}``: the stack runs with no .env at all.
+    Each use must be ``${NAME:-default}`` — the stack runs with no .env but its secrets — or, for the
+    secrets alone (:data:`SECRETS`: passwords have no default), ``${NAME:?message}``, whose default is
+    reported as ``""`` (.env.example lists them empty). ``$$`` is a literal dollar for the container.
     """
     found: dict[str, set[str]] = {}
     for path in COMPOSE_FILES:
         text = path.read_text()
-        assert not re.search(r"\$(?![{$])", text), f"{path.name}: use ${{NAME:-default}}, not $NAME"
+        assert not re.search(r"(?<!\$)\$(?![{$])", text.replace("$$", "")), (
+            f"{path.name}: use ${{NAME:-default}}, not $NAME"
+        )
         for use in re.findall(r"\$\{[^}]*\}", text):
+            required = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}", use)
+            if required:
+                assert required.group(1) in SECRETS, f"{path.name}: {use}: only the secrets may lack a default"
+                found.setdefault(required.group(1), set()).add("")
+                continue
             parsed = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", use)
             assert parsed, f"{path.name}: {use} has no default (write ${{NAME:-default}})"
             found.setdefault(parsed.group(1), set()).add(parsed.group(2))
@@ -288,7 +318,9 @@ def test_each_candlecast_service_runs_its_role_with_settings_candlecast_accepts(
         assert service["image"] == "candlecast:latest"
         assert service["build"]["dockerfile"] == "docker/Dockerfile"
         settings = check_settings(env)
-        assert settings.redis_url == "redis://redis:6379/0"
+        role = {"ingestor": "ingestor", "worker": "worker", "api": "api"}[name]
+        password = SECRETS[f"CANDLECAST_REDIS_{role.upper()}_PASSWORD"]
+        assert settings.redis_url == f"redis://{role}:{password}@redis:6379/0"  # its own user
         assert settings.symbols == ["BTCUSDT", "ETHUSDT"]
     assert check_settings(environment(services["ingestor"])).bybit_ws_url == "wss://stream.bybit.com/v5/public/linear"
     assert check_settings(environment(services["api"])).api_host == "0.0.0.0"
@@ -308,7 +340,8 @@ def test_workers_run_two_scalable_replicas_that_name_their_own_consumer(tmp_path
 @needs_compose
 def test_api_prometheus_and_grafana_are_published(tmp_path: Path) -> None:
     services = compose_config(tmp_path=tmp_path)["services"]
-    assert published(services["api"]) == {8000: "8000"}
+    assert published(services["api"]) == {8000: "127.0.0.1:8000"}  # loopback unless told otherwise
+    assert environment(services["api"])["CANDLECAST_API_ALLOW_ANONYMOUS"] == "false"
     # ...but not its metrics, which carry every symbol's latest signal: their port stays internal.
     assert environment(services["api"])["CANDLECAST_API_METRICS_PORT"] == "9103"
     assert published(services["prometheus"]) == {9090: "127.0.0.1:9090"}
@@ -337,7 +370,9 @@ def test_monitoring_mounts_the_shipped_configuration(tmp_path: Path) -> None:
     assert mounts(grafana)["/etc/grafana/provisioning"] == (str(ROOT / "docker" / "grafana" / "provisioning"), True)
     assert mounts(grafana)["/var/lib/grafana/dashboards"] == (str(ROOT / "docker" / "grafana" / "dashboards"), True)
     assert mounts(grafana)["/var/lib/grafana"][0] in config["volumes"]
-    assert environment(config["services"]["redis-exporter"])["REDIS_ADDR"] == "redis://redis:6379"
+    exporter = environment(config["services"]["redis-exporter"])
+    assert exporter["REDIS_ADDR"] == "redis://redis:6379" and exporter["REDIS_USER"] == "exporter"
+    assert exporter["REDIS_PASSWORD"] == SECRETS["CANDLECAST_REDIS_EXPORTER_PASSWORD"]
 
 
 @needs_compose
@@ -544,3 +579,25 @@ def test_dockerignore_keeps_what_the_images_copy_and_drops_the_rest() -> None:
         "service/__pycache__/x.pyc",
     ):
         assert dockerignored(dropped, patterns), dropped
+
+
+@needs_compose
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_password(tmp_path: Path, secret: str) -> None:
+    """No Redis user and no Grafana admin has a default password: an unset one stops compose."""
+    with pytest.raises(ComposeRefused, match=secret):
+        compose_config(tmp_path=tmp_path, without=[secret])
+
+
+@needs_compose
+def test_redis_renders_its_users_from_the_passwords_and_the_default_user_is_off(tmp_path: Path) -> None:
+    redis = compose_config(tmp_path=tmp_path)["services"]["redis"]
+    assert redis["entrypoint"] == ["sh", "/etc/candlecast/entrypoint.sh"]
+    assert mounts(redis)["/etc/candlecast"][0].endswith("docker/redis")
+    env = environment(redis)
+    assert {k: env[k] for k in SECRETS if k.startswith("CANDLECAST_REDIS_")} == {
+        k: v for k, v in SECRETS.items() if k.startswith("CANDLECAST_REDIS_")
+    }
+    template = (ROOT / "docker" / "redis" / "users.acl.template").read_text()
+    assert "user default off" in template.splitlines()
+    assert "--user api" in " ".join(redis["healthcheck"]["test"])  # the check authenticates too

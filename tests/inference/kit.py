@@ -352,20 +352,29 @@ SHIPPED_SYMBOL = "BTCUSDT"  # what the ``shipped_sim`` fixture replays
 
 
 async def shipped_pipeline(
-    client: aioredis.Redis, prefix: str, sim: ExchangeSimulator, *, group: str, registry: CollectorRegistry
+    client: aioredis.Redis,
+    prefix: str,
+    sim: ExchangeSimulator,
+    *,
+    group: str,
+    registry: CollectorRegistry,
+    worker_client: aioredis.Redis | None = None,
 ) -> ShippedPipeline:
     """A Redis window store under ``prefix``, an ingestor of :data:`SHIPPED_SYMBOL` from ``sim`` into
     it and a worker (consumer ``w1`` of ``group``, its models loaded) writing signals under the same
-    prefix; metrics in ``registry``."""
+    prefix; metrics in ``registry``. ``worker_client``: the worker's own connection (another Redis
+    user), else ``client``."""
     symbol, intervals = SHIPPED_SYMBOL, SHIPPED_INTERVALS
     store = RedisStore(client, prefix=prefix, window_bars=SHIPPED_WINDOW, depth_rows=50)
+    wclient = client if worker_client is None else worker_client
+    wstore = store if worker_client is None else RedisStore(wclient, prefix=prefix, window_bars=SHIPPED_WINDOW)
     metrics = WorkerMetrics(registry)
     models = ModelRegistry(ARTIFACTS, prefer_gpu=False, metrics=metrics)
     await models.load()
-    events = RedisEventSource(client, store.keys.bar_events, group=group, consumer="w1")
+    events = RedisEventSource(wclient, store.keys.bar_events, group=group, consumer="w1")
     await events.setup()
-    signals = RedisSignalStore(client, prefix=store.prefix)
-    worker = Worker(WorkerConfig(intervals=intervals, block_ms=100), store, events, signals, models, metrics)
+    signals = RedisSignalStore(wclient, prefix=store.prefix)
+    worker = Worker(WorkerConfig(intervals=intervals, block_ms=100), wstore, events, signals, models, metrics)
     config = IngestConfig(
         ws_url=sim.ws_url,
         rest_url=sim.rest_url,

@@ -38,6 +38,27 @@ def test_api_needs_redis_and_says_so() -> None:
     )
 
 
+def test_api_refuses_to_listen_beyond_loopback_without_keys_unless_told(redis_url: str) -> None:
+    """The compose API listens on 0.0.0.0 in its container: with no keys that must be a decision."""
+    wide = env(CANDLECAST_REDIS_URL=redis_url, CANDLECAST_API_PORT=str(free_port()))
+    proc = subprocess.run(
+        [*CLI, "api", "--host", "0.0.0.0"], env=wide, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the API would listen on 0.0.0.0 with no API keys: set CANDLECAST_API_KEYS" in proc.stderr
+    from service.server import server_config
+    from service.settings import ConfigError, load_settings
+
+    app = object()
+    for fields in ({"api_keys": ["k" * 16]}, {"api_allow_anonymous": True}):
+        config = server_config(app, load_settings(redis_url=redis_url, **fields), host="0.0.0.0", port=0)  # type: ignore[arg-type]
+        assert config.host == "0.0.0.0"
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert server_config(app, load_settings(redis_url=redis_url), host=host, port=0).host == host  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"would listen on api\.example\.com"):
+        server_config(app, load_settings(redis_url=redis_url), host="api.example.com", port=0)  # type: ignore[arg-type]
+
+
 def test_api_serves_what_redis_holds_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
     prefix = f"api-cli-{uuid.uuid4().hex[:10]}"
     client = redis.Redis.from_url(redis_url)
