@@ -33,6 +33,7 @@ REPLAY_ENV = ROOT / "docker" / "replay.env"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERFILE_GPU = ROOT / "docker" / "Dockerfile.gpu"
 LOCK = ROOT / "docker" / "requirements.txt"
+LOCK_GPU = ROOT / "docker" / "requirements-gpu.txt"
 
 CANDLECAST = ("ingestor", "worker", "api")  # the long-running candlecast processes of the live stack
 # Where each one answers its healthcheck, and the setting that puts it there.
@@ -266,14 +267,18 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def lock() -> dict[str, str]:
-    """The lock's pins, by normalised name."""
+def lock(path: Path = LOCK) -> dict[str, str]:
+    """The lock's pins, by normalised name; each must be an exact pin with at least one sha256."""
     pins = {}
-    for line in LOCK.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            found = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", line.strip())
-            assert found, f"docker/requirements.txt: not an exact pin: {line!r}"
-            pins[normalise(found.group(1))] = found.group(2)
+    text = re.sub(r"\s*\\\n\s*", " ", path.read_text())  # continuation lines joined
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        pin = r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)((?: --hash=sha256:[0-9a-f]{64})+)"
+        found = re.fullmatch(pin, line)
+        assert found, f"{path.name}: not an exact pin with its sha256 hashes: {line[:80]!r}"
+        pins[normalise(found.group(1))] = found.group(2)
     return pins
 
 
@@ -530,19 +535,18 @@ def test_final_stage_runs_candlecast_as_a_fixed_non_root_user_with_the_models(do
 def test_images_install_the_lock_and_the_project_without_its_unpinned_dependencies() -> None:
     for dockerfile in (DOCKERFILE, DOCKERFILE_GPU):
         runs = " ".join(args_of(stages(dockerfile)[-2], "RUN"))
-        assert "pip install -r /tmp/requirements" in runs, dockerfile.name
+        assert "pip install --require-hashes -r /tmp/requirements" in runs, dockerfile.name
         assert "pip install --no-deps /wheels/" in runs, dockerfile.name
-        assert "COPY docker/requirements.txt /tmp/requirements.txt" in [
-            f"COPY {c}" for c in args_of(stages(dockerfile)[-2], "COPY")
-        ]
+        name = "requirements-gpu.txt" if dockerfile == DOCKERFILE_GPU else "requirements.txt"
+        assert f"COPY docker/{name} /tmp/{name}" in [f"COPY {c}" for c in args_of(stages(dockerfile)[-2], "COPY")]
 
 
 def test_the_gpu_image_swaps_onnxruntime_for_the_gpu_build_of_the_same_version() -> None:
     final = stages(DOCKERFILE_GPU)[-1]
     assert env_of(final)["CANDLECAST_PREFER_GPU"] == "true"
-    runs = " ".join(args_of(stages(DOCKERFILE_GPU)[-2], "RUN"))
-    assert "grep -v -i '^onnxruntime=='" in runs
-    assert f"onnxruntime-gpu=={lock()['onnxruntime']}" in runs
+    cpu, gpu = lock(), lock(LOCK_GPU)
+    assert gpu.pop("onnxruntime-gpu") == cpu.pop("onnxruntime")  # the same ONNX Runtime version
+    assert gpu == cpu  # and otherwise the same set
     assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", base_images(DOCKERFILE_GPU)[0])
 
 
