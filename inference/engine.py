@@ -217,7 +217,8 @@ class SignalEngine:
                 self.metrics.components_dropped.labels(r.name, r.reason).inc()
         bar = BarRef(event.interval, event.start, now)
         freshness = Freshness(
-            {iv: (bars[-1].start if bars else None) for iv, bars in windows.bars.items()},
+            # as of this bar's close (what it was computed from), even when a late event finds newer bars
+            {iv: (bars[-1].start if bars else None) for iv, bars in closed.items()},
             windows.book.state if windows.book is not None else None,
             (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
         )

@@ -94,7 +94,7 @@ class ComponentReport:
 
 @dataclass(frozen=True, slots=True)
 class Freshness:
-    last_bar_start: dict[str, int | None]  # interval -> newest bar start the store held
+    last_bar_start: dict[str, int | None]  # interval -> newest bar start of the window it was computed from
     book_state: str | None
     book_age_ms: int | None  # exchange time: produced_at - the book's last update
 

@@ -65,6 +65,10 @@ class Worker:
         # slot and its entry id as it ends, while the supervisor keeps every task until cancel_all.
         self._handlers: dict[str, asyncio.Task[None]] = {}  # entry id -> its handler
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        # One signal of a symbol at a time, in event order: a backlog of one symbol is worked through
+        # oldest first instead of all at once (they would compete for the sessions, miss the latency
+        # budget and publish in the order they finish). Other symbols run beside it.
+        self._symbol_turns: dict[str, asyncio.Lock] = {}
         self._check_pending = True  # re-read our own pending entries (at start, after a failure)
         self._closed = False
         self.handled = 0
@@ -205,7 +209,8 @@ class Worker:
                 self.metrics.events.labels("skipped").inc()
                 await self.events.ack([delivery.id])
                 return
-            outcome = await self._signal(ev)
+            async with self._symbol_turns.setdefault(ev.symbol, asyncio.Lock()):  # FIFO: event order
+                outcome = await self._signal(ev)
             await self.events.ack([delivery.id])
             self.metrics.events.labels(outcome).inc()
             self._retry_backoff.reset()

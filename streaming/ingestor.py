@@ -141,8 +141,13 @@ class Ingestor:
         for conn in self.connections:
             self._tasks.spawn(conn.run(), conn.name)
         for symbol in self.config.symbols:
-            for iv in self.config.intervals:
+            for iv in self._catch_up_order():
                 self._schedule_reconcile(symbol, iv, "startup")
+
+    def _catch_up_order(self) -> list[str]:
+        """Coarsest first: a catch-up's finest bars announce signals (bar events), so the coarser
+        windows those signals read are backfilled before them, not after (no ``stale_window``)."""
+        return sorted(self.config.intervals, key=int, reverse=True)
 
     async def run(self) -> None:
         await self.start()
@@ -187,7 +192,7 @@ class Ingestor:
             self._publish_book(symbol)
             if conn.connection_number > 1:
                 # A disconnect can hide a kline close (no sequence numbers on klines).
-                for iv in self.config.intervals:
+                for iv in self._catch_up_order():
                     self._schedule_reconcile(symbol, iv, "reconnect")
 
     def on_disconnected(self, conn: FeedConnection, reason: str) -> None:

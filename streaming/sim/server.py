@@ -165,6 +165,7 @@ class ExchangeSimulator:
         self.subscribe_log: list[tuple[int, str, list[str], bool]] = []
         self.connection_count = 0
         self.rest_requests = 0
+        self.rest_log: deque[tuple[str, str]] = deque(maxlen=1000)  # (symbol, interval) of each kline request
         self.slow_disconnects = 0  # connections closed with 1008 because their send queue filled
         self._market: Market | None = None
         self._clock: SimClock | None = None
@@ -441,6 +442,8 @@ class ExchangeSimulator:
         if url.path != KLINE_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         self.rest_requests += 1
+        query = parse_qs(url.query)
+        self.rest_log.append((query.get("symbol", [""])[-1], query.get("interval", [""])[-1]))
         if self._rest_faults:
             fault = self._rest_faults.popleft()
             if fault == "http403":
@@ -448,7 +451,7 @@ class ExchangeSimulator:
             if fault == "http500":
                 return connection.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error")
             return _json_response(self._envelope(10016, "Service error"))
-        return _json_response(self._kline(parse_qs(url.query)))
+        return _json_response(self._kline(query))
 
     def _envelope(
         self, code: int, msg: str, result: dict[str, Any] | None = None, now_ms: int | None = None

@@ -268,7 +268,8 @@ async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
     engine = SignalEngine(WorkerConfig(intervals=("1", "5")), store, registry, WorkerMetrics(CollectorRegistry()))
     s = await engine.compute(BarEvent(SYMBOL, "1", close - MINUTE))
     assert isinstance(s, Signal) and all(c.status == "voted" for c in s.components)
-    assert s.freshness.last_bar_start["1"] == close + 9 * MINUTE  # what the store held
+    # reported as of its own close too (it used to say what the store held: a newer bar than it read)
+    assert s.freshness.last_bar_start == {"1": close - MINUTE, "5": close - 5 * MINUTE}
     assert s.bar.close_time == close
 
 

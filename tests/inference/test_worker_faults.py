@@ -363,3 +363,22 @@ async def test_a_window_with_a_revised_bar_is_not_signalled_from_until_reconcile
         result = await h.outcome(SYMBOL, CLOSE + MINUTE)
         assert isinstance(result, Signal)
         assert {c.name: c.reason for c in result.components} == dict.fromkeys(status)
+
+
+async def test_a_backlog_is_signalled_bar_by_bar_in_bar_order(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    """Thirty bar events at once (a catch-up, a worker restart): one symbol's signals are computed
+    one at a time, oldest first, each from the windows as of its own bar — not thirty at once
+    competing for the same sessions, published in whatever order they finish."""
+    await redis_store.write(history(CLOSE - 30 * MINUTE, {"1": 60, "5": 60, "60": 20}))
+    async with running_worker(redis_url, redis_store, models) as h:
+        await redis_store.write(history(CLOSE, {"1": 30, "5": 6}))  # 30 new 1m bars: 30 events
+        last = await h.outcome(SYMBOL, CLOSE - MINUTE, within=30)
+        assert isinstance(last, Signal)
+        audit = await h.signals.history(SYMBOL, 100)
+    starts = [s.bar.start for s in reversed(audit)]  # history is newest first
+    assert starts == [CLOSE - (30 - k) * MINUTE for k in range(30)]
+    for s in audit:
+        assert s.freshness.last_bar_start["1"] == s.bar.start
+        assert all(c.reason != "late" for c in s.components)

@@ -431,6 +431,19 @@ async def test_a_window_a_reader_found_damaged_is_rebuilt_from_rest(
         await raw.aclose()
 
 
+async def test_a_catch_up_backfills_the_coarser_windows_before_the_finest(
+    ing: Ingestor,
+    sim: ExchangeSimulator,
+    store: RedisStore,
+    source_rows: dict,  # type: ignore[type-arg]
+) -> None:
+    """The finest bars of a catch-up announce signals; the windows those signals read from coarser
+    bars are backfilled first (else: stale_window fallbacks). Start-up here; a reconnect asks in the
+    same order (Ingestor._catch_up_order)."""
+    await run_until_healthy(ing, store, sim, source_rows)
+    assert [iv for s, iv in list(sim.rest_log)[:4] if s == SYMBOL] == ["60", "15", "5", "1"]
+
+
 async def test_failed_subscribe_ack_is_surfaced_not_retried(sim: ExchangeSimulator, store: RedisStore) -> None:
     sim.fail_subscribe(f"orderbook.50.{SYMBOL}")
     async with running(make_ingestor(sim, store)) as ing:
