@@ -2,7 +2,8 @@
 # The run command (`make run`): the whole service in one process — ingestion from the project's own
 # exchange simulator replaying real Bybit 1m bars from ../shared/data (no internet needed), the worker
 # with the shipped models, and the API on http://127.0.0.1:8000 (GET /signal/BTCUSDT, WS /ws,
-# /metrics) — storing in Redis (a throwaway one is started when none answers).
+# /metrics) — storing in Redis under the prefix <CANDLECAST_REDIS_PREFIX>-replay, emptied at start (a
+# throwaway Redis is started when none answers).
 # For the live market instead (needs internet): CANDLECAST_REDIS_URL=redis://... candlecast run
 set -euo pipefail
 cd "$(dirname "$0")/.."
