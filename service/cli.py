@@ -29,7 +29,7 @@ from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
 from streaming.sim.faults import parse_fault, periodic_faults
-from streaming.sim.server import ExchangeSimulator, SimulatorConfig
+from streaming.sim.server import SimulatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,8 @@ async def _cmd_simulate(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
     )
-    async with ExchangeSimulator(config) as sim:
+    async with contextlib.AsyncExitStack() as stack:
+        sim = await compose.open_simulator(stack, config)
         print(f"simulator: WS {sim.ws_url}  REST {sim.rest_url}  symbols {', '.join(sim.symbols)}", flush=True)
         print("  (the order book is synthetic; klines are the real bars replayed)", flush=True)
         async with periodic_faults(sim, faults):
@@ -286,10 +287,12 @@ async def _cmd_ingest(args: argparse.Namespace) -> int:
         ws_url = rest_url = None
         if args.replay is not None:
             sources = list(args.replay) or [Path(x) for x in DEFAULT_REPLAY]
+            symbols = compose.replayed_symbols(settings, sources)
             sim = await compose.replay_simulator(stack, sources, args.speed)
             ws_url, rest_url = sim.ws_url, sim.rest_url
-            settings = settings.model_copy(update={"symbols": sim.symbols})
-            print(f"replaying {', '.join(sim.symbols)} at {args.speed:g}x from {sim.ws_url} (no internet)", flush=True)
+            settings = settings.model_copy(update={"symbols": symbols})
+            replaying = ", ".join(settings.symbols)
+            print(f"replaying {replaying} at {args.speed:g}x from {sim.ws_url} (no internet)", flush=True)
         config = compose.ingest_config(settings, ws_url, rest_url)
         metrics = IngestMetrics()
         ingestor = Ingestor(config, store, metrics)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,11 +27,12 @@ from inference.events import EventSource, MemoryEventSource, RedisEventSource
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import Worker
-from service.settings import Settings
+from service.settings import ConfigError, Settings
 from streaming.clock import ExchangeClock
 from streaming.ingestor import IngestConfig
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
+from streaming.sim.bars import symbol_from_path
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from streaming.store import WindowStore
 
@@ -42,9 +44,11 @@ __all__ = [
     "api_server",
     "ingest_config",
     "model_registry",
+    "open_simulator",
     "open_store",
     "open_worker_io",
     "replay_simulator",
+    "replayed_symbols",
     "serve_metrics",
     "worker",
     "worker_config",
@@ -160,12 +164,61 @@ def api_server(
     return ApiServer(server_config(app, settings, host=host, port=port))
 
 
+BAR_FILES = (
+    "gzip CSV bar files named after their symbol (e.g. bybit_linear_BTCUSDT_1m.csv.gz) with the header"
+    " open_time_ms,open,high,low,close,volume"
+)
+
+
+def check_bar_files(paths: Sequence[Path]) -> None:
+    """Each file exists and is gzip (its first two bytes), else a :class:`ConfigError` naming it."""
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(2)
+        except FileNotFoundError:
+            raise ConfigError(f"cannot replay {path}: no such file (expected {BAR_FILES})") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot replay {path}: {exc.strerror or exc}") from None
+        if magic != b"\x1f\x8b":
+            raise ConfigError(f"cannot replay {path}: not a gzip file (expected {BAR_FILES})")
+
+
+async def open_simulator(stack: contextlib.AsyncExitStack, config: SimulatorConfig) -> ExchangeSimulator:
+    """An exchange simulator, started until ``stack`` closes; a file it cannot replay (missing, not
+    gzip, no symbol in its name, a bad header or row) is a :class:`ConfigError` in one line."""
+    check_bar_files(config.sources)
+    try:
+        return await stack.enter_async_context(ExchangeSimulator(config))
+    except (EOFError, ValueError) as exc:  # a truncated file, no symbol in a name, a bad header or row
+        raise ConfigError(f"cannot replay: {exc} (expected {BAR_FILES})") from None
+
+
 async def replay_simulator(
     stack: contextlib.AsyncExitStack, sources: list[Path], speed: float, offset_bars: int = 20_000
 ) -> ExchangeSimulator:
     """An exchange simulator on loopback replaying ``sources`` (1m CSVs) until ``stack`` closes."""
     config = SimulatorConfig(sources=sources, speed=speed, start_offset_bars=offset_bars)
-    return await stack.enter_async_context(ExchangeSimulator(config))
+    return await open_simulator(stack, config)
+
+
+def replayed_symbols(settings: Settings, sources: Sequence[Path]) -> list[str]:
+    """The symbols a replay of ``sources`` serves, checked before anything starts: those its file
+    names carry, or the ``CANDLECAST_SYMBOLS`` set explicitly when the files hold all of them (a
+    symbol without a file, or a file name without a symbol, is a :class:`ConfigError`)."""
+    try:
+        available = sorted({symbol_from_path(p) for p in sources})
+    except ValueError as exc:
+        raise ConfigError(f"cannot replay: {exc}") from None
+    if "symbols" not in settings.model_fields_set:
+        return available
+    missing = [s for s in settings.symbols if s not in available]
+    if missing:
+        raise ConfigError(
+            f"CANDLECAST_SYMBOLS names {', '.join(missing)}, which the replay has no file for (it replays"
+            f" {', '.join(available)}): give their files to --replay, or unset CANDLECAST_SYMBOLS"
+        )
+    return list(settings.symbols)
 
 
 def serve_metrics(stack: contextlib.AsyncExitStack, host: str, port: int, registry: CollectorRegistry) -> None:

@@ -44,15 +44,16 @@ async def run_service(
     registry = CollectorRegistry()
     async with contextlib.AsyncExitStack() as stack:
         if replay is not None:
+            symbols = compose.replayed_symbols(settings, replay)
             sim = await compose.replay_simulator(stack, replay, speed, replay_offset_bars)
             # Replayed bars are historical by design: readiness then judges the feed by whether the
             # exchange clock keeps moving (the stall check), not by its distance to the wall clock.
-            settings = settings.model_copy(update={"symbols": sim.symbols, "api_ready_max_lag_s": 0.0})
+            settings = settings.model_copy(update={"symbols": symbols, "api_ready_max_lag_s": 0.0})
             ingest = IngestConfig(
-                **{**ingest.__dict__, "ws_url": sim.ws_url, "rest_url": sim.rest_url, "symbols": tuple(sim.symbols)}
+                **{**ingest.__dict__, "ws_url": sim.ws_url, "rest_url": sim.rest_url, "symbols": tuple(symbols)}
             )
             print(
-                f"replaying {', '.join(sim.symbols)} at {speed:g}x from {sim.ws_url} (no internet; book is synthetic)",
+                f"replaying {', '.join(symbols)} at {speed:g}x from {sim.ws_url} (no internet; book is synthetic)",
                 flush=True,
             )
         if replay is not None and settings.redis_url is not None:

@@ -89,6 +89,38 @@ def test_input_mistakes_get_one_line_naming_the_problem(redis_url: str) -> None:
     assert "DOGEUSDT is not configured (CANDLECAST_SYMBOLS=BTCUSDT,ETHUSDT)" in unknown.stderr
 
 
+def test_replay_file_mistakes_get_one_line_naming_the_file(tmp_path: Path, bybit_btc_1m: Path) -> None:
+    """A file without a symbol in its name, a missing one, one that is not gzip, a bad header, and
+    CANDLECAST_SYMBOLS naming a symbol the replay has no file for: one line, exit 2, no traceback."""
+    import gzip
+
+    def replay(*files: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+        args = [*CLI, "run", "--replay", *map(str, files)]
+        return subprocess.run(args, env=env(**extra), cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    unnamed = tmp_path / "bars.csv.gz"
+    unnamed.write_bytes(bybit_btc_1m.read_bytes())
+    plain = tmp_path / "bybit_linear_ETHUSDT_1m.csv.gz"
+    plain.write_text("open_time_ms,open,high,low,close,volume\n")
+    header = tmp_path / "bybit_linear_SOLUSDT_1m.csv.gz"
+    with gzip.open(header, "wt") as fh:
+        fh.write("time,price\n1,2\n")
+    cases = [
+        (replay(unnamed), "cannot tell the symbol from file name 'bars.csv.gz'"),
+        (replay(tmp_path / "bybit_linear_XRPUSDT_1m.csv.gz"), "bybit_linear_XRPUSDT_1m.csv.gz: no such file"),
+        (replay(plain), f"cannot replay {plain}: not a gzip file"),
+        (replay(header), "header must contain open_time_ms,open,high,low,close,volume, got time,price"),
+        (
+            replay(bybit_btc_1m, CANDLECAST_SYMBOLS="btcusdt,FOO"),
+            "CANDLECAST_SYMBOLS names FOO, which the replay has no file for (it replays BTCUSDT)",
+        ),
+    ]
+    for done, message in cases:
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
     name = f"cli-{uuid.uuid4().hex[:10]}"
@@ -191,3 +223,12 @@ def _inspect_until_full(settings: dict[str, str], bars: int) -> dict:  # type: i
             return report
         time.sleep(0.3)
     pytest.fail(f"windows never filled: {json.dumps(report)[:2000]}")
+
+
+def test_candlecast_symbols_is_honoured_by_a_replay_that_has_their_files(bybit_btc_1m: Path) -> None:
+    from service.compose import replayed_symbols
+    from service.settings import load_settings
+
+    files = [bybit_btc_1m, bybit_btc_1m.with_name("bybit_linear_ETHUSDT_1m.csv.gz")]
+    assert replayed_symbols(load_settings(), files) == ["BTCUSDT", "ETHUSDT"]  # not set: the files'
+    assert replayed_symbols(load_settings(symbols=["ethusdt"]), files) == ["ETHUSDT"]  # set: honoured
