@@ -23,6 +23,7 @@ class WorkerConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)  # for manifests without a fitted ensemble
     horizon_minutes: int = 1  # the signal's question: log return over the next H minutes > 0?
     fee_bp: float = 5.5  # per side, for cost_bp: Bybit's linear taker fee (0.055 %)
+    quorum: float = 0.5  # long/short only when this share of the components answering H voted
     latency_budget_ms: float = 250.0  # render + inference of one signal, from the end of the read
     coarse_wait_ms: float = 2000.0  # wall time to wait for a coarser bar due at this close
     coarse_poll_ms: float = 50.0

@@ -223,9 +223,11 @@ class SignalEngine:
             (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
         )
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
+        answering = [r for r in reports if r.horizon_minutes == self.config.horizon_minutes]
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
-        result, money = decide(voters, models.ensemble, self.config, _contiguous_closes(finest, self.config.finest))
+        closes = _contiguous_closes(finest, self.config.finest)
+        result, money = decide(voters, models.ensemble, self.config, closes, len(answering))
         if models.ensemble is not None and result is not None and result.calibrated:
             # a report's weight is what its vote counted for: the stacker's
             reports = tuple(replace(r, weight=models.ensemble.weights.get(r.name, 0.0)) for r in reports)
@@ -264,6 +266,7 @@ class SignalEngine:
                 cost_bp=money.cost_bp,
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
+                partial=len(voters) < len(answering),
             )
         # no vote: ``money`` is priced without a probability (no edge, never tradeable)
         refused = "unreconciled_window" if FALLBACK_INTERVAL in unreconciled else None
@@ -425,10 +428,12 @@ def decide(
     ensemble: EnsembleSpec | None,
     config: WorkerConfig,
     finest_closes: Sequence[float],
+    answering: int | None = None,
 ) -> tuple[EnsembleResult | None, Economics]:
     """The ensemble's call and its economics from the components' votes: pure, shared by the engine
     and ``candlecast evaluate``. The manifest's stacker when it answers ``config.horizon_minutes``,
-    the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back)."""
+    the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back). With fewer
+    than ``config.quorum`` of the ``answering`` components voting, the call is flat."""
     stacker = ensemble if ensemble is not None and ensemble.horizon_minutes == config.horizon_minutes else None
     votes = [Vote(r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
     try:
@@ -437,6 +442,8 @@ def decide(
         )
     except ValueError:
         result = None
+    if result is not None and answering and len(votes) < config.quorum * answering:
+        result = replace(result, direction="flat")  # too few voices for a call: shown, not acted on
     heads = voters if stacker is None or stacker.magnitude == "heads" else []
     move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)
     if result is None:

@@ -129,4 +129,5 @@ def fallback_signal(
         expected_move_bp=None if money is None else round_bp(money.expected_move_bp),
         volatility_bp=None if money is None else round_bp(money.volatility_bp),
         cost_bp=None if money is None else money.cost_bp,
+        partial=True,  # no model voted
     )

@@ -18,13 +18,18 @@ exchange clock, ``produced_wall_ms`` on the worker's wall clock. Example (abridg
                     "bar_close_to_publish": 420.0},
      "horizon": "log return over the next 1 min", "horizon_minutes": 1, "reference_price": 104250.5,
      "expected_move_bp": 4.9, "volatility_bp": 6.3, "edge_bp": 0.4, "cost_bp": 11.0, "tradeable": false,
-     "calibrated": true}
+     "calibrated": true, "partial": true}
 
 ``edge_bp`` is the expected log return over H in the price's direction, before costs:
 ``(2·p_up - 1)·expected_move_bp``, positive for up, negative for down (a short call profits from a
 negative edge; ``tradeable`` compares ``|edge_bp|`` in the call's direction with the cost); ``cost_bp`` a
 round trip at the configured fee (Bybit's taker 0.055 % a side by default); ``tradeable`` says the
 edge clears it. A bot that only trades ``tradeable`` calls does not pay 11 bp of fees for a 1 bp edge.
+
+``partial`` says some component answering the signal's question did not vote (each dropped one's
+report says why: ``short_window`` at warm-up, ``stale_window``, ...). A long or short call needs a
+quorum: at least ``CANDLECAST_SIGNAL_QUORUM`` (default 0.5) of those components voting; below it the
+signal is flat, its ``p_up`` still shown.
 
 A ``fallback`` signal comes from the momentum rule: its ``p_up``, ``confidence``, ``agreement`` and
 ``edge_bp`` are ``null`` and it is never ``tradeable`` (the rule gives no probability); ``score`` is
@@ -137,6 +142,9 @@ class Signal:
     cost_bp: float | None = None  # round trip at the configured fee
     tradeable: bool = False  # long/short and the edge, in its direction, clears the cost
     calibrated: bool = False  # p_up from the validation-fitted, Platt-calibrated stacker
+    # Some component answering the signal's question did not vote (its report says why): a warm-up, a
+    # damaged window. Below the quorum (CANDLECAST_SIGNAL_QUORUM) such a signal is flat.
+    partial: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -160,6 +160,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 models.ensemble,
                 config,
                 closes[t - LINEAR_BARS + 1 : t + 1].tolist(),
+                len(voters),  # the components answering H, voting or not: the quorum's base
             )
             if money.volatility_bp is not None:
                 vol_ens[i] = money.volatility_bp

@@ -91,6 +91,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         thresholds=Thresholds(settings.signal_long_above, settings.signal_short_below),
         horizon_minutes=settings.signal_horizon_min,
         fee_bp=settings.fee_bp,
+        quorum=settings.signal_quorum,
         latency_budget_ms=settings.latency_budget_ms,
         coarse_wait_ms=settings.coarse_wait_ms,
         inference_concurrency=settings.inference_concurrency,

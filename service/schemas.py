@@ -108,6 +108,7 @@ EXAMPLE_SIGNAL: dict[str, Any] = {
     "cost_bp": 11.0,
     "tradeable": False,
     "calibrated": True,
+    "partial": False,
 }
 
 

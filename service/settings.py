@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         default=1, ge=1, le=1440, description="the signal's question: log return over the next H minutes > 0"
     )
     fee_bp: float = Field(default=5.5, ge=0, le=100, description="fee per side in bp, for cost_bp and tradeable")
+    signal_quorum: float = Field(
+        default=0.5, ge=0, le=1, description="share of the components answering H that must vote for a long/short call"
+    )
     signal_long_above: float = Field(
         default=0.05, ge=0, le=1, description="score threshold for long (manifests without a fitted ensemble)"
     )

@@ -257,3 +257,41 @@ def test_the_volatility_reads_only_the_newest_run_of_consecutive_bars() -> None:
     assert _contiguous_closes(holed, "1") == [float(b.close) for b in bars[12:]]
     assert _contiguous_closes(bars, "1") == [float(b.close) for b in bars]
     assert _contiguous_closes([], "1") == []
+
+
+async def test_a_signal_short_of_its_quorum_is_partial_and_flat(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Warm-up: a signal some component answering H could not vote on says ``partial``; with fewer
+    than the quorum's share voting it makes no call (flat, its probability still shown)."""
+    spec = {
+        "horizon_minutes": 1,
+        "weights": {"tcn_1m": 0.8, "efficientnet_1m": -0.3, "tcn_5m": 0.5},
+        "intercept": 0.02,
+        "calibration": {"method": "platt", "a": 0.7, "b": -0.01},
+        "threshold": 0.5,  # every probability is a long or a short call, unless the quorum says flat
+        "magnitude": "ewma",
+    }
+    art = _artifacts(model_cache(tmp_path_factory), tmp_path / "a", tcn5_horizon=1, ensemble=spec)
+    registry = ModelRegistry(art, prefer_gpu=False)
+    await registry.load()
+
+    async def signal(quorum: float, counts: dict[str, int]) -> Signal:
+        store = MemoryStore(window_bars=300)
+        await store.write(history(CLOSE, counts))
+        config = WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=5000, quorum=quorum)
+        engine = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+        s = await engine.compute(BarEvent(SYMBOL, "1", CLOSE - MINUTE))
+        await engine.close()
+        assert isinstance(s, Signal) and s.source == "ensemble"
+        return s
+
+    full = await signal(0.5, {"1": 100, "5": 100, "60": 20})
+    assert not full.partial and full.direction in ("long", "short")
+    two_of_three = await signal(0.5, {"1": 100, "60": 20})  # no 5m window yet: tcn_5m cannot vote
+    assert two_of_three.partial and two_of_three.direction in ("long", "short")
+    assert {c.name: c.reason for c in two_of_three.components if c.status == "dropped"} == {"tcn_5m": "empty_window"}
+    strict = await signal(0.9, {"1": 100, "60": 20})
+    assert strict.partial and strict.direction == "flat" and not strict.tradeable
+    assert strict.p_up == two_of_three.p_up  # the same votes: shown, not acted on
+    assert Signal.from_json(strict.to_json()).partial  # on the wire
