@@ -9,7 +9,7 @@ Routes (:mod:`service.routes`; JSON, errors in the one shape of :mod:`service.er
     GET /healthz                    the process answers
     GET /readyz                     Redis reachable, data flowing, signals fresh (503 with the reasons)
     GET /metrics                    Prometheus text
-    GET /docs, /openapi.json        OpenAPI
+    GET /docs, /redoc, /openapi.json   OpenAPI (Swagger UI and ReDoc from local files: no internet needed)
 
 The lifespan creates the Redis clients, the signal cache and its feed, and the WebSocket hub; handlers
 reach them through :func:`service.state.api_state` (a dependency), never through module globals. On shutdown it
@@ -40,6 +40,7 @@ from redis.backoff import NoBackoff
 
 from inference.signal_store import RedisSignalStore, SignalStore
 from service.auth import ApiKeys
+from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
 from service.routes import add_ops_routes, add_signal_routes
@@ -156,7 +157,10 @@ def create_app(
         summary="Live trading signals for Bybit linear perpetuals",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.docs serves them with local assets: no CDN, no internet
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
