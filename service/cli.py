@@ -65,6 +65,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
 async def _until_signal(work: Awaitable[int]) -> int:
     """Run ``work``; SIGINT/SIGTERM cancel it so its ``finally`` blocks shut things down in order."""
     task = asyncio.ensure_future(work)
@@ -121,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         "feed from an in-process simulator replaying these 1m CSVs (default files when none given): no internet",
         "replay speed: market ms per wall ms",
     )
+    rn.add_argument(
+        "--start-offset-bars",
+        type=_non_negative_int,
+        default=None,
+        help="1m bars of history before the replay clock (default: up to 20,000, keeping a day to replay)",
+    )
+    rn.add_argument("--loop", action="store_true", help="at the end of the data, replay it again (fresh namespace)")
     rn.set_defaults(handler=_cmd_run)
 
     i = sub.add_parser("ingest", help="run ingestion: Bybit WS + REST backfill into the window store")
@@ -273,8 +291,16 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     replay = None if args.replay is None else (list(args.replay) or [Path(x) for x in DEFAULT_REPLAY])
+    if replay is None and (args.loop or args.start_offset_bars is not None):
+        raise ConfigError("--loop and --start-offset-bars apply to a replay: add --replay")
     await run_service(
-        settings, compose.ingest_config(settings), compose.worker_config(settings), replay=replay, speed=args.speed
+        settings,
+        compose.ingest_config(settings),
+        compose.worker_config(settings),
+        replay=replay,
+        speed=args.speed,
+        replay_offset_bars=args.start_offset_bars,
+        loop=args.loop,
     )
     return 0
 

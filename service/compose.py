@@ -33,6 +33,7 @@ from streaming.ingestor import IngestConfig
 from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
 from streaming.sim.bars import symbol_from_path
+from streaming.sim.markets import ReplayDataError
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from streaming.store import WindowStore
 
@@ -191,14 +192,17 @@ async def open_simulator(stack: contextlib.AsyncExitStack, config: SimulatorConf
     check_bar_files(config.sources)
     try:
         return await stack.enter_async_context(ExchangeSimulator(config))
+    except ReplayDataError as exc:  # too short, or the offset past the end: the message says it all
+        raise ConfigError(f"cannot replay: {exc}") from None
     except (EOFError, ValueError) as exc:  # a truncated file, no symbol in a name, a bad header or row
         raise ConfigError(f"cannot replay: {exc} (expected {BAR_FILES})") from None
 
 
 async def replay_simulator(
-    stack: contextlib.AsyncExitStack, sources: list[Path], speed: float, offset_bars: int = 20_000
+    stack: contextlib.AsyncExitStack, sources: list[Path], speed: float, offset_bars: int | None = None
 ) -> ExchangeSimulator:
-    """An exchange simulator on loopback replaying ``sources`` (1m CSVs) until ``stack`` closes."""
+    """An exchange simulator on loopback replaying ``sources`` (1m CSVs) until ``stack`` closes;
+    ``offset_bars`` of history before its clock (None: chosen from the data)."""
     config = SimulatorConfig(sources=sources, speed=speed, start_offset_bars=offset_bars)
     return await open_simulator(stack, config)
 

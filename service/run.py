@@ -23,6 +23,7 @@ from service.settings import Settings
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
+from streaming.sim.server import ExchangeSimulator
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["run_service"]
@@ -37,11 +38,45 @@ async def run_service(
     *,
     replay: list[Path] | None = None,
     speed: float = 60.0,
-    replay_offset_bars: int = 20_000,
+    replay_offset_bars: int | None = None,
+    loop: bool = False,
     bound: asyncio.Future[str] | None = None,
 ) -> None:
-    """Run until cancelled. ``bound`` (tests) receives the API's base URL once it listens."""
+    """Run until cancelled, or until a replay reaches the end of its data (then again from its start
+    with ``loop``: a fresh namespace each time). ``replay_offset_bars``: history before the replay
+    clock (None: chosen from the data). ``bound`` (tests) receives the API's base URL once it listens."""
+    while True:
+        try:
+            await _run_once(settings, ingest, worker_config, replay, speed, replay_offset_bars, bound)
+            return
+        except _ReplayEnded as ended:
+            if not loop:
+                log.warning("%s; stopping (candlecast run --loop replays it again)", ended)
+                return
+            log.warning("%s; replaying it again from the start (--loop)", ended)
+            bound = None
+
+
+class _ReplayEnded(Exception):
+    """The replay reached the end of its data."""
+
+
+async def _end_of(sim: ExchangeSimulator) -> str:
+    await sim.finished.wait()
+    return f"the replay of {', '.join(sim.symbols)} reached the end of its data"
+
+
+async def _run_once(
+    settings: Settings,
+    ingest: IngestConfig,
+    worker_config: WorkerConfig,
+    replay: list[Path] | None,
+    speed: float,
+    replay_offset_bars: int | None,
+    bound: asyncio.Future[str] | None,
+) -> None:
     registry = CollectorRegistry()
+    sim: ExchangeSimulator | None = None
     async with contextlib.AsyncExitStack() as stack:
         if replay is not None:
             symbols = compose.replayed_symbols(settings, replay)
@@ -90,12 +125,18 @@ async def run_service(
             await server.start()
             tasks.spawn(server.wait(), "api")
             tasks.spawn(_announce(server.url, io.signals, settings, bound), "console")
-            # Until one part fails (the console ends by itself once every symbol has signalled).
-            done, _ = await asyncio.wait(list(tasks), return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                exc = None if task.cancelled() else task.exception()
-                if exc is not None:
-                    raise exc
+            end = tasks.spawn(_end_of(sim), "end-of-replay") if sim is not None else None
+            # Until one part fails or the replay ends (the console ends by itself once every symbol
+            # has signalled).
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = None if task.cancelled() else task.exception()
+                    if exc is not None:
+                        raise exc
+                if end is not None and end in done:
+                    raise _ReplayEnded(end.result())
         finally:
             await server.close()  # the API first: no request sees a half-stopped service
             await tasks.cancel_all(10.0)

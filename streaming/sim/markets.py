@@ -31,7 +31,17 @@ from streaming.sim.hub import Hub
 from streaming.sim.paths import open_bucket
 from streaming.sim.tape import BookEvent, KlineEvent, SymbolTape
 
-__all__ = ["BOOK_DEPTHS", "KLINE_INTERVALS", "BarConfig", "BarMarket", "Market", "RecordedMarket", "Row"]
+__all__ = [
+    "BOOK_DEPTHS",
+    "KLINE_INTERVALS",
+    "BarConfig",
+    "BarMarket",
+    "Market",
+    "RecordedMarket",
+    "ReplayDataError",
+    "Row",
+    "auto_offset",
+]
 
 KLINE_INTERVALS = ("1", "5", "15", "60")
 BOOK_DEPTHS = (1, 50, 200, 1000)
@@ -47,7 +57,7 @@ class BarConfig(Protocol):
 
     sources: list[Path]
     speed: float
-    start_offset_bars: int
+    start_offset_bars: int | None
     book_depth: int
     kline_updates_per_bar: int
     book_deltas_per_bar: int
@@ -212,6 +222,28 @@ def _feed_book_frame(
     )
 
 
+MAX_HISTORY_BARS = 20_000  # history before the replay clock when the data allows (14 days of 1m bars)
+MIN_HISTORY_BARS = 241  # the longest 1m window a shipped component reads (linear_1m)
+LIVE_BARS = 1_440  # a day left to replay when the data is short
+
+
+class ReplayDataError(ValueError):
+    """The data cannot be replayed as asked: too short, or the start offset past its end."""
+
+
+def auto_offset(span: int) -> int:
+    """Bars of history before the replay clock for ``span`` bars of data: up to
+    :data:`MAX_HISTORY_BARS`, keeping :data:`LIVE_BARS` to replay, and at least
+    :data:`MIN_HISTORY_BARS` (components whose window is longer drop out as at warm-up, with a
+    reason). Data too short for that and an hour of replay is a ``ValueError`` saying so."""
+    if span < MIN_HISTORY_BARS + 60:
+        raise ReplayDataError(
+            f"the data holds {span} one-minute bars in common: a replay needs at least"
+            f" {MIN_HISTORY_BARS + 60} ({MIN_HISTORY_BARS} of history for the 1m components and an hour to replay)"
+        )
+    return max(MIN_HISTORY_BARS, min(MAX_HISTORY_BARS, span - LIVE_BARS))
+
+
 class BarMarket:
     """Historical 1m bars replayed on the sim clock, with a synthetic book per symbol."""
 
@@ -229,7 +261,15 @@ class BarMarket:
             if symbol in loaded:
                 raise ValueError(f"two sources for symbol {symbol}: {path} and an earlier one")
             loaded[symbol] = load_1m_bars(path)
-        start_ms = max(int(b.start_ms[0]) for b in loaded.values()) + config.start_offset_bars * MINUTE_MS
+        first = max(int(b.start_ms[0]) for b in loaded.values())
+        span = (min(int(b.start_ms[-1]) for b in loaded.values()) - first) // MINUTE_MS + 1  # bars in every source
+        offset = auto_offset(span) if config.start_offset_bars is None else config.start_offset_bars
+        if offset >= span:
+            raise ReplayDataError(
+                f"a start offset of {offset} bars is past the end of the data ({span} bars from the latest first"
+                f" bar of {', '.join(sorted(loaded))}): give a smaller one"
+            )
+        start_ms = first + offset * MINUTE_MS
         feeds = {s: _SymbolFeed(s, b, config, start_ms) for s, b in loaded.items()}
         return cls(feeds, start_ms)
 

@@ -103,13 +103,14 @@ class SimulatorConfig:
     ``sources`` are 1m bar CSVs (the symbol comes from the file name); ``recorded`` replays a
     JSON-lines stream from :func:`streaming.recorder.record` instead. The clock starts
     ``start_offset_bars`` minutes after the latest first bar of all sources, so REST has history
-    for every symbol. ``speed`` is market ms per wall ms.
+    for every symbol; ``None`` chooses it from the data (:func:`streaming.sim.markets.auto_offset`:
+    up to 20,000 bars of history, keeping a day to replay). ``speed`` is market ms per wall ms.
     """
 
     sources: list[Path] = field(default_factory=list)
     recorded: Path | None = None
     speed: float = 600.0
-    start_offset_bars: int = 1500
+    start_offset_bars: int | None = 1500
     host: str = "127.0.0.1"
     port: int = 0
     book_depth: int = 50
@@ -124,7 +125,7 @@ class SimulatorConfig:
             raise ValueError("SimulatorConfig needs at least one bar file in sources, or recorded")
         if not (self.speed > 0 and math.isfinite(self.speed)):
             raise ValueError(f"speed must be a finite number > 0, got {self.speed}")
-        if self.start_offset_bars < 0:
+        if self.start_offset_bars is not None and self.start_offset_bars < 0:
             raise ValueError("start_offset_bars must be >= 0")
         if self.book_depth < 1 or self.kline_updates_per_bar < 1 or self.book_deltas_per_bar < 0:
             raise ValueError("book_depth and kline_updates_per_bar must be >= 1, book_deltas_per_bar >= 0")
@@ -244,7 +245,7 @@ class ExchangeSimulator:
             # Logged here, once; `finished` stays unset so waiters time out rather than see an end.
             log.exception("simulator market task failed")
             return
-        log.info("simulator reached the end of its data at %d", clock.now_ms())
+        log.warning("simulator reached the end of its data at %d: no bar closes after this", clock.now_ms())
         self.finished.set()
 
     # --- public state

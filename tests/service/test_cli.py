@@ -105,7 +105,11 @@ def test_replay_file_mistakes_get_one_line_naming_the_file(tmp_path: Path, bybit
     header = tmp_path / "bybit_linear_SOLUSDT_1m.csv.gz"
     with gzip.open(header, "wt") as fh:
         fh.write("time,price\n1,2\n")
+    tiny = tmp_path / "bybit_linear_DOGEUSDT_1m.csv.gz"
+    with gzip.open(bybit_btc_1m, "rt") as src, gzip.open(tiny, "wt") as dst:
+        dst.writelines(line for _, line in zip(range(201), src, strict=False))
     cases = [
+        (replay(tiny), "the data holds 200 one-minute bars in common: a replay needs at least 301"),
         (replay(unnamed), "cannot tell the symbol from file name 'bars.csv.gz'"),
         (replay(tmp_path / "bybit_linear_XRPUSDT_1m.csv.gz"), "bybit_linear_XRPUSDT_1m.csv.gz: no such file"),
         (replay(plain), f"cannot replay {plain}: not a gzip file"),

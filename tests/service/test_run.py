@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -130,3 +132,68 @@ async def test_a_replay_on_a_used_redis_starts_afresh_in_its_own_namespace(
         for namespace in (prefix, f"{prefix}-replay"):
             await RedisStore(client, prefix=namespace, window_bars=256, depth_rows=10).delete_all()
         await client.aclose()
+
+
+def short_file(tmp_path: Path, bars: int) -> Path:
+    """The first ``bars`` one-minute bars of the real BTCUSDT file, as a file of their own."""
+    import gzip
+
+    path = tmp_path / "bybit_linear_BTCUSDT_1m_short.csv.gz"
+    with gzip.open(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", "rt") as src, gzip.open(path, "wt") as dst:
+        for i, line in enumerate(src):
+            if i > bars:
+                break
+            dst.write(line)
+    return path
+
+
+async def test_a_short_replay_serves_signals_then_stops_at_the_end_or_loops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """400 bars: the replay starts after the shortest useful history (241 bars; longer windows drop
+    out with a reason: the signal says partial), serves signals, says at WARNING that the data ended
+    and stops — or, with loop, replays it again."""
+    for var in ("CANDLECAST_REDIS_URL", "CANDLECAST_API_KEYS", "CANDLECAST_SYMBOLS"):
+        monkeypatch.delenv(var, raising=False)
+    path = short_file(tmp_path, 400)
+    settings = load_settings(api_port=0)
+    served: list[dict[str, object]] = []
+
+    async def run(loop: bool) -> asyncio.Task[None]:
+        bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            run_service(
+                settings,
+                ingest_config(settings),
+                worker_config(settings),
+                replay=[path],
+                speed=3000.0,
+                loop=loop,
+                bound=bound,
+            )
+        )
+        url = await asyncio.wait_for(bound, 60)
+        async with httpx.AsyncClient(base_url=url) as http:
+
+            async def a_signal() -> bool:
+                r = await http.get("/signal/BTCUSDT")
+                if r.status_code == 200:
+                    served.append(r.json())
+                return r.status_code == 200
+
+            await eventually(a_signal, 30, 0.05, what="a signal from the short replay")
+        return task
+
+    with caplog.at_level("WARNING"):
+        once = await run(loop=False)
+        await asyncio.wait_for(once, 60)  # it ends by itself at the end of the data
+        assert "the replay of BTCUSDT reached the end of its data; stopping" in caplog.text
+        assert served[-1]["partial"] is True  # the 1h and 15m views had no full window yet
+        dropped = {c["name"]: c["reason"] for c in served[-1]["components"] if c["status"] == "dropped"}
+        assert dropped.get("tcn_60m") == "short_window"
+        looping = await run(loop=True)
+        await eventually(lambda: "replaying it again from the start (--loop)" in caplog.text, 60, what="a second pass")
+        assert not looping.done()
+        looping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looping
