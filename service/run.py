@@ -19,7 +19,8 @@ from inference.config import WorkerConfig
 from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from service import compose
-from service.settings import Settings
+from service.settings import ConfigError, Settings
+from streaming.errors import StoreUnavailable
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
@@ -98,6 +99,14 @@ async def _run_once(
             settings = settings.model_copy(update={"redis_prefix": prefix})
         store = compose.open_store(settings)
         stack.push_async_callback(store.close)
+        if isinstance(store, RedisStore):
+            try:
+                await store.ping()
+            except StoreUnavailable as exc:  # at start, from a terminal: say so, do not retry forever
+                raise ConfigError(
+                    f"run: Redis at {settings.redis_url} does not answer ({exc}): start it, or unset"
+                    " CANDLECAST_REDIS_URL to run in memory"
+                ) from None
         if replay is not None and isinstance(store, RedisStore):
             await store.delete_all()
             print(f"replay namespace: {settings.redis_prefix}:* in Redis, emptied at start", flush=True)
@@ -132,9 +141,9 @@ async def _run_once(
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    exc = None if task.cancelled() else task.exception()
-                    if exc is not None:
-                        raise exc
+                    failure = None if task.cancelled() else task.exception()
+                    if failure is not None:
+                        raise failure
                 if end is not None and end in done:
                     raise _ReplayEnded(end.result())
         finally:

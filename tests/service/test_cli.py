@@ -82,6 +82,9 @@ def test_input_mistakes_get_one_line_naming_the_problem(redis_url: str) -> None:
     assert speed.returncode == 2 and "--speed: must be a number > 0, got -5" in speed.stderr
     down = cli("inspect", "BTCUSDT", CANDLECAST_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert down.returncode == 2 and "does not answer" in down.stderr and "Traceback" not in down.stderr
+    run_down = cli("run", "--replay", CANDLECAST_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert run_down.returncode == 2 and "Traceback" not in run_down.stderr
+    assert "does not answer" in run_down.stderr and "unset CANDLECAST_REDIS_URL to run in memory" in run_down.stderr
     unknown = cli(
         "inspect", "DOGEUSDT", CANDLECAST_REDIS_URL=redis_url, CANDLECAST_REDIS_PREFIX=f"x{uuid.uuid4().hex[:8]}"
     )
