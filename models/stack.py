@@ -101,6 +101,14 @@ def component_outputs(
     return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
 
 
+def _mean_of_votes(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Per column, the mean of the finite entries (the components that voted); NaN where none did."""
+    finite = np.isfinite(rows)
+    count = finite.sum(axis=0)
+    total = np.where(finite, rows, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[float, float]:
     """(a, b) of ``P(up) = sigmoid(a·z + b)``, by maximum likelihood (no penalty)."""
     w, b = fit_logistic(z.reshape(-1, 1), up, l2=0.0)
@@ -178,7 +186,7 @@ def fit_ensemble(
         with_var = [
             o[:, c.spec.heads.index("var_bp2")] for o, c in zip(outs, stacked, strict=True) if "var_bp2" in c.spec.heads
         ]
-        var_head.append(np.mean(np.maximum(with_var, 1e-4), axis=0) if with_var else np.full(len(ends), np.nan))
+        var_head.append(_mean_of_votes(np.maximum(with_var, 1e-4)) if with_var else np.full(len(ends), np.nan))
         r_h, v_h = horizon_targets(s, ends, horizon)
         returns.append(r_h)
         var_real.append(v_h)
@@ -207,8 +215,10 @@ def fit_ensemble(
     tau, figures = choose_threshold(p_late, r_all[late])
     # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
     rv, vh, ve = np.concatenate(var_real)[late], np.concatenate(var_head)[late], np.concatenate(var_ewma)[late]
-    qlike_heads = qlike(vh, rv) if np.isfinite(vh).all() and len(vh) else float("nan")
-    qlike_ewma = qlike(ve, rv)
+    # on the bars where some head voted (elsewhere serving falls back to the EWMA as well)
+    headed = np.isfinite(vh)
+    qlike_heads = qlike(vh[headed], rv[headed]) if headed.any() else float("nan")
+    qlike_ewma = qlike(ve[headed], rv[headed]) if headed.any() else qlike(ve, rv)
     magnitude = "heads" if qlike_heads < qlike_ewma else "ewma"
     per_component: dict[str, Any] = {}
     for i, name in enumerate(names):

@@ -454,11 +454,12 @@ class Ingestor:
             return
         bars = [collected[s] for s in sorted(collected)[-want:]]
         self.writer.put_bars(symbol, iv, bars, replace=trigger == "corrupt")
+        # reconciled: the mark goes in the same batch as REST's bars (a later live rewrite marks again)
+        self.writer.put_status(symbol, {f"backfill:{iv}": "ok", revised_field(iv): ""})
         result = await self.writer.flush()
         inserted = result.inserted.get((symbol, iv), 0)
         key = (symbol, iv)
         self.newest[key] = max(self.newest.get(key, bars[-1].start), bars[-1].start)
-        self.writer.put_status(symbol, {f"backfill:{iv}": "ok", revised_field(iv): ""})  # reconciled
         if inserted:
             self.metrics.bars_backfilled.inc(inserted)
             if (trigger != "startup" or len(bars) != inserted) and trigger not in ("revised", "corrupt"):  # counted

@@ -40,9 +40,9 @@ class MemoryStore:
         result = WriteResult()
         for key, bars in batch.bars.items():
             window = self._bars.setdefault(key, {})
-            if key in batch.replace and bars:
-                newest, keep = max(b.start for b in bars), {b.start for b in bars}
-                for start in [s for s in window if s < newest and s not in keep]:
+            if key in batch.replace:
+                bound, keep = batch.replace[key], {b.start for b in bars}
+                for start in [s for s in window if s <= bound and s not in keep]:
                     del window[start]
             before = max(window, default=-1)
             inserted = revised = 0

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # Idempotent upsert into a bounded time-keyed window, atomically (a script runs alone).
 # KEYS[1] = ZSET, KEYS[2] = the symbol's status HASH (same hash tag); ARGV = maxlen, the status field
-# that marks a revised window ('' for none), '1' to replace (the pairs are the exchange's record:
-# every other member older than the newest pair goes, e.g. an undecodable one) else '0', then
+# that marks a revised window ('' for none), a start to replace up to ('' for none: the pairs are the
+# exchange's record up to it, every other member at or before it goes, e.g. an undecodable one), then
 # (score, member) pairs in ascending score. A member replaced by other values sets the status field
 # to the oldest revised start in the same script, so no reader ever sees a revised window unmarked
 # (streaming.store.revised_field).
@@ -36,10 +36,10 @@ local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
 local mark = ARGV[2]
 local first_revised = nil
-if ARGV[3] == '1' and #ARGV >= 5 then
+if ARGV[3] ~= '' then
   local keep = {}
   for i = 4, #ARGV, 2 do keep[tonumber(ARGV[i])] = true end
-  local older = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[#ARGV - 1], 'WITHSCORES')
+  local older = redis.call('ZRANGEBYSCORE', key, '-inf', ARGV[3], 'WITHSCORES')
   for j = 1, #older, 2 do
     if not keep[tonumber(older[j + 1])] then redis.call('ZREM', key, older[j]) end
   end
@@ -59,7 +59,7 @@ for i = 4, #ARGV, 2 do
     redis.call('ZADD', key, score, member)
     inserted = inserted + 1
     if tonumber(score) > tonumber(before) then table.insert(fresh, score) end
-  elseif old[1] ~= member then
+  elseif #old > 1 or old[1] ~= member then  -- two members at one start: one is damaged
     redis.call('ZREMRANGEBYSCORE', key, score, score)
     redis.call('ZADD', key, score, member)
     revised = revised + 1
@@ -115,7 +115,8 @@ class RedisStore:
             return
         async with self._r.pipeline(transaction=False) as pipe:
             for symbol, interval in bar_keys:
-                replace = "1" if (symbol, interval) in batch.replace else "0"
+                bound = batch.replace.get((symbol, interval))
+                replace = "" if bound is None else str(bound)
                 args: list[Any] = [self.window_bars, revised_field(interval), replace]
                 for bar in sorted(batch.bars[(symbol, interval)], key=lambda b: b.start):
                     args += [bar.start, encode_bar(bar)]
@@ -124,7 +125,7 @@ class RedisStore:
             for (symbol, depth), book in batch.books.items():
                 pipe.hset(self.keys.book(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
             for (symbol, depth), rows in batch.depth_rows.items():
-                args = [self.depth_rows, "", "0"]
+                args = [self.depth_rows, "", ""]
                 for row in rows:
                     args += [row.ts, encode_row(row)]
                 await self._upsert(keys=[self.keys.depth(symbol, depth)], args=args, client=pipe)

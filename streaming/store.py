@@ -90,9 +90,10 @@ class WriteBatch:
     books: dict[tuple[str, int], BookStatus] = field(default_factory=dict)
     depth_rows: dict[tuple[str, int], list[DepthRow]] = field(default_factory=dict)
     status: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Windows whose bars in this batch are the exchange's record (a REST rebuild of a damaged
-    # window): any other member older than the batch's newest bar is removed, in the same write.
-    replace: set[tuple[str, str]] = field(default_factory=set)
+    # Windows rebuilt from the exchange's record (REST, for a damaged window), with the newest start
+    # of that record: any other member at or before it is removed in the same write (newer live
+    # bars stay).
+    replace: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.bars or self.books or self.depth_rows or self.status)

@@ -49,7 +49,7 @@ class WindowWriter:
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
         self._status: dict[str, dict[str, str]] = {}
-        self._replace: set[tuple[str, str]] = set()
+        self._replace: dict[tuple[str, str], int] = {}
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()  # one flush at a time
         self._healthy = True
@@ -57,10 +57,11 @@ class WindowWriter:
 
     # -- producers (synchronous, never block) ---------------------------------------------------
     def put_bars(self, symbol: str, interval: str, bars: list[Bar], *, replace: bool = False) -> None:
-        """Queue closed bars. ``replace``: they are the exchange's record of the window (a REST
-        rebuild), so the write removes every other member older than the newest of them."""
-        if replace:
-            self._replace.add((symbol, interval))
+        """Queue closed bars. ``replace``: they are the exchange's record of the window up to their
+        newest start (a REST rebuild), so the write removes every other member up to it."""
+        if replace and bars:
+            key = (symbol, interval)
+            self._replace[key] = max(self._replace.get(key, 0), max(b.start for b in bars))
         pending = self._bars.setdefault((symbol, interval), {})
         for bar in bars:
             pending[bar.start] = bar
@@ -98,10 +99,10 @@ class WindowWriter:
                 books=dict(self._books),
                 depth_rows={k: sorted(v.values(), key=lambda r: r.ts) for k, v in self._rows.items()},
                 status={k: dict(v) for k, v in self._status.items()},
-                replace=self._replace & set(self._bars),
+                replace={k: v for k, v in self._replace.items() if k in self._bars},
             )
             self._bars, self._books, self._rows, self._status = {}, {}, {}, {}
-            self._replace = set()
+            self._replace = {}
             try:
                 result = await self._store.write(batch)
             except StoreUnavailable:
@@ -129,7 +130,8 @@ class WindowWriter:
 
     def _restore(self, batch: WriteBatch) -> None:
         """Put a failed batch back underneath anything newer that arrived meanwhile."""
-        self._replace |= batch.replace
+        for key, bound in batch.replace.items():
+            self._replace[key] = max(self._replace.get(key, 0), bound)
         for key, bars in batch.bars.items():
             newer = self._bars.get(key, {})
             merged = {b.start: b for b in bars}

@@ -23,4 +23,9 @@ for role in INGESTOR WORKER API EXPORTER; do
 done
 umask 077
 sed -e "$script" -e "/^#/d" -e "/^[[:space:]]*$/d" "$template" > "$out"  # an ACL file has no comments
+if command -v docker-entrypoint.sh >/dev/null 2>&1; then
+  # The Redis image: its own entrypoint drops from root to the redis user, which must read the file.
+  chown redis "$out"
+  exec docker-entrypoint.sh redis-server --aclfile "$out" "$@"
+fi
 exec redis-server --aclfile "$out" "$@"

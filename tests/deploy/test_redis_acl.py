@@ -132,6 +132,8 @@ def test_each_user_is_refused_what_it_does_not_need(acl_redis: tuple[int, dict[s
         (worker, ("GET", "other:key")),
         (exporter, ("GET", key)),  # the exporter reads statistics only
         (worker, ("PUBLISH", "other:db0:signals", "x")),  # channels outside the prefix
+        (ingestor, ("SCRIPT", "FLUSH")),  # its own scripts only: nothing server-wide
+        (worker, ("FUNCTION", "FLUSH")),
     ]
     for who, command in refused:
         with pytest.raises(redis.exceptions.NoPermissionError):

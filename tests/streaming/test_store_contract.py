@@ -106,11 +106,13 @@ async def test_a_replacing_write_keeps_only_its_bars_up_to_its_newest_and_repair
     store: WindowStore,
 ) -> None:
     await write_bars(store, [bar(i) for i in range(6)])
-    # the exchange's record of bars 1..4 (bar 2 missing there, bar 3 other values); bar 5 is newer
-    batch = WriteBatch(bars={("BTCUSDT", "1"): [bar(4), bar(3, close="99"), bar(1)]}, replace={("BTCUSDT", "1")})
+    # the exchange's record of bars 1..4 (bar 2 missing there, bar 3 other values), with a live bar 6
+    # in the same batch; bar 5, stored, is newer than the record: kept
+    rebuilt = [bar(4), bar(3, close="99"), bar(1), bar(6)]
+    batch = WriteBatch(bars={("BTCUSDT", "1"): rebuilt}, replace={("BTCUSDT", "1"): T0 + 4 * MINUTE_MS})
     await store.write(batch)
     w = await store.read_symbol("BTCUSDT", ["1"], 50)
-    assert [(b.start - T0) // MINUTE_MS for b in w.bars["1"]] == [1, 3, 4, 5]
+    assert [(b.start - T0) // MINUTE_MS for b in w.bars["1"]] == [1, 3, 4, 5, 6]
     assert str(w.bars["1"][1].close) == "99"
     for _ in range(2):
         await store.request_repair("BTCUSDT", "5")
