@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.components import LoadedComponent, example_input, load_model_set
+from inference.config import WorkerConfig
 from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
@@ -124,7 +125,8 @@ def _wilson_low(hits: int, n: int) -> float:
 
 def choose_threshold(p: npt.NDArray[np.float64], r: npt.NDArray[np.float64]) -> tuple[float, dict[str, float]]:
     """The threshold (and its figures) with the best Wilson lower bound on moved-bar accuracy among
-    those calling >= 10 % of bars and >= 500 bars; 0.5 (call everything) when none qualifies."""
+    those calling >= 10 % of bars and >= 500 bars; 0.5 (call everything) when none qualifies. A NaN
+    probability is a bar without a call (below the quorum): it counts against coverage."""
     best: tuple[float, float, dict[str, float]] | None = None
     moved = r != 0
     for tau in np.round(np.arange(0.5, 0.6001, 0.0005), 4):
@@ -151,6 +153,7 @@ def fit_ensemble(
     per_series: int = 8_000,
     l2: float = 1.0,
     seed: int = 0,
+    quorum: float = WorkerConfig.quorum,
 ) -> EnsembleSpec:
     """Fit the stacker, calibration and threshold on validation and write them into the manifest."""
     cuts = Cuts()
@@ -212,7 +215,9 @@ def fit_ensemble(
         ]
     )
     p2 = p_late[moved[late]]  # the same, on the bars that moved
-    tau, figures = choose_threshold(p_late, r_all[late])
+    # the threshold is chosen on the calls serving would make: none below the quorum (decide)
+    allowed = voted[late].sum(axis=1) >= max(1e-9, quorum * len(stacked))
+    tau, figures = choose_threshold(np.where(allowed, p_late, np.nan), r_all[late])
     # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
     rv, vh, ve = np.concatenate(var_real)[late], np.concatenate(var_head)[late], np.concatenate(var_ewma)[late]
     # on the bars where some head voted (elsewhere serving falls back to the EWMA as well)
@@ -236,6 +241,7 @@ def fit_ensemble(
         "series": [p.name.removesuffix(".csv.gz") for p in files],
         "samples": {"stack": int(first.sum()), "calibration": int(second.sum())},
         "l2": l2,
+        "quorum": quorum,
         "components": per_component,
         "volatility": {"qlike_heads": qlike_heads, "qlike_ewma": qlike_ewma, "chosen": magnitude},
         "calibration_half": {

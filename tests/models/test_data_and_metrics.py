@@ -304,3 +304,18 @@ def test_several_series_are_an_equal_weight_book() -> None:
     rb = (0.90 - TAKER_FEE) * (1 - TAKER_FEE) - 1
     assert m["return_taker"] == pytest.approx((ra + rb) / 2)
     assert m["max_drawdown"] == pytest.approx(-rb)
+
+
+def test_the_threshold_is_chosen_on_the_calls_serving_would_make() -> None:
+    """A bar below the quorum (NaN probability) is never called: it counts against coverage."""
+    from models.stack import choose_threshold
+
+    r = np.random.default_rng(0).normal(size=4000)
+    p = np.where(r > 0, 0.56, 0.44)
+    _, every = choose_threshold(p, r)
+    assert every["coverage"] == 1.0 and every["accuracy_moved"] == 1.0
+    p[:3000] = np.nan  # three quarters of the bars without a quorum
+    _, some = choose_threshold(p, r)
+    assert some["calls"] == 1000 and some["coverage"] == pytest.approx(0.25)
+    p[:3600] = np.nan  # 400 calls left: under the 500 a threshold needs, so none qualifies
+    assert choose_threshold(p, r)[0] == 0.5
