@@ -208,7 +208,7 @@ def build_view_samples(
     xs, ys, firsts, lasts = [], [], [], []
     for s, coarse, ends, j, y in chosen:
         if total > cap:  # the cap spread over the series in proportion to what each offers
-            pick = np.sort(rng.choice(len(ends), size=min(len(ends), max(1, cap * len(ends) // total)), replace=False))
+            pick = _subsample(np.arange(len(ends)), max(1, cap * len(ends) // total), rng)
             ends, j, y = ends[pick], j[pick], y[pick]
         if kind == "tcn":
             xs.append(np.stack([tcn_input(coarse.ohlcv[k - need + 1 : k + 1], TCN_LENGTH) for k in j.tolist()]))

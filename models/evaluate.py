@@ -48,7 +48,7 @@ from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direct
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
 from models.data import MINUTE_MS, Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
-from models.linear import ewma_of_windows
+from models.linear import ewma_of_windows, iso_ms
 from models.metrics import MAKER_FEE, TAKER_FEE, Part, equity_curve, strategy_report
 from models.stack import component_outputs, minute_bars_needed
 from models.stack import voters as stack_voters
@@ -101,10 +101,6 @@ def _why_not(c: LoadedComponent, horizon: int) -> str:
 _SIGN = {"long": 1, "short": -1, "flat": 0}
 
 
-def _iso_ms(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
-
-
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest = Manifest.load(cfg.artifacts / "manifest.json")
     models = load_model_set(cfg.artifacts, prefer_gpu=False, threads=2)
@@ -115,7 +111,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     config = WorkerConfig(horizon_minutes=horizon, fee_bp=cfg.fee_bp)
     voters = stack_voters(models.components, horizon)
     skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters}
-    test_after = max(_iso_ms(c.training["test_after"]) for c in manifest.components)
+    test_after = max(iso_ms(c.training["test_after"]) for c in manifest.components)
     need = minute_bars_needed(voters)
     parts: dict[str, list[Part]] = defaultdict(list)
     rows: list[tuple[str, str, int, float, int, int, float]] = []

@@ -126,6 +126,11 @@ def iso_minute(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M+00:00")
 
 
+def iso_ms(text: str) -> int:
+    """Exchange milliseconds of an ISO time as the manifest writes them (the inverse of :func:`iso_minute`)."""
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
 @dataclass
 class Samples:
     x: npt.NDArray[np.float64]  # features, (n, F)

@@ -18,7 +18,6 @@ pre-trained ones'. ``--init-from models/artifacts`` starts a TCN from a shipped 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from models.datasets import (
     series_for_timeframe,
 )
 from models.efficientnet import efficientnet
+from models.linear import iso_ms
 from models.tcn import TCN
 
 __all__ = ["TrainConfig", "load_onnx_weights", "train_all"]
@@ -324,15 +324,11 @@ def _init_tcn(model: nn.Module, cfg: TrainConfig, label: str) -> dict[str, Any] 
         "train_seconds": float(tr.get("seconds") or 0.0),
         "train_samples": int(tr.get("samples") or 0),
         "val_samples": int(entry.validation.get("n") or 0),
-        "train_span": [_ms(tr["span"][0]), _ms(tr["span"][1])],
-        "val_span": [_ms(tr["validation_span"][0]), _ms(tr["validation_span"][1])],
+        "train_span": [iso_ms(tr["span"][0]), iso_ms(tr["span"][1])],
+        "val_span": [iso_ms(tr["validation_span"][0]), iso_ms(tr["validation_span"][1])],
         "sources": list(tr.get("sources", [])),
         "pretrained": {"from": f"{entry.file} {entry.version}"},
     }
-
-
-def _ms(iso: str) -> int:
-    return int(dt.datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def _loss(model: nn.Module, val: SampleSet, cfg: TrainConfig) -> float:
