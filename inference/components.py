@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +90,7 @@ class ModelSet:
     created: str = ""
     sessions: dict[str, ModelSession] = field(default_factory=dict)  # by artifact file name
     ensemble: EnsembleSpec | None = None  # the validation-fitted stacker, when the manifest has one
+    drift: dict[str, Any] | None = None  # the manifest's drift statistics (inference.drift)
 
     @property
     def enabled(self) -> tuple[LoadedComponent, ...]:
@@ -221,7 +223,12 @@ def load_model_set(
         bound = sessions.get(p.key) if p.disabled is None else None
         components.append(LoadedComponent(p.spec, p.weight, bound, p.disabled, p.detail, p.need, p.renderer))
     return ModelSet(
-        tuple(components), digest, manifest.created, {k[0]: s for k, s in sessions.items()}, manifest.ensemble
+        tuple(components),
+        digest,
+        manifest.created,
+        {k[0]: s for k, s in sessions.items()},
+        manifest.ensemble,
+        manifest.drift,
     )
 
 

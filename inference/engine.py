@@ -161,6 +161,10 @@ class SignalEngine:
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
+        return (await self.compute_read(event))[0]
+
+    async def compute_read(self, event: BarEvent) -> tuple[Signal | NoSignal, SymbolWindows]:
+        """:meth:`compute`, and the windows it was computed from (the worker scores past signals on them)."""
         t0 = time.perf_counter()
         now = event.start + interval_ms(event.interval)
         models = self.models.current  # one snapshot for the whole signal, whatever a reload does meanwhile
@@ -170,7 +174,7 @@ class SignalEngine:
                 await self.store.request_repair(event.symbol, iv)
             except StoreError as exc:  # asked again at the next signal; this one goes on
                 log.warning("%s %s: could not ask for a repair: %s", event.symbol, iv, exc)
-        return await self.signal_at(event, windows, models, read_started=t0)
+        return await self.signal_at(event, windows, models, read_started=t0), windows
 
     async def signal_at(
         self, event: BarEvent, windows: SymbolWindows, models: ModelSet, *, read_started: float | None = None
@@ -267,10 +271,12 @@ class SignalEngine:
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
                 partial=len(voters) < len(answering),
+                models=models.digest[:12],
             )
         # no vote: ``money`` is priced without a probability (no edge, never tradeable)
         refused = "unreconciled_window" if FALLBACK_INTERVAL in unreconciled else None
-        return self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money, refused)
+        out = self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money, refused)
+        return replace(out, models=models.digest[:12]) if isinstance(out, Signal) else out
 
     def _fallback(
         self,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from typing import Any
 from inference.errors import InferenceError
 
 __all__ = ["HEADS", "Component", "EnsembleSpec", "Manifest", "ManifestError", "sha256_file"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 HEX = frozenset("0123456789abcdef")
@@ -220,6 +223,8 @@ class Manifest:
     schema: int = SCHEMA_VERSION
     notes: str = ""
     ensemble: EnsembleSpec | None = None
+    # the drift features' training distribution (inference.drift.input_statistics), for the live PSI
+    drift: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -247,6 +252,7 @@ class Manifest:
             created=str(raw.get("created", "")),
             notes=str(raw.get("notes", "")),
             ensemble=ensemble,
+            drift=_drift_section(raw.get("drift"), path),
         )
 
     def save(self, path: Path) -> None:
@@ -258,6 +264,8 @@ class Manifest:
         }
         if self.ensemble is not None:
             body["ensemble"] = asdict(self.ensemble)
+        if self.drift is not None:
+            body["drift"] = self.drift
         path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
 
     def verified_path(self, component: Component, root: Path) -> Path:
@@ -273,3 +281,23 @@ class Manifest:
                 " (tampered, corrupt or from another export): refusing to load it"
             )
         return path
+
+
+def _drift_section(raw: Any, path: Path) -> dict[str, Any] | None:
+    """The ``drift`` section when it is well formed; a malformed one is dropped with a warning (drift
+    goes unwatched, the models still serve)."""
+    if raw is None:
+        return None
+    features = raw.get("features") if isinstance(raw, dict) else None
+    ok = isinstance(features, dict) and all(
+        isinstance(f, dict)
+        and isinstance(f.get("edges"), list)
+        and isinstance(f.get("expected"), list)
+        and len(f["expected"]) == len(f["edges"]) + 1
+        and all(isinstance(x, int | float) and math.isfinite(x) for x in f["edges"] + f["expected"])
+        for f in features.values()
+    )
+    if not ok:
+        log.warning("%s: the drift section is malformed; input drift will not be watched", path)
+        return None
+    return dict(raw)

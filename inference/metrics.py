@@ -20,6 +20,7 @@ DIRECTIONS = ("long", "short", "flat")
 FALLBACK_REASONS = ("models_missing", "all_components_dropped")
 EVENT_OUTCOMES = ("published", "audited", "duplicate", "no_signal", "skipped", "retry", "error")
 RELOAD_OUTCOMES = ("loaded", "failed")
+SCORE_OUTCOMES = ("hit", "miss", "flat", "unmoved", "unscored")
 DROP_REASONS_SEEDED = ("late", "error")  # per component, once it is loaded (see ``seed_component``)
 
 
@@ -130,6 +131,20 @@ class WorkerMetrics:
             "Redis operations of the worker that failed (the event stays pending and is retried).",
             registry=r,
         )
+        self.scored = Counter(
+            "candlecast_signals_scored_total",
+            "Served signals scored once their horizon passed, by outcome (hit, miss, flat: no call, unmoved,"
+            " unscored: a bar of its horizon missing).",
+            ["outcome"],
+            registry=r,
+        )
+        self.scoring_errors = Counter(
+            "candlecast_scoring_errors_total",
+            "Scoring steps that failed on a Redis error (the signals stay audited; the next close retries).",
+            registry=r,
+        )
+        for outcome in SCORE_OUTCOMES:
+            self.scored.labels(outcome)
         for source in SOURCES:
             for direction in DIRECTIONS:
                 self.signals.labels(source, direction)

@@ -18,7 +18,8 @@ exchange clock, ``produced_wall_ms`` on the worker's wall clock. Example (abridg
                     "bar_close_to_publish": 420.0},
      "horizon": "log return over the next 1 min", "horizon_minutes": 1, "reference_price": 104250.5,
      "expected_move_bp": 4.9, "volatility_bp": 6.3, "edge_bp": 0.4, "cost_bp": 11.0, "tradeable": false,
-     "calibrated": true, "partial": true}
+     "calibrated": true, "partial": true, "models": "3f2a9c1d0b7e",
+     "track_record": {"n": 100, "calls": 23, "hit_rate": 0.5652, "as_of_bar": 1749999960000}}
 
 ``edge_bp`` is the expected log return over H in the price's direction, before costs:
 ``(2·p_up - 1)·expected_move_bp``, positive for up, negative for down (a short call profits from a
@@ -30,6 +31,12 @@ edge clears it. A bot that only trades ``tradeable`` calls does not pay 11 bp of
 report says why: ``short_window`` at warm-up, ``stale_window``, ...). A long or short call needs a
 quorum: at least ``CANDLECAST_SIGNAL_QUORUM`` (default 0.5) of those components voting; below it the
 signal is flat, its ``p_up`` still shown.
+
+``models`` names the manifest the signal was computed with (its sha256, 12 hex digits): a model
+release starts a new track record. ``track_record`` is how right this symbol's signal has been lately:
+the last 100 served signals of this manifest that have been scored (their horizon passed), how many
+were long/short calls and the share of those right on bars that moved (``GET
+/signal/{symbol}/performance`` has the full record); ``None`` before the first is scored.
 
 A ``fallback`` signal comes from the momentum rule: its ``p_up``, ``confidence``, ``agreement`` and
 ``edge_bp`` are ``null`` and it is never ``tradeable`` (the rule gives no probability); ``score`` is
@@ -57,6 +64,7 @@ __all__ = [
     "Signal",
     "SignalFormatError",
     "StageLatency",
+    "TrackRecord",
     "horizon_text",
 ]
 
@@ -117,6 +125,16 @@ class StageLatency:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackRecord:
+    """The last ``n`` (up to 100) scored signals of the symbol and manifest, as of ``as_of_bar``."""
+
+    n: int
+    calls: int  # of them long or short
+    hit_rate: float | None  # right on moved bars, over the calls (None: no call judged yet)
+    as_of_bar: int | None  # the newest scored signal's bar start
+
+
+@dataclass(frozen=True, slots=True)
 class Signal:
     symbol: str
     bar: BarRef
@@ -145,6 +163,8 @@ class Signal:
     # Some component answering the signal's question did not vote (its report says why): a warm-up, a
     # damaged window. Below the quorum (CANDLECAST_SIGNAL_QUORUM) such a signal is flat.
     partial: bool = False
+    models: str = ""  # the manifest's sha256, 12 hex digits ("" when unknown)
+    track_record: TrackRecord | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -44,6 +44,7 @@ __all__ = [
     "SignalSnapshot",
     "SignalStore",
     "SymbolSnapshot",
+    "once_per_bar_lua",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,21 +103,32 @@ class SignalStore(Protocol):
     async def close(self) -> None: ...
 
 
-# KEYS: latest, audit, published bars (zset), nosignal. ARGV: start, json, audit_maxlen, dedupe_keep, channel.
-# Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
-_PUBLISH = """
+def once_per_bar_lua(bars: str, keep: str) -> str:
+    """The Lua that makes a script act once per bar start ``ARGV[1]``: it returns 0 when the ZSET
+    ``bars`` already holds that start, or when the set is full (``keep`` starts) and the start is older
+    than all of them (too old to tell); else it adds the start, trims the set to ``keep`` and goes on
+    with ``start``, ``keep`` and ``top`` (the newest start before this one, WITHSCORES) defined."""
+    return f"""
 local start = tonumber(ARGV[1])
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
-local keep = tonumber(ARGV[4])
-local n = redis.call('ZCARD', KEYS[3])
+if redis.call('ZSCORE', {bars}, ARGV[1]) then return 0 end
+local keep = tonumber({keep})
+local n = redis.call('ZCARD', {bars})
 if n >= keep then
-  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', {bars}, 0, 0, 'WITHSCORES')
   if start < tonumber(oldest[2]) then return 0 end
 end
-local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-redis.call('ZADD', KEYS[3], start, ARGV[1])
+local top = redis.call('ZRANGE', {bars}, -1, -1, 'WITHSCORES')
+redis.call('ZADD', {bars}, start, ARGV[1])
 n = n + 1
-if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, n - keep - 1) end
+if n > keep then redis.call('ZREMRANGEBYRANK', {bars}, 0, n - keep - 1) end
+"""
+
+
+# KEYS: latest, audit, published bars (zset), nosignal. ARGV: start, json, audit_maxlen, dedupe_keep, channel.
+# Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
+_PUBLISH = (
+    once_per_bar_lua("KEYS[3]", "ARGV[4]")
+    + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'signal', ARGV[2])
 if top[2] and tonumber(top[2]) > start then return 1 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -125,6 +137,7 @@ if ns <= start then redis.call('DEL', KEYS[4]) end
 redis.call('PUBLISH', ARGV[5], ARGV[2])
 return 2
 """
+)
 
 # KEYS: nosignal, published bars. ARGV: start, then field/value pairs. Returns 1 if recorded.
 _NO_SIGNAL = """

@@ -19,18 +19,21 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
-from inference.components import ModelRegistry
+from inference.components import ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.engine import SignalEngine
 from inference.events import Delivery, EventSource
 from inference.metrics import WorkerMetrics
-from inference.signal import BarRef, NoSignal
+from inference.score_store import ScoreStore
+from inference.scorer import Scorer
+from inference.signal import BarRef, NoSignal, Signal, TrackRecord
 from inference.signal_store import Published, SignalStore
 from streaming.backoff import Backoff
 from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import interval_ms
-from streaming.store import BarEvent, WindowStore
+from streaming.store import BarEvent, SymbolWindows, WindowStore
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["Worker"]
@@ -50,6 +53,7 @@ class Worker:
         models: ModelRegistry,
         metrics: WorkerMetrics,
         *,
+        scores: ScoreStore | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.config = config
@@ -58,6 +62,11 @@ class Worker:
         self.models = models
         self.metrics = metrics
         self.engine = SignalEngine(config, store, models, metrics)
+        # the track record: every served signal scored once its horizon passes (None: not kept)
+        self.scores = scores
+        self.scorer = (
+            Scorer(signals, scores, metrics, horizon_minutes=config.horizon_minutes) if scores is not None else None
+        )
         self._backoff = backoff or Backoff(config.backoff_base_s, config.backoff_cap_s)
         self._retry_backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
         self._tasks = TaskSupervisor("worker")
@@ -226,8 +235,12 @@ class Worker:
 
     async def _signal(self, ev: BarEvent) -> str:
         t0 = time.perf_counter()
+        windows: SymbolWindows | None = None
+        models = self.models.current
         try:
-            result = await self.engine.compute(ev)
+            (result, windows), track = await asyncio.gather(self.engine.compute_read(ev), self._track(ev.symbol))
+            if track is not None and isinstance(result, Signal):
+                result = replace(result, track_record=track)
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -246,8 +259,10 @@ class Worker:
         if isinstance(result, NoSignal):
             await self.signals.record_no_signal(result)
             self.metrics.no_signals.labels(result.reason).inc()
+            await self._score(ev, windows, models)
             return "no_signal"
         published = await self.signals.publish(result)
+        await self._score(ev, windows, models)
         if published is Published.DUPLICATE:
             return "duplicate"
         self.metrics.signals.labels(result.source, result.direction).inc()
@@ -259,3 +274,20 @@ class Worker:
         self.metrics.signal_compute_seconds.observe(time.perf_counter() - t0)
         self.metrics.bar_close_to_publish_seconds.observe(max(0.0, result.latency_ms.bar_close_to_publish / 1000.0))
         return "published" if published is Published.LATEST else "audited"
+
+    async def _track(self, symbol: str) -> TrackRecord | None:
+        """The symbol's track record for its next signal (None: none kept, or unreadable right now)."""
+        if self.scores is None:
+            return None
+        try:
+            return await self.scores.track(symbol)
+        except StoreError as exc:
+            log.debug("%s: track record unavailable: %s", symbol, exc)
+            return None
+
+    async def _score(self, ev: BarEvent, windows: SymbolWindows | None, models: ModelSet) -> None:
+        """Score the signals whose horizon this close ends, on the window this signal was computed from."""
+        if self.scorer is None or windows is None:
+            return
+        finest = [b for b in windows.bars.get(self.config.finest, []) if b.start <= ev.start]
+        await self.scorer.after(ev.symbol, finest, models)

@@ -1,5 +1,8 @@
 """Strategy metrics, defined so they can be recomputed from ``predictions.csv``.
 
+The definitions a call is scored by are :mod:`inference.scoring`'s, shared with the live track
+record (:mod:`inference.track_record`), so the backtest and the served signals' scores agree.
+
 A :class:`Part` is one series (symbol) in time order: at each bar a probability ``p_up`` (NaN
 when the strategy gives none), a ``call`` d ∈ {-1, 0, +1} (what accuracy judges), a ``position``
 (what is traded: the ensemble trades only its tradeable calls), the simple return ``r`` over the
@@ -32,6 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from inference import scoring
+from inference.scoring import accuracy, brier_skill, probability_scores, qlike
+
 __all__ = ["MAKER_FEE", "TAKER_FEE", "Part", "brier_skill", "equity_curve", "net_returns", "qlike", "strategy_report"]
 
 TAKER_FEE = 0.00055
@@ -57,25 +63,8 @@ class Part:
     ewma: F64  # the EWMA baseline's, bp²
 
 
-def brier_skill(p: F64, up: F64) -> float:
-    """``1 - brier / brier(base rate of the same outcomes)``: > 0 is skill (NaN when all outcomes agree)."""
-    ref = float(np.mean((float(up.mean()) - up) ** 2))
-    return 1.0 - float(np.mean((p - up) ** 2)) / ref if ref > 0 else float("nan")
-
-
-def qlike(var_pred: F64, var_real: F64) -> float:
-    """``mean(ln V + RV / V)`` with the forecast variance floored at 1e-4 bp² (as serving floors it)."""
-    v = np.maximum(var_pred, 1e-4)
-    return float(np.mean(np.log(v) + var_real / v))
-
-
 def net_returns(position: npt.NDArray[np.int8], realized: F64, fee: float = TAKER_FEE) -> F64:
-    d = position.astype(np.float64)
-    prev = np.concatenate([[0.0], d[:-1]])
-    net = d * realized - fee * np.abs(d - prev)
-    if len(net):
-        net[-1] -= fee * abs(d[-1])
-    return np.asarray(net, dtype=np.float64)
+    return scoring.net_returns(position, realized, fee)
 
 
 def _compound(p: Part, fee: float) -> float:
@@ -99,11 +88,6 @@ def equity_curve(parts: Sequence[Part], fee: float) -> tuple[npt.NDArray[np.int6
     return times, np.mean(curves, axis=0)
 
 
-def _accuracy(call: npt.NDArray[np.int8], r: F64) -> tuple[int, int]:
-    judged = (call != 0) & (r != 0)
-    return int(np.sum(judged & ((call > 0) == (r > 0)))), int(judged.sum())
-
-
 def _sharpe(net: F64, per_year: float) -> float:
     sd = float(net.std()) if len(net) > 1 else 0.0
     return float(net.mean() / sd * math.sqrt(per_year)) if sd > 0 else float("nan")
@@ -123,7 +107,7 @@ def _bootstrap(parts: Sequence[Part], per_year: float, seed: int = 0) -> tuple[l
     accs, sharpes = [], []
     for _ in range(BOOTSTRAP_DRAWS):
         idx = np.concatenate([groups[k] for k in rng.integers(0, len(days), len(days))])
-        hits, n = _accuracy(call[idx], r[idx])
+        hits, n = accuracy(call[idx], r[idx])
         accs.append(hits / n if n else np.nan)
         sharpes.append(_sharpe(net[idx], per_year))
 
@@ -144,20 +128,14 @@ def strategy_report(parts: Sequence[Part], horizon_min: int) -> dict[str, object
     n = len(r)
     moved = r != 0
     up = r > 0
-    hits, judged = _accuracy(call, r)
+    hits, judged = accuracy(call, r)
     tp = int(np.sum((call > 0) & up))
     fp = int(np.sum((call > 0) & moved & ~up))
     fn = int(np.sum((call <= 0) & up))
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
     base = float(up[moved].mean()) if moved.any() else float("nan")
-    prob = np.isfinite(p) & moved
-    brier = skill = log_loss = float("nan")
-    if prob.any():
-        pp, yy = np.clip(p[prob], 1e-6, 1 - 1e-6), up[prob].astype(np.float64)
-        brier = float(np.mean((pp - yy) ** 2))
-        skill = brier_skill(pp, yy)
-        log_loss = float(-np.mean(yy * np.log(pp) + (1 - yy) * np.log(1 - pp)))
+    prob = probability_scores(p, r)
     vol = np.isfinite(cat["var_pred"]) & np.isfinite(cat["ewma"])
 
     def vol_loss(pred: F64) -> float:
@@ -189,9 +167,9 @@ def strategy_report(parts: Sequence[Part], horizon_min: int) -> dict[str, object
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan"),
-        "brier": brier,
-        "brier_skill": skill,
-        "log_loss": log_loss,
+        "brier": prob.brier,
+        "brier_skill": prob.brier_skill,
+        "log_loss": prob.log_loss,
         "qlike": vol_loss(cat["var_pred"]),
         "qlike_ewma": vol_loss(cat["ewma"]),
         "return_gross": float(np.mean([_compound(x, 0.0) for x in parts])),

@@ -26,7 +26,6 @@ with each component's validation figures. The test span is never read.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,10 @@ from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import EnsembleSpec, Manifest
+from inference.scoring import brier_skill, qlike, wilson
 from models.data import Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.datasets import Cuts
 from models.linear import ewma_of_windows, fit_logistic, iso_minute
-from models.metrics import brier_skill, qlike
 
 __all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "minute_bars_needed", "platt", "voters"]
 
@@ -117,10 +116,7 @@ def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[floa
 
 
 def _wilson_low(hits: int, n: int) -> float:
-    if n == 0:
-        return 0.0
-    p, z = hits / n, 1.96
-    return (p + z * z / (2 * n) - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return wilson(hits, n)[0] if n else 0.0
 
 
 def choose_threshold(p: npt.NDArray[np.float64], r: npt.NDArray[np.float64]) -> tuple[float, dict[str, float]]:

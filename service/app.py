@@ -5,6 +5,8 @@ Routes (:mod:`service.routes`; JSON, errors in the one shape of :mod:`service.er
     GET /signal/{symbol}            the latest signal (404 unknown symbol, 503 + Retry-After: none servable)
     GET /signals                    every configured symbol: its signal, or why there is none
     GET /signal/{symbol}/history    newest first from the audit stream, ?limit=1..1000 (default 100)
+    GET /signal/{symbol}/performance   the track record: scored signals over the last 100, 1,000 and 24 h
+    GET /performance                the track record of every configured symbol
     WS  /ws                         subscriptions (protocol in :mod:`service.ws_protocol`)
     GET /healthz                    the process answers
     GET /readyz                     Redis reachable, data flowing, signals fresh (503 with the reasons)
@@ -38,11 +40,13 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from inference.score_store import MemoryScoreStore, RedisScoreStore, ScoreStore
 from inference.signal_store import RedisSignalStore, SignalStore
 from service.auth import ApiKeys
 from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.metrics import ApiMetrics, RequestMetricsMiddleware
+from service.performance import PerformanceBook
 from service.routes import add_ops_routes, add_signal_routes
 from service.schemas import DESCRIPTION, keep_example_nulls
 from service.settings import Settings
@@ -53,6 +57,7 @@ from service.ws import WsHub
 from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
+from streaming.supervisor import TaskSupervisor
 
 __all__ = ["API_NEEDS_REDIS", "create_app"]
 
@@ -68,6 +73,7 @@ def create_app(
     settings: Settings,
     *,
     signal_store: SubscribableSignalStore | None = None,
+    score_store: ScoreStore | None = None,
     registry: CollectorRegistry | None = None,
     exchange_clock: ExchangeClock | None = None,
     monotonic: Callable[[], float] = time.monotonic,
@@ -75,7 +81,8 @@ def create_app(
     """The API for ``settings``.
 
     ``signal_store``: serve from this in-process store (e.g. ``MemorySignalStore`` in the
-    single-process run) instead of Redis; the caller owns and closes it. ``registry``: the API's
+    single-process run) instead of Redis; the caller owns and closes it, and ``score_store`` is the
+    track record beside it (none: an empty one). ``registry``: the API's
     metrics go there and ``/metrics`` exposes all of it, so pass the registry the ingestor's and the
     worker's metrics live on to see them too. ``exchange_clock``: an in-process ingestor's clock,
     which moves the API's exchange time even between signals. ``monotonic``: the clock readiness
@@ -132,10 +139,23 @@ def create_app(
                     bar_clock=True,
                 )
                 ping = client.ping
+                scores: ScoreStore = RedisScoreStore(client, prefix=settings.redis_prefix)
             else:
                 store = signal_store
                 feed = StoreSignalFeed(signal_store, cache, metrics, resync_s=settings.api_resync_s)
-            hub = WsHub(cache, limits, metrics, keys_enabled=keys.enabled, check_key=keys.valid)
+                scores = score_store if score_store is not None else MemoryScoreStore()
+            book = PerformanceBook(scores, settings.symbols)
+            tasks = TaskSupervisor("api")
+            stack.push_async_callback(tasks.cancel_all, 5.0)
+            tasks.spawn(book.run(settings.api_performance_refresh_s), "api-performance")
+            hub = WsHub(
+                cache,
+                limits,
+                metrics,
+                keys_enabled=keys.enabled,
+                check_key=keys.valid,
+                performance=lambda symbol: book.latest().get(symbol),
+            )
             cache.add_listener(hub.publish)
             stack.push_async_callback(feed.close)
             await feed.start()
@@ -143,13 +163,14 @@ def create_app(
             hub.start()
             metrics.freshness_source = cache.freshness
             stack.callback(_detach_freshness, metrics)
+            metrics.performance_source = book.latest
             log.info(
                 "signal API: %d symbols from %s, keys %s",
                 len(settings.symbols),
                 "Redis" if signal_store is None else "the in-process store",
                 "on" if keys.enabled else "off",
             )
-            yield {"api": ApiState(settings, store, cache, hub, feed, keys, metrics, ping)}
+            yield {"api": ApiState(settings, store, cache, hub, feed, keys, metrics, ping, book)}
 
     app = FastAPI(
         title="candlecast",
@@ -179,3 +200,4 @@ def create_app(
 
 def _detach_freshness(metrics: ApiMetrics) -> None:
     metrics.freshness_source = lambda: None
+    metrics.performance_source = dict

@@ -25,6 +25,7 @@ from inference.config import WorkerConfig
 from inference.ensemble import Thresholds
 from inference.events import EventSource, MemoryEventSource, RedisEventSource
 from inference.metrics import WorkerMetrics
+from inference.score_store import MemoryScoreStore, RedisScoreStore
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from inference.worker import Worker
 from service.settings import ConfigError, Settings
@@ -120,11 +121,16 @@ class WorkerIO:
     events: EventSource
     consumer: str | None  # the Redis consumer name (None: in memory)
     where: str  # for the console
+    scores: RedisScoreStore | MemoryScoreStore  # the track record (same client as the signals)
 
     @property
     def in_memory(self) -> MemorySignalStore | None:
         """The in-process signal store an API in the same process serves from (None: Redis)."""
         return self.signals if isinstance(self.signals, MemorySignalStore) else None
+
+    @property
+    def scores_in_memory(self) -> MemoryScoreStore | None:
+        return self.scores if isinstance(self.scores, MemoryScoreStore) else None
 
 
 def open_worker_io(settings: Settings, store: WindowStore) -> WorkerIO:
@@ -135,9 +141,11 @@ def open_worker_io(settings: Settings, store: WindowStore) -> WorkerIO:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
         signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
         events = RedisEventSource(client, store.keys.bar_events, group=settings.worker_group, consumer=consumer)
-        return WorkerIO(signals, events, consumer, settings.redis_url)
+        scores = RedisScoreStore(client, prefix=settings.redis_prefix)
+        return WorkerIO(signals, events, consumer, settings.redis_url, scores)
     memory = MemorySignalStore(audit_maxlen=settings.signal_audit_maxlen)
-    return WorkerIO(memory, MemoryEventSource(store), None, "the in-memory store (CANDLECAST_REDIS_URL not set)")
+    where = "the in-memory store (CANDLECAST_REDIS_URL not set)"
+    return WorkerIO(memory, MemoryEventSource(store), None, where, MemoryScoreStore())
 
 
 def worker(
@@ -146,7 +154,7 @@ def worker(
     """The inference worker over ``store`` and ``io`` (``config``: default from ``settings``), with
     the model registry of ``settings`` (``worker.models``; load it before running)."""
     config = config if config is not None else worker_config(settings)
-    return Worker(config, store, io.events, io.signals, model_registry(settings, metrics), metrics)
+    return Worker(config, store, io.events, io.signals, model_registry(settings, metrics), metrics, scores=io.scores)
 
 
 def api_server(
@@ -156,13 +164,16 @@ def api_server(
     host: str | None = None,
     port: int | None = None,
     signal_store: MemorySignalStore | None = None,
+    score_store: MemoryScoreStore | None = None,
     exchange_clock: ExchangeClock | None = None,
 ) -> ApiServer:
     """The API (:func:`service.app.create_app`) under its production uvicorn settings."""
     from service.app import create_app  # FastAPI and uvicorn: serving commands only
     from service.server import ApiServer, server_config
 
-    app = create_app(settings, signal_store=signal_store, registry=registry, exchange_clock=exchange_clock)
+    app = create_app(
+        settings, signal_store=signal_store, score_store=score_store, registry=registry, exchange_clock=exchange_clock
+    )
     return ApiServer(server_config(app, settings, host=host, port=port))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -104,6 +105,70 @@ class _FreshnessCollector(Collector):
         return [direction, score, confidence, agreement, fallback]
 
 
+_TRACK_GAUGES = (
+    ("scored", "n", "Served signals scored in the window (each once its horizon passed)."),
+    ("judged", "judged", "Long/short calls on bars that moved, in the window: what the hit rate is over."),
+    ("hit_rate", "hit_rate", "Share of the judged calls that were right."),
+    ("brier_skill", "brier_skill", "Brier skill of p_up against the base rate of the same bars (> 0: skill)."),
+    ("return_after_fees", "return_after_fees", "Compounded return trading the window's tradeable calls, after fees."),
+)
+
+
+class _TrackCollector(Collector):
+    """The track record per configured symbol (``service.performance``), read at scrape time from the
+    summaries the API last computed: the live figures, the validation figures they are judged
+    against, and the inputs' drift."""
+
+    def __init__(self, source: Callable[[], Mapping[str, dict[str, Any]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        books = self._source()
+        families = {
+            key: GaugeMetricFamily(f"candlecast_track_{name}", doc, labels=["symbol", "window"])
+            for name, key, doc in _TRACK_GAUGES
+        }
+        upper = GaugeMetricFamily(
+            "candlecast_track_hit_rate_upper",
+            "Upper end of the hit rate's 95 % Wilson interval (below the validation hit rate: skill lost).",
+            labels=["symbol", "window"],
+        )
+        v_hit = GaugeMetricFamily(
+            "candlecast_track_validation_hit_rate",
+            "The manifest's validation hit rate for the models that made the symbol's scored signals.",
+            labels=["symbol"],
+        )
+        v_skill = GaugeMetricFamily(
+            "candlecast_track_validation_brier_skill",
+            "The manifest's validation Brier skill for the models that made the symbol's scored signals.",
+            labels=["symbol"],
+        )
+        drift = GaugeMetricFamily(
+            "candlecast_input_psi",
+            "Population stability index of an input feature in the window against its training distribution"
+            " (> 0.25: inputs unlike training).",
+            labels=["symbol", "feature", "window"],
+        )
+        for symbol, book in books.items():
+            for window, part in book.get("windows", {}).items():
+                figures = part.get("signal", {})
+                for key, family in families.items():
+                    if figures.get(key) is not None:
+                        family.add_metric([symbol, window], float(figures[key]))
+                ci = figures.get("hit_rate_ci")
+                if ci and ci[1] is not None:
+                    upper.add_metric([symbol, window], float(ci[1]))
+                for feature, value in (part.get("drift_psi") or {}).items():
+                    if value is not None:
+                        drift.add_metric([symbol, feature, window], float(value))
+            held = ((book.get("validation") or {}).get("signal")) or {}
+            if held.get("accuracy_moved") is not None:
+                v_hit.add_metric([symbol], float(held["accuracy_moved"]))
+            if held.get("brier_skill") is not None:
+                v_skill.add_metric([symbol], float(held["brier_skill"]))
+        return [*families.values(), upper, v_hit, v_skill, drift]
+
+
 class ApiMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -176,6 +241,8 @@ class ApiMetrics:
             self.feed_errors.labels(kind)
         self.freshness_source: Callable[[], Freshness | None] = lambda: None
         r.register(_FreshnessCollector(lambda: self.freshness_source()))
+        self.performance_source: Callable[[], Mapping[str, dict[str, Any]]] = dict
+        r.register(_TrackCollector(lambda: self.performance_source()))
 
 
 class RequestMetricsMiddleware:

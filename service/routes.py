@@ -1,4 +1,4 @@
-"""The API's routes: signals (``/signal/{symbol}``, ``/signals``, history, ``/ws``) and operations
+"""The API's routes: signals (``/signal/{symbol}``, ``/signals``, history, performance, ``/ws``) and operations
 (``/healthz``, ``/readyz``, ``/metrics``).
 
 Handlers only translate: they read what the lifespan built through ``state: State``, ask the signal
@@ -23,6 +23,8 @@ from service.schemas import (
     INVALID,
     JSON,
     NOT_READY,
+    PERFORMANCE_OK,
+    PERFORMANCES_OK,
     SIGNAL_OK,
     SIGNAL_UNAVAILABLE,
     SIGNALS_OK,
@@ -141,6 +143,41 @@ def add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
         signals = await state.store.history(name, limit)
         body = {"symbol": name, "count": len(signals), "signals": signals}
         return Response(orjson.dumps(body), media_type=JSON)
+
+    @app.get(
+        "/signal/{symbol}/performance",
+        tags=["signals"],
+        summary="How right this symbol's signal has been: its live track record",
+        dependencies=keyed,
+        responses={
+            200: PERFORMANCE_OK,
+            **unauthorized,
+            404: UNKNOWN_SYMBOL,
+            503: STORE_UNAVAILABLE,
+        },
+    )
+    async def get_performance(symbol: SymbolPath, state: State) -> Response:
+        """Every served signal is scored once its horizon has passed, against the realized return.
+        Over the last 100 and 1,000 scored signals and the last 24 hours of the current models
+        (`series`: a model release starts a new one): n, coverage, hit rate on moved bars with its 95 %
+        interval, Brier and Brier skill, log loss, volatility QLIKE, the edge forecast and realized,
+        the return after fees of the `tradeable` calls; the same per component, the inputs' drift
+        (PSI against training), the manifest's validation figures to compare with, and how many
+        signals were left unscored and why (a hole in the bars of their horizon)."""
+        name = _symbol(state, symbol)
+        body = await state.performance.of(name)
+        return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})
+
+    @app.get(
+        "/performance",
+        tags=["signals"],
+        summary="The live track record of every configured symbol",
+        dependencies=keyed,
+        responses={200: PERFORMANCES_OK, **unauthorized, 503: STORE_UNAVAILABLE},
+    )
+    async def get_performances(state: State) -> Response:
+        body = {"symbols": await state.performance.all()}
+        return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})
 
     @app.websocket("/ws")
     async def ws_endpoint(websocket: WebSocket, state: State) -> None:

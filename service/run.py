@@ -115,7 +115,13 @@ async def _run_once(
         ingestor = Ingestor(ingest, store, IngestMetrics(registry))
         worker = compose.worker(settings, store, io, WorkerMetrics(registry), worker_config)
         models = worker.models
-        server = compose.api_server(settings, registry, signal_store=io.in_memory, exchange_clock=ingestor.clock)
+        server = compose.api_server(
+            settings,
+            registry,
+            signal_store=io.in_memory,
+            score_store=io.scores_in_memory,
+            exchange_clock=ingestor.clock,
+        )
         compose.serve_metrics(stack, settings.metrics_host, settings.api_metrics_port, registry)
 
         await models.load()

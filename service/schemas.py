@@ -22,6 +22,8 @@ __all__ = [
     "INVALID",
     "JSON",
     "NOT_READY",
+    "PERFORMANCES_OK",
+    "PERFORMANCE_OK",
     "SIGNALS_OK",
     "SIGNAL_OK",
     "SIGNAL_UNAVAILABLE",
@@ -109,6 +111,8 @@ EXAMPLE_SIGNAL: dict[str, Any] = {
     "tradeable": False,
     "calibrated": True,
     "partial": False,
+    "models": "3f2a9c1d0b7e",
+    "track_record": {"n": 100, "calls": 23, "hit_rate": 0.5652, "as_of_bar": 1749999960000},
 }
 
 
@@ -255,7 +259,8 @@ plus a grace old; otherwise `503` with the reason (`warming_up`, `no_signal`, `s
 `Retry-After`. A signal is never invented.
 
 **WebSocket** `/ws`: send `{"op":"subscribe","symbols":["BTCUSDT"]}`; get an ack, the last signal of
-each symbol, then every new one. `{"op":"unsubscribe",...}`, `{"op":"ping"}` → `pong`. Errors come
+each symbol, then every new one. `{"op":"unsubscribe",...}`, `{"op":"ping"}` → `pong`,
+`{"op":"performance","symbols":["BTCUSDT"]}` → a `performance` frame per symbol (its track record). Errors come
 as `{"op":"error","error":{...}}` frames and keep the connection. A client whose send queue fills up is
 closed with 1013; a missing or bad key closes with 1008.
 
@@ -299,6 +304,75 @@ SIGNALS_OK: dict[str, Any] = {
 }
 HISTORY_OK: dict[str, Any] = {
     "content": {JSON: {"example": {"symbol": "BTCUSDT", "count": 1, "signals": [EXAMPLE_SIGNAL]}}}
+}
+_EXAMPLE_FIGURES: dict[str, Any] = {
+    "n": 1000,
+    "calls": 231,
+    "coverage": 0.231,
+    "moved": 941,
+    "hits": 114,
+    "judged": 217,
+    "hit_rate": 0.525346,
+    "hit_rate_ci": [0.458996, 0.590793],
+    "up_rate_moved": 0.49203,
+    "brier": 0.249802,
+    "brier_skill": 0.000713,
+    "log_loss": 0.692748,
+    "qlike": 4.61,
+    "forecast_edge_bp": 0.212,
+    "realized_edge_bp": 0.35,
+    "tradeable": 0,
+    "return_after_fees": 0.0,
+    "fee_per_side": 0.00055,
+    "fallback": 0,
+    "first_start": 1749940080000,
+    "last_start": 1750000020000,
+}
+EXAMPLE_PERFORMANCE: dict[str, Any] = {
+    "symbol": "BTCUSDT",
+    "series": "3f2a9c1d0b7e",
+    "horizon_minutes": 1,
+    "as_of_bar": 1750000020000,
+    "windows": {
+        "last_1000": {
+            "signal": _EXAMPLE_FIGURES,
+            "components": [
+                {
+                    "name": "tcn_1m",
+                    "version": "2026.12.02b",
+                    "votes": 1000,
+                    "judged": 941,
+                    "hit_rate": 0.5186,
+                    "brier": 0.24991,
+                    "brier_skill": -0.0002,
+                    "log_loss": 0.69297,
+                }
+            ],
+            "drift_psi": {
+                "z_ret_1": 0.0121,
+                "z_ret_15": 0.0094,
+                "log_vol_ratio_15_60": 0.0211,
+                "ln_rv_60": 0.0843,
+                "log_volume_ratio_60": 0.0312,
+            },
+        }
+    },
+    "unscored": {"missing_closing_bar": 1},
+    "earlier_series": {},
+    "validation": {
+        "span": ["2025-06-08T00:00+00:00", "2025-06-15T00:00+00:00"],
+        "signal": {"accuracy_moved": 0.5327, "brier_skill": 0.00099, "coverage": 0.2096, "calls": 4224},
+        "components": {"tcn_1m": {"accuracy_moved": 0.5114, "brier_skill": 0.00009}},
+    },
+}
+PERFORMANCE_OK: dict[str, Any] = {
+    "description": "The symbol's track record (windows abridged here to `last_1000`; `last_100` and `last_24h`"
+    " have the same shape). Figures are null where undefined (no call judged yet).",
+    "content": {JSON: {"example": EXAMPLE_PERFORMANCE}},
+}
+PERFORMANCES_OK: dict[str, Any] = {
+    "description": "Every configured symbol's track record, as `GET /signal/{symbol}/performance`.",
+    "content": {JSON: {"example": {"symbols": {"BTCUSDT": EXAMPLE_PERFORMANCE}}}},
 }
 STORE_UNAVAILABLE = one_error(
     "The signal store cannot be reached.", "store_unavailable", "the signal store is unavailable"

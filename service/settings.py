@@ -139,6 +139,9 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=3600, description="re-read latest signals and no-signal reasons this often"
     )
     api_reconnect_max_s: float = Field(default=5.0, gt=0, le=300, description="cap of the pub/sub reconnect backoff")
+    api_performance_refresh_s: float = Field(
+        default=10.0, gt=0, le=3600, description="recompute the track-record summaries (gauges, WS frames) this often"
+    )
     api_ready_max_lag_s: float = Field(
         default=300.0, ge=0, description="/readyz: newest bar close at most this far behind the wall clock; 0 = off"
     )

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from inference.signal_store import SignalStore
 from service.metrics import ApiMetrics
+from service.performance import PerformanceBook
 from service.settings import Settings
 from service.signal_cache import SignalCache
 from service.signal_feed import SignalFeed
@@ -38,6 +39,7 @@ class ApiState:
     keys: ApiKeys
     metrics: ApiMetrics
     ping: Callable[[], Awaitable[Any]] | None  # Redis, when the API uses it
+    performance: PerformanceBook  # the track record: scored signals, summarised
 
 
 async def api_state(conn: HTTPConnection) -> ApiState:

@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -70,8 +71,10 @@ class WsHub:
         *,
         keys_enabled: bool = False,
         check_key: Callable[[str], bool] = lambda _key: True,
+        performance: Callable[[str], dict[str, Any] | None] = lambda _symbol: None,
     ) -> None:
         self._cache = cache
+        self._performance = performance
         self.limits = limits
         self._metrics = metrics
         self._keys_enabled = keys_enabled
@@ -176,6 +179,7 @@ class WsHub:
             self._cache.status,
             keys_enabled=self._keys_enabled,
             check_key=self._check_key,
+            performance=self._performance,
         )
         client = _Client(next(self._ids), asyncio.Queue(self.limits.queue), session)
         self._clients.add(client)

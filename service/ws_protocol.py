@@ -13,9 +13,13 @@ Protocol (JSON text frames; every server frame has an ``op``)::
     <- {"op": "unsubscribe", "ok": true, "symbols": ["ETHUSDT"], "subscribed": ["BTCUSDT"]}
     -> {"op": "ping"}
     <- {"op": "pong", "time_ms": 1750000080000}
+    -> {"op": "performance", "symbols": ["BTCUSDT"]}
+    <- {"op": "performance", "symbol": "BTCUSDT", "performance": {...}}   the track record, per symbol
     <- {"op": "error", "error": {"code": "unknown_symbols", "message": "...", "details": {...}}}
 
-A client message may carry an ``"id"`` (string or integer); the answer to it echoes it. A
+A ``performance`` frame's ``performance`` is the symbol's track record as ``GET
+/signal/{symbol}/performance`` has it (refreshed every ``api_performance_refresh_s``), or ``null``
+before the API has read it. A client message may carry an ``"id"`` (string or integer); the answer to it echoes it. A
 ``signal`` frame's ``signal`` is the signal JSON exactly as the worker published it (the same
 bytes as the audit stream entry and ``GET /signal/{symbol}``).
 
@@ -76,7 +80,7 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_SLOW_CONSUMER = 1013
 
-_OPS = ("auth", "subscribe", "unsubscribe", "ping")
+_OPS = ("auth", "subscribe", "unsubscribe", "ping", "performance")
 
 MessageId = str | int | None
 
@@ -210,6 +214,7 @@ class WsSession:
     status: Callable[[str], CachedSignal | Unavailable]
     keys_enabled: bool = False
     check_key: Callable[[str], bool] = lambda _key: True
+    performance: Callable[[str], dict[str, Any] | None] = lambda _symbol: None  # a symbol's track record
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
     monotonic: Callable[[], float] = time.monotonic
     symbols: set[str] = field(default_factory=set)
@@ -278,6 +283,8 @@ class WsSession:
                 return [Reply(_frame("auth", auth.id, ok=True))]
             if op == "subscribe":
                 return self._subscribe(_Symbols.model_validate(body))
+            if op == "performance":
+                return self._performance(_Symbols.model_validate(body))
             return self._unsubscribe(_Symbols.model_validate(body))
         except ValidationError as exc:
             problems = [
@@ -334,6 +341,16 @@ class WsSession:
                 actions.append(Reply(answer.frame, signal=True))
             else:
                 actions.append(Reply(unavailable_frame(answer)))
+        return actions
+
+    def _performance(self, msg: _Symbols) -> list[Action]:
+        known, unknown = self._known(msg.symbols)
+        actions: list[Action] = []
+        if unknown:
+            details = {"symbols": unknown, "configured": list(self.configured)}
+            actions.append(_error(msg.id, "unknown_symbols", f"not served here: {', '.join(unknown)}", details))
+        for symbol in known:
+            actions.append(Reply(_frame("performance", msg.id, symbol=symbol, performance=self.performance(symbol))))
         return actions
 
     def _unsubscribe(self, msg: _Symbols) -> list[Action]:

@@ -14,6 +14,10 @@ by :mod:`streaming.redis_store`; the signal keys by the worker's signal store an
 ``P:{SYM}:signals``            STREAM  the signal audit stream
 ``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe)
 ``P:{SYM}:nosignal``           HASH    why the newest bar has no signal
+``P:{SYM}:scores``             STREAM  the track record: one score per signal whose horizon passed
+``P:{SYM}:scores:bars``        ZSET    bar starts already scored (exactly once)
+``P:{SYM}:track``              STRING  the last 100 scores' summary each new signal carries
+``P:models:{ID}``              STRING  a manifest's validation figures and drift statistics
 ``P:db{N}:signals``             PUBSUB  every signal that became the latest
 =============================  ======  ==============================================
 
@@ -79,6 +83,19 @@ class RedisKeys:
 
     def no_signal(self, symbol: str) -> str:
         return f"{self.symbol_scope(symbol)}:nosignal"
+
+    # -- the track record (scored by the worker, summarised by the API)
+    def scores(self, symbol: str) -> str:
+        return f"{self.symbol_scope(symbol)}:scores"
+
+    def scored_bars(self, symbol: str) -> str:
+        return f"{self.symbol_scope(symbol)}:scores:bars"
+
+    def track(self, symbol: str) -> str:
+        return f"{self.symbol_scope(symbol)}:track"
+
+    def model_record(self, models: str) -> str:
+        return f"{self.prefix}:models:{models}"
 
     @property
     def signals_channel(self) -> str:

@@ -35,6 +35,7 @@ from inference.manifest import Component, Manifest, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION
 from inference.runtime import SessionFactory
+from inference.score_store import RedisScoreStore
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
 from inference.worker import Worker
@@ -251,6 +252,7 @@ class Harness:
     events: RedisEventSource
     metrics: WorkerMetrics
     client: aioredis.Redis
+    scores: RedisScoreStore
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -323,10 +325,11 @@ async def running_worker(
         "backoff_cap_s": 0.2,
         "lag_every_s": 0.1,
     } | config
-    worker = Worker(WorkerConfig(**fields), store, events, signals, registry, metrics)
+    scores = RedisScoreStore(client, prefix=store.prefix)
+    worker = Worker(WorkerConfig(**fields), store, events, signals, registry, metrics, scores=scores)
     await worker.start()
     try:
-        yield Harness(worker, store, signals, events, metrics, client)
+        yield Harness(worker, store, signals, events, metrics, client, scores)
     finally:
         await worker.close()
         await client.aclose()
@@ -374,7 +377,10 @@ async def shipped_pipeline(
     events = RedisEventSource(wclient, store.keys.bar_events, group=group, consumer="w1")
     await events.setup()
     signals = RedisSignalStore(wclient, prefix=store.prefix)
-    worker = Worker(WorkerConfig(intervals=intervals, block_ms=100), wstore, events, signals, models, metrics)
+    scores = RedisScoreStore(wclient, prefix=store.prefix)
+    worker = Worker(
+        WorkerConfig(intervals=intervals, block_ms=100), wstore, events, signals, models, metrics, scores=scores
+    )
     config = IngestConfig(
         ws_url=sim.ws_url,
         rest_url=sim.rest_url,

@@ -1,0 +1,111 @@
+"""The worker's scoring step: after each signal, score the served signals whose horizon has passed.
+
+At the close of bar ``t`` the window holds the bars every signal up to ``t - H`` needs: the scorer
+reads the newest audited signals (the last ``H + lookback``, so a few missed closes are caught up),
+skips those already scored, scores the rest on the window (:func:`inference.track_record.score_signal`)
+and stores each once (:class:`inference.score_store.ScoreStore`); then it refreshes the short track
+record the symbol's next signal carries. It also leaves, once per manifest, the manifest's validation
+figures and drift statistics where the API reads them (:func:`model_record`).
+
+Scoring never holds up or fails a signal: it runs after the signal is published, and a Redis error
+here is logged and counted (the signals stay in the audit stream; the next close scores them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from inference.components import ModelSet
+from inference.metrics import WorkerMetrics
+from inference.score_store import ScoreStore
+from inference.signal_store import SignalStore
+from inference.track_record import TRACK_CALLS, Score, closing_start, score_signal, track_record
+from streaming.errors import StoreError
+from streaming.klines import Bar
+
+__all__ = ["Scorer", "model_record", "outcome"]
+
+log = logging.getLogger(__name__)
+
+LOOKBACK = 10  # signals older than H + this many closes are left unscored if still pending
+
+
+def outcome(score: Score) -> str:
+    """``hit``, ``miss``, ``flat`` (no call), ``unmoved`` (the price did not move) or ``unscored``."""
+    if not score.scored or score.log_return is None:
+        return "unscored"
+    if score.direction == "flat":
+        return "flat"
+    if score.log_return == 0:
+        return "unmoved"
+    return "hit" if (score.log_return > 0) == (score.direction == "long") else "miss"
+
+
+def model_record(models: ModelSet) -> dict[str, Any]:
+    """What the API compares the live scores with: the validation figures the manifest was fitted to,
+    and its drift statistics."""
+    fitted = models.ensemble.fitted if models.ensemble is not None else {}
+    held = fitted.get("calibration_half", {}) if isinstance(fitted, dict) else {}
+    per = fitted.get("components", {}) if isinstance(fitted, dict) else {}
+    return {
+        "models": models.digest[:12],
+        "created": models.created,
+        "validation": {
+            "span": fitted.get("calibration_span") if isinstance(fitted, dict) else None,
+            "signal": {k: held.get(k) for k in ("accuracy_moved", "brier_skill", "coverage", "calls")},
+            "components": {
+                name: {k: v.get(k) for k in ("accuracy_moved", "brier_skill")}
+                for name, v in per.items()
+                if isinstance(v, dict)
+            },
+        },
+        "drift": models.drift,
+    }
+
+
+class Scorer:
+    def __init__(
+        self, signals: SignalStore, scores: ScoreStore, metrics: WorkerMetrics, *, horizon_minutes: int
+    ) -> None:
+        self.signals = signals
+        self.scores = scores
+        self.metrics = metrics
+        self.horizon_minutes = horizon_minutes
+        self._recorded_models: set[str] = set()
+
+    async def after(self, symbol: str, bars: Sequence[Bar], models: ModelSet) -> int:
+        """Score what is due on ``bars`` (the symbol's closed finest window); returns how many were stored."""
+        try:
+            return await self._after(symbol, bars, models)
+        except StoreError as exc:
+            self.metrics.scoring_errors.inc()
+            log.warning("%s: scoring past signals failed (%s); the next close retries", symbol, exc)
+            return 0
+
+    async def _after(self, symbol: str, bars: Sequence[Bar], models: ModelSet) -> int:
+        if not bars:
+            return 0
+        if models.digest and models.digest[:12] not in self._recorded_models:
+            await self.scores.put_models(models.digest[:12], model_record(models))
+            self._recorded_models.add(models.digest[:12])
+        newest = bars[-1].start
+        recent = await self.signals.history(symbol, self.horizon_minutes + LOOKBACK)
+        due = sorted((s for s in recent if closing_start(s) <= newest), key=lambda s: s.bar.start)
+        done = await self.scores.scored(symbol, [s.bar.start for s in due])
+        stored = 0
+        for signal in due:
+            if signal.bar.start in done:
+                continue
+            score = score_signal(signal, bars)
+            if score is None:
+                continue
+            if await self.scores.record(score):
+                stored += 1
+                self.metrics.scored.labels(outcome(score)).inc()
+                if score.reason is not None:
+                    log.info("%s %d: left unscored (%s)", symbol, score.start, score.reason)
+        if stored:
+            await self.scores.set_track(symbol, track_record(await self.scores.recent(symbol, TRACK_CALLS + 20)))
+        return stored
