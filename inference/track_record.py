@@ -290,20 +290,27 @@ def performance(
     *,
     validation: Mapping[str, Any] | None = None,
     drift: DriftStats | None = None,
+    span: tuple[int | None, int | None] | None = None,
 ) -> dict[str, Any]:
     """A symbol's track record from its stored scores (any order): the current series (the newest
-    score's manifest) over each window, its components, its input drift, and what was left unscored."""
+    score's manifest) over each window, its components, its input drift, and what was left unscored.
+    With ``span`` (first and last bar start, ms, either open) a ``span`` window covers just those bars."""
     ordered = sorted(scores, key=lambda s: s.start)
     series = ordered[-1].models if ordered else ""
     current = [s for s in ordered if s.models == series]
     scored = [s for s in current if s.scored]
     newest = scored[-1].start if scored else None
-    windows: dict[str, Any] = {}
+    parts: dict[str, list[Score]] = {}
     for name, count in WINDOWS:
         if count is not None:
-            part = scored[-count:]
+            parts[name] = scored[-count:]
         else:
-            part = [s for s in scored if newest is not None and s.start > newest - DAY_MS]
+            parts[name] = [s for s in scored if newest is not None and s.start > newest - DAY_MS]
+    if span is not None:
+        first, last = span
+        parts["span"] = [s for s in scored if (first is None or s.start >= first) and (last is None or s.start <= last)]
+    windows: dict[str, Any] = {}
+    for name, part in parts.items():
         windows[name] = {
             "signal": _figures(part),
             "components": _component_figures(part),

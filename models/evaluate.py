@@ -5,7 +5,8 @@ each component's inputs are built by ``LoadedComponent.prepare`` and run by its 
 every bar's call comes from :func:`inference.engine.decide` — the function the signal engine calls —
 so a backtest is what would have been served (``tests/models/test_evaluate.py`` checks it against
 the engine itself, bar for bar). Only bars whose whole 1m input window starts at or after the
-manifest's ``test_after`` time are called; a 5m, 15m or 1h component reads the window of its
+manifest's ``test_after`` time are called (and, with ``--from``/``--until``, only those in that span:
+the bars a live replay scored, say); a 5m, 15m or 1h component reads the window of its
 timeframe serving holds at that 1m close (older bars in it are history, not outcomes), and does not
 vote where serving would refuse that window.
 
@@ -65,6 +66,8 @@ class EvaluateConfig:
     artifacts: Path
     horizon: int | None = None  # None: the manifest ensemble's, else 1
     fee_bp: float = TAKER_FEE * 1e4
+    since_ms: int | None = None  # only calls at bars starting at or after this (ms), e.g. a live replay's span
+    until_ms: int | None = None  # ... and at or before this
 
 
 def _hourly_momentum(base: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -123,6 +126,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ends = horizon_ends(base, need, horizon)
         ends = ends[base.start_ms[ends - need + 1] >= test_after]
         ends = ends[(base.start_ms[ends] // MINUTE_MS) % horizon == 0]  # one call every H minutes
+        if cfg.since_ms is not None:
+            ends = ends[base.start_ms[ends] >= cfg.since_ms]
+        if cfg.until_ms is not None:
+            ends = ends[base.start_ms[ends] <= cfg.until_ms]
         if not len(ends):
             log.warning("%s: no bars after the test cut to evaluate", path.name)
             continue

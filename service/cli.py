@@ -230,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True)
     v.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
     v.add_argument("--horizon", type=int, default=None, help="minutes ahead (default: the manifest ensemble's)")
+    v.add_argument("--from", dest="since", type=_bar_time, default=None, help="first bar to call: ISO UTC time or ms")
+    v.add_argument("--until", type=_bar_time, default=None, help="last bar to call: ISO UTC time or ms")
     v.set_defaults(handler=_cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print JSON")
@@ -475,6 +477,19 @@ async def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bar_time(text: str) -> int:
+    """A bar start in ms from ``1750000020000`` or an ISO time (UTC unless it says otherwise)."""
+    import datetime as dt
+
+    if text.isdigit():
+        return int(text)
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO, e.g. 2025-06-16T12:00, or ms)") from None
+    return int((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp() * 1000)
+
+
 async def _cmd_evaluate(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -489,7 +504,14 @@ async def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"evaluate: no bar file {path} (gzip CSV: open_time_ms,open,high,low,close,volume)")
     from models.evaluate import EvaluateConfig, evaluate
 
-    cfg = EvaluateConfig(files=tuple(args.data), out_dir=args.out, artifacts=args.artifacts, horizon=args.horizon)
+    cfg = EvaluateConfig(
+        files=tuple(args.data),
+        out_dir=args.out,
+        artifacts=args.artifacts,
+        horizon=args.horizon,
+        since_ms=args.since,
+        until_ms=args.until,
+    )
     try:
         await asyncio.to_thread(evaluate, cfg)  # prints progress and where the report went
     except (ManifestError, ValueError, OSError) as exc:

@@ -32,19 +32,21 @@ class PerformanceBook:
         self.keep = keep
         self._cache: dict[str, tuple[str, dict[str, Any]]] = {}  # symbol -> (scores' version, summary)
 
-    async def of(self, symbol: str) -> dict[str, Any]:
-        """``symbol``'s track record now (raises ``StoreUnavailable`` when Redis cannot be reached)."""
+    async def of(self, symbol: str, span: tuple[int | None, int | None] | None = None) -> dict[str, Any]:
+        """``symbol``'s track record now, with a ``span`` window of those bars when asked (raises
+        ``StoreUnavailable`` when Redis cannot be reached)."""
         version = await self.scores.version(symbol)
         cached = self._cache.get(symbol)
-        if cached is not None and cached[0] == version:
+        if span is None and cached is not None and cached[0] == version:
             return cached[1]
         rows = await self.scores.recent(symbol, self.keep)
         newest = max(rows, key=lambda s: s.start) if rows else None
         record = await self.scores.models_record(newest.models) if newest is not None and newest.models else None
         validation = record.get("validation") if record else None
         drift = record.get("drift") if record else None
-        summary = await asyncio.to_thread(performance, symbol, rows, validation=validation, drift=drift)
-        self._cache[symbol] = (version, summary)
+        summary = await asyncio.to_thread(performance, symbol, rows, validation=validation, drift=drift, span=span)
+        if span is None:
+            self._cache[symbol] = (version, summary)
         return summary
 
     async def all(self) -> dict[str, dict[str, Any]]:

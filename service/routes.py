@@ -156,16 +156,25 @@ def add_signal_routes(app: FastAPI, keys_enabled: bool) -> None:
             503: STORE_UNAVAILABLE,
         },
     )
-    async def get_performance(symbol: SymbolPath, state: State) -> Response:
+    async def get_performance(
+        symbol: SymbolPath,
+        state: State,
+        since: Annotated[
+            int | None, Query(ge=0, description="with `until`: a `span` window of the bars from this start (ms)")
+        ] = None,
+        until: Annotated[int | None, Query(ge=0, description="the last bar start (ms) of the `span` window")] = None,
+    ) -> Response:
         """Every served signal is scored once its horizon has passed, against the realized return.
         Over the last 100 and 1,000 scored signals and the last 24 hours of the current models
         (`series`: a model release starts a new one): n, coverage, hit rate on moved bars with its 95 %
         interval, Brier and Brier skill, log loss, volatility QLIKE, the edge forecast and realized,
         the return after fees of the `tradeable` calls; the same per component, the inputs' drift
         (PSI against training), the manifest's validation figures to compare with, and how many
-        signals were left unscored and why (a hole in the bars of their horizon)."""
+        signals were left unscored and why (a hole in the bars of their horizon). `since`/`until`
+        add a `span` window of just those bars (of the scores kept: about the last 2,000)."""
         name = _symbol(state, symbol)
-        body = await state.performance.of(name)
+        span = (since, until) if since is not None or until is not None else None
+        body = await state.performance.of(name, span)
         return Response(orjson.dumps(body), media_type=JSON, headers={"Cache-Control": "no-store"})
 
     @app.get(

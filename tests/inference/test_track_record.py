@@ -190,6 +190,8 @@ def test_windows_series_and_components() -> None:
     [comp] = book["windows"]["last_100"]["components"]
     assert (comp["name"], comp["version"], comp["votes"]) == ("tcn_1m", "v2", 100)
     assert book["validation"] == {"signal": {"accuracy_moved": 0.53}}
+    spanned = performance("BTCUSDT", new, span=(new[10].start, new[19].start))["windows"]["span"]["signal"]
+    assert (spanned["n"], spanned["first_start"], spanned["last_start"]) == (10, new[10].start, new[19].start)
 
     track = track_record([*old, *new])
     assert track.n == 100 and track.as_of_bar == new[-1].start

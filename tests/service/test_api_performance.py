@@ -91,6 +91,10 @@ async def test_the_track_record_is_served_summarised_and_exported(redis_url: str
         assert every["symbols"]["BTCUSDT"] == body
         assert every["symbols"]["ETHUSDT"]["windows"]["last_100"]["signal"]["n"] == 0  # nothing scored yet
 
+        span = (await http.get(f"/signal/BTCUSDT/performance?since={T0 + 10 * MINUTE}&until={T0 + 59 * MINUTE}")).json()
+        assert span["windows"]["span"]["signal"]["n"] == 50
+        assert (await http.get("/signal/BTCUSDT/performance?since=-1")).status_code == 422
+
         missing = await http.get("/signal/DOGEUSDT/performance")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_symbol"
 
