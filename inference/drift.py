@@ -5,9 +5,15 @@ bars that close at a signal's bar — the same numbers the linear component read
 watched is what the models were fed:
 
 * ``z_ret_1``, ``z_ret_15``: the last 1 and 15 bars' return in units of the last hour's volatility;
-* ``log_vol_ratio_15_60``: the volatility regime (last 15 bars' over the last hour's);
-* ``ln_rv_60``: the level of volatility (log mean squared 1m return over the hour, bp²);
+* ``log_vol_ratio_15_60``: the volatility regime (the last 15 bars' over the last hour's);
+* ``range_position_15``: where the close sits in the last 15 bars' high-low range;
 * ``log_volume_ratio_60``: the last bar's volume over the hour's mean.
+
+All five are scale-free and read at most the last hour, so a symbol's calm week is not "drift" and
+1,000 calls hold many independent values; the level of volatility, and ratios over four hours, are
+left out (they move with every regime, and 1,000 minutes hold only a few independent four-hour values:
+their PSI would be mostly sampling noise). A symbol is compared with its own training
+distribution where the manifest has one (``symbols``), else with the pooled one.
 
 :func:`input_statistics` takes each feature's deciles on the training span (``models`` writes them
 into the manifest's ``drift`` section at export); :func:`psi` compares the live values' shares of
@@ -28,15 +34,31 @@ import numpy.typing as npt
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, linear_input
 
-__all__ = ["DRIFT_BINS", "DRIFT_FEATURES", "DriftStats", "drift_inputs", "input_statistics", "psi"]
+__all__ = ["DRIFT_BINS", "DRIFT_FEATURES", "DriftStats", "drift_inputs", "input_statistics", "psi", "reference_for"]
 
-DRIFT_FEATURES: tuple[str, ...] = ("z_ret_1", "z_ret_15", "log_vol_ratio_15_60", "ln_rv_60", "log_volume_ratio_60")
+DRIFT_FEATURES: tuple[str, ...] = (
+    "z_ret_1",
+    "z_ret_15",
+    "log_vol_ratio_15_60",
+    "range_position_15",
+    "log_volume_ratio_60",
+)
 DRIFT_BINS = 10
 MIN_SAMPLES = 100  # fewer live values give no PSI: ten bins of a handful each are noise
 _FLOOR = 1e-4
 _INDEX = tuple(LINEAR_FEATURES.index(f) for f in DRIFT_FEATURES)
 
-DriftStats = Mapping[str, Any]  # the manifest's ``drift`` section: {"features": {name: {edges, expected}}, ...}
+# the manifest's ``drift`` section: {"features": {name: {edges, expected}}, "symbols": {SYM: {"features": ...}}, ...}
+DriftStats = Mapping[str, Any]
+
+
+def reference_for(stats: DriftStats | None, symbol: str) -> Mapping[str, Any] | None:
+    """The features' training distribution to compare ``symbol`` with: its own, else the pooled one."""
+    if not stats:
+        return None
+    own = (stats.get("symbols") or {}).get(symbol)
+    features = own.get("features") if isinstance(own, Mapping) else stats.get("features")
+    return features if isinstance(features, Mapping) else None
 
 
 def drift_inputs(ohlcv: npt.NDArray[Any]) -> tuple[float, ...]:

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from inference.checks import bars_to_array
-from inference.drift import DRIFT_FEATURES, DriftStats, drift_inputs, psi
+from inference.drift import DRIFT_FEATURES, DriftStats, drift_inputs, psi, reference_for
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
 from inference.scoring import accuracy, net_returns, probability_scores, qlike, wilson
@@ -269,9 +269,9 @@ def _component_figures(scores: Sequence[Score]) -> list[dict[str, Any]]:
     return out
 
 
-def _drift(scores: Sequence[Score], stats: DriftStats | None) -> dict[str, float | None] | None:
-    features = (stats or {}).get("features")
-    if not isinstance(features, Mapping):
+def _drift(symbol: str, scores: Sequence[Score], stats: DriftStats | None) -> dict[str, float | None] | None:
+    features = reference_for(stats, symbol)
+    if features is None:
         return None
     rows = [s.inputs for s in scores if len(s.inputs) == len(DRIFT_FEATURES)]
     out: dict[str, float | None] = {}
@@ -314,7 +314,7 @@ def performance(
         windows[name] = {
             "signal": _figures(part),
             "components": _component_figures(part),
-            "drift_psi": _drift(part, drift),
+            "drift_psi": _drift(symbol, part, drift),
         }
     return {
         "symbol": symbol,

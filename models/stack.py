@@ -42,9 +42,18 @@ from inference.manifest import EnsembleSpec, Manifest
 from inference.scoring import brier_skill, qlike, wilson
 from models.data import Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.datasets import Cuts
+from models.drift_stats import write_drift_statistics
 from models.linear import ewma_of_windows, fit_logistic, iso_minute
 
-__all__ = ["choose_threshold", "component_outputs", "fit_ensemble", "minute_bars_needed", "platt", "voters"]
+__all__ = [
+    "choose_threshold",
+    "component_outputs",
+    "drift_reference",
+    "fit_ensemble",
+    "minute_bars_needed",
+    "platt",
+    "voters",
+]
 
 log = logging.getLogger(__name__)
 
@@ -256,4 +265,15 @@ def fit_ensemble(
     )
     replace(manifest, ensemble=spec, notes=notes).save(manifest_path)
     log.info("ensemble: weights %s, Platt a=%.3f b=%.4f, threshold %.4f: %s", raw["weights"], a, c0, tau, figures)
+    drift_reference(artifacts, data_dir)
     return spec
+
+
+def drift_reference(artifacts: Path, data_dir: Path) -> dict[str, Any]:
+    """The manifest's drift section, from the bars the stacker is fitted and calibrated on (the Bybit
+    linear 1m files over the validation span): :mod:`models.drift_stats`."""
+    cuts = Cuts()
+    files = sorted((data_dir / "klines_1m").glob("bybit_linear_*_1m.csv.gz"))
+    if not files:
+        raise ValueError(f"no Bybit linear 1m files in {data_dir / 'klines_1m'}")
+    return write_drift_statistics(artifacts / "manifest.json", files, cuts.train_end, cuts.val_end)

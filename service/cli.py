@@ -218,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
     st.add_argument("--horizon", type=int, default=1, help="minutes ahead (the signal's H)")
     st.add_argument("--per-series", type=int, default=8_000, help="validation windows per Bybit series (cap)")
+    st.add_argument(
+        "--drift-only", action="store_true", help="only recompute the drift statistics (the fitted ensemble stays)"
+    )
     st.set_defaults(handler=_cmd_stack)
 
     mc = sub.add_parser("card", help="regenerate MODEL_CARD.md from the manifest and a walk-forward report")
@@ -455,8 +458,12 @@ async def _cmd_fit_linear(args: argparse.Namespace) -> int:
 
 
 async def _cmd_stack(args: argparse.Namespace) -> int:
-    from models.stack import fit_ensemble
+    from models.stack import drift_reference, fit_ensemble
 
+    if args.drift_only:
+        section = await asyncio.to_thread(drift_reference, args.artifacts, args.data_dir)
+        print(f"wrote the drift statistics of {section['samples']:,} bars into {args.artifacts / 'manifest.json'}")
+        return 0
     spec = await asyncio.to_thread(
         fit_ensemble, args.artifacts, args.data_dir, horizon=args.horizon, per_series=args.per_series
     )

@@ -59,6 +59,15 @@ SYMBOL_SERIES = frozenset(
         "candlecast_api_signal_agreement",
         "candlecast_api_signal_fallback",
         "candlecast_ingest_book_ready",
+        "candlecast_track_scored",
+        "candlecast_track_judged",
+        "candlecast_track_hit_rate",
+        "candlecast_track_hit_rate_upper",
+        "candlecast_track_brier_skill",
+        "candlecast_track_return_after_fees",
+        "candlecast_track_validation_hit_rate",
+        "candlecast_track_validation_brier_skill",
+        "candlecast_input_psi",
     }
 )
 REQUIRED_SERIES = {
@@ -73,6 +82,14 @@ REQUIRED_SERIES = {
         "candlecast_api_signal_fallback",
         "candlecast_signals_total",
         "candlecast_ensemble_agreement_bucket",
+        # The "Is the model still right?" row: the live track record against validation, input drift.
+        "candlecast_track_hit_rate",
+        "candlecast_track_hit_rate_upper",
+        "candlecast_track_validation_hit_rate",
+        "candlecast_track_brier_skill",
+        "candlecast_track_validation_brier_skill",
+        "candlecast_input_psi",
+        "candlecast_signals_scored_total",
     },
     "candlecast-feed": {
         "candlecast_ingest_messages_total",
@@ -485,3 +502,24 @@ def test_api_shows_request_latency_by_route_and_slow_consumer_closes() -> None:
     assert quantiles == dict.fromkeys((0.5, 0.99), frozenset({"le", "route"}))
     assert any("by (route, status)" in e and "candlecast_api_request_duration_seconds_count" in e for e in exprs)
     assert any("candlecast_api_ws_slow_consumer_closes_total" in e for e in exprs)
+
+
+def test_overview_judges_the_live_track_record_against_validation() -> None:
+    dashboard = _by_uid("candlecast-overview")
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Is the model still right?" in [row["title"] for row in rows]
+    # Live and validation figures in the same panel, so the gap the alert judges is visible.
+    pairs = (
+        ("candlecast_track_hit_rate_upper", "candlecast_track_validation_hit_rate"),
+        ("candlecast_track_brier_skill", "candlecast_track_validation_brier_skill"),
+    )
+    for live, validation in pairs:
+        assert any(
+            {live, validation} <= set().union(*(metric_names(substitute(t["expr"])) for t in panel["targets"]))
+            for panel in _query_panels(dashboard)
+        ), f"no panel shows {live} with {validation}"
+    # The track record is judged over the window the alerts use.
+    windowed = {name for name in SYMBOL_SERIES if name.startswith("candlecast_track_") and "validation" not in name}
+    for expr in _exprs(dashboard):
+        if metric_names(substitute(expr)) & (windowed | {"candlecast_input_psi"}):
+            assert 'window="last_1000"' in expr, expr

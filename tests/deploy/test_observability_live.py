@@ -214,6 +214,14 @@ def test_alert_expression_parses_and_runs_against_real_series(stack: Stack, rule
 def test_every_dashboard_query_returns_data_once_signals_flow(stack: Stack) -> None:
     targets = list(iter_targets(DASHBOARDS))
     assert len(targets) >= 20, "dashboards hold fewer queries than expected"
+    # The input-drift panel has data once a symbol has 100 scored signals (a PSI over fewer is noise,
+    # inference.drift.MIN_SAMPLES): about two minutes of this replay at 60x.
+    wait_for(
+        lambda: bool(stack.query('candlecast_input_psi{window="last_1000"}')),
+        240,
+        "100 signals of a symbol scored (input drift)",
+        stack.logs,
+    )
     empty = []
     for uid, title, expr in targets:
         result = stack.query(substitute(expr, RATE_INTERVAL))
