@@ -14,7 +14,7 @@ here is logged and counted (the signals stay in the audit stream; the next close
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from inference.components import ModelSet
@@ -75,9 +75,22 @@ class Scorer:
         self.horizon_minutes = horizon_minutes
         self._recorded_models: set[str] = set()
 
-    async def after(self, symbol: str, bars: Sequence[Bar], models: ModelSet) -> int:
-        """Score what is due on ``bars`` (the symbol's closed finest window); returns how many were stored."""
+    async def after(
+        self,
+        symbol: str,
+        bars: Sequence[Bar],
+        models: ModelSet,
+        newer: Callable[[int], Awaitable[list[Bar]]] | None = None,
+    ) -> int:
+        """Score what is due on ``bars`` (the symbol's closed finest window, as the signal read it) and
+        the bars ``newer`` gives after its newest; returns how many scores were stored.
+
+        ``newer`` is read after the signal was published, which closes a race between two workers:
+        when B, handling the next close, read the audit stream before A published this signal, B's
+        window already held that close, so A's read after its publish finds it and A scores the signal."""
         try:
+            if newer is not None and bars:
+                bars = [*bars, *await newer(bars[-1].start)]
             return await self._after(symbol, bars, models)
         except StoreError as exc:
             self.metrics.scoring_errors.inc()

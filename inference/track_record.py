@@ -94,13 +94,19 @@ class Score:
         return self.reason is None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self)
+        """Compact JSON (about 300 bytes with nine components): components as ``[name, version, p_up]``
+        with ``p_up`` to 6 decimals; the signal's own figures exact."""
+        body = {f: getattr(self, f) for f in self.__slots__ if f != "components"}
+        body["components"] = [
+            [c.name, c.version, None if c.p_up is None else round(c.p_up, 6)] for c in self.components
+        ]
+        return orjson.dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Score:
         try:
             d = orjson.loads(raw)
-            comps = tuple(ComponentScore(str(c["name"]), str(c["version"]), _opt(c["p_up"])) for c in d["components"])
+            comps = tuple(ComponentScore(str(name), str(version), _opt(p)) for name, version, p in d["components"])
             return cls(
                 symbol=str(d["symbol"]),
                 start=int(d["start"]),
@@ -261,6 +267,7 @@ def _component_figures(scores: Sequence[Score]) -> list[dict[str, Any]]:
                 "votes": len(rows),
                 "judged": judged,
                 "hit_rate": _num(hits / judged) if judged else None,
+                "hit_rate_ci": [_num(x) for x in wilson(hits, judged)] if judged else None,
                 "brier": _num(prob.brier),
                 "brier_skill": _num(prob.brier_skill),
                 "log_loss": _num(prob.log_loss),

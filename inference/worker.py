@@ -286,8 +286,11 @@ class Worker:
             return None
 
     async def _score(self, ev: BarEvent, windows: SymbolWindows | None, models: ModelSet) -> None:
-        """Score the signals whose horizon this close ends, on the window this signal was computed from."""
+        """Score the signals whose horizon has passed, on the window this signal was computed from (all
+        its closed bars: an event handled late, after a failover, scores its own signal at once when
+        the bar that ends its horizon is already in)."""
         if self.scorer is None or windows is None:
             return
-        finest = [b for b in windows.bars.get(self.config.finest, []) if b.start <= ev.start]
-        await self.scorer.after(ev.symbol, finest, models)
+        finest = self.config.finest
+        newer = functools.partial(self.engine.store.bars_after, ev.symbol, finest)
+        await self.scorer.after(ev.symbol, windows.bars.get(finest, []), models, newer)

@@ -343,6 +343,7 @@ EXAMPLE_PERFORMANCE: dict[str, Any] = {
                     "votes": 1000,
                     "judged": 941,
                     "hit_rate": 0.5186,
+                    "hit_rate_ci": [0.4866, 0.5504],
                     "brier": 0.24991,
                     "brier_skill": -0.0002,
                     "log_loss": 0.69297,

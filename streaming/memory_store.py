@@ -89,6 +89,9 @@ class MemoryStore:
             status=dict(self._status.get(symbol, {})),
         )
 
+    async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
+        return [b for t, b in sorted(self._bars.get((symbol, interval), {}).items()) if t > start]
+
     async def request_repair(self, symbol: str, interval: str) -> None:
         self._repairs.add((symbol, interval))
 

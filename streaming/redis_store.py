@@ -203,6 +203,19 @@ class RedisStore:
             raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status, corrupt=frozenset(corrupt))
 
+    async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
+        with store_errors():
+            members = await self._r.zrangebyscore(self.keys.kline(symbol, interval), f"({start}", "+inf")
+        out = []
+        for member in members:
+            try:
+                if not isinstance(member, bytes | str):
+                    raise ValueError("not a member")
+                out.append(decode_bar(member))
+            except (StoreError, ValueError, UnicodeDecodeError):
+                log.warning("%s: an undecodable record skipped", self.keys.kline(symbol, interval))
+        return out
+
     async def request_repair(self, symbol: str, interval: str) -> None:
         with store_errors():
             await self._r.sadd(self.keys.repairs, f"{symbol}|{interval}")

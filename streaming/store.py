@@ -137,6 +137,11 @@ class WindowStore(Protocol):
         """
         ...
 
+    async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
+        """The window's bars that start after ``start``, oldest first (usually none or one: a narrow
+        read; an undecodable record is left out, the full read reports it)."""
+        ...
+
     async def request_repair(self, symbol: str, interval: str) -> None:
         """Ask for ``interval``'s window of ``symbol`` to be rebuilt from REST: a reader found
         records in it it could not decode (idempotent; the ingestor takes the requests)."""

@@ -193,6 +193,11 @@ def test_windows_series_and_components() -> None:
     spanned = performance("BTCUSDT", new, span=(new[10].start, new[19].start))["windows"]["span"]["signal"]
     assert (spanned["n"], spanned["first_start"], spanned["last_start"]) == (10, new[10].start, new[19].start)
 
+    # a component's new version (same manifest series) is scored apart from the old one
+    bumped = [replace(s, components=(ComponentScore("tcn_1m", "v3", s.components[0].p_up),)) for s in new[-30:]]
+    versions = performance("BTCUSDT", [*new[:-30], *bumped])["windows"]["last_100"]["components"]
+    assert [(c["version"], c["votes"]) for c in versions] == [("v2", 70), ("v3", 30)]
+
     track = track_record([*old, *new])
     assert track.n == 100 and track.as_of_bar == new[-1].start
     last = new[-100:]

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from inference.events import RedisEventSource
+from inference.score_store import RedisScoreStore
 from inference.signal import Signal
 from inference.signal_store import RedisSignalStore
 from streaming.redis_store import RedisStore
@@ -138,6 +139,16 @@ async def test_killed_workers_lose_no_event_and_publish_no_duplicate(
             assert isinstance(sig, Signal)
             audited[(sig.symbol, sig.bar.start)] += 1
     assert audited == run, "exactly one signal per (symbol, bar) for every 1m event"
+    scores = RedisScoreStore(client, prefix=redis_store.prefix)
+    scored: Counter[tuple[str, int]] = Counter()
+    for s in SYMBOLS:
+        for score in await scores.recent(s, 1000):
+            assert score.scored, score
+            scored[(s, score.start)] += 1
+    newest = first + (MINUTES - 1) * MINUTE  # its horizon ends at a bar never written
+    due = Counter({k: 1 for k in run if k[1] != newest})
+    missing, extra = sorted(due - scored), sorted(scored - due)
+    assert not missing and not extra, f"exactly one score per (symbol, bar): missing {missing}, extra {extra}"
     latest = await signals.latest("BTCUSDT")
     assert latest is not None and latest.bar.start == first + (MINUTES - 1) * MINUTE
     logs = a.log.read_text() + b2.log.read_text()

@@ -4,6 +4,7 @@ per (symbol, bar) whoever scores it, never guessed across a hole, and never at a
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -21,6 +22,7 @@ from inference.signal import Signal
 from inference.signal_store import MemorySignalStore, RedisSignalStore, SignalStore
 from service.bench import sample_signal
 from streaming.redis_store import RedisStore
+from streaming.store import WriteBatch
 from tests.helpers import eventually
 from tests.inference.kit import MINUTE, T0, artifacts, bar, closing, history, model_cache, running_worker
 
@@ -149,3 +151,22 @@ def test_the_model_record_carries_the_manifests_validation_figures_and_drift() -
     held = shipped.ensemble.fitted["calibration_half"] if shipped.ensemble else {}
     assert record["validation"]["signal"]["accuracy_moved"] == held["accuracy_moved"]
     assert set(record["validation"]["components"]) == {c.spec.name for c in shipped.components}
+
+
+async def test_a_signal_published_after_the_next_close_was_scored_is_still_scored(redis_store: RedisStore) -> None:
+    """Worker A computes bar t from a window without t+1; worker B handles t+1 and reads the audit
+    stream before A has published t. A, scoring after its publish, must find t+1 (a fresh read)."""
+    bars = [bar(T0 + i * MINUTE) for i in range(12)]
+    await redis_store.write(WriteBatch(bars={(SYMBOL, "1"): bars}))
+    signals, scores = MemorySignalStore(), MemoryScoreStore()
+    for b in bars[:10]:
+        await signals.publish(replace(sample_signal(b.start), horizon_minutes=1))
+    metrics = WorkerMetrics(CollectorRegistry())
+    a = Scorer(signals, scores, metrics, horizon_minutes=1)
+    b_ = Scorer(signals, scores, metrics, horizon_minutes=1)
+    t = bars[10].start
+    assert await b_.after(SYMBOL, bars[:12], ModelSet()) == 10  # B at t+1: t is not published yet
+    await signals.publish(replace(sample_signal(t), horizon_minutes=1))  # A publishes t
+    newer = functools.partial(redis_store.bars_after, SYMBOL, "1")
+    assert await a.after(SYMBOL, bars[:11], ModelSet(), newer) == 1  # A's window ends at t; t+1 is read
+    assert [s.start for s in await scores.recent(SYMBOL, 100)][-1] == t

@@ -80,7 +80,8 @@ async def test_the_track_record_is_served_summarised_and_exported(redis_url: str
         got = await http.get("/signal/btcusdt/performance")
         assert got.status_code == 200 and got.headers["cache-control"] == "no-store"
         body = got.json()
-        expected = orjson.loads(orjson.dumps(performance("BTCUSDT", written, validation=VALIDATION, drift=DRIFT)))
+        stored = [Score.from_json(s.to_json()) for s in written]  # as kept (component p_up to 6 decimals)
+        expected = orjson.loads(orjson.dumps(performance("BTCUSDT", stored, validation=VALIDATION, drift=DRIFT)))
         assert body == expected  # the summary of exactly the stored scores
         last_1000 = body["windows"]["last_1000"]
         assert last_1000["signal"]["n"] == 250 and body["validation"] == VALIDATION
@@ -97,6 +98,14 @@ async def test_the_track_record_is_served_summarised_and_exported(redis_url: str
 
         missing = await http.get("/signal/DOGEUSDT/performance")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_symbol"
+
+        # entries nobody should have written (a foreign or forged score, garbage) are skipped, not served
+        key = store.keys.scores("BTCUSDT")
+        await client.xadd(key, {"start": "1", "score": b"not json"})
+        await client.xadd(key, {"start": "2", "score": scores(1, symbol="ETHUSDT")[0].to_json()})
+        await client.xadd(key, {"nothing": "here"})
+        kept = (await http.get("/signal/BTCUSDT/performance")).json()
+        assert kept["windows"]["last_1000"]["signal"] == body["windows"]["last_1000"]["signal"]
 
         # a new score is served at once (the cache follows the stream)
         extra = scores(251)[-1]
