@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streaming import frames
 from streaming.errors import FrameError, UnknownTopicError
 from streaming.frames import BookUpdate, CommandResponse, KlineBar, KlineUpdate, Pong, parse_frame
 from streaming.klines import Bar
@@ -625,3 +626,28 @@ def test_topic_parameter_junk_gives_a_message_or_frame_error(kind: str, param: s
     frame = _kline_frame() if kind == "kline" else _book_frame()
     frame["topic"] = f"{kind}.{param}.BTCUSDT"
     _check_outcome(json.dumps(frame))
+
+
+@FUZZ
+@given(near_valid_frames())
+def test_the_typed_book_path_agrees_with_the_general_one(raw: str) -> None:
+    """Book frames (nine in ten of a feed) take a typed msgspec decode; it must accept exactly what
+    the general path accepts, with the same result, and leave everything else to it."""
+    compact = json.dumps(json.loads(raw), separators=(",", ":"))  # as Bybit sends them
+    for frame in (compact, compact.encode()):
+        typed = frames._typed_book(frame)
+        try:
+            general: object = frames._parse_general(frame)
+        except FrameError:
+            general = None
+        if isinstance(general, BookUpdate):
+            assert typed == general
+        else:
+            assert typed is None
+
+
+def test_a_real_book_frame_takes_the_typed_path() -> None:
+    raw = json.dumps(_book_frame("delta"), separators=(",", ":"))
+    assert raw.startswith(frames._BOOK_PREFIX_S)
+    typed = frames._typed_book(raw)
+    assert typed is not None and typed == frames._parse_general(raw) == parse_frame(raw)
