@@ -6,15 +6,15 @@ Redis layout (``P`` = key prefix, ``{SYM}`` the symbol's hash tag, as :mod:`stre
 ``P:{SYM}:scores``             STREAM  one entry per scored (symbol, bar): fields ``start``, ``score``
                                        (:class:`~inference.track_record.Score` JSON); ``MAXLEN ~ keep``
 ``P:{SYM}:scores:bars``        ZSET    bar starts already scored, newest ``keep``
-``P:{SYM}:track``              HASH    ``as_of``, ``json``: the summary the next signal carries
+``P:{SYM}:track``              LIST    ``start|models|outcome`` of the newest 120 scores: the short
+                                       track record each new signal carries, read in one LRANGE
 ``P:models:{ID}``              STRING  a manifest's validation figures and drift statistics (JSON)
 =============================  ======  ==========================================================
 
 Exactly once per (symbol, bar): the record script adds the bar to ``scores:bars`` and appends the
 score only if it is not there yet, so two workers scoring the same signal (a failover, a retried
-event) store it once. The track record only moves forward (a slower worker's older summary does not
-replace a newer one). The scores survive restarts with Redis; in the single-process run without Redis
-the in-memory store keeps the same bounds.
+event) store it once, and its outcome joins the short list in the same script. The scores survive
+restarts with Redis; in the single-process run without Redis the in-memory store keeps the same bounds.
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ import redis.asyncio as aioredis
 
 from inference.signal import TrackRecord
 from inference.signal_store import once_per_bar_lua
-from inference.track_record import Score, ScoreFormatError
+from inference.track_record import Score, ScoreFormatError, outcome_code, track_from_codes
 from streaming.redis_boundary import client_db, store_errors, text
 from streaming.redis_keys import RedisKeys
 
-__all__ = ["MemoryScoreStore", "RedisScoreStore", "ScoreStore", "decode_track"]
+__all__ = ["TRACK_KEEP", "MemoryScoreStore", "RedisScoreStore", "ScoreStore"]
 
 log = logging.getLogger(__name__)
 
 SCORES_KEEP = 2000  # ≥ 1,000 calls and a day of 1m bars (1,440)
+TRACK_KEEP = 120  # outcome codes for the short track record: its 100 calls, and room for unscored ones
 
 
 class ScoreStore(Protocol):
@@ -54,9 +55,9 @@ class ScoreStore(Protocol):
         """The newest ``count`` scores, oldest first (unreadable entries skipped, logged)."""
         ...
 
-    async def set_track(self, symbol: str, track: TrackRecord) -> None: ...
-
-    async def track(self, symbol: str) -> TrackRecord | None: ...
+    async def track(self, symbol: str) -> TrackRecord | None:
+        """The short track record (:func:`~inference.track_record.track_from_codes`); None: nothing scored."""
+        ...
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None: ...
 
@@ -65,22 +66,6 @@ class ScoreStore(Protocol):
     async def version(self, symbol: str) -> str:
         """Changes whenever a score is added (for caches of the summaries)."""
         ...
-
-
-def decode_track(raw: bytes | str | None) -> TrackRecord | None:
-    if not raw:
-        return None
-    try:
-        d = orjson.loads(raw)
-        return TrackRecord(
-            n=int(d["n"]),
-            calls=int(d["calls"]),
-            hit_rate=None if d["hit_rate"] is None else float(d["hit_rate"]),
-            as_of_bar=None if d["as_of_bar"] is None else int(d["as_of_bar"]),
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        log.warning("an unreadable track record was ignored: %s", exc)
-        return None
 
 
 def _decode_scores(symbol: str, entries: Any, key: str) -> list[Score]:
@@ -99,22 +84,17 @@ def _decode_scores(symbol: str, entries: Any, key: str) -> list[Score]:
     return out
 
 
-# KEYS: scored bars (zset), scores (stream). ARGV: start, score json, keep. Returns 1 if stored.
+# KEYS: scored bars (zset), scores (stream), outcomes (list). ARGV: start, score json, keep, outcome code,
+# track keep. Returns 1 if stored.
 _RECORD = (
     once_per_bar_lua("KEYS[1]", "ARGV[3]")
     + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'score', ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 return 1
 """
 )
-
-# KEYS: track (hash). ARGV: as_of, json. Only forward in time.
-_SET_TRACK = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'as_of') or '-1')
-if tonumber(ARGV[1]) < cur then return 0 end
-redis.call('HSET', KEYS[1], 'as_of', ARGV[1], 'json', ARGV[2])
-return 1
-"""
 
 
 class RedisScoreStore:
@@ -124,12 +104,13 @@ class RedisScoreStore:
         self.keys = RedisKeys(prefix, db=client_db(client))
         self.keep = keep
         self._record = client.register_script(_RECORD)
-        self._set_track = client.register_script(_SET_TRACK)
 
     async def record(self, score: Score) -> bool:
-        keys = [self.keys.scored_bars(score.symbol), self.keys.scores(score.symbol)]
+        s = score.symbol
+        keys = [self.keys.scored_bars(s), self.keys.scores(s), self.keys.track(s)]
+        args: list[bytes | str | int] = [score.start, score.to_json(), self.keep, outcome_code(score), TRACK_KEEP]
         with store_errors("record a score"):
-            return bool(await self._record(keys=keys, args=[score.start, score.to_json(), self.keep]))
+            return bool(await self._record(keys=keys, args=args))
 
     async def scored(self, symbol: str, starts: Sequence[int]) -> set[int]:
         if not starts:
@@ -144,15 +125,10 @@ class RedisScoreStore:
             entries = await self._r.xrevrange(key, count=count)
         return list(reversed(_decode_scores(symbol, entries, key)))
 
-    async def set_track(self, symbol: str, track: TrackRecord) -> None:
-        as_of = -1 if track.as_of_bar is None else track.as_of_bar
-        with store_errors("write the track record"):
-            await self._set_track(keys=[self.keys.track(symbol)], args=[as_of, orjson.dumps(track)])
-
     async def track(self, symbol: str) -> TrackRecord | None:
         with store_errors("read the track record"):
-            raw = await self._r.hget(self.keys.track(symbol), "json")
-        return decode_track(raw)
+            codes = await self._r.lrange(self.keys.track(symbol), 0, TRACK_KEEP - 1)
+        return track_from_codes([text(c) for c in codes]) if codes else None
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None:
         with store_errors("write the model record"):
@@ -180,7 +156,7 @@ class RedisScoreStore:
 class _Scores:
     entries: deque[Score]
     bars: set[int] = field(default_factory=set)
-    track: TrackRecord | None = None
+    codes: deque[str] = field(default_factory=lambda: deque(maxlen=TRACK_KEEP))
     added: int = 0
 
 
@@ -203,6 +179,7 @@ class MemoryScoreStore:
         if len(st.bars) > self.keep:
             st.bars.discard(min(st.bars))
         st.entries.append(score)
+        st.codes.append(outcome_code(score))
         st.added += 1
         return True
 
@@ -214,14 +191,9 @@ class MemoryScoreStore:
         entries = self._of(symbol).entries
         return list(entries)[-count:] if count > 0 else []
 
-    async def set_track(self, symbol: str, track: TrackRecord) -> None:
-        st = self._of(symbol)
-        old = st.track
-        if old is None or old.as_of_bar is None or (track.as_of_bar or -1) >= old.as_of_bar:
-            st.track = track
-
     async def track(self, symbol: str) -> TrackRecord | None:
-        return self._of(symbol).track
+        codes = self._of(symbol).codes
+        return track_from_codes(list(codes)) if codes else None
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None:
         self._models[models] = record

@@ -3,7 +3,7 @@
 At the close of bar ``t`` the window holds the bars every signal up to ``t - H`` needs: the scorer
 reads the newest audited signals (the last ``H + lookback``, so a few missed closes are caught up),
 skips those already scored, scores the rest on the window (:func:`inference.track_record.score_signal`)
-and stores each once (:class:`inference.score_store.ScoreStore`); then it refreshes the short track
+and stores each once (:class:`inference.score_store.ScoreStore`), its outcome joining the short track
 record the symbol's next signal carries. It also leaves, once per manifest, the manifest's validation
 figures and drift statistics where the API reads them (:func:`model_record`).
 
@@ -21,26 +21,15 @@ from inference.components import ModelSet
 from inference.metrics import WorkerMetrics
 from inference.score_store import ScoreStore
 from inference.signal_store import SignalStore
-from inference.track_record import TRACK_CALLS, Score, closing_start, score_signal, track_record
+from inference.track_record import closing_start, outcome, score_signal
 from streaming.errors import StoreError
 from streaming.klines import Bar
 
-__all__ = ["Scorer", "model_record", "outcome"]
+__all__ = ["Scorer", "model_record"]
 
 log = logging.getLogger(__name__)
 
 LOOKBACK = 10  # signals older than H + this many closes are left unscored if still pending
-
-
-def outcome(score: Score) -> str:
-    """``hit``, ``miss``, ``flat`` (no call), ``unmoved`` (the price did not move) or ``unscored``."""
-    if not score.scored or score.log_return is None:
-        return "unscored"
-    if score.direction == "flat":
-        return "flat"
-    if score.log_return == 0:
-        return "unmoved"
-    return "hit" if (score.log_return > 0) == (score.direction == "long") else "miss"
 
 
 def model_record(models: ModelSet) -> dict[str, Any]:
@@ -119,6 +108,4 @@ class Scorer:
                 self.metrics.scored.labels(outcome(score)).inc()
                 if score.reason is not None:
                     log.info("%s %d: left unscored (%s)", symbol, score.start, score.reason)
-        if stored:
-            await self.scores.set_track(symbol, track_record(await self.scores.recent(symbol, TRACK_CALLS + 20)))
         return stored

@@ -45,8 +45,11 @@ __all__ = [
     "Score",
     "ScoreFormatError",
     "closing_start",
+    "outcome",
+    "outcome_code",
     "performance",
     "score_signal",
+    "track_from_codes",
     "track_record",
 ]
 
@@ -55,6 +58,7 @@ DAY_MS = 86_400_000
 WINDOWS: tuple[tuple[str, int | None], ...] = (("last_100", 100), ("last_1000", 1000), ("last_24h", None))
 TRACK_CALLS = 100  # what each signal's ``track_record`` summarises
 _SIGN = {"long": 1, "short": -1, "flat": 0}
+_OUTCOMES = frozenset({"hit", "miss", "flat", "unmoved", "unscored"})
 
 
 class ScoreFormatError(InferenceError, ValueError):
@@ -335,19 +339,47 @@ def performance(
     }
 
 
-def track_record(scores: Sequence[Score]) -> TrackRecord:
-    """What each signal carries: the last 100 scored calls of the newest series, n and hit rate."""
-    ordered = sorted(scores, key=lambda s: s.start)
-    series = ordered[-1].models if ordered else ""
-    last = [s for s in ordered if s.models == series and s.scored][-TRACK_CALLS:]
+def outcome(score: Score) -> str:
+    """``hit``, ``miss``, ``flat`` (no call), ``unmoved`` (the price did not move) or ``unscored``."""
+    if not score.scored or score.log_return is None:
+        return "unscored"
+    if score.direction == "flat":
+        return "flat"
+    if score.log_return == 0:
+        return "unmoved"
+    return "hit" if (score.log_return > 0) == (score.direction == "long") else "miss"
+
+
+def outcome_code(score: Score) -> str:
+    """What the short track record keeps of a score: ``start|models|outcome``."""
+    return f"{score.start}|{score.models}|{outcome(score)}"
+
+
+def track_from_codes(codes: Sequence[str]) -> TrackRecord:
+    """Each signal's ``track_record`` from the newest outcome codes (any order, malformed ones
+    skipped): the scored ones of the newest series among them, up to 100."""
+    rows: list[tuple[int, str, str]] = []
+    for code in codes:
+        start, _, rest = code.partition("|")
+        models, _, result = rest.rpartition("|")
+        if start.isdigit() and result in _OUTCOMES:
+            rows.append((int(start), models, result))
+    rows.sort()
+    series = rows[-1][1] if rows else ""
+    last = [r for r in rows if r[1] == series and r[2] != "unscored"][-TRACK_CALLS:]
     if not last:
         return TrackRecord(n=0, calls=0, hit_rate=None, as_of_bar=None)
-    call = np.array([_SIGN.get(s.direction, 0) for s in last], dtype=np.int8)
-    r = np.array([s.log_return for s in last], dtype=np.float64)
-    hits, judged = accuracy(call, r)
+    hits = sum(1 for r in last if r[2] == "hit")
+    judged = hits + sum(1 for r in last if r[2] == "miss")
+    calls = sum(1 for r in last if r[2] != "flat")
     return TrackRecord(
         n=len(last),
-        calls=int((call != 0).sum()),
+        calls=calls,
         hit_rate=round(hits / judged, 4) if judged else None,
-        as_of_bar=last[-1].start,
+        as_of_bar=last[-1][0],
     )
+
+
+def track_record(scores: Sequence[Score]) -> TrackRecord:
+    """What each signal carries: the last 100 scored calls of the newest series, n and hit rate."""
+    return track_from_codes([outcome_code(s) for s in scores])

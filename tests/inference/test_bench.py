@@ -41,6 +41,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "components_voting_median",
         "sources",
         "burst",
+        "burst_with_scoring",
         "aim",
     ]
     assert result["machine"]["torch"] == "stand-in"
@@ -51,6 +52,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         assert row["speedup_ort_vs_torch"] == pytest.approx(2.0 / row["onnxruntime_ms"], rel=0.02, abs=0.01)
     assert result["sources"] == {"ensemble": 5}
     assert result["burst"]["signals"] == 2
+    assert result["burst_with_scoring"]["scored"] == 2  # each symbol's previous signal, once its bar closed
 
 
 def test_bench_render_measures_every_renderer_against_its_baseline() -> None:

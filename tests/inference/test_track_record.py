@@ -16,13 +16,15 @@ import orjson
 import pytest
 
 from inference.drift import DRIFT_FEATURES, MIN_SAMPLES, drift_inputs, input_statistics, psi
-from inference.signal import ComponentReport, Signal
+from inference.signal import ComponentReport, Signal, TrackRecord
 from inference.track_record import (
     ComponentScore,
     Score,
     ScoreFormatError,
+    outcome_code,
     performance,
     score_signal,
+    track_from_codes,
     track_record,
 )
 from models.metrics import Part, strategy_report
@@ -197,6 +199,11 @@ def test_windows_series_and_components() -> None:
     bumped = [replace(s, components=(ComponentScore("tcn_1m", "v3", s.components[0].p_up),)) for s in new[-30:]]
     versions = performance("BTCUSDT", [*new[:-30], *bumped])["windows"]["last_100"]["components"]
     assert [(c["version"], c["votes"]) for c in versions] == [("v2", 70), ("v3", 30)]
+
+    # the short form each signal carries is kept as outcome codes; foreign or garbage codes are skipped
+    codes = [outcome_code(s) for s in new[-100:]]
+    assert track_from_codes([*codes, "", "x|y", "12|m|won", "abc|new|hit", "|||"]) == track_from_codes(codes)
+    assert track_from_codes(["not a code"]) == TrackRecord(n=0, calls=0, hit_rate=None, as_of_bar=None)
 
     track = track_record([*old, *new])
     assert track.n == 100 and track.as_of_bar == new[-1].start
