@@ -16,7 +16,7 @@ by :mod:`streaming.redis_store`; the signal keys by the worker's signal store an
 ``P:{SYM}:nosignal``           HASH    why the newest bar has no signal
 ``P:{SYM}:scores``             STREAM  the track record: one score per signal whose horizon passed
 ``P:{SYM}:scores:bars``        ZSET    bar starts already scored (exactly once)
-``P:{SYM}:track``              STRING  the last 100 scores' summary each new signal carries
+``P:{SYM}:track``              LIST    the newest scores' outcomes: the short track record
 ``P:models:{ID}``              STRING  a manifest's validation figures and drift statistics
 ``P:db{N}:signals``             PUBSUB  every signal that became the latest
 =============================  ======  ==============================================

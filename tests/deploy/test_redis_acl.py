@@ -95,6 +95,15 @@ async def test_ingestor_worker_and_api_run_end_to_end_each_as_its_own_user(
                 return r.status_code == 200 and Signal.from_json(r.content).source == "ensemble"
 
             await eventually(served, 60, 0.2, what="a signal served through three Redis users")
+
+            # the worker scores what it served (its user writes the track record); the API's
+            # read-only user serves it
+            async def scored() -> bool:
+                r = await http.get(f"/signal/{SHIPPED_SYMBOL}/performance")
+                return r.status_code == 200 and r.json()["windows"]["last_100"]["signal"]["n"] >= 1
+
+            await eventually(scored, 60, 0.2, what="a scored signal served through the API's user")
+            assert pipeline.metrics.registry.get_sample_value("candlecast_scoring_errors_total") == 0.0
             assert pipeline.ingestor.metrics.registry.get_sample_value("candlecast_ingest_store_errors_total") in (
                 None,
                 0.0,
