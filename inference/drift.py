@@ -34,7 +34,16 @@ import numpy.typing as npt
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, linear_input
 
-__all__ = ["DRIFT_BINS", "DRIFT_FEATURES", "DriftStats", "drift_inputs", "input_statistics", "psi", "reference_for"]
+__all__ = [
+    "DRIFT_BINS",
+    "DRIFT_FEATURES",
+    "DriftStats",
+    "drift_inputs",
+    "input_statistics",
+    "psi",
+    "reference_for",
+    "valid_drift_stats",
+]
 
 DRIFT_FEATURES: tuple[str, ...] = (
     "z_ret_1",
@@ -52,12 +61,38 @@ _INDEX = tuple(LINEAR_FEATURES.index(f) for f in DRIFT_FEATURES)
 DriftStats = Mapping[str, Any]
 
 
+def _valid_features(features: Any) -> bool:
+    return isinstance(features, Mapping) and all(
+        isinstance(f, Mapping)
+        and isinstance(f.get("edges"), list)
+        and isinstance(f.get("expected"), list)
+        and len(f["expected"]) == len(f["edges"]) + 1
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in f["edges"])
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in f["expected"])
+        for f in features.values()
+    )
+
+
+def valid_drift_stats(raw: Any) -> dict[str, Any] | None:
+    """``raw`` as a drift section when it is well formed (pooled ``features``, and each of ``symbols``
+    with its own), else None: whoever reads one from a file or from Redis checks it here first."""
+    if not isinstance(raw, Mapping) or not _valid_features(raw.get("features")):
+        return None
+    symbols = raw.get("symbols", {})
+    if not isinstance(symbols, Mapping) or not all(
+        isinstance(v, Mapping) and _valid_features(v.get("features")) for v in symbols.values()
+    ):
+        return None
+    return dict(raw)
+
+
 def reference_for(stats: DriftStats | None, symbol: str) -> Mapping[str, Any] | None:
-    """The features' training distribution to compare ``symbol`` with: its own, else the pooled one."""
+    """The features' training distribution to compare ``symbol`` with: its own, else the pooled one
+    (``stats`` as :func:`valid_drift_stats` passed it)."""
     if not stats:
         return None
-    own = (stats.get("symbols") or {}).get(symbol)
-    features = own.get("features") if isinstance(own, Mapping) else stats.get("features")
+    own = stats.get("symbols", {}).get(symbol)
+    features = own["features"] if own is not None else stats.get("features")
     return features if isinstance(features, Mapping) else None
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inference.drift import valid_drift_stats
 from inference.errors import InferenceError
 
 __all__ = ["HEADS", "Component", "EnsembleSpec", "Manifest", "ManifestError", "sha256_file"]
@@ -288,16 +289,7 @@ def _drift_section(raw: Any, path: Path) -> dict[str, Any] | None:
     goes unwatched, the models still serve)."""
     if raw is None:
         return None
-    features = raw.get("features") if isinstance(raw, dict) else None
-    ok = isinstance(features, dict) and all(
-        isinstance(f, dict)
-        and isinstance(f.get("edges"), list)
-        and isinstance(f.get("expected"), list)
-        and len(f["expected"]) == len(f["edges"]) + 1
-        and all(isinstance(x, int | float) and math.isfinite(x) for x in f["edges"] + f["expected"])
-        for f in features.values()
-    )
-    if not ok:
+    section = valid_drift_stats(raw)
+    if section is None:
         log.warning("%s: the drift section is malformed; input drift will not be watched", path)
-        return None
-    return dict(raw)
+    return section

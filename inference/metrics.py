@@ -20,7 +20,7 @@ DIRECTIONS = ("long", "short", "flat")
 FALLBACK_REASONS = ("models_missing", "all_components_dropped")
 EVENT_OUTCOMES = ("published", "audited", "duplicate", "no_signal", "skipped", "retry", "error")
 RELOAD_OUTCOMES = ("loaded", "failed")
-SCORE_OUTCOMES = ("hit", "miss", "flat", "unmoved", "unscored")
+SCORE_OUTCOMES = ("hit", "miss", "flat", "unmoved", "fallback", "unscored")
 DROP_REASONS_SEEDED = ("late", "error")  # per component, once it is loaded (see ``seed_component``)
 
 
@@ -134,7 +134,7 @@ class WorkerMetrics:
         self.scored = Counter(
             "candlecast_signals_scored_total",
             "Served signals scored once their horizon passed, by outcome (hit, miss, flat: no call, unmoved,"
-            " unscored: a bar of its horizon missing).",
+            " fallback: the rule's signal, unscored: a bar of its horizon missing).",
             ["outcome"],
             registry=r,
         )

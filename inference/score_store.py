@@ -55,8 +55,9 @@ class ScoreStore(Protocol):
         """The newest ``count`` scores, oldest first (unreadable entries skipped, logged)."""
         ...
 
-    async def track(self, symbol: str) -> TrackRecord | None:
-        """The short track record (:func:`~inference.track_record.track_from_codes`); None: nothing scored."""
+    async def track(self, symbol: str, models: str | None = None) -> TrackRecord | None:
+        """The short track record (:func:`~inference.track_record.track_from_codes`) of the ``models``
+        series (None: the newest); None when nothing is scored."""
         ...
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None: ...
@@ -125,10 +126,12 @@ class RedisScoreStore:
             entries = await self._r.xrevrange(key, count=count)
         return list(reversed(_decode_scores(symbol, entries, key)))
 
-    async def track(self, symbol: str) -> TrackRecord | None:
+    async def track(self, symbol: str, models: str | None = None) -> TrackRecord | None:
         with store_errors("read the track record"):
             codes = await self._r.lrange(self.keys.track(symbol), 0, TRACK_KEEP - 1)
-        return track_from_codes([text(c) for c in codes]) if codes else None
+        # a code that is not UTF-8 (written by someone else) decodes to one track_from_codes skips
+        decoded = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in codes]
+        return track_from_codes(decoded, models) if codes else None
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None:
         with store_errors("write the model record"):
@@ -191,9 +194,9 @@ class MemoryScoreStore:
         entries = self._of(symbol).entries
         return list(entries)[-count:] if count > 0 else []
 
-    async def track(self, symbol: str) -> TrackRecord | None:
+    async def track(self, symbol: str, models: str | None = None) -> TrackRecord | None:
         codes = self._of(symbol).codes
-        return track_from_codes(list(codes)) if codes else None
+        return track_from_codes(list(codes), models) if codes else None
 
     async def put_models(self, models: str, record: dict[str, Any]) -> None:
         self._models[models] = record

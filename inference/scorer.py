@@ -30,19 +30,24 @@ __all__ = ["Scorer", "model_record"]
 log = logging.getLogger(__name__)
 
 LOOKBACK = 10  # signals older than H + this many closes are left unscored if still pending
+# A bar missing from the window is recorded as a hole only once it has stayed missing for this long
+# (the ingestor repairs windows from REST within seconds): within LOOKBACK, so it is recorded.
+HOLE_GRACE_MS = 5 * 60_000
 
 
 def model_record(models: ModelSet) -> dict[str, Any]:
     """What the API compares the live scores with: the validation figures the manifest was fitted to,
     and its drift statistics."""
     fitted = models.ensemble.fitted if models.ensemble is not None else {}
-    held = fitted.get("calibration_half", {}) if isinstance(fitted, dict) else {}
-    per = fitted.get("components", {}) if isinstance(fitted, dict) else {}
+    fitted = fitted if isinstance(fitted, dict) else {}
+    held_raw, per_raw = fitted.get("calibration_half"), fitted.get("components")
+    held: dict[str, Any] = held_raw if isinstance(held_raw, dict) else {}
+    per: dict[str, Any] = per_raw if isinstance(per_raw, dict) else {}
     return {
         "models": models.digest[:12],
         "created": models.created,
         "validation": {
-            "span": fitted.get("calibration_span") if isinstance(fitted, dict) else None,
+            "span": fitted.get("calibration_span"),
             "signal": {k: held.get(k) for k in ("accuracy_moved", "brier_skill", "coverage", "calls")},
             "components": {
                 name: {k: v.get(k) for k in ("accuracy_moved", "brier_skill")}
@@ -84,7 +89,10 @@ class Scorer:
         except StoreError as exc:
             self.metrics.scoring_errors.inc()
             log.warning("%s: scoring past signals failed (%s); the next close retries", symbol, exc)
-            return 0
+        except Exception:  # the signal is out; a bug or an odd record here must not retry its event
+            self.metrics.scoring_errors.inc()
+            log.exception("%s: scoring past signals failed", symbol)
+        return 0
 
     async def _after(self, symbol: str, bars: Sequence[Bar], models: ModelSet) -> int:
         if not bars:
@@ -98,11 +106,17 @@ class Scorer:
         done = await self.scores.scored(symbol, [s.bar.start for s in due])
         stored = 0
         for signal in due:
-            if signal.bar.start in done:
+            if signal.bar.start in done or signal.symbol != symbol:  # another symbol's: not on these bars
                 continue
-            score = score_signal(signal, bars)
+            try:
+                score = score_signal(signal, bars)
+            except (ValueError, IndexError, ArithmeticError) as exc:  # an audited signal unlike ours
+                log.warning("%s %d: cannot be scored (%s)", symbol, signal.bar.start, exc)
+                continue
             if score is None:
                 continue
+            if score.reason is not None and newest - closing_start(signal) < HOLE_GRACE_MS:
+                continue  # a hole may yet be repaired from REST: judged again at the next closes
             if await self.scores.record(score):
                 stored += 1
                 self.metrics.scored.labels(outcome(score)).inc()

@@ -7,7 +7,8 @@ an answer too — and the figures are :mod:`inference.scoring`'s, the definition
 evaluate`` reports, so a replay's live scores equal the backtest of the same bars:
 
 * ``hit_rate``: long/short calls on bars that moved, right when the move had the call's sign (95 %
-  Wilson interval); ``coverage``: the share of calls that were long or short;
+  Wilson interval); ``coverage``: the share of calls that were long or short. A fallback signal is
+  the ensemble's "no vote", as in the evaluation: no call, no probability (counted in ``fallback``);
 * ``brier``, ``brier_skill`` (against the base rate of the same bars), ``log_loss``: ``p_up`` on the
   bars that moved (a fallback signal has none);
 * ``qlike``: the signal's ``volatility_bp`` against the realized variance over H;
@@ -15,6 +16,12 @@ evaluate`` reports, so a replay's live scores equal the backtest of the same bar
   and the mean log return they got, in bp;
 * ``return_after_fees``: trading only the ``tradeable`` calls, compounded, at the signal's own fee
   (``cost_bp`` / 2 a side), the position held across consecutive calls in one direction.
+
+Two differences from ``evaluate``, both stated where they show: a component's own hit rate is the sign
+of its P(up) - 0.5 (the evaluation's "alone" rows pass it through the ensemble's threshold), and with
+H > 1 every minute's signal is scored, so the horizons overlap (the evaluation calls once every H
+minutes): the two agree exactly at H = 1, the default, as tests/service/test_track_record_replay.py
+checks.
 
 A score belongs to the manifest that made the signal (``models``, the manifest's sha256 prefix): a
 model release starts a new series, and each component is scored per version. A signal whose reference
@@ -58,7 +65,7 @@ DAY_MS = 86_400_000
 WINDOWS: tuple[tuple[str, int | None], ...] = (("last_100", 100), ("last_1000", 1000), ("last_24h", None))
 TRACK_CALLS = 100  # what each signal's ``track_record`` summarises
 _SIGN = {"long": 1, "short": -1, "flat": 0}
-_OUTCOMES = frozenset({"hit", "miss", "flat", "unmoved", "unscored"})
+_OUTCOMES = frozenset({"hit", "miss", "flat", "unmoved", "fallback", "unscored"})
 
 
 class ScoreFormatError(InferenceError, ValueError):
@@ -111,7 +118,7 @@ class Score:
         try:
             d = orjson.loads(raw)
             comps = tuple(ComponentScore(str(name), str(version), _opt(p)) for name, version, p in d["components"])
-            return cls(
+            score = cls(
                 symbol=str(d["symbol"]),
                 start=int(d["start"]),
                 horizon_minutes=int(d["horizon_minutes"]),
@@ -131,6 +138,16 @@ class Score:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ScoreFormatError(f"not a score: {exc}") from exc
+        if not 0 <= score.start < 2**53 or score.start % MINUTE_MS:
+            raise ScoreFormatError(f"not a score: start {score.start} is not a minute bar")
+        if score.reason is None and not (
+            score.log_return is not None
+            and math.isfinite(score.log_return)
+            and score.var_real_bp2 is not None
+            and math.isfinite(score.var_real_bp2)
+        ):
+            raise ScoreFormatError("not a score: scored without a finite return")
+        return score
 
 
 def _opt(v: Any) -> float | None:
@@ -139,18 +156,25 @@ def _opt(v: Any) -> float | None:
 
 def closing_start(signal: Signal) -> int:
     """The start of the bar whose close ends the signal's horizon (its own bar + H minutes)."""
-    return signal.bar.start + (signal.horizon_minutes or 1) * MINUTE_MS
+    return signal.bar.start + _horizon(signal) * MINUTE_MS
+
+
+def _horizon(signal: Signal) -> int:
+    """The signal's H in minutes (1 for a signal written before signals stated it)."""
+    return 1 if signal.horizon_minutes is None else signal.horizon_minutes
 
 
 def score_signal(signal: Signal, bars: Sequence[Bar]) -> Score | None:
     """``signal`` scored against the closed 1m ``bars`` (ascending; the window at a later close):
     ``None`` while its closing bar is not yet due (newer than the newest bar given); unscored with a
     reason when its reference bar or a bar of its horizon is missing."""
-    step = interval_ms(signal.bar.interval)
+    step = interval_ms(signal.bar.interval)  # ValueError: not a minute interval
+    if _horizon(signal) < 1 or (_horizon(signal) * MINUTE_MS) % step:
+        raise ValueError(f"a {signal.horizon_minutes} min horizon is not a whole number of {step} ms bars")
     end = closing_start(signal)
     if not bars or bars[-1].start < end:
         return None
-    h = signal.horizon_minutes or 1
+    h = _horizon(signal)
     index = {b.start: i for i, b in enumerate(bars)}
     at = index.get(signal.bar.start)
     path = [index.get(t) for t in range(signal.bar.start + step, end + 1, step)]
@@ -209,7 +233,8 @@ def _figures(scores: Sequence[Score]) -> dict[str, Any]:
     n = len(scores)
     r_log = np.array([s.log_return for s in scores], dtype=np.float64)
     r = np.expm1(r_log)  # the simple return a position earns
-    call = np.array([_SIGN.get(s.direction, 0) for s in scores], dtype=np.int8)
+    # a fallback signal is the ensemble's "no vote": no call and no probability, as evaluate counts it
+    call = np.array([0 if s.source == "fallback" else _SIGN.get(s.direction, 0) for s in scores], dtype=np.int8)
     p = np.array([np.nan if s.p_up is None else s.p_up for s in scores], dtype=np.float64)
     hits, judged = accuracy(call, r)
     low, high = wilson(hits, judged)
@@ -340,9 +365,12 @@ def performance(
 
 
 def outcome(score: Score) -> str:
-    """``hit``, ``miss``, ``flat`` (no call), ``unmoved`` (the price did not move) or ``unscored``."""
+    """``hit``, ``miss``, ``flat`` (no call), ``unmoved`` (the price did not move), ``fallback`` (the
+    rule's signal: no call of the ensemble's) or ``unscored``."""
     if not score.scored or score.log_return is None:
         return "unscored"
+    if score.source == "fallback":
+        return "fallback"
     if score.direction == "flat":
         return "flat"
     if score.log_return == 0:
@@ -355,23 +383,23 @@ def outcome_code(score: Score) -> str:
     return f"{score.start}|{score.models}|{outcome(score)}"
 
 
-def track_from_codes(codes: Sequence[str]) -> TrackRecord:
+def track_from_codes(codes: Sequence[str], models: str | None = None) -> TrackRecord:
     """Each signal's ``track_record`` from the newest outcome codes (any order, malformed ones
-    skipped): the scored ones of the newest series among them, up to 100."""
+    skipped): the scored ones of the ``models`` series (None: the newest among them), up to 100."""
     rows: list[tuple[int, str, str]] = []
     for code in codes:
         start, _, rest = code.partition("|")
-        models, _, result = rest.rpartition("|")
+        of, _, result = rest.rpartition("|")
         if start.isdigit() and result in _OUTCOMES:
-            rows.append((int(start), models, result))
+            rows.append((int(start), of, result))
     rows.sort()
-    series = rows[-1][1] if rows else ""
+    series = models if models is not None else rows[-1][1] if rows else ""
     last = [r for r in rows if r[1] == series and r[2] != "unscored"][-TRACK_CALLS:]
     if not last:
         return TrackRecord(n=0, calls=0, hit_rate=None, as_of_bar=None)
     hits = sum(1 for r in last if r[2] == "hit")
     judged = hits + sum(1 for r in last if r[2] == "miss")
-    calls = sum(1 for r in last if r[2] != "flat")
+    calls = sum(1 for r in last if r[2] in ("hit", "miss", "unmoved"))
     return TrackRecord(
         n=len(last),
         calls=calls,

@@ -238,7 +238,9 @@ class Worker:
         windows: SymbolWindows | None = None
         models = self.models.current
         try:
-            (result, windows), track = await asyncio.gather(self.engine.compute_read(ev), self._track(ev.symbol))
+            (result, windows), track = await asyncio.gather(
+                self.engine.compute_read(ev), self._track(ev.symbol, models.digest[:12])
+            )
             if track is not None and isinstance(result, Signal):
                 result = replace(result, track_record=track)
         except StoreUnavailable:
@@ -275,15 +277,18 @@ class Worker:
         self.metrics.bar_close_to_publish_seconds.observe(max(0.0, result.latency_ms.bar_close_to_publish / 1000.0))
         return "published" if published is Published.LATEST else "audited"
 
-    async def _track(self, symbol: str) -> TrackRecord | None:
-        """The symbol's track record for its next signal (None: none kept, or unreadable right now)."""
+    async def _track(self, symbol: str, models: str) -> TrackRecord | None:
+        """The symbol's track record under ``models`` for its next signal (None: none kept, or
+        unreadable right now: the signal goes out without it, never held up by it)."""
         if self.scores is None:
             return None
         try:
-            return await self.scores.track(symbol)
+            return await self.scores.track(symbol, models)
         except StoreError as exc:
             log.debug("%s: track record unavailable: %s", symbol, exc)
-            return None
+        except Exception:
+            log.exception("%s: the track record could not be read; the signal goes out without it", symbol)
+        return None
 
     async def _score(self, ev: BarEvent, windows: SymbolWindows | None, models: ModelSet) -> None:
         """Score the signals whose horizon has passed, on the window this signal was computed from (all

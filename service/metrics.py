@@ -8,6 +8,7 @@ freshness gauges), so cardinality stays bounded whatever clients request.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inference.signal import Signal
 
 __all__ = ["ApiMetrics", "Freshness", "RequestMetricsMiddleware"]
+
+log = logging.getLogger(__name__)
 
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UNMATCHED = "<unmatched>"
@@ -123,7 +126,13 @@ class _TrackCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterable[Metric]:
-        books = self._source()
+        try:
+            return self._collect(self._source())
+        except (TypeError, ValueError, AttributeError, KeyError):  # never the whole scrape for one bad figure
+            log.exception("the track-record gauges could not be collected")
+            return []
+
+    def _collect(self, books: Mapping[str, dict[str, Any]]) -> list[Metric]:
         families = {
             key: GaugeMetricFamily(f"candlecast_track_{name}", doc, labels=["symbol", "window"])
             for name, key, doc in _TRACK_GAUGES

@@ -353,7 +353,7 @@ EXAMPLE_PERFORMANCE: dict[str, Any] = {
                 "z_ret_1": 0.0121,
                 "z_ret_15": 0.0094,
                 "log_vol_ratio_15_60": 0.0211,
-                "ln_rv_60": 0.0843,
+                "range_position_15": 0.0843,
                 "log_volume_ratio_60": 0.0312,
             },
         }

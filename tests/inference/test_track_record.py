@@ -109,6 +109,18 @@ def test_a_score_round_trips_and_bad_bytes_are_refused() -> None:
     for raw in (b"", b"[]", b'{"symbol": "BTCUSDT"}', b"\xff"):
         with pytest.raises(ScoreFormatError):
             Score.from_json(raw)
+    # forged numbers: a start no bar has, a "scored" score without a return
+    raw = score.to_json()
+    start = f'"start":{score.start}'.encode()
+    for bad in (
+        raw.replace(start, b'"start":1e300'),
+        raw.replace(start, f'"start":{score.start + 1}'.encode()),
+        replace(score, log_return=None).to_json(),
+        replace(score, log_return=float("inf")).to_json().replace(b'"log_return":null', b'"log_return":1e999'),
+    ):
+        assert bad != raw
+        with pytest.raises(ScoreFormatError):
+            Score.from_json(bad)
 
 
 def _random_scores(n: int, seed: int, *, models: str = "m1") -> list[Score]:
@@ -174,6 +186,18 @@ def test_the_live_figures_are_the_evaluations_on_the_same_calls() -> None:
     assert live["tradeable"] > 0 and live["moved"] < 900  # the case exercises trades and unmoved bars
     low, high = live["hit_rate_ci"]
     assert low < live["hit_rate"] < high
+
+
+def test_a_fallback_signal_is_no_call_as_in_the_evaluation() -> None:
+    scores = _random_scores(300, seed=5)
+    ruled = [replace(s, source="fallback", p_up=None, direction="long", tradeable=False) for s in scores[:100]]
+    mixed = performance("BTCUSDT", [*ruled, *scores[100:]])["windows"]["last_1000"]["signal"]
+    alone = performance("BTCUSDT", [*[replace(s, direction="flat", p_up=None) for s in ruled], *scores[100:]])
+    figures = alone["windows"]["last_1000"]["signal"]
+    assert mixed["fallback"] == 100
+    for key in ("calls", "coverage", "hits", "judged", "hit_rate", "brier", "return_after_fees"):
+        assert mixed[key] == figures[key], key
+    assert track_record(ruled).calls == 0 and track_record(ruled).n == 100
 
 
 def test_windows_series_and_components() -> None:

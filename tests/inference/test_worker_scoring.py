@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,10 +16,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from inference.components import ModelSet
+from inference.manifest import EnsembleSpec
 from inference.metrics import WorkerMetrics
 from inference.score_store import MemoryScoreStore, RedisScoreStore, ScoreStore
 from inference.scorer import Scorer, model_record
-from inference.signal import Signal
+from inference.signal import BarRef, Signal
 from inference.signal_store import MemorySignalStore, RedisSignalStore, SignalStore
 from service.bench import sample_signal
 from streaming.redis_store import RedisStore
@@ -85,9 +87,13 @@ async def test_a_hole_leaves_a_signal_unscored_with_the_reason(
     async with running_worker(redis_url, redis_store, models) as h:
         await redis_store.write(closing(close, ("1", "5")))
         assert isinstance(await h.outcome(SYMBOL, close - MINUTE), Signal)
-        # the next 1m bar never comes; the one after does (its window now has a hole)
+        # the next 1m bar never comes; the ones after do (the window now has a hole)
         await redis_store.write(closing(close + 2 * MINUTE, ("1",)))
         await h.outcome(SYMBOL, close + MINUTE)
+        assert await h.scores.recent(SYMBOL, 10) == []  # not yet: REST may still repair the window
+        for k in range(3, 8):  # the hole stays: after five minutes it is recorded, once
+            await redis_store.write(closing(close + k * MINUTE, ("1",)))
+            await h.outcome(SYMBOL, close + (k - 1) * MINUTE)
         await eventually(lambda: _count(h.scores, 1), 5, what="the hole's record")
         [score] = await h.scores.recent(SYMBOL, 10)
         assert (score.start, score.reason, score.log_return) == (close - MINUTE, "missing_closing_bar", None)
@@ -129,7 +135,7 @@ async def test_two_workers_scoring_at_once_store_each_signal_once(
     assert await a.after(SYMBOL, bars[:31], ModelSet()) == 0  # a re-delivered event scores nothing twice
 
 
-async def test_a_redis_outage_while_scoring_costs_no_signal(redis_store: RedisStore) -> None:
+async def test_a_redis_outage_while_scoring_is_logged_and_counted(redis_store: RedisStore) -> None:
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     signals = MemorySignalStore()
     await signals.publish(replace(sample_signal(T0), horizon_minutes=1))
@@ -170,3 +176,44 @@ async def test_a_signal_published_after_the_next_close_was_scored_is_still_score
     newer = functools.partial(redis_store.bars_after, SYMBOL, "1")
     assert await a.after(SYMBOL, bars[:11], ModelSet(), newer) == 1  # A's window ends at t; t+1 is read
     assert [s.start for s in await scores.recent(SYMBOL, 100)][-1] == t
+
+
+async def test_garbage_in_the_track_record_costs_no_signal(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    close = T0 + 60 * MINUTE
+    await redis_store.write(history(close - MINUTE, {"1": 60, "5": 60}))
+    async with running_worker(redis_url, redis_store, models) as h:
+        await h.client.lpush(h.scores.keys.track(SYMBOL), b"\xff\xfe", b"1|x|won", b"")
+        await redis_store.write(closing(close, ("1", "5")))
+        s = await h.outcome(SYMBOL, close - MINUTE)
+        assert isinstance(s, Signal) and s.track_record is not None and s.track_record.n == 0
+
+
+async def test_odd_audit_entries_are_skipped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever sits in the audit stream (another symbol's signal, a coarser bar than the horizon, a
+    horizon of 0) is skipped with a warning; the good signals beside it are scored."""
+    signals, scores = MemorySignalStore(), MemoryScoreStore()
+    bars = [bar(T0 + i * MINUTE) for i in range(20)]
+    good = replace(sample_signal(bars[10].start), horizon_minutes=1)
+    odd = [
+        replace(sample_signal(bars[5].start), horizon_minutes=1, bar=BarRef("5", bars[5].start, bars[10].start)),
+        replace(sample_signal(bars[6].start), horizon_minutes=0),
+    ]
+    for s in [*odd, good]:
+        await signals.publish(s)
+    await signals.publish(replace(sample_signal(bars[11].start, "ETHUSDT"), horizon_minutes=1))
+    metrics = WorkerMetrics(CollectorRegistry())
+    scorer = Scorer(signals, scores, metrics, horizon_minutes=1)
+    with caplog.at_level(logging.WARNING, logger="inference.scorer"):
+        assert await scorer.after(SYMBOL, bars, ModelSet()) == 1
+    assert [s.start for s in await scores.recent(SYMBOL, 10)] == [good.bar.start]
+    assert await scores.recent("ETHUSDT", 10) == []  # not scored on BTCUSDT's bars
+    assert caplog.text.count("cannot be scored") == 2
+
+
+def test_a_model_record_is_built_from_whatever_the_fitted_section_holds() -> None:
+    for fitted in ({"calibration_half": None, "components": [1, 2]}, {"calibration_half": "x"}, {}):
+        spec = EnsembleSpec(1, {"tcn_1m": 1.0}, 0.0, {"method": "platt", "a": 1.0, "b": 0.0}, 0.55, fitted=fitted)
+        record = model_record(ModelSet(digest="ab" * 32, ensemble=spec))
+        assert record["validation"]["components"] == {} and record["models"] == "ab" * 6

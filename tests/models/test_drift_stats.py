@@ -60,6 +60,9 @@ def test_statistics_of_a_span_and_a_symbol_compared_with_itself(tmp_path: Path) 
         {"features": {"z_ret_1": {"edges": [0.0], "expected": [0.5, "x"]}}},
         {"features": "none"},
         [1, 2],
+        {"features": {"z_ret_1": {"edges": [0.0], "expected": [0.5, 0.5]}}, "symbols": [1]},
+        {"features": {"z_ret_1": {"edges": [0.0], "expected": [0.5, 0.5]}}, "symbols": {"BTCUSDT": {"features": 1}}},
+        {"features": {"z_ret_1": {"edges": [True], "expected": [0.5, 0.5]}}},
     ],
 )
 def test_a_malformed_drift_section_is_dropped_not_fatal(
