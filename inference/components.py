@@ -93,6 +93,11 @@ class ModelSet:
     drift: dict[str, Any] | None = None  # the manifest's drift statistics (inference.drift)
 
     @property
+    def id(self) -> str:
+        """The manifest's short id (its sha256, 12 hex digits): what signals and scores name it by."""
+        return self.digest[:12]
+
+    @property
     def enabled(self) -> tuple[LoadedComponent, ...]:
         return tuple(c for c in self.components if c.disabled is None)
 

@@ -61,14 +61,18 @@ _INDEX = tuple(LINEAR_FEATURES.index(f) for f in DRIFT_FEATURES)
 DriftStats = Mapping[str, Any]
 
 
+def _finite_numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in values
+    )
+
+
 def _valid_features(features: Any) -> bool:
     return isinstance(features, Mapping) and all(
         isinstance(f, Mapping)
-        and isinstance(f.get("edges"), list)
-        and isinstance(f.get("expected"), list)
+        and _finite_numbers(f.get("edges"))
+        and _finite_numbers(f.get("expected"))
         and len(f["expected"]) == len(f["edges"]) + 1
-        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in f["edges"])
-        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in f["expected"])
         for f in features.values()
     )
 

@@ -271,12 +271,12 @@ class SignalEngine:
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
                 partial=len(voters) < len(answering),
-                models=models.digest[:12],
+                models=models.id,
             )
         # no vote: ``money`` is priced without a probability (no edge, never tradeable)
         refused = "unreconciled_window" if FALLBACK_INTERVAL in unreconciled else None
         out = self._fallback(event, bar, closed, reports, models, freshness, latency, wall, reference, money, refused)
-        return replace(out, models=models.digest[:12]) if isinstance(out, Signal) else out
+        return replace(out, models=models.id) if isinstance(out, Signal) else out
 
     def _fallback(
         self,

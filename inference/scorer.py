@@ -44,7 +44,7 @@ def model_record(models: ModelSet) -> dict[str, Any]:
     held: dict[str, Any] = held_raw if isinstance(held_raw, dict) else {}
     per: dict[str, Any] = per_raw if isinstance(per_raw, dict) else {}
     return {
-        "models": models.digest[:12],
+        "models": models.id,
         "created": models.created,
         "validation": {
             "span": fitted.get("calibration_span"),
@@ -97,9 +97,9 @@ class Scorer:
     async def _after(self, symbol: str, bars: Sequence[Bar], models: ModelSet) -> int:
         if not bars:
             return 0
-        if models.digest and models.digest[:12] not in self._recorded_models:
-            await self.scores.put_models(models.digest[:12], model_record(models))
-            self._recorded_models.add(models.digest[:12])
+        if models.id and models.id not in self._recorded_models:
+            await self.scores.put_models(models.id, model_record(models))
+            self._recorded_models.add(models.id)
         newest = bars[-1].start
         recent = await self.signals.history(symbol, self.horizon_minutes + LOOKBACK)
         due = sorted((s for s in recent if closing_start(s) <= newest), key=lambda s: s.bar.start)

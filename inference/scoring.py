@@ -19,10 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ProbabilityScores", "accuracy", "brier_skill", "net_returns", "probability_scores", "qlike", "wilson"]
+__all__ = [
+    "SIGN",
+    "ProbabilityScores",
+    "accuracy",
+    "brier_skill",
+    "net_returns",
+    "probability_scores",
+    "qlike",
+    "wilson",
+]
 
 F64 = npt.NDArray[np.float64]
 _CLIP = 1e-6
+SIGN = {"long": 1, "short": -1, "flat": 0}  # a signal's direction as the call d
 
 
 def accuracy(call: npt.NDArray[np.int8], r: F64) -> tuple[int, int]:

@@ -43,7 +43,7 @@ from inference.checks import bars_to_array
 from inference.drift import DRIFT_FEATURES, DriftStats, drift_inputs, psi, reference_for
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
-from inference.scoring import accuracy, net_returns, probability_scores, qlike, wilson
+from inference.scoring import SIGN, accuracy, net_returns, probability_scores, qlike, wilson
 from inference.signal import Signal, TrackRecord
 from streaming.klines import Bar, interval_ms
 
@@ -64,7 +64,6 @@ MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 WINDOWS: tuple[tuple[str, int | None], ...] = (("last_100", 100), ("last_1000", 1000), ("last_24h", None))
 TRACK_CALLS = 100  # what each signal's ``track_record`` summarises
-_SIGN = {"long": 1, "short": -1, "flat": 0}
 _OUTCOMES = frozenset({"hit", "miss", "flat", "unmoved", "fallback", "unscored"})
 
 
@@ -234,7 +233,7 @@ def _figures(scores: Sequence[Score]) -> dict[str, Any]:
     r_log = np.array([s.log_return for s in scores], dtype=np.float64)
     r = np.expm1(r_log)  # the simple return a position earns
     # a fallback signal is the ensemble's "no vote": no call and no probability, as evaluate counts it
-    call = np.array([0 if s.source == "fallback" else _SIGN.get(s.direction, 0) for s in scores], dtype=np.int8)
+    call = np.array([0 if s.source == "fallback" else SIGN.get(s.direction, 0) for s in scores], dtype=np.int8)
     p = np.array([np.nan if s.p_up is None else s.p_up for s in scores], dtype=np.float64)
     hits, judged = accuracy(call, r)
     low, high = wilson(hits, judged)

@@ -239,7 +239,7 @@ class Worker:
         models = self.models.current
         try:
             (result, windows), track = await asyncio.gather(
-                self.engine.compute_read(ev), self._track(ev.symbol, models.digest[:12])
+                self.engine.compute_read(ev), self._track(ev.symbol, models.id)
             )
             if track is not None and isinstance(result, Signal):
                 result = replace(result, track_record=track)

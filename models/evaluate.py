@@ -48,6 +48,7 @@ from inference.engine import decide, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
+from inference.scoring import SIGN
 from models.data import MINUTE_MS, Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.linear import ewma_of_windows, iso_ms
 from models.metrics import MAKER_FEE, TAKER_FEE, Part, equity_curve, strategy_report
@@ -99,9 +100,6 @@ def _why_not(c: LoadedComponent, horizon: int) -> str:
     if c.disabled is not None:
         return c.disabled
     return f"forecasts {c.spec.horizon_min} min ahead, not {horizon}"
-
-
-_SIGN = {"long": 1, "short": -1, "flat": 0}
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -170,7 +168,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             if result is None:
                 continue
             p_ens[i] = result.p_up
-            call[i] = _SIGN[result.direction]
+            call[i] = SIGN[result.direction]
             pos[i] = call[i] if money.tradeable else 0
         parts["ensemble"].append(Part(base.name, times, day, p_ens, call, pos, r, var_real, vol_ens**2, ewma))
         d_fb = momentum_direction(_hourly_momentum(base, ends))

@@ -508,7 +508,7 @@ async def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"evaluate needs {', '.join(missing)} (the train extra): pip install -e '.[train]'")
     for path in args.data:
         if not path.is_file():
-            raise ConfigError(f"evaluate: no bar file {path} (gzip CSV: open_time_ms,open,high,low,close,volume)")
+            raise ConfigError(f"evaluate: no bar file {path} (expected {compose.BAR_FILES})")
     from models.evaluate import EvaluateConfig, evaluate
 
     cfg = EvaluateConfig(

@@ -243,13 +243,13 @@ def _levels(raw: Any, where: str) -> tuple[Level, ...]:
         try:
             out.append((_POSITIVE[level[0]], _NON_NEGATIVE[level[1]]))
         except (KeyError, TypeError):  # not seen yet, or not a string at all
-            out.append(
-                (
-                    _cached(level[0], _POSITIVE, where, positive=True),
-                    _cached(level[1], _NON_NEGATIVE, where, positive=False),
-                )
-            )
+            out.append(_new_level(level[0], level[1], where))
     return tuple(out)
+
+
+def _new_level(price: Any, size: Any, where: str) -> Level:
+    """A level not in the caches yet: validated (``FrameError`` if out of range), then cached."""
+    return _cached(price, _POSITIVE, where, positive=True), _cached(size, _NON_NEGATIVE, where, positive=False)
 
 
 def _parse_book(topic: str, depth: int, symbol: str, obj: dict[str, Any]) -> BookUpdate:
@@ -313,10 +313,8 @@ def _typed_levels(side: list[tuple[str, str]], where: str) -> tuple[Level, ...]:
     for price, size in side:
         try:
             out.append((_POSITIVE[price], _NON_NEGATIVE[size]))
-        except KeyError:  # not seen yet: validated once, then cached
-            out.append(
-                (_cached(price, _POSITIVE, where, positive=True), _cached(size, _NON_NEGATIVE, where, positive=False))
-            )
+        except KeyError:
+            out.append(_new_level(price, size, where))
     return tuple(out)
 
 
