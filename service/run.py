@@ -20,11 +20,12 @@ from inference.metrics import WorkerMetrics
 from inference.signal_store import MemorySignalStore, RedisSignalStore
 from service import compose
 from service.settings import ConfigError, Settings
-from streaming.errors import StoreUnavailable
+from streaming.errors import StoreError, StoreUnavailable
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator
+from streaming.store import WindowStore
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["run_service"]
@@ -62,9 +63,55 @@ class _ReplayEnded(Exception):
     """The replay reached the end of its data."""
 
 
-async def _end_of(sim: ExchangeSimulator) -> str:
+async def _end_of(
+    sim: ExchangeSimulator, store: WindowStore, signals: RedisSignalStore | MemorySignalStore, depth: int
+) -> str:
+    """Once the data have ended and the worker has signalled (and scored) the last bars: a run that
+    stopped at the last frame would drop the signals of the closes still in its backlog."""
     await sim.finished.wait()
+    if not await _caught_up(sim.symbols, store, signals, depth, DRAIN_TIMEOUT_S):
+        log.warning("the worker had not signalled the last bars %.0f s after the end of the data", DRAIN_TIMEOUT_S)
     return f"the replay of {', '.join(sim.symbols)} reached the end of its data"
+
+
+DRAIN_TIMEOUT_S = 30.0
+_SETTLED_S = 0.5  # the newest stored bar unchanged this long: the ingestor has written the last one
+
+
+async def _caught_up(
+    symbols: list[str],
+    store: WindowStore,
+    signals: RedisSignalStore | MemorySignalStore,
+    depth: int,
+    timeout_s: float,
+) -> bool:
+    """Whether, within ``timeout_s``, each symbol's newest stored 1m bar settles and gets its signal
+    (or its no-signal record)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    seen: dict[str, int | None] = {}
+    settled_since = loop.time()
+    while loop.time() < deadline:
+        try:
+            newest: dict[str, int | None] = {}
+            done = True
+            for symbol in symbols:
+                bars = (await store.read_symbol(symbol, ("1",), depth, with_depth=False)).bars.get("1", [])
+                last = bars[-1].start if bars else None
+                newest[symbol] = last
+                latest, none = await signals.latest(symbol), await signals.no_signal(symbol)
+                at = max(latest.bar.start if latest else -1, none.bar.start if none else -1)
+                done = done and last is not None and at >= last
+        except StoreError as exc:
+            log.debug("waiting for the last signals: %s", exc)
+            done = False
+        else:
+            if newest != seen:
+                seen, settled_since = newest, loop.time()
+            elif done and loop.time() - settled_since >= _SETTLED_S:
+                return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 async def _run_once(
@@ -140,7 +187,11 @@ async def _run_once(
             await server.start()
             tasks.spawn(server.wait(), "api")
             tasks.spawn(_announce(server.url, io.signals, settings, bound), "console")
-            end = tasks.spawn(_end_of(sim), "end-of-replay") if sim is not None else None
+            end = (
+                tasks.spawn(_end_of(sim, store, io.signals, settings.book_depth), "end-of-replay")
+                if sim is not None
+                else None
+            )
             # Until one part fails or the replay ends (the console ends by itself once every symbol
             # has signalled).
             pending = set(tasks)

@@ -176,7 +176,10 @@ async def test_a_short_replay_serves_signals_then_stops_at_the_end_or_loops(
         async with httpx.AsyncClient(base_url=url) as http:
 
             async def a_signal() -> bool:
-                r = await http.get("/signal/BTCUSDT")
+                try:
+                    r = await http.get("/signal/BTCUSDT")
+                except httpx.TransportError:  # the run already stopped: no signal was served in time
+                    return False
                 if r.status_code == 200:
                     served.append(r.json())
                 return r.status_code == 200
@@ -197,3 +200,28 @@ async def test_a_short_replay_serves_signals_then_stops_at_the_end_or_loops(
         looping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await looping
+
+
+async def test_a_replay_stops_only_once_its_last_bars_are_signalled() -> None:
+    """At the end of the data the worker may still hold a backlog: the run waits (bounded) until each
+    symbol's newest stored bar has its signal or its no-signal record, then stops."""
+    from dataclasses import replace
+
+    from inference.signal import BarRef, NoSignal
+    from inference.signal_store import MemorySignalStore
+    from service.bench import sample_signal
+    from service.run import _caught_up
+    from streaming.memory_store import MemoryStore
+    from streaming.store import WriteBatch
+    from tests.inference.kit import MINUTE, T0, bar
+
+    store, signals = MemoryStore(window_bars=64, depth_rows=10), MemorySignalStore()
+    bars = {(s, "1"): [bar(T0 + i * MINUTE, "1", s) for i in range(10)] for s in ("A1", "B1")}
+    await store.write(WriteBatch(bars=bars))
+    last = T0 + 9 * MINUTE
+    await signals.publish(replace(sample_signal(last - MINUTE, "A1"), horizon_minutes=1))
+    assert not await _caught_up(["A1", "B1"], store, signals, 50, 1.0)  # A1's last bar has no signal yet
+    await signals.publish(replace(sample_signal(last, "A1"), horizon_minutes=1))
+    assert not await _caught_up(["A1", "B1"], store, signals, 50, 1.0)  # nor B1's
+    await signals.record_no_signal(NoSignal("B1", BarRef("1", last, last + MINUTE), "fallback_input:x", "d", 1, 2))
+    assert await _caught_up(["A1", "B1"], store, signals, 50, 5.0)

@@ -28,18 +28,19 @@ HISTORY = 24_000  # bars before the replay: it starts on 2025-06-15 at 09:05, af
 REPLAYED = 150
 
 
-def _slice(dest: Path) -> Path:
-    """The real file's first HISTORY + REPLAYED bars, so the replay ends after REPLAYED of them."""
+def _slice(dest: Path) -> tuple[Path, int]:
+    """The real file's first HISTORY + REPLAYED bars, so the replay ends after REPLAYED of them, and
+    the start of its last bar."""
     with gzip.open(DATA_1M / f"bybit_linear_{SYMBOL}_1m.csv.gz", "rt") as fh:
         lines = [next(fh) for _ in range(1 + HISTORY + REPLAYED)]
     out = dest / f"bybit_linear_{SYMBOL}_1m.csv.gz"
     with gzip.open(out, "wt") as fh:
         fh.writelines(lines)
-    return out
+    return out, int(lines[-1].split(",")[0])
 
 
 async def test_live_scores_of_a_replay_equal_the_evaluation_of_the_same_bars(redis_url: str, tmp_path: Path) -> None:
-    data = _slice(tmp_path)
+    data, last_bar = _slice(tmp_path)
     prefix = f"tr-{uuid.uuid4().hex[:8]}"
     # a generous latency budget: a loaded CI machine must not drop a component as late, which the
     # backtest would not (that would be a real difference, but not the one this test is about)
@@ -63,6 +64,8 @@ async def test_live_scores_of_a_replay_equal_the_evaluation_of_the_same_bars(red
         # The first closes replay while the models load and the windows backfill: those signals are
         # partial (a component had no full window yet), which the backtest never is. From the first
         # complete one on, every signal must be complete, and they are the bars compared.
+        # the run stopped only once the last bar of the data was signalled (and its predecessor scored)
+        assert served[-1].bar.start == last_bar
         first = next(i for i, s in enumerate(served) if not s.partial and s.source == "ensemble")
         assert first <= 60, f"{first} signals before the first complete one"
         compared = served[first:]
