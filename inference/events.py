@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.errors import StoreError
 from streaming.redis_boundary import store_errors, text
+from streaming.redis_client import RedisClient
 from streaming.store import BarEvent
 
 __all__ = ["Delivery", "EventSource", "MemoryEventSource", "RedisEventSource"]
@@ -72,7 +72,7 @@ class RedisEventSource:
     """The ``P:events:bars`` stream read through a consumer group."""
 
     def __init__(
-        self, client: aioredis.Redis, stream: str, *, group: str = "candlecast-workers", consumer: str = "worker"
+        self, client: RedisClient, stream: str, *, group: str = "candlecast-workers", consumer: str = "worker"
     ) -> None:
         self._r = client
         self.stream = stream

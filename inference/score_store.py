@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 
 from inference.signal import TrackRecord
 from inference.signal_store import once_per_bar_lua
 from inference.track_record import Score, ScoreFormatError, outcome_code, track_from_codes
 from streaming.redis_boundary import client_db, store_errors, text
+from streaming.redis_client import RedisClient
 from streaming.redis_keys import RedisKeys
 
 __all__ = ["TRACK_KEEP", "MemoryScoreStore", "RedisScoreStore", "ScoreStore"]
@@ -99,7 +99,7 @@ return 1
 
 
 class RedisScoreStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "cc", keep: int = SCORES_KEEP) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = "cc", keep: int = SCORES_KEEP) -> None:
 
         self._r = client
         self.keys = RedisKeys(prefix, db=client_db(client))

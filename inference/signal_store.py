@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
 from inference.signal import NoSignal, Signal, SignalFormatError
 from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.klines import interval_ms
 from streaming.redis_boundary import client_db, store_errors, text
+from streaming.redis_client import RedisClient
 from streaming.redis_keys import RedisKeys
 
 __all__ = [
@@ -157,7 +156,7 @@ return 1
 class RedisSignalStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str = "cc",
         audit_maxlen: int = 10_000,

@@ -1,6 +1,8 @@
 # Sourced by scripts/test.sh. The deployment checks (tests/deploy) run the real tools: promtool and
 # prometheus (Debian package `prometheus`) and docker-compose (Debian package `docker-compose`); the
-# API's /docs check (tests/service/test_api_docs.py) runs a real headless browser (Debian `chromium`).
+# API's /docs check (tests/service/test_api_docs.py) runs a real headless browser (Debian `chromium`);
+# the Redis Cluster and outage tests start their own redis-server nodes (Debian `redis-server`, which
+# brings redis-cli for `redis-cli --cluster create`).
 # Installs them when missing and this shell can (root with apt-get, as on CI). Where it cannot, it says
 # so loudly and those tests skip with a visible reason; where it could but the install fails, it fails.
 ensure_deploy_tools() {
@@ -8,6 +10,7 @@ ensure_deploy_tools() {
   command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the headless-browser check of /docs
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || missing+=(redis-server)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "WARNING: ${missing[*]} missing and not installable here (needs root and apt-get):" >&2

@@ -33,12 +33,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from inference.score_store import MemoryScoreStore, RedisScoreStore, ScoreStore
 from inference.signal_store import RedisSignalStore, SignalStore
@@ -57,6 +54,7 @@ from service.ws import WsHub
 from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
+from streaming.redis_client import connect
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["API_NEEDS_REDIS", "create_app"]
@@ -117,13 +115,11 @@ def create_app(
             ping: Callable[[], Awaitable[Any]] | None = None
             if signal_store is None:
                 assert redis_url is not None  # required above
-                client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+                client = connect(redis_url, cluster=settings.redis_cluster)
                 stack.push_async_callback(client.aclose)
                 # No retries on the subscription's client: redis-py would reconnect and resubscribe
                 # silently, and the feed must know, to re-read what it missed meanwhile.
-                subscriber = aioredis.Redis.from_url(
-                    redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-                )
+                subscriber = connect(redis_url, cluster=settings.redis_cluster, retries=False)
                 stack.push_async_callback(subscriber.aclose)
                 redis_store = RedisSignalStore(
                     client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, start_http_server
 
 from inference.components import ModelRegistry
@@ -32,6 +31,7 @@ from service.settings import ConfigError, Settings
 from streaming.clock import ExchangeClock
 from streaming.ingestor import IngestConfig
 from streaming.memory_store import MemoryStore
+from streaming.redis_client import connect
 from streaming.redis_store import RedisStore
 from streaming.sim.bars import symbol_from_path
 from streaming.sim.markets import ReplayDataError
@@ -80,6 +80,7 @@ def open_store(settings: Settings) -> WindowStore:
         return MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
     return RedisStore.from_url(
         settings.redis_url,
+        cluster=settings.redis_cluster,
         prefix=settings.redis_prefix,
         window_bars=settings.window_bars,
         depth_rows=settings.depth_window,
@@ -138,7 +139,7 @@ def open_worker_io(settings: Settings, store: WindowStore) -> WorkerIO:
     store's reads the store's own events and writes an in-memory signal store."""
     if isinstance(store, RedisStore) and settings.redis_url is not None:
         consumer = settings.worker_consumer or f"{socket.gethostname()}-{os.getpid()}"
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        client = connect(settings.redis_url, cluster=settings.redis_cluster)
         signals = RedisSignalStore(client, prefix=settings.redis_prefix, audit_maxlen=settings.signal_audit_maxlen)
         events = RedisEventSource(client, store.keys.bar_events, group=settings.worker_group, consumer=consumer)
         scores = RedisScoreStore(client, prefix=settings.redis_prefix)

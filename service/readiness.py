@@ -32,7 +32,7 @@ async def readiness(state: ApiState) -> dict[str, Any]:
             async with asyncio.timeout(1.0):
                 await state.ping()
             checks["redis"] = "ok"
-        except (TimeoutError, rex.RedisError, OSError):
+        except (TimeoutError, rex.RedisError, rex.RedisClusterException, OSError):
             checks["redis"] = "unreachable"
             reasons.append("redis_unreachable")
     checks["signal_feed"] = "up" if state.feed.up else "down"

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         default=None, description="Redis URL; unset means the in-memory store (single process only)."
     )
     redis_prefix: str = Field(default="cc", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    redis_cluster: bool = Field(
+        default=False, description="CANDLECAST_REDIS_URL names a node of a Redis Cluster (the others are discovered)."
+    )
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
     intervals: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["1", "5", "15", "60"])
     bybit_ws_url: str = "wss://stream.bybit.com/v5/public/linear"
@@ -258,6 +261,20 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and isinstance(url, str):
+            if url.startswith("unix://"):
+                raise ValueError(
+                    "a Redis Cluster is reached over TCP: CANDLECAST_REDIS_URL must be redis:// or rediss://"
+                )
+            path = url.split("://", 1)[1].partition("/")[2].partition("?")[0]
+            if path not in ("", "0"):
+                raise ValueError(f"a Redis Cluster has only database 0, and CANDLECAST_REDIS_URL names /{path}")
         return value
 
     def require_redis(self, role: str, *, instead: str = "") -> str:

@@ -28,6 +28,7 @@ from service.metrics import ApiMetrics
 from service.signal_cache import SignalCache
 from streaming.backoff import Backoff
 from streaming.errors import StoreError
+from streaming.redis_client import RedisClient, fresh_topology
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["RedisSignalFeed", "SignalFeed", "StoreSignalFeed", "SubscribableSignalStore"]
@@ -103,7 +104,7 @@ class RedisSignalFeed(_Feed):
     def __init__(
         self,
         store: RedisSignalStore,
-        subscriber: aioredis.Redis,
+        subscriber: RedisClient,
         cache: SignalCache,
         metrics: ApiMetrics,
         *,
@@ -132,9 +133,10 @@ class RedisSignalFeed(_Feed):
         while True:
             pubsub = self._subscriber.pubsub()
             try:
+                await fresh_topology(self._subscriber)
                 await self._connect(pubsub)
                 await self._listen(pubsub)
-            except (StoreError, rex.RedisError, OSError, _FeedStalled) as exc:
+            except (StoreError, rex.RedisError, rex.RedisClusterException, OSError, _FeedStalled) as exc:
                 self._metrics.feed_errors.labels("redis").inc()
                 log.warning("signal feed lost (%s); the cache holds the last values", exc)
             except Exception:  # a bug must not end the feed: the cache would silently go stale

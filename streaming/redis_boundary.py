@@ -17,6 +17,17 @@ from streaming.errors import StoreError, StoreUnavailable
 
 __all__ = ["client_db", "store_errors", "text"]
 
+# Worth retrying later: no connection, or (Redis Cluster) a slot without a reachable master while a
+# replica is being promoted (CLUSTERDOWN, TRYAGAIN, a slot no node covers yet).
+_UNAVAILABLE = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    OSError,
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    rex.SlotNotCoveredError,
+)
+
 
 def client_db(client: object) -> int:
     """The database number a redis-py client talks to (0 for a cluster client, which has only db 0)."""
@@ -24,6 +35,17 @@ def client_db(client: object) -> int:
     kwargs = getattr(pool, "connection_kwargs", None)
     db = kwargs.get("db", 0) if isinstance(kwargs, dict) else 0
     return int(db) if isinstance(db, int | str) and str(db).isdigit() else 0
+
+
+def _raised_in_the_client(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside redis-py or asyncio (its innermost frame), not by our code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.partition(".")[0] in ("redis", "asyncio")
 
 
 def text(value: bytes | str | None) -> str:
@@ -40,7 +62,14 @@ def store_errors(what: str | None = None) -> Iterator[None]:
     where = f" ({what})" if what else ""
     try:
         yield
-    except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+    except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"redis unavailable{where}: {exc}") from exc
-    except rex.RedisError as exc:
+    except (rex.RedisError, rex.RedisClusterException) as exc:
         raise StoreError(f"redis error{where}: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        # redis-py 8.1 writing to a connection the peer closed (a node that died) raises these from
+        # asyncio's transport instead of ConnectionError (redis/redis-py#4287): the connection is
+        # lost, nothing more. Raised from our own code they are bugs and pass through.
+        if not _raised_in_the_client(exc):
+            raise
+        raise StoreUnavailable(f"redis unavailable{where}: connection lost ({type(exc).__name__}: {exc})") from exc

@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from streaming.bar_events import BarEventError, decode_bar_event, encode_bar_event
@@ -16,6 +15,7 @@ from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError
 from streaming.klines import Bar, decode_bar, encode_bar
 from streaming.redis_boundary import store_errors, text
+from streaming.redis_client import RedisClient, connect, pipelined_script
 from streaming.redis_keys import RedisKeys
 from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes, revised_field
 
@@ -78,7 +78,7 @@ return out
 class RedisStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str = "cc",
         window_bars: int = 256,
@@ -95,9 +95,8 @@ class RedisStore:
         self._unsent_events: deque[BarEvent] = deque(maxlen=100_000)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
-        client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10)
-        return cls(client, **kwargs)
+    def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RedisStore:
+        return cls(connect(url, cluster=cluster, health_check_interval=10), **kwargs)
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         result = WriteResult()
@@ -121,20 +120,20 @@ class RedisStore:
                 for bar in sorted(batch.bars[(symbol, interval)], key=lambda b: b.start):
                     args += [bar.start, encode_bar(bar)]
                 keys = [self.keys.kline(symbol, interval), self.keys.status(symbol)]
-                await self._upsert(keys=keys, args=args, client=pipe)
+                await pipelined_script(pipe, self._upsert, _UPSERT_WINDOW, keys, args)
             for (symbol, depth), book in batch.books.items():
                 pipe.hset(self.keys.book(symbol, depth), mapping=book.to_fields())  # type: ignore[arg-type]
             for (symbol, depth), rows in batch.depth_rows.items():
                 args = [self.depth_rows, "", ""]
                 for row in rows:
                     args += [row.ts, encode_row(row)]
-                await self._upsert(keys=[self.keys.depth(symbol, depth)], args=args, client=pipe)
+                await pipelined_script(pipe, self._upsert, _UPSERT_WINDOW, [self.keys.depth(symbol, depth)], args)
             for symbol, fields in batch.status.items():
                 pipe.hset(self.keys.status(symbol), mapping=fields)  # type: ignore[arg-type]
             # One bad key (say WRONGTYPE) must not fail, or endlessly retry, the whole batch.
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
-            if isinstance(reply, rex.ConnectionError | rex.TimeoutError):
+            if isinstance(reply, rex.ConnectionError | rex.TimeoutError | rex.ClusterDownError | rex.TryAgainError):
                 raise reply
         for key, reply in zip(bar_keys, replies, strict=False):
             if isinstance(reply, Exception):

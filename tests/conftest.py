@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,17 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real three-master Redis Cluster on loopback ports, shared by the tests that only read and write."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), masters=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -23,9 +23,22 @@ for role in INGESTOR WORKER API EXPORTER; do
 done
 umask 077
 sed -e "$script" -e "/^#/d" -e "/^[[:space:]]*$/d" "$template" > "$out"  # an ACL file has no comments
+# A Redis Cluster node (docker-compose.cluster.yml) also has the `cluster` user: what `redis-cli --cluster
+# create` and the replicas' replication need, nothing else (no key, no channel); replicas log in as it.
+cluster_password=${CANDLECAST_REDIS_CLUSTER_PASSWORD:-}
+if [ -n "$cluster_password" ]; then
+  case "$cluster_password" in *[!A-Za-z0-9_-]*) echo "CANDLECAST_REDIS_CLUSTER_PASSWORD: use only A-Z a-z 0-9 _ -" >&2; exit 2 ;; esac
+  if [ "${#cluster_password}" -lt 16 ]; then echo "CANDLECAST_REDIS_CLUSTER_PASSWORD: at least 16 characters" >&2; exit 2; fi
+  echo "user cluster on >$cluster_password resetkeys resetchannels -@all +@connection +cluster +info +dbsize +psync +replconf +config|get" >> "$out"
+  # in a config file (mode 600), not on the command line, where any process could read it
+  printf 'masteruser cluster\nmasterauth %s\n' "$cluster_password" > "$out.conf"
+fi
+conf=""
+[ -n "$cluster_password" ] && conf="$out.conf"
 if command -v docker-entrypoint.sh >/dev/null 2>&1; then
   # The Redis image: its own entrypoint drops from root to the redis user, which must read the file.
   chown redis "$out"
-  exec docker-entrypoint.sh redis-server --aclfile "$out" "$@"
+  [ -n "$conf" ] && chown redis "$conf"
+  exec docker-entrypoint.sh redis-server ${conf:+"$conf"} --aclfile "$out" "$@"
 fi
-exec redis-server --aclfile "$out" "$@"
+exec redis-server ${conf:+"$conf"} --aclfile "$out" "$@"

@@ -27,7 +27,8 @@ from streaming.sim.bars import symbol_from_path
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"
 GPU = "docker-compose.gpu.yml"
-COMPOSE_FILES = (ROOT / BASE, ROOT / GPU)
+CLUSTER = "docker-compose.cluster.yml"
+COMPOSE_FILES = (ROOT / BASE, ROOT / GPU, ROOT / CLUSTER)
 ENV_EXAMPLE = ROOT / ".env.example"
 REPLAY_ENV = ROOT / "docker" / "replay.env"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -52,6 +53,8 @@ SECRETS = {
     "CANDLECAST_REDIS_EXPORTER_PASSWORD": "exporter-password-01234",
     "GRAFANA_ADMIN_PASSWORD": "grafana-password-0123",
 }
+# The Redis Cluster override's own secret (docker-compose.cluster.yml); the base stack does not use it.
+CLUSTER_SECRETS = {"CANDLECAST_REDIS_CLUSTER_PASSWORD": "cluster-password-01234"}
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
@@ -99,7 +102,7 @@ def compose_config(
     args += ["--env-file", str(env_file), "config"]
     ours = set(read_env_file(ENV_EXAMPLE))
     clean = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("COMPOSE_")}
-    secrets = {k: v for k, v in SECRETS.items() if k not in set(without)}
+    secrets = {k: v for k, v in (SECRETS | CLUSTER_SECRETS).items() if k not in set(without)}
     done = subprocess.run(
         args, cwd=ROOT, env=clean | secrets | (env or {}), check=False, capture_output=True, text=True
     )
@@ -200,7 +203,9 @@ def compose_variables() -> dict[str, set[str]]:
         for use in re.findall(r"\$\{[^}]*\}", text):
             required = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}", use)
             if required:
-                assert required.group(1) in SECRETS, f"{path.name}: {use}: only the secrets may lack a default"
+                assert required.group(1) in SECRETS | CLUSTER_SECRETS, (
+                    f"{path.name}: {use}: only the secrets may lack a default"
+                )
                 found.setdefault(required.group(1), set()).add("")
                 continue
             parsed = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", use)
@@ -482,6 +487,54 @@ def test_the_replay_demo_points_ingestion_at_the_simulator_for_the_symbols_it_re
     assert check_settings(environment(services["api"])).api_ready_max_lag_s == 0
     assert simulator["image"] == services["ingestor"]["image"]
     assert simulator["restart"] == "on-failure"  # it ends with its data; a restart would rewind the market
+
+
+# -- the Redis Cluster override ------------------------------------------------------------------------
+
+CLUSTER_NODES = ("redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6")
+
+
+@needs_compose
+def test_the_cluster_override_runs_six_nodes_joined_once_before_candlecast_starts(tmp_path: Path) -> None:
+    """Three masters and three replicas (tests/service/test_redis_cluster_e2e.py runs that topology with
+    the same entrypoint and ACL and kills a master): every node the compose Redis with its ACL, cluster
+    mode, its own volume and its service name announced; the candlecast parts start once the one-shot
+    init has joined them, all of them cluster clients."""
+    services = compose_config(BASE, CLUSTER, tmp_path=tmp_path)["services"]
+    volumes = set()
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert node["entrypoint"] == ["sh", "/etc/candlecast/entrypoint.sh"], name
+        assert node["image"] == services["redis"]["image"], name
+        assert option(node["command"], "--cluster-enabled") == ["yes"], name
+        assert option(node["command"], "--cluster-announce-hostname") == [name], name
+        assert option(node["command"], "--appendonly") == ["yes"], name
+        assert (
+            environment(node)["CANDLECAST_REDIS_CLUSTER_PASSWORD"]
+            == CLUSTER_SECRETS["CANDLECAST_REDIS_CLUSTER_PASSWORD"]
+        )
+        assert "ping" in " ".join(node["healthcheck"]["test"]), name
+        volumes.add(mounts(node)["/data"][0])
+    assert len(volumes) == len(CLUSTER_NODES), "each node keeps its own data and nodes.conf"
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(CLUSTER_NODES)
+    assert {v["condition"] for v in init["depends_on"].values()} == {"service_healthy"}
+    script = init["command"][0]
+    assert "--cluster create" in script and "--cluster-replicas 1" in script and "--user cluster" in script
+    assert init["restart"] == "no"
+    for name in CANDLECAST:
+        service = services[name]
+        assert service["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+        settings = check_settings(environment(service))
+        assert settings.redis_cluster is True, name
+        assert settings.redis_url is not None and "@redis:6379/0" in settings.redis_url, name
+    assert environment(services["redis-exporter"])["REDIS_EXPORTER_IS_CLUSTER"] == "true"
+
+
+@needs_compose
+def test_the_cluster_override_refuses_to_start_without_the_cluster_password(tmp_path: Path) -> None:
+    with pytest.raises(ComposeRefused, match="CANDLECAST_REDIS_CLUSTER_PASSWORD"):
+        compose_config(BASE, CLUSTER, tmp_path=tmp_path, without=["CANDLECAST_REDIS_CLUSTER_PASSWORD"])
 
 
 # -- the GPU override ----------------------------------------------------------------------------------

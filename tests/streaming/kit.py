@@ -15,9 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-import redis.asyncio as aioredis
-
 from streaming.frames import BookUpdate, Level
+from streaming.redis_client import connect
 from streaming.redis_store import RedisStore
 
 Pair = tuple[str | int | Decimal, str | int | Decimal]
@@ -56,9 +55,12 @@ def book_update(
 
 
 @contextlib.asynccontextmanager
-async def scratch_store(redis_url: str, tag: str, *, window_bars: int, depth_rows: int) -> AsyncIterator[RedisStore]:
-    """A RedisStore under a fresh ``{tag}<hex>`` prefix; its keys are deleted and it is closed after."""
-    client = aioredis.Redis.from_url(redis_url)
+async def scratch_store(
+    redis_url: str, tag: str, *, window_bars: int, depth_rows: int, cluster: bool = False
+) -> AsyncIterator[RedisStore]:
+    """A RedisStore under a fresh ``{tag}<hex>`` prefix (``cluster``: ``redis_url`` names a Redis Cluster
+    node); its keys are deleted and it is closed after."""
+    client = connect(redis_url, cluster=cluster)
     store = RedisStore(client, prefix=f"{tag}{uuid.uuid4().hex[:10]}", window_bars=window_bars, depth_rows=depth_rows)
     try:
         yield store

@@ -15,7 +15,17 @@ def test_text_decodes_bytes_and_treats_none_as_empty() -> None:
     assert text(None) == ""
 
 
-@pytest.mark.parametrize("exc", [rex.ConnectionError("refused"), rex.TimeoutError("slow"), OSError("reset")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        rex.ConnectionError("refused"),
+        rex.TimeoutError("slow"),
+        OSError("reset"),
+        rex.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        rex.TryAgainError("TRYAGAIN"),
+        rex.SlotNotCoveredError("slot 8473 is not covered"),
+    ],
+)
 def test_unreachable_redis_is_store_unavailable(exc: Exception) -> None:
     with pytest.raises(StoreUnavailable, match="redis unavailable: ") as info, store_errors():
         raise exc
@@ -32,3 +42,34 @@ def test_other_redis_errors_are_store_errors_naming_the_operation() -> None:
 def test_other_exceptions_pass_through() -> None:
     with pytest.raises(KeyError), store_errors():
         raise KeyError("x")
+
+
+def test_a_cluster_client_error_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="redis error: no node"), store_errors():
+        raise rex.RedisClusterException("no node")
+
+
+def _raise_in(module: str, exc_type: type[Exception]) -> None:
+    """Raise ``exc_type`` from a frame of the module named ``module``, as a library frame would."""
+    code = compile("def write(writer):\n    writer.writelines([b'x'])\n", module, "exec")
+    scope: dict[str, object] = {"__name__": module}
+    exec(code, scope)
+    if exc_type is AttributeError:
+        scope["write"](None)  # type: ignore[operator]
+    raise exc_type("unexpected")
+
+
+@pytest.mark.parametrize("where", ["asyncio.selector_events", "redis.asyncio.connection"])
+def test_a_connection_the_peer_closed_is_unavailable_not_a_crash(where: str) -> None:
+    """redis-py 8.1 writing on a socket a dead node closed raises AttributeError/TypeError from the
+    transport instead of ConnectionError (redis/redis-py#4287): at the boundary it is an outage."""
+    with pytest.raises(StoreUnavailable, match="connection lost") as info, store_errors():
+        _raise_in(where, AttributeError)
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+def test_attribute_and_type_errors_of_our_own_code_are_bugs_and_pass_through() -> None:
+    with pytest.raises(AttributeError), store_errors():
+        _raise_in(__name__, AttributeError)
+    with pytest.raises(TypeError), store_errors():
+        len(None)  # type: ignore[arg-type]

@@ -45,12 +45,14 @@ def row(ts: int, level: float = 1.0) -> DepthRow:
     )
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "memory", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[WindowStore]:
     if request.param == "memory":
         yield MemoryStore(window_bars=WINDOW, depth_rows=4)
         return
-    async with scratch_store(redis_url, "t", window_bars=WINDOW, depth_rows=4) as rs:
+    cluster = request.param == "redis-cluster"
+    url = request.getfixturevalue("redis_cluster").url if cluster else redis_url
+    async with scratch_store(url, "t", window_bars=WINDOW, depth_rows=4, cluster=cluster) as rs:
         yield rs
 
 
