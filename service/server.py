@@ -46,6 +46,7 @@ def server_config(
         "host": bind,
         "port": settings.api_port if port is None else port,
         "ws_max_size": settings.api_ws_max_frame_bytes,
+        "ws": "websockets-sansio",
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,

@@ -1,11 +1,14 @@
 """The WebSocket hub: ``/ws`` connections, their send queues and the fan-out of new signals.
 
 The protocol — what a client may send and what it gets back — is :mod:`service.ws_protocol`'s,
-without I/O; this module only moves frames. Each connection has a bounded send queue
-(``api_ws_queue`` frames) drained by its sender task; a publish that finds it full closes that
-client with 1013 (slow consumer) instead of waiting or dropping silently, so nobody else is slowed
-down. A connection's sender and receiver are owned by a :class:`~streaming.supervisor.TaskSupervisor`
-and cancelled, with a timeout, when it ends; :meth:`WsHub.close` ends them all with 1001.
+without I/O; this module only moves frames. A publish writes the frame (built once per signal) to
+each subscriber at once when its socket takes it, with no task per send
+(:func:`streaming.eager.start_eagerly`); a send that must wait for a slow peer goes on as that
+client's one sending task, and what follows queues behind it, bounded (``api_ws_queue`` frames). A
+publish that finds the queue full closes that client with 1013 (slow consumer) instead of waiting
+or dropping silently, so nobody else is slowed down. A connection's receiver is owned by a
+:class:`~streaming.supervisor.TaskSupervisor` and cancelled, with its sending task, when it ends;
+:meth:`WsHub.close` ends them all with 1001.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +38,7 @@ from service.ws_protocol import (
     WsSession,
     unavailable_frame,
 )
+from streaming.eager import start_eagerly
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["WsHub"]
@@ -44,8 +49,10 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Client:
     id: int
-    queue: asyncio.Queue[tuple[bool, str]]  # (is a signal, frame)
+    ws: WebSocket
     session: WsSession
+    pending: deque[tuple[bool, str]] = field(default_factory=deque)  # (is a signal, frame), behind `sending`
+    sending: asyncio.Task[None] | None = None  # the send waiting for the peer, if one is
     done: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
@@ -113,7 +120,7 @@ class WsHub:
 
     # -- fan-out -----------------------------------------------------------------------------------
     def publish(self, cached: CachedSignal) -> None:
-        """Queue ``cached`` to every subscriber of its symbol; a full queue closes its client (1013)."""
+        """Send ``cached`` to every subscriber of its symbol; a full queue closes its client (1013)."""
         self._servable[cached.signal.symbol] = True
         subscribers = self._by_symbol.get(cached.signal.symbol)
         if not subscribers:
@@ -122,17 +129,47 @@ class WsHub:
             self._push(client, cached.frame, signal=True)
 
     def _push(self, client: _Client, frame: str, *, signal: bool = False) -> None:
-        try:
-            client.queue.put_nowait((signal, frame))
-        except asyncio.QueueFull:
+        """Send now if nothing waits before it (most often done at once); else queue, in order."""
+        if client.done.is_set():
+            return
+        if client.sending is None:
+            self._send(client, frame, signal)
+        elif len(client.pending) < self.limits.queue:
+            client.pending.append((signal, frame))
+        else:
             self._evict(client)
+
+    def _send(self, client: _Client, frame: str, signal: bool) -> None:
+        task = start_eagerly(self._send_one(client, frame, signal), f"ws-{client.id}-send")
+        if task is not None:  # the peer's socket is full: the rest of this client's frames wait
+            client.sending = task
+            task.add_done_callback(lambda _task: self._sent(client))
+
+    def _sent(self, client: _Client) -> None:
+        """The waiting send is done: send what queued behind it, until one has to wait again."""
+        client.sending = None
+        while client.pending and client.sending is None and not client.done.is_set():
+            signal, frame = client.pending.popleft()
+            self._send(client, frame, signal)
+
+    async def _send_one(self, client: _Client, frame: str, signal: bool) -> None:
+        try:
+            await client.ws.send_text(frame)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            client.disconnected = True
+            client.end(None)
+            return
+        except Exception:
+            log.exception("ws %d: sending failed", client.id)
+            client.end(CLOSE_INTERNAL, "internal error", "error")
+            return
+        (self._sent_signal if signal else self._sent_control).inc()
 
     def _evict(self, client: _Client) -> None:
         if client.done.is_set():
             return
-        dropped = client.queue.qsize() + 1
-        while not client.queue.empty():
-            client.queue.get_nowait()
+        dropped = len(client.pending) + 1
+        client.pending.clear()
         self._drop(client, tuple(client.session.symbols))
         self._metrics.ws_messages_dropped.inc(dropped)
         self._metrics.ws_slow_consumer_closes.inc()
@@ -181,7 +218,7 @@ class WsHub:
             check_key=self._check_key,
             performance=self._performance,
         )
-        client = _Client(next(self._ids), asyncio.Queue(self.limits.queue), session)
+        client = _Client(next(self._ids), ws, session)
         self._clients.add(client)
         self._idle.clear()
         self._metrics.ws_clients.inc()
@@ -190,12 +227,15 @@ class WsHub:
         else:
             self._apply(client, session.open(authorization, key_in_url=key_in_url))
         tasks = TaskSupervisor(f"ws {client.id}")
-        tasks.spawn(self._send_loop(client, ws), f"ws-{client.id}-send")
         tasks.spawn(self._receive_loop(client, ws), f"ws-{client.id}-receive")
         try:
             await client.done.wait()
         finally:
             await tasks.cancel_all(self.limits.close_timeout_s)
+            client.pending.clear()
+            if client.sending is not None:  # a send still waiting for a peer that stopped reading
+                client.sending.cancel()
+                await asyncio.wait([client.sending], timeout=self.limits.close_timeout_s)
             self._drop(client, tuple(session.symbols))
             self._metrics.ws_connections.labels(client.outcome).inc()
             try:
@@ -216,19 +256,6 @@ class WsHub:
                 await ws.close(client.close_code, client.close_reason)
         except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError) as exc:
             log.debug("ws %d: close %d not delivered: %r", client.id, client.close_code, exc)
-
-    async def _send_loop(self, client: _Client, ws: WebSocket) -> None:
-        try:
-            while True:
-                is_signal, frame = await client.queue.get()
-                await ws.send_text(frame)
-                (self._sent_signal if is_signal else self._sent_control).inc()
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            client.disconnected = True
-            client.end(None)
-        except Exception:
-            log.exception("ws %d: sending failed", client.id)
-            client.end(CLOSE_INTERNAL, "internal error", "error")
 
     async def _receive_loop(self, client: _Client, ws: WebSocket) -> None:
         session = client.session

@@ -104,6 +104,10 @@ class MemoryStore:
         after_n = int(after.split("-")[0])
         return [(i, e) for i, e in self._events if int(i.split("-")[0]) > after_n][:count]
 
+    async def announce(self, events: Sequence[BarEvent]) -> None:
+        for ev in events:
+            self._events.append((f"{next(self._seq)}-0", ev))
+
     async def ping(self) -> None:
         return None
 

@@ -240,6 +240,11 @@ class RedisStore:
                 log.warning("skipping a foreign entry %s in %s", text(entry_id), self.keys.bar_events)
         return out
 
+    async def announce(self, events: Sequence[BarEvent]) -> None:
+        self._unsent_events.extend(events)
+        with store_errors("announce bar events"):
+            await self._send_events()
+
     async def ping(self) -> None:
         with store_errors():
             await self._r.ping()

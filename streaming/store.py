@@ -155,6 +155,13 @@ class WindowStore(Protocol):
         """Bar-closed events after stream id ``after`` (oldest first)."""
         ...
 
+    async def announce(self, events: Sequence[BarEvent]) -> None:
+        """Append bar-closed events again. After an outage: on a Redis Cluster a write acknowledged
+        in a master's last milliseconds dies with it (replication is asynchronous), an event or the
+        signal it led to among them; the workers publish each (symbol, bar) once, so a repeat costs a
+        recomputation, a loss a signal."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

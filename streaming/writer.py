@@ -38,6 +38,7 @@ class WindowWriter:
         backoff: Backoff | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
         on_revised: Callable[[str, str], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._on_revised = on_revised
@@ -45,6 +46,7 @@ class WindowWriter:
         self._linger_s = linger_s
         self._backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
         self._on_recovered = on_recovered
+        self._on_lost = on_lost
         self._bars: dict[tuple[str, str], dict[int, Bar]] = {}
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
@@ -164,6 +166,8 @@ class WindowWriter:
                 self._metrics.store_up.set(0)
                 if self._healthy:
                     log.error("window store unreachable, keeping updates pending: %s", exc)
+                    if self._on_lost is not None:
+                        self._on_lost()
                 self._healthy = False
                 await asyncio.sleep(self._backoff.next_delay())
                 continue

@@ -18,3 +18,7 @@ def test_bench_api_reports_http_ratio_and_fanout() -> None:
     fan = result["websocket_fanout"]
     assert fan["deliveries"] == 20 * 2  # every subscriber got every publish
     assert fan["p99_ms"] >= fan["p50_ms"] >= 0
+    # the bare websockets broadcast, measured in the same run, and the ratio against it
+    assert fan["ceiling_p99_ms"] >= fan["ceiling_p50_ms"] >= 0
+    assert fan["ratio"] == round(fan["p99_ms"] / fan["ceiling_p99_ms"], 3)
+    assert len(fan["p99_ms_by_round"]) == len(fan["ceiling_p99_ms_by_round"]) == 2

@@ -219,3 +219,11 @@ async def test_depth_rows_can_be_left_out_of_a_read(store: WindowStore) -> None:
     assert len(lean.bars["1"]) == 1
     assert lean.status == {"k": "v"}
     assert len((await store.read_symbol("BTCUSDT", ["1"], 50)).depth) == 1
+
+
+async def test_announced_events_follow_the_written_ones_in_order(store: WindowStore) -> None:
+    await write_bars(store, [bar(0), bar(1)])
+    again = [BarEvent("BTCUSDT", "1", T0), BarEvent("BTCUSDT", "1", T0 + MINUTE_MS)]
+    await store.announce(again)
+    events = [e for _, e in await store.read_events()]
+    assert events[-2:] == again and len(events) == 3  # the write announced its newest bar once
