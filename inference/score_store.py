@@ -4,8 +4,9 @@ Redis layout (``P`` = key prefix, ``{SYM}`` the symbol's hash tag, as :mod:`stre
 
 =============================  ======  ==========================================================
 ``P:{SYM}:scores``             STREAM  one entry per scored (symbol, bar): fields ``start``, ``score``
-                                       (:class:`~inference.track_record.Score` JSON); ``MAXLEN ~ keep``
-``P:{SYM}:scores:bars``        ZSET    bar starts already scored, newest ``keep``
+                                       (:class:`~inference.track_record.Score` JSON, compressed:
+                                       :mod:`inference.compact`); ``MAXLEN ~ keep``
+``P:{SYM}:scores:bars``        ZSET    bar starts already scored, newest ``SCORED_KEEP`` (120)
 ``P:{SYM}:track``              LIST    ``start|models|outcome`` of the newest 120 scores: the short
                                        track record each new signal carries, read in one LRANGE
 ``P:models:{ID}``              STRING  a manifest's validation figures and drift statistics (JSON)
@@ -19,6 +20,7 @@ restarts with Redis; in the single-process run without Redis the in-memory store
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from inference.compact import pack, unpack
 from inference.signal import TrackRecord
 from inference.signal_store import once_per_bar_lua
 from inference.track_record import Score, ScoreFormatError, outcome_code, track_from_codes
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 
 SCORES_KEEP = 2000  # ≥ 1,000 calls and a day of 1m bars (1,440)
 TRACK_KEEP = 120  # outcome codes for the short track record: its 100 calls, and room for unscored ones
+# Scored bar starts remembered for exactly-once: the scorer looks back only H + LOOKBACK bars behind the
+# newest scored ones, and 120 keeps the Redis ZSET compact (a listpack, under 128 members).
+SCORED_KEEP = 120
 
 
 class ScoreStore(Protocol):
@@ -74,9 +80,13 @@ def _decode_scores(symbol: str, entries: Any, key: str) -> list[Score]:
     for entry_id, fields in entries or []:
         raw = (fields or {}).get(b"score")
         try:
-            if raw is None:
+            if not isinstance(raw, bytes):
                 raise ScoreFormatError("no score field")
-            score = Score.from_json(raw)
+            try:
+                document = unpack(raw)
+            except ValueError as exc:
+                raise ScoreFormatError(str(exc)) from None
+            score = Score.from_json(document)
             if score.symbol != symbol:
                 raise ScoreFormatError(f"a score of {score.symbol}")
             out.append(score)
@@ -85,10 +95,10 @@ def _decode_scores(symbol: str, entries: Any, key: str) -> list[Score]:
     return out
 
 
-# KEYS: scored bars (zset), scores (stream), outcomes (list). ARGV: start, score json, keep, outcome code,
-# track keep. Returns 1 if stored.
+# KEYS: scored bars (zset), scores (stream), outcomes (list). ARGV: start, the score (compressed JSON),
+# keep, outcome code, track keep, dedupe keep. Returns 1 if stored.
 _RECORD = (
-    once_per_bar_lua("KEYS[1]", "ARGV[3]")
+    once_per_bar_lua("KEYS[1]", "ARGV[6]")
     + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'score', ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[4])
@@ -109,7 +119,14 @@ class RedisScoreStore:
     async def record(self, score: Score) -> bool:
         s = score.symbol
         keys = [self.keys.scored_bars(s), self.keys.scores(s), self.keys.track(s)]
-        args: list[bytes | str | int] = [score.start, score.to_json(), self.keep, outcome_code(score), TRACK_KEEP]
+        args: list[bytes | str | int] = [
+            score.start,
+            pack(score.to_json()),
+            self.keep,
+            outcome_code(score),
+            TRACK_KEEP,
+            SCORED_KEEP,
+        ]
         with store_errors("record a score"):
             return bool(await self._record(keys=keys, args=args))
 
@@ -157,7 +174,7 @@ class RedisScoreStore:
 
 @dataclass
 class _Scores:
-    entries: deque[Score]
+    entries: deque[bytes]  # the scores as Redis keeps them (compressed JSON): a fraction of the objects
     bars: set[int] = field(default_factory=set)
     codes: deque[str] = field(default_factory=lambda: deque(maxlen=TRACK_KEEP))
     added: int = 0
@@ -176,12 +193,12 @@ class MemoryScoreStore:
 
     async def record(self, score: Score) -> bool:
         st = self._of(score.symbol)
-        if score.start in st.bars or (len(st.bars) >= self.keep and score.start < min(st.bars)):
+        if score.start in st.bars or (len(st.bars) >= SCORED_KEEP and score.start < min(st.bars)):
             return False
         st.bars.add(score.start)
-        if len(st.bars) > self.keep:
+        if len(st.bars) > SCORED_KEEP:
             st.bars.discard(min(st.bars))
-        st.entries.append(score)
+        st.entries.append(pack(score.to_json()))
         st.codes.append(outcome_code(score))
         st.added += 1
         return True
@@ -192,7 +209,8 @@ class MemoryScoreStore:
 
     async def recent(self, symbol: str, count: int) -> list[Score]:
         entries = self._of(symbol).entries
-        return list(entries)[-count:] if count > 0 else []
+        newest = list(itertools.islice(reversed(entries), count)) if count > 0 else []
+        return [Score.from_json(unpack(raw)) for raw in reversed(newest)]
 
     async def track(self, symbol: str, models: str | None = None) -> TrackRecord | None:
         codes = self._of(symbol).codes

@@ -5,9 +5,12 @@ one script updates every key of a symbol atomically):
 
 =============================  ======  ==========================================================
 ``P:{SYM}:signal``             STRING  the latest signal's JSON (the newest bar published)
-``P:{SYM}:signals``            STREAM  audit: one entry per (symbol, bar), fields ``start``, ``signal``;
-                                       ``MAXLEN ~ audit_maxlen``
+``P:{SYM}:signals``            STREAM  audit: one entry per (symbol, bar), fields ``start``, ``signal``
+                                       (the JSON zlib-compressed, :func:`audit_entry`);
+                                       ``MAXLEN ~ audit_maxlen`` (``CANDLECAST_SIGNAL_AUDIT_HOURS``)
 ``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe), newest ``dedupe_keep``
+                                       (120: 2 h of 1m bars; an event older than all of them is
+                                       refused as too old to tell, never published twice)
 ``P:{SYM}:nosignal``           HASH    why the newest bar has no signal (:class:`NoSignal` fields)
 ``P:signals``                  PUBSUB  every signal that became the latest, as JSON
 =============================  ======  ==========================================================
@@ -17,11 +20,16 @@ appends to the audit stream only if it is not there yet, so two workers (or a re
 never publish the same bar twice. A signal for an older bar than the latest (a claimed event
 finished after a newer one) is audited but neither replaces the latest nor is pushed: subscribers
 only ever see time move forward.
+
+The audit holds each signal's JSON compressed (:mod:`inference.compact`; about a third of its 3.4 kB
+with nine components): it is most of a symbol's memory, and read only for history and scoring; the
+latest key and the channel carry the JSON as written, served byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from inference.compact import pack, unpack
 from inference.signal import NoSignal, Signal, SignalFormatError
 from streaming.bar_events import BarEventError, decode_bar_event
 from streaming.klines import interval_ms
@@ -37,12 +46,15 @@ from streaming.redis_client import RedisClient
 from streaming.redis_keys import RedisKeys
 
 __all__ = [
+    "AUDIT_MAXLEN",
     "MemorySignalStore",
     "Published",
     "RedisSignalStore",
     "SignalSnapshot",
     "SignalStore",
     "SymbolSnapshot",
+    "audit_entry",
+    "from_audit",
     "once_per_bar_lua",
 ]
 
@@ -123,12 +135,13 @@ if n > keep then redis.call('ZREMRANGEBYRANK', {bars}, 0, n - keep - 1) end
 """
 
 
-# KEYS: latest, audit, published bars (zset), nosignal. ARGV: start, json, audit_maxlen, dedupe_keep, channel.
+# KEYS: latest, audit, published bars (zset), nosignal.
+# ARGV: start, json, audit_maxlen, dedupe_keep, channel, the audit entry (the JSON compressed).
 # Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
 _PUBLISH = (
     once_per_bar_lua("KEYS[3]", "ARGV[4]")
     + """
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'signal', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'start', ARGV[1], 'signal', ARGV[6])
 if top[2] and tonumber(top[2]) > start then return 1 end
 redis.call('SET', KEYS[1], ARGV[2])
 local ns = tonumber(redis.call('HGET', KEYS[4], 'bar_start') or '-1')
@@ -153,32 +166,52 @@ return 1
 """
 
 
+AUDIT_MAXLEN = 1440  # 24 hours of 1m bars (Settings.signal_audit_maxlen)
+DEDUPE_KEEP = 120  # published bar starts remembered: 2 h of 1m bars, a compact (listpack) ZSET in Redis
+
+
+def audit_entry(signal_json: bytes) -> bytes:
+    """How the audit stores a signal: its JSON compressed (:mod:`inference.compact`)."""
+    return pack(signal_json)
+
+
+def from_audit(raw: bytes) -> Signal:
+    """The signal of an audit entry (compressed, or plain JSON as older entries are); raises
+    :class:`SignalFormatError` for anything else."""
+    try:
+        return Signal.from_json(unpack(raw))
+    except ValueError as exc:
+        raise SignalFormatError(str(exc)) from None
+
+
 class RedisSignalStore:
     def __init__(
         self,
         client: RedisClient,
         *,
         prefix: str = "cc",
-        audit_maxlen: int = 10_000,
-        dedupe_keep: int = 10_000,
+        audit_maxlen: int = AUDIT_MAXLEN,
+        dedupe_keep: int | None = None,
     ) -> None:
         self._r = client
         self.prefix = prefix
         self.keys = RedisKeys(prefix, db=client_db(client))
         self.audit_maxlen = audit_maxlen
-        self.dedupe_keep = dedupe_keep
+        self.dedupe_keep = min(audit_maxlen, DEDUPE_KEEP) if dedupe_keep is None else dedupe_keep
         self._publish = client.register_script(_PUBLISH)
         self._no_signal = client.register_script(_NO_SIGNAL)
 
     async def publish(self, signal: Signal) -> Published:
         s = signal.symbol
         keys = [self.keys.signal_latest(s), self.keys.signal_audit(s), self.keys.signal_bars(s), self.keys.no_signal(s)]
+        raw = signal.to_json()
         args: list[Any] = [
             signal.bar.start,
-            signal.to_json(),
+            raw,
             self.audit_maxlen,
             self.dedupe_keep,
             self.keys.signals_channel,
+            audit_entry(raw),
         ]
         with store_errors("publish signal"):
             outcome = int(await self._publish(keys=keys, args=args))
@@ -209,9 +242,9 @@ class RedisSignalStore:
         for entry_id, fields in entries or []:
             raw = (fields or {}).get(b"signal")
             try:
-                if raw is None:
+                if not isinstance(raw, bytes):
                     raise SignalFormatError("no signal field")
-                out.append(Signal.from_json(raw))
+                out.append(from_audit(raw))
             except SignalFormatError:
                 log.warning("skipping a foreign entry %r in %s", entry_id, self.keys.signal_audit(symbol))
         return out
@@ -264,7 +297,7 @@ def _newest_close(entries: Any, events_key: str) -> int | None:
 @dataclass
 class _SymbolState:
     latest: Signal | None = None
-    audit: deque[Signal] = field(default_factory=deque)
+    audit: deque[bytes] = field(default_factory=deque)  # audit entries (compressed JSON), as in Redis
     bars: set[int] = field(default_factory=set)
     no_signal: NoSignal | None = None
 
@@ -273,8 +306,9 @@ class MemorySignalStore:
     """The in-process equivalent, for the single-process run. Subscribers get bounded queues: when
     one is full its oldest signal is dropped (and counted in ``dropped``), never the publisher blocked."""
 
-    def __init__(self, *, audit_maxlen: int = 10_000, subscriber_queue: int = 256) -> None:
+    def __init__(self, *, audit_maxlen: int = AUDIT_MAXLEN, subscriber_queue: int = 256) -> None:
         self.audit_maxlen = audit_maxlen
+        self.dedupe_keep = min(audit_maxlen, DEDUPE_KEEP)  # as RedisSignalStore's
         self._symbols: dict[str, _SymbolState] = {}
         self._subscribers: set[asyncio.Queue[Signal]] = set()
         self._queue_size = subscriber_queue
@@ -285,13 +319,13 @@ class MemorySignalStore:
         start = signal.bar.start
         if start in st.bars:
             return Published.DUPLICATE
-        if len(st.bars) >= self.audit_maxlen and start < min(st.bars):
+        if len(st.bars) >= self.dedupe_keep and start < min(st.bars):
             return Published.DUPLICATE
         newest = max(st.bars, default=None)
         st.bars.add(start)
-        if len(st.bars) > self.audit_maxlen:
+        if len(st.bars) > self.dedupe_keep:
             st.bars.discard(min(st.bars))
-        st.audit.append(signal)
+        st.audit.append(audit_entry(signal.to_json()))
         if newest is not None and newest > start:
             return Published.AUDITED
         st.latest = signal
@@ -320,7 +354,7 @@ class MemorySignalStore:
 
     async def history(self, symbol: str, count: int = 100) -> list[Signal]:
         st = self._symbols.get(symbol)
-        return list(reversed(st.audit))[:count] if st else []
+        return [from_audit(raw) for raw in itertools.islice(reversed(st.audit), count)] if st else []
 
     async def no_signal(self, symbol: str) -> NoSignal | None:
         st = self._symbols.get(symbol)

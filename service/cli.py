@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -256,6 +257,10 @@ def _parser() -> argparse.ArgumentParser:
     ba.add_argument("--subscribers", type=int, default=1000)
     ba.add_argument("--publishes", type=int, default=10)
     ba.set_defaults(handler=_cmd_bench_api)
+    bc = bsub.add_parser("capacity", help="Redis memory and process RSS per symbol at steady state, extrapolated")
+    bc.add_argument("--symbols", default="10,100", help="comma-separated symbol counts to measure")
+    bc.add_argument("--data", type=Path, default=Path(DEFAULT_REPLAY[0]), help="real 1m bars for the prices")
+    bc.set_defaults(handler=_cmd_bench_capacity)
     br = bsub.add_parser("render", help="renderer images/s vs mplfinance and pyts")
     br.add_argument("--repeats", type=int, default=200)
     br.set_defaults(handler=_cmd_bench_render)
@@ -534,6 +539,21 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
     result = await asyncio.to_thread(
         bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads, eager=torch_eager()
     )
+    _print_json(result)
+    return 0
+
+
+async def _cmd_bench_capacity(args: argparse.Namespace) -> int:
+    from service.capacity import bench_capacity
+
+    try:
+        counts = tuple(int(n) for n in args.symbols.split(","))
+    except ValueError:
+        raise ConfigError(f"--symbols: comma-separated counts, got {args.symbols!r}") from None
+    if not counts or min(counts) < 1:
+        raise ConfigError("--symbols: each count must be at least 1")
+    url = os.environ.get("CANDLECAST_REDIS_URL") or "redis://127.0.0.1:6379/0"  # as bench ingest
+    result = await asyncio.to_thread(bench_capacity, url, args.data, counts)
     _print_json(result)
     return 0
 

@@ -96,7 +96,9 @@ class Settings(BaseSettings):
     )
     worker_max_in_flight: int = Field(default=32, ge=1, le=1024)
     claim_idle_ms: int = Field(default=30_000, ge=100, le=3_600_000, description="take over events idle this long")
-    signal_audit_maxlen: int = Field(default=10_000, ge=100, le=1_000_000, description="audit stream length per symbol")
+    signal_audit_hours: float = Field(
+        default=24.0, gt=0, le=720, description="the audit stream keeps this much of each symbol's finest bars"
+    )
     worker_metrics_port: int = Field(default=9101, ge=0, le=65_535, description="Prometheus port; 0 = none")
 
     # -- signal API (`candlecast api`) --
@@ -276,6 +278,12 @@ class Settings(BaseSettings):
             if path not in ("", "0"):
                 raise ValueError(f"a Redis Cluster has only database 0, and CANDLECAST_REDIS_URL names /{path}")
         return value
+
+    @property
+    def signal_audit_maxlen(self) -> int:
+        """Audit entries per symbol: ``signal_audit_hours`` of the finest interval (24 h of 1m: 1,440)."""
+        finest = min(int(iv) for iv in self.intervals)
+        return max(60, math.ceil(self.signal_audit_hours * 60 / finest))
 
     def require_redis(self, role: str, *, instead: str = "") -> str:
         """The Redis URL, for a part that cannot run without it; ``role`` says why it needs Redis

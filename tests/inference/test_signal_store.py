@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
+
+import pytest
 import redis.asyncio as aioredis
 
-from inference.signal import BarRef, NoSignal
-from inference.signal_store import MemorySignalStore, RedisSignalStore
+from inference.signal import BarRef, NoSignal, SignalFormatError
+from inference.signal_store import MemorySignalStore, RedisSignalStore, audit_entry, from_audit
 from streaming.redis_keys import RedisKeys
 from tests.service.kit import MINUTE, T0, make_signal, redis_signals, unique_prefix
 
@@ -44,3 +47,55 @@ async def test_memory_snapshot_matches_what_was_stored() -> None:
     btc, eth = (await store.snapshot(["BTCUSDT", "ETHUSDT"])).symbols
     assert btc.signal == make_signal(T0, "BTCUSDT").to_json()
     assert eth.no_signal == _no_signal(T0, "ETHUSDT") and eth.signal is None
+
+
+# -- the audit stream holds each signal's JSON compressed ---------------------------------------------
+
+
+async def test_the_audit_stores_signals_compressed_and_reads_them_back_equal(redis_url: str) -> None:
+    signals = [make_signal(T0 + i * MINUTE, components=9) for i in range(3)]
+    async with redis_signals(redis_url, unique_prefix()) as store:
+        for s in signals:
+            await store.publish(s)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            entries = await client.xrange(store.keys.signal_audit("BTCUSDT"))
+            latest = await client.get(store.keys.signal_latest("BTCUSDT"))
+        finally:
+            await client.aclose()
+        stored = [fields[b"signal"] for _id, fields in entries]
+        assert all(len(raw) * 3 < len(s.to_json()) for raw, s in zip(stored, signals, strict=True))
+        assert latest == signals[-1].to_json()  # the latest key stays the JSON, served byte for byte
+        assert await store.history("BTCUSDT", 10) == signals[::-1]
+    memory = MemorySignalStore()
+    for s in signals:
+        await memory.publish(s)
+    assert await memory.history("BTCUSDT", 2) == signals[:0:-1]
+
+
+def test_an_audit_entry_is_compressed_json_or_plain_json_and_nothing_else() -> None:
+    signal = make_signal(T0)
+    assert from_audit(audit_entry(signal.to_json())) == signal
+    assert from_audit(signal.to_json()) == signal  # entries written before compression
+    for bad in (b"garbage", audit_entry(signal.to_json())[:-5], zlib.compress(b"x" * (2 << 20))):
+        with pytest.raises(SignalFormatError):
+            from_audit(bad)
+
+
+async def test_a_foreign_audit_entry_is_skipped_not_fatal(redis_url: str) -> None:
+    async with redis_signals(redis_url, unique_prefix()) as store:
+        await store.publish(make_signal(T0))
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.xadd(store.keys.signal_audit("BTCUSDT"), {"start": "1", "signal": zlib.compress(b"{not json")})
+        finally:
+            await client.aclose()
+        assert [s.bar.start for s in await store.history("BTCUSDT")] == [T0]
+
+
+def test_the_audit_keeps_a_time_span_of_the_finest_bars() -> None:
+    from service.settings import load_settings
+
+    assert load_settings().signal_audit_maxlen == 24 * 60  # the default: 24 hours of 1m bars
+    assert load_settings(signal_audit_hours=6).signal_audit_maxlen == 360
+    assert load_settings(intervals=["5", "60"]).signal_audit_maxlen == 24 * 12

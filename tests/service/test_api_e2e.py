@@ -6,6 +6,7 @@ latest; one registry carries the ingestor's, the worker's and the API's metrics.
 from __future__ import annotations
 
 import uuid
+import zlib
 
 import orjson
 import pytest
@@ -46,7 +47,7 @@ async def test_simulated_market_to_a_websocket_subscriber_and_http(
 
             # Each push is the audit stream entry for its bar, byte for byte.
             audit = {
-                int(fields[b"start"]): fields[b"signal"]
+                int(fields[b"start"]): zlib.decompress(fields[b"signal"])  # stored compressed
                 for _id, fields in await client.xrevrange(signals.keys.signal_audit(SYMBOL), count=1000)
             }
             for p in pushed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import zlib
 
 import orjson
 import pytest
@@ -37,13 +38,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def audit_entry(redis_url: str, key: str, start: int) -> bytes:
-    """The raw ``signal`` field of the audit stream entry for bar ``start``."""
+    """The JSON of the audit stream entry for bar ``start`` (stored compressed)."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         for _id, fields in await client.xrevrange(key, count=100):
             if int(fields[b"start"]) == start:
-                raw: bytes = fields[b"signal"]
-                return raw
+                return zlib.decompress(fields[b"signal"])
     finally:
         await client.aclose()
     raise AssertionError(f"no audit entry for {start} in {key}")

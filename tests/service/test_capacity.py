@@ -1,0 +1,28 @@
+"""``candlecast bench capacity`` runs end to end against the real Redis (a smoke test with one symbol,
+not a measurement): every per-symbol structure is filled to its steady-state bound and sized."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.capacity import bench_capacity
+from tests.conftest import DATA_1M
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_bench_capacity_sizes_every_structure_at_its_bound(redis_url: str) -> None:
+    result = bench_capacity(redis_url, DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", (1,), audit=120)
+    (run,) = result["runs"]
+    redis = run["redis"]
+    kinds = set(redis["bytes_per_symbol_by_kind"])
+    assert {"kline:1", "kline:5", "kline:15", "kline:60", "depth:50", "book:50", "signal", "signals"} <= kinds
+    assert {"signal:bars", "scores", "scores:bars", "track", "status"} <= kinds
+    assert redis["audit_entries_per_symbol"] == 120  # the audit at its bound
+    assert redis["bytes_per_symbol"] == sum(redis["bytes_per_symbol_by_kind"].values())
+    # the baseline of the same run: the audit stored compressed is smaller than the JSON it holds
+    assert redis["audit_bytes_per_entry"] < redis["audit_plain_bytes_per_entry"]
+    assert "events:bars" in redis["shared_bytes"]
+    assert run["process"]["rss_bytes_per_symbol"] > 0
+    market = result["extrapolated"]
+    assert market["redis_bytes"] == redis["bytes_per_symbol"] * 500 + sum(redis["shared_bytes"].values())
