@@ -9,8 +9,8 @@ one script updates every key of a symbol atomically):
                                        (the JSON zlib-compressed, :func:`audit_entry`);
                                        ``MAXLEN ~ audit_maxlen`` (``CANDLECAST_SIGNAL_AUDIT_HOURS``)
 ``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe), newest ``dedupe_keep``
-                                       (120: 2 h of 1m bars; an event older than all of them is
-                                       refused as too old to tell, never published twice)
+                                       (as many as the audit keeps; an event older than all of them
+                                       is refused as too old to tell, never published twice)
 ``P:{SYM}:nosignal``           HASH    why the newest bar has no signal (:class:`NoSignal` fields)
 ``P:signals``                  PUBSUB  every signal that became the latest, as JSON
 =============================  ======  ==========================================================
@@ -65,6 +65,7 @@ class Published(Enum):
     LATEST = "latest"  # new latest: written, audited, pushed
     AUDITED = "audited"  # older than the latest: audited only
     DUPLICATE = "duplicate"  # this (symbol, bar) was already published: nothing written
+    TOO_OLD = "too_old"  # older than every bar the dedupe set remembers: refused, as it cannot tell
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ class SignalStore(Protocol):
 
 def once_per_bar_lua(bars: str, keep: str) -> str:
     """The Lua that makes a script act once per bar start ``ARGV[1]``: it returns 0 when the ZSET
-    ``bars`` already holds that start, or when the set is full (``keep`` starts) and the start is older
+    ``bars`` already holds that start, -1 when the set is full (``keep`` starts) and the start is older
     than all of them (too old to tell); else it adds the start, trims the set to ``keep`` and goes on
     with ``start``, ``keep`` and ``top`` (the newest start before this one, WITHSCORES) defined."""
     return f"""
@@ -126,7 +127,7 @@ local keep = tonumber({keep})
 local n = redis.call('ZCARD', {bars})
 if n >= keep then
   local oldest = redis.call('ZRANGE', {bars}, 0, 0, 'WITHSCORES')
-  if start < tonumber(oldest[2]) then return 0 end
+  if start < tonumber(oldest[2]) then return -1 end
 end
 local top = redis.call('ZRANGE', {bars}, -1, -1, 'WITHSCORES')
 redis.call('ZADD', {bars}, start, ARGV[1])
@@ -137,7 +138,7 @@ if n > keep then redis.call('ZREMRANGEBYRANK', {bars}, 0, n - keep - 1) end
 
 # KEYS: latest, audit, published bars (zset), nosignal.
 # ARGV: start, json, audit_maxlen, dedupe_keep, channel, the audit entry (the JSON compressed).
-# Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate or too old to dedupe.
+# Returns 2 = new latest, 1 = audited only (older bar), 0 = duplicate, -1 = too old to dedupe.
 _PUBLISH = (
     once_per_bar_lua("KEYS[3]", "ARGV[4]")
     + """
@@ -167,7 +168,8 @@ return 1
 
 
 AUDIT_MAXLEN = 1440  # 24 hours of 1m bars (Settings.signal_audit_maxlen)
-DEDUPE_KEEP = 120  # published bar starts remembered: 2 h of 1m bars, a compact (listpack) ZSET in Redis
+DEDUPE_KEEP = AUDIT_MAXLEN  # published bar starts remembered: as long as the audit (a claimed or replayed
+# event older than all of them is refused as too old, loudly); 150 kB a symbol in Redis
 
 
 def audit_entry(signal_json: bytes) -> bytes:
@@ -197,7 +199,7 @@ class RedisSignalStore:
         self.prefix = prefix
         self.keys = RedisKeys(prefix, db=client_db(client))
         self.audit_maxlen = audit_maxlen
-        self.dedupe_keep = min(audit_maxlen, DEDUPE_KEEP) if dedupe_keep is None else dedupe_keep
+        self.dedupe_keep = max(audit_maxlen, DEDUPE_KEEP) if dedupe_keep is None else dedupe_keep
         self._publish = client.register_script(_PUBLISH)
         self._no_signal = client.register_script(_NO_SIGNAL)
 
@@ -215,7 +217,7 @@ class RedisSignalStore:
         ]
         with store_errors("publish signal"):
             outcome = int(await self._publish(keys=keys, args=args))
-        return {2: Published.LATEST, 1: Published.AUDITED}.get(outcome, Published.DUPLICATE)
+        return {2: Published.LATEST, 1: Published.AUDITED, -1: Published.TOO_OLD}.get(outcome, Published.DUPLICATE)
 
     async def record_no_signal(self, record: NoSignal) -> bool:
         args: list[Any] = [record.bar.start]
@@ -308,7 +310,7 @@ class MemorySignalStore:
 
     def __init__(self, *, audit_maxlen: int = AUDIT_MAXLEN, subscriber_queue: int = 256) -> None:
         self.audit_maxlen = audit_maxlen
-        self.dedupe_keep = min(audit_maxlen, DEDUPE_KEEP)  # as RedisSignalStore's
+        self.dedupe_keep = max(audit_maxlen, DEDUPE_KEEP)  # as RedisSignalStore's
         self._symbols: dict[str, _SymbolState] = {}
         self._subscribers: set[asyncio.Queue[Signal]] = set()
         self._queue_size = subscriber_queue
@@ -320,7 +322,7 @@ class MemorySignalStore:
         if start in st.bars:
             return Published.DUPLICATE
         if len(st.bars) >= self.dedupe_keep and start < min(st.bars):
-            return Published.DUPLICATE
+            return Published.TOO_OLD
         newest = max(st.bars, default=None)
         st.bars.add(start)
         if len(st.bars) > self.dedupe_keep:

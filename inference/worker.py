@@ -267,6 +267,14 @@ class Worker:
         await self._score(ev, windows, models)
         if published is Published.DUPLICATE:
             return "duplicate"
+        if published is Published.TOO_OLD:  # older than every bar the dedupe set remembers
+            log.warning(
+                "%s %s: not published, older than every bar remembered as published (it cannot be told"
+                " from a duplicate); a claim or a replay far behind?",
+                ev.symbol,
+                ev.start,
+            )
+            return "too_old"
         self.metrics.signals.labels(result.source, result.direction).inc()
         if result.fallback_reason is not None:
             self.metrics.fallbacks.labels(result.fallback_reason.split(":")[0]).inc()

@@ -54,7 +54,7 @@ from service.ws import WsHub
 from service.ws_protocol import WsLimits
 from streaming.backoff import Backoff
 from streaming.clock import ExchangeClock
-from streaming.redis_client import connect
+from streaming.redis_client import connect, readiness_ping
 from streaming.supervisor import TaskSupervisor
 
 __all__ = ["API_NEEDS_REDIS", "create_app"]
@@ -134,7 +134,7 @@ def create_app(
                     backoff=Backoff(min(0.1, settings.api_reconnect_max_s), settings.api_reconnect_max_s),
                     bar_clock=True,
                 )
-                ping = client.ping
+                ping = readiness_ping(client)
                 scores: ScoreStore = RedisScoreStore(client, prefix=settings.redis_prefix)
             else:
                 store = signal_store

@@ -7,6 +7,7 @@ environment variable so an operator knows what to fix.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,13 @@ def _split(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+AUDIT_MARGIN_BARS = 20  # audited signals kept beyond the horizon: the scorer's lookback (10) and room
+
+
+def _audit_entries(hours: float, finest_min: int) -> int:
+    return max(60, math.ceil(hours * 60 / finest_min))
 
 
 class Settings(BaseSettings):
@@ -265,6 +273,22 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("signal_audit_hours")
+    @classmethod
+    def _check_audit(cls, value: float, info: ValidationInfo) -> float:
+        # The scorer reads the newest H + inference.scorer.LOOKBACK (10) audited signals back: the audit
+        # must hold them, with room for closes it has not reached yet.
+        horizon, intervals = info.data.get("signal_horizon_min"), info.data.get("intervals")
+        if isinstance(horizon, int) and intervals:
+            finest = min(int(iv) for iv in intervals)
+            needed = math.ceil(horizon / finest) + AUDIT_MARGIN_BARS
+            if _audit_entries(value, finest) < needed:
+                raise ValueError(
+                    f"keeps {_audit_entries(value, finest)} signals, and a horizon of {horizon} min needs"
+                    f" {needed} ({needed * finest / 60:.1f} h) to be scored: raise it"
+                )
+        return value
+
     @field_validator("redis_cluster")
     @classmethod
     def _check_cluster(cls, value: bool, info: ValidationInfo) -> bool:
@@ -274,16 +298,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "a Redis Cluster is reached over TCP: CANDLECAST_REDIS_URL must be redis:// or rediss://"
                 )
-            path = url.split("://", 1)[1].partition("/")[2].partition("?")[0]
-            if path not in ("", "0"):
-                raise ValueError(f"a Redis Cluster has only database 0, and CANDLECAST_REDIS_URL names /{path}")
+            path, _, query = url.split("://", 1)[1].partition("/")[2].partition("?")
+            db = dict(part.partition("=")[::2] for part in query.split("&") if part).get("db", path)
+            if db not in ("", "0"):
+                raise ValueError(f"a Redis Cluster has only database 0, and CANDLECAST_REDIS_URL names database {db}")
         return value
 
     @property
     def signal_audit_maxlen(self) -> int:
         """Audit entries per symbol: ``signal_audit_hours`` of the finest interval (24 h of 1m: 1,440)."""
-        finest = min(int(iv) for iv in self.intervals)
-        return max(60, math.ceil(self.signal_audit_hours * 60 / finest))
+        return _audit_entries(self.signal_audit_hours, min(int(iv) for iv in self.intervals))
 
     def require_redis(self, role: str, *, instead: str = "") -> str:
         """The Redis URL, for a part that cannot run without it; ``role`` says why it needs Redis
@@ -295,8 +319,19 @@ class Settings(BaseSettings):
         return self.redis_url
 
 
+# Settings that were replaced: set, they would be ignored silently (extra="ignore"); refused instead.
+REPLACED = {"SIGNAL_AUDIT_MAXLEN": "CANDLECAST_SIGNAL_AUDIT_HOURS (the audit is sized by time now)"}
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (plus explicit overrides) and validate, naming variables in errors."""
+    stale = [
+        f"{ENV_PREFIX}{old} is no longer read: use {new}"
+        for old, new in REPLACED.items()
+        if ENV_PREFIX + old in os.environ
+    ]
+    if stale:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(stale))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

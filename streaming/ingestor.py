@@ -399,12 +399,15 @@ class Ingestor:
             self._publish_book(symbol)
             for iv in self.config.intervals:
                 self._schedule_reconcile(symbol, iv, "store_recovered")
-        # The closes written just before the store went away, once more: what a failed-over node took
-        # with it in its last milliseconds (an event, or the signal it led to) is made again; a repeat
-        # is a no-op. (Closes during the outage are written, and announced, with the pending bars.)
+        # The finest closes written just before the store went away, once more: what a failed-over node
+        # took with it in its last milliseconds (an event, or the signal it led to) is made again; a
+        # repeat is a no-op. Only the finest: workers signal on those (and read the coarser windows then);
+        # closes during the outage are written, and announced, with the pending bars.
+        finest = min(self.config.intervals, key=int)
         again = [
             BarEvent(symbol, iv, newest - k * interval_ms(iv))
             for (symbol, iv), newest in sorted(self._newest_at_outage.items())
+            if iv == finest
             for k in reversed(range(REANNOUNCED_CLOSES))
         ]
         self._newest_at_outage = {}

@@ -48,6 +48,14 @@ def _raised_in_the_client(exc: BaseException) -> bool:
     return module.partition(".")[0] in ("redis", "asyncio")
 
 
+def _a_torn_down_transport(exc: BaseException) -> bool:
+    """The errors of a transport whose internals ``connection_lost`` already cleared (#4287)."""
+    message = str(exc)
+    if isinstance(exc, AttributeError):
+        return message.startswith("'NoneType' object has no attribute")
+    return message == "'NoneType' object is not callable"
+
+
 def text(value: bytes | str | None) -> str:
     """A Redis reply as text: bytes are UTF-8 decoded, ``None`` (a missing value) is ``""``."""
     return value.decode() if isinstance(value, bytes) else (value or "")
@@ -69,7 +77,7 @@ def store_errors(what: str | None = None) -> Iterator[None]:
     except (AttributeError, TypeError) as exc:
         # redis-py 8.1 writing to a connection the peer closed (a node that died) raises these from
         # asyncio's transport instead of ConnectionError (redis/redis-py#4287): the connection is
-        # lost, nothing more. Raised from our own code they are bugs and pass through.
-        if not _raised_in_the_client(exc):
+        # lost, nothing more. Only that shape, from there: anything else is a bug and passes through.
+        if not (_raised_in_the_client(exc) and _a_torn_down_transport(exc)):
             raise
         raise StoreUnavailable(f"redis unavailable{where}: connection lost ({type(exc).__name__}: {exc})") from exc

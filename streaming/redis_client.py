@@ -9,7 +9,7 @@ script travels as ``EVAL`` (its text, a few hundred bytes) and is routed by its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
@@ -17,7 +17,7 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["RedisClient", "connect", "fresh_topology", "is_cluster", "pipelined_script"]
+__all__ = ["RedisClient", "connect", "fresh_topology", "is_cluster", "pipelined_script", "readiness_ping"]
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
@@ -48,6 +48,14 @@ def connect(
 
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
+
+
+def readiness_ping(client: RedisClient) -> Callable[[], Awaitable[Any]]:
+    """What readiness pings: the server, or every master of a cluster (all slots answer), not the one
+    default node a cluster client's PING goes to, which may be a replica, or the master that just died."""
+    if isinstance(client, RedisCluster):
+        return lambda: client.ping(target_nodes=RedisCluster.PRIMARIES)
+    return client.ping
 
 
 async def pipelined_script(pipe: Any, script: Any, source: str, keys: Sequence[str], args: Sequence[Any]) -> None:

@@ -54,7 +54,10 @@ SECRETS = {
     "GRAFANA_ADMIN_PASSWORD": "grafana-password-0123",
 }
 # The Redis Cluster override's own secret (docker-compose.cluster.yml); the base stack does not use it.
-CLUSTER_SECRETS = {"CANDLECAST_REDIS_CLUSTER_PASSWORD": "cluster-password-01234"}
+CLUSTER_SECRETS = {
+    "CANDLECAST_REDIS_CLUSTER_PASSWORD": "cluster-password-01234",
+    "CANDLECAST_REDIS_REPLICA_PASSWORD": "replica-password-01234",
+}
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
@@ -521,6 +524,7 @@ def test_the_cluster_override_runs_six_nodes_joined_once_before_candlecast_start
     assert {v["condition"] for v in init["depends_on"].values()} == {"service_healthy"}
     script = init["command"][0]
     assert "--cluster create" in script and "--cluster-replicas 1" in script and "--user cluster" in script
+    assert "--pass" not in script  # REDISCLI_AUTH: no password on a command line
     assert init["restart"] == "no"
     for name in CANDLECAST:
         service = services[name]
@@ -532,9 +536,10 @@ def test_the_cluster_override_runs_six_nodes_joined_once_before_candlecast_start
 
 
 @needs_compose
-def test_the_cluster_override_refuses_to_start_without_the_cluster_password(tmp_path: Path) -> None:
-    with pytest.raises(ComposeRefused, match="CANDLECAST_REDIS_CLUSTER_PASSWORD"):
-        compose_config(BASE, CLUSTER, tmp_path=tmp_path, without=["CANDLECAST_REDIS_CLUSTER_PASSWORD"])
+@pytest.mark.parametrize("secret", sorted(CLUSTER_SECRETS))
+def test_the_cluster_override_refuses_to_start_without_its_passwords(tmp_path: Path, secret: str) -> None:
+    with pytest.raises(ComposeRefused, match=secret):
+        compose_config(BASE, CLUSTER, tmp_path=tmp_path, without=[secret])
 
 
 # -- the GPU override ----------------------------------------------------------------------------------

@@ -169,3 +169,63 @@ def test_redis_refuses_to_start_without_a_good_password_for_every_role(
     assert proc.stderr is not None
     with proc.stderr:
         assert message in proc.stderr.read().decode()
+
+
+# -- a Redis Cluster node (docker-compose.cluster.yml): two more users, no more reach -----------------
+
+
+def test_a_cluster_nodes_extra_users_are_refused_data_and_topology_changes(tmp_path: Path) -> None:
+    """The `cluster` user builds and watches the cluster but reads no key and cannot fail over, reset,
+    forget or move slots; the `replica` user only replicates; nobody can CONFIG GET the replicas'
+    masterauth (the exporter included)."""
+    from tests.redis_cluster import cluster_port
+
+    env = passwords() | {
+        "CANDLECAST_REDIS_PREFIX": "cc",
+        "CANDLECAST_REDIS_CLUSTER_PASSWORD": f"cluster-{uuid.uuid4().hex}",
+        "CANDLECAST_REDIS_REPLICA_PASSWORD": f"replica-{uuid.uuid4().hex}",
+    }
+    port = cluster_port(set())
+    args = ["sh", str(ENTRYPOINT), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    args += ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
+    full = os.environ | env | {"CANDLECAST_ACL_FILE": str(tmp_path / "users.acl")}
+    proc = subprocess.Popen(args, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+
+        def login(user: str) -> redis.Redis:
+            return redis.Redis(port=port, username=user, password=env[f"CANDLECAST_REDIS_{user.upper()}_PASSWORD"])
+
+        cluster = login("cluster")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                cluster.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the cluster node did not start"
+                time.sleep(0.05)
+        replica, exporter = login("replica"), login("exporter")
+        assert cluster.execute_command("CLUSTER INFO")["cluster_state"] == "fail"  # it may watch the cluster
+        cluster.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)  # and build it
+        refused = [
+            (cluster, ("GET", "cc:{BTCUSDT}:signal")),
+            (cluster, ("CLUSTER", "FAILOVER")),
+            (cluster, ("CLUSTER", "RESET")),
+            (cluster, ("CLUSTER", "SETSLOT", "0", "STABLE")),
+            (cluster, ("CLUSTER", "DELSLOTS", "0")),
+            (cluster, ("CONFIG", "GET", "masterauth")),
+            (replica, ("GET", "cc:{BTCUSDT}:signal")),
+            (replica, ("CLUSTER", "INFO")),
+            (exporter, ("CONFIG", "GET", "masterauth")),
+        ]
+        for who, command in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                who.execute_command(*command)
+        assert "redis_version" in exporter.info()  # the exporter still reads its statistics
+        for c in (cluster, replica, exporter):
+            c.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()

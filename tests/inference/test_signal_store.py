@@ -99,3 +99,32 @@ def test_the_audit_keeps_a_time_span_of_the_finest_bars() -> None:
     assert load_settings().signal_audit_maxlen == 24 * 60  # the default: 24 hours of 1m bars
     assert load_settings(signal_audit_hours=6).signal_audit_maxlen == 360
     assert load_settings(intervals=["5", "60"]).signal_audit_maxlen == 24 * 12
+
+
+async def test_a_bar_older_than_every_remembered_one_is_refused_as_too_old_not_as_a_duplicate(
+    redis_url: str,
+) -> None:
+    """The dedupe set keeps the newest ``dedupe_keep`` starts: an older bar cannot be told from a
+    duplicate, so it is refused, and says so (the worker logs it) rather than passing for a duplicate."""
+    from inference.signal_store import Published
+
+    memory = MemorySignalStore(audit_maxlen=3)
+    memory.dedupe_keep = 3
+    async with redis_signals(redis_url, unique_prefix()) as redis_store:
+        redis_store.dedupe_keep = 3
+        for store in (redis_store, memory):
+            for i in range(1, 5):
+                assert await store.publish(make_signal(T0 + i * MINUTE)) is Published.LATEST
+            assert await store.publish(make_signal(T0 + 4 * MINUTE)) is Published.DUPLICATE
+            assert await store.publish(make_signal(T0)) is Published.TOO_OLD  # older than the 3 kept
+            assert await store.publish(make_signal(T0 + MINUTE)) is Published.TOO_OLD  # trimmed from the set
+
+
+def test_the_audit_must_outlast_the_horizon_the_scorer_looks_back() -> None:
+    from inference.scorer import LOOKBACK
+    from service.settings import AUDIT_MARGIN_BARS, ConfigError, load_settings
+
+    assert AUDIT_MARGIN_BARS > LOOKBACK
+    with pytest.raises(ConfigError, match=r"CANDLECAST_SIGNAL_AUDIT_HOURS: .*keeps 1440 signals.*1440 min needs 1460"):
+        load_settings(signal_horizon_min=1440)  # a day ahead needs more than a day of audit
+    assert load_settings(signal_horizon_min=1440, signal_audit_hours=25).signal_audit_maxlen == 1500

@@ -111,8 +111,20 @@ async def test_the_cluster_setting_gives_every_part_a_cluster_client(redis_clust
 def test_a_cluster_url_must_be_tcp_and_database_0() -> None:
     from service.settings import ConfigError, load_settings
 
-    with pytest.raises(ConfigError, match=r"CANDLECAST_REDIS_CLUSTER: .*only database 0.*names /3"):
+    with pytest.raises(ConfigError, match=r"CANDLECAST_REDIS_CLUSTER: .*only database 0.*names database 3"):
         load_settings(redis_url="redis://127.0.0.1:7000/3", redis_cluster=True)
+    with pytest.raises(ConfigError, match=r"names database 3"):
+        load_settings(redis_url="redis://127.0.0.1:7000/0?db=3", redis_cluster=True)
     with pytest.raises(ConfigError, match=r"CANDLECAST_REDIS_CLUSTER: .*over TCP"):
         load_settings(redis_url="unix:///run/redis.sock", redis_cluster=True)
     assert load_settings(redis_url="redis://127.0.0.1:7000", redis_cluster=True).redis_cluster
+
+
+def test_a_replaced_setting_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import ConfigError, load_settings
+
+    monkeypatch.setenv("CANDLECAST_SIGNAL_AUDIT_MAXLEN", "100000")
+    with pytest.raises(
+        ConfigError, match="CANDLECAST_SIGNAL_AUDIT_MAXLEN is no longer read: use CANDLECAST_SIGNAL_AUDIT_HOURS"
+    ):
+        load_settings()

@@ -16,7 +16,7 @@ def test_bench_api_reports_http_ratio_and_fanout() -> None:
     assert http["bare_route_ceiling"]["requests"] > 0
     assert http["ratio"] > 0
     fan = result["websocket_fanout"]
-    assert fan["deliveries"] == 20 * 2  # every subscriber got every publish
+    assert fan["deliveries"] == 20 * 2 and fan["complete"]  # every subscriber got every publish
     assert fan["p99_ms"] >= fan["p50_ms"] >= 0
     # the bare websockets broadcast, measured in the same run, and the ratio against it
     assert fan["ceiling_p99_ms"] >= fan["ceiling_p50_ms"] >= 0

@@ -19,10 +19,9 @@ def test_bench_capacity_sizes_every_structure_at_its_bound(redis_url: str) -> No
     assert {"kline:1", "kline:5", "kline:15", "kline:60", "depth:50", "book:50", "signal", "signals"} <= kinds
     assert {"signal:bars", "scores", "scores:bars", "track", "status"} <= kinds
     assert redis["audit_entries_per_symbol"] == 120  # the audit at its bound
-    assert redis["bytes_per_symbol"] == sum(redis["bytes_per_symbol_by_kind"].values())
     # the baseline of the same run: the audit stored compressed is smaller than the JSON it holds
     assert redis["audit_bytes_per_entry"] < redis["audit_plain_bytes_per_entry"]
     assert "events:bars" in redis["shared_bytes"]
     assert run["process"]["rss_bytes_per_symbol"] > 0
-    market = result["extrapolated"]
-    assert market["redis_bytes"] == redis["bytes_per_symbol"] * 500 + sum(redis["shared_bytes"].values())
+    # the audit (120 signals of ~3 kB JSON) is stored compressed, and it is most of a symbol
+    assert 120 * 500 < redis["bytes_per_symbol_by_kind"]["signals"] < 120 * redis["audit_plain_bytes_per_entry"]

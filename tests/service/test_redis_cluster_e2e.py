@@ -67,8 +67,9 @@ def _prefix_beside(symbol: str, masters: int = 3) -> str:
 
 
 def _acl(prefix: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The compose ACL's passwords (one per role, and the cluster user's) and each part's URL user."""
-    passwords = {f"CANDLECAST_REDIS_{r}_PASSWORD": f"{r.lower()}-{uuid.uuid4().hex}" for r in (*ROLES, "CLUSTER")}
+    """The compose ACL's passwords (one per role, the cluster and replica users' too) and the nodes' env."""
+    users = (*ROLES, "CLUSTER", "REPLICA")
+    passwords = {f"CANDLECAST_REDIS_{r}_PASSWORD": f"{r.lower()}-{uuid.uuid4().hex}" for r in users}
     return passwords | {"CANDLECAST_REDIS_PREFIX": prefix}, passwords
 
 
@@ -170,6 +171,13 @@ async def test_ingest_two_workers_and_two_apis_on_a_cluster_survive_a_master_fai
 
                 await eventually(lambda: _all_past(signals, killed_at + 10 * MINUTE), 90, what="10 bars past the kill")
                 await _both_serve_the_latest(api_a.base_url, api_b.base_url, signals)
+                for api in (api_a, api_b):  # the dead node stays in the topology: readiness asks the masters
+                    async with api.http() as http:
+
+                        async def ready(http: httpx.AsyncClient = http) -> bool:
+                            return (await http.get("/readyz")).status_code == 200
+
+                        await eventually(ready, 20, what=f"{api.base_url} ready after the failover")
                 await ingestor.close()
                 for w in workers:
                     await w.close()

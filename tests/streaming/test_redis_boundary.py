@@ -49,27 +49,35 @@ def test_a_cluster_client_error_is_a_store_error() -> None:
         raise rex.RedisClusterException("no node")
 
 
-def _raise_in(module: str, exc_type: type[Exception]) -> None:
-    """Raise ``exc_type`` from a frame of the module named ``module``, as a library frame would."""
-    code = compile("def write(writer):\n    writer.writelines([b'x'])\n", module, "exec")
+def _raise_in(module: str, statement: str) -> None:
+    """Run ``statement`` (with ``writer = None``) in a frame of the module named ``module``, as a
+    library frame would."""
+    code = compile(f"def run(writer):\n    {statement}\n", module, "exec")
     scope: dict[str, object] = {"__name__": module}
     exec(code, scope)
-    if exc_type is AttributeError:
-        scope["write"](None)  # type: ignore[operator]
-    raise exc_type("unexpected")
+    scope["run"](None)  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("where", ["asyncio.selector_events", "redis.asyncio.connection"])
-def test_a_connection_the_peer_closed_is_unavailable_not_a_crash(where: str) -> None:
+@pytest.mark.parametrize(
+    ("statement", "error"),
+    [("writer.writelines([b'x'])", AttributeError), ("writer()", TypeError)],
+    ids=["AttributeError", "TypeError"],
+)
+def test_a_connection_the_peer_closed_is_unavailable_not_a_crash(
+    where: str, statement: str, error: type[Exception]
+) -> None:
     """redis-py 8.1 writing on a socket a dead node closed raises AttributeError/TypeError from the
     transport instead of ConnectionError (redis/redis-py#4287): at the boundary it is an outage."""
     with pytest.raises(StoreUnavailable, match="connection lost") as info, store_errors():
-        _raise_in(where, AttributeError)
-    assert isinstance(info.value.__cause__, AttributeError)
+        _raise_in(where, statement)
+    assert isinstance(info.value.__cause__, error)
 
 
-def test_attribute_and_type_errors_of_our_own_code_are_bugs_and_pass_through() -> None:
+def test_attribute_and_type_errors_of_other_shapes_or_of_our_own_code_are_bugs_and_pass_through() -> None:
     with pytest.raises(AttributeError), store_errors():
-        _raise_in(__name__, AttributeError)
+        _raise_in(__name__, "writer.writelines([b'x'])")  # the shape, but our own code
+    with pytest.raises(TypeError, match="unexpected"), store_errors():  # in redis-py, but another error
+        _raise_in("redis.asyncio.connection", "raise TypeError('unexpected')")
     with pytest.raises(TypeError), store_errors():
         len(None)  # type: ignore[arg-type]
