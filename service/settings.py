@@ -293,6 +293,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cluster(cls, value: bool, info: ValidationInfo) -> bool:
         url = info.data.get("redis_url")
+        if not value and isinstance(url, str) and "," in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("CANDLECAST_REDIS_URL names several nodes: that is a Redis Cluster, set this to true")
         if value and isinstance(url, str):
             if url.startswith("unix://"):
                 raise ValueError(

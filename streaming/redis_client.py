@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -31,9 +32,11 @@ def connect(
     health_check_interval: float = 0,
     retries: bool = True,
 ) -> RedisClient:
-    """A client for ``url``: ``redis.asyncio.Redis``, or ``RedisCluster`` (``url`` names any node; the
-    others are discovered). ``retries=False`` makes a lost connection an error the caller sees (a
-    pub/sub subscriber must know, to re-read what it missed) instead of a silent reconnect."""
+    """A client for ``url``: ``redis.asyncio.Redis``, or ``RedisCluster``, whose URL names one node or
+    several, comma-separated (``redis://user:pass@redis:6379,redis-2:6379/0``): the first that answers
+    tells the client the rest, so a process starting while one of them is down still finds the cluster.
+    ``retries=False`` makes a lost connection an error the caller sees (a pub/sub subscriber must know,
+    to re-read what it missed) instead of a silent reconnect."""
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -42,8 +45,21 @@ def connect(
     if not retries:
         kwargs["retry"] = Retry(NoBackoff(), 0)
     if cluster:
-        return RedisCluster.from_url(url, **kwargs)
+        scheme, _, rest = url.partition("://")
+        login, at, hosts = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+        hosts, slash, tail = hosts.partition("/")
+        # RedisCluster.from_url, for one node or more: the URL's options once, every node a startup node
+        options = {**kwargs, **parse_url(f"{scheme}://{login}{at}{hosts.split(',')[0]}{slash}{tail}")}
+        if options.pop("connection_class", None) is SSLConnection:
+            options["ssl"] = True
+        nodes = [ClusterNode(*_host_port(h)) for h in hosts.split(",")]
+        return RedisCluster(startup_nodes=nodes, **options)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, colon, port = node.rpartition(":")
+    return (host, int(port)) if colon else (node, 6379)
 
 
 def is_cluster(client: object) -> bool:

@@ -531,7 +531,7 @@ def test_the_cluster_override_runs_six_nodes_joined_once_before_candlecast_start
         assert service["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
         settings = check_settings(environment(service))
         assert settings.redis_cluster is True, name
-        assert settings.redis_url is not None and "@redis:6379/0" in settings.redis_url, name
+        assert settings.redis_url is not None and "@redis:6379,redis-2:6379,redis-3:6379/0" in settings.redis_url, name
     assert environment(services["redis-exporter"])["REDIS_EXPORTER_IS_CLUSTER"] == "true"
 
 

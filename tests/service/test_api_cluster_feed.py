@@ -128,3 +128,30 @@ def test_a_replaced_setting_is_refused_not_ignored(monkeypatch: pytest.MonkeyPat
         ConfigError, match="CANDLECAST_SIGNAL_AUDIT_MAXLEN is no longer read: use CANDLECAST_SIGNAL_AUDIT_HOURS"
     ):
         load_settings()
+
+
+async def test_a_cluster_url_may_name_several_nodes_and_the_first_that_answers_is_enough(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """A process starting while the node its URL names first is down still finds the cluster."""
+    from tests.redis_cluster import cluster_port
+
+    dead = cluster_port(set())  # nothing listens there
+    live = redis_cluster.nodes[1].address
+    client = connect(f"redis://127.0.0.1:{dead},{live}/0", cluster=True)
+    store = RedisStore(client, prefix=f"clm{uuid.uuid4().hex[:8]}")
+    try:
+        from tests.inference.kit import history
+
+        await store.write(history(T0 + 100 * MINUTE, {"1": 3}, SYMBOLS))
+        assert all([len((await store.read_symbol(s, ["1"], 50)).bars["1"]) == 3 for s in SYMBOLS])
+    finally:
+        await store.delete_all()
+        await store.close()
+
+
+def test_several_nodes_without_the_cluster_setting_are_refused() -> None:
+    from service.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="several nodes: that is a Redis Cluster"):
+        load_settings(redis_url="redis://a:6379,b:6379/0")
