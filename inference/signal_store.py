@@ -6,7 +6,7 @@ one script updates every key of a symbol atomically):
 =============================  ======  ==========================================================
 ``P:{SYM}:signal``             STRING  the latest signal's JSON (the newest bar published)
 ``P:{SYM}:signals``            STREAM  audit: one entry per (symbol, bar), fields ``start``, ``signal``
-                                       (the JSON zlib-compressed, :func:`audit_entry`);
+                                       (the JSON compressed, :func:`inference.compact.pack`);
                                        ``MAXLEN ~ audit_maxlen`` (``CANDLECAST_SIGNAL_AUDIT_HOURS``)
 ``P:{SYM}:signal:bars``        ZSET    bar starts already published (dedupe), newest ``dedupe_keep``
                                        (as many as the audit keeps; an event older than all of them
@@ -53,7 +53,6 @@ __all__ = [
     "SignalSnapshot",
     "SignalStore",
     "SymbolSnapshot",
-    "audit_entry",
     "from_audit",
     "once_per_bar_lua",
 ]
@@ -172,11 +171,6 @@ DEDUPE_KEEP = AUDIT_MAXLEN  # published bar starts remembered: as long as the au
 # event older than all of them is refused as too old, loudly); 150 kB a symbol in Redis
 
 
-def audit_entry(signal_json: bytes) -> bytes:
-    """How the audit stores a signal: its JSON compressed (:mod:`inference.compact`)."""
-    return pack(signal_json)
-
-
 def from_audit(raw: bytes) -> Signal:
     """The signal of an audit entry (compressed, or plain JSON as older entries are); raises
     :class:`SignalFormatError` for anything else."""
@@ -213,7 +207,7 @@ class RedisSignalStore:
             self.audit_maxlen,
             self.dedupe_keep,
             self.keys.signals_channel,
-            audit_entry(raw),
+            pack(raw),
         ]
         with store_errors("publish signal"):
             outcome = int(await self._publish(keys=keys, args=args))
@@ -327,7 +321,7 @@ class MemorySignalStore:
         st.bars.add(start)
         if len(st.bars) > self.dedupe_keep:
             st.bars.discard(min(st.bars))
-        st.audit.append(audit_entry(signal.to_json()))
+        st.audit.append(pack(signal.to_json()))
         if newest is not None and newest > start:
             return Published.AUDITED
         st.latest = signal

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -545,6 +544,7 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
 
 async def _cmd_bench_capacity(args: argparse.Namespace) -> int:
     from service.capacity import bench_capacity
+    from streaming.redis_client import bench_url
 
     try:
         counts = tuple(int(n) for n in args.symbols.split(","))
@@ -552,8 +552,7 @@ async def _cmd_bench_capacity(args: argparse.Namespace) -> int:
         raise ConfigError(f"--symbols: comma-separated counts, got {args.symbols!r}") from None
     if not counts or min(counts) < 1:
         raise ConfigError("--symbols: each count must be at least 1")
-    url = os.environ.get("CANDLECAST_REDIS_URL") or "redis://127.0.0.1:6379/0"  # as bench ingest
-    result = await asyncio.to_thread(bench_capacity, url, args.data, counts)
+    result = await asyncio.to_thread(bench_capacity, bench_url(), args.data, counts)
     _print_json(result)
     return 0
 

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -293,15 +294,18 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cluster(cls, value: bool, info: ValidationInfo) -> bool:
         url = info.data.get("redis_url")
-        if not value and isinstance(url, str) and "," in url.split("://", 1)[-1].split("/", 1)[0]:
+        if not isinstance(url, str):
+            return value
+        parts = urlsplit(url)
+        if not value and "," in parts.netloc:
             raise ValueError("CANDLECAST_REDIS_URL names several nodes: that is a Redis Cluster, set this to true")
-        if value and isinstance(url, str):
-            if url.startswith("unix://"):
+        if value:
+            if parts.scheme == "unix":
                 raise ValueError(
                     "a Redis Cluster is reached over TCP: CANDLECAST_REDIS_URL must be redis:// or rediss://"
                 )
-            path, _, query = url.split("://", 1)[1].partition("/")[2].partition("?")
-            db = dict(part.partition("=")[::2] for part in query.split("&") if part).get("db", path)
+            # as redis-py reads it: ?db= wins over the path
+            db = parse_qs(parts.query).get("db", [parts.path.lstrip("/")])[-1]
             if db not in ("", "0"):
                 raise ValueError(f"a Redis Cluster has only database 0, and CANDLECAST_REDIS_URL names database {db}")
         return value

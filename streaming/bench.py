@@ -32,6 +32,7 @@ from websockets.http11 import Request, Response
 
 from streaming.ingestor import IngestConfig, Ingestor
 from streaming.metrics import IngestMetrics
+from streaming.redis_client import bench_url
 from streaming.redis_store import RedisStore
 from streaming.supervisor import TaskSupervisor
 
@@ -280,7 +281,7 @@ def _sample(metrics: IngestMetrics, kind: str) -> float:
 async def bench_ingest(
     symbols: int = 100, frames: int = 200_000, rounds: int = 2, redis_url: str | None = None
 ) -> dict[str, Any]:
-    redis_url = redis_url or os.environ.get("CANDLECAST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+    redis_url = bench_url(redis_url)
     names = [f"SYM{i:03d}USDT" for i in range(symbols)]
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

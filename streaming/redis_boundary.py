@@ -15,11 +15,11 @@ import redis.exceptions as rex
 
 from streaming.errors import StoreError, StoreUnavailable
 
-__all__ = ["client_db", "store_errors", "text"]
+__all__ = ["UNAVAILABLE", "client_db", "store_errors", "text"]
 
 # Worth retrying later: no connection, or (Redis Cluster) a slot without a reachable master while a
 # replica is being promoted (CLUSTERDOWN, TRYAGAIN, a slot no node covers yet).
-_UNAVAILABLE = (
+UNAVAILABLE = (
     rex.ConnectionError,
     rex.TimeoutError,
     OSError,
@@ -70,7 +70,7 @@ def store_errors(what: str | None = None) -> Iterator[None]:
     where = f" ({what})" if what else ""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise StoreUnavailable(f"redis unavailable{where}: {exc}") from exc
     except (rex.RedisError, rex.RedisClusterException) as exc:
         raise StoreError(f"redis error{where}: {exc}") from exc

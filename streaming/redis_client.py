@@ -9,8 +9,10 @@ script travels as ``EVAL`` (its text, a few hundred bytes) and is routed by its 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -18,7 +20,15 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["RedisClient", "connect", "fresh_topology", "is_cluster", "pipelined_script", "readiness_ping"]
+__all__ = [
+    "RedisClient",
+    "bench_url",
+    "connect",
+    "fresh_topology",
+    "is_cluster",
+    "pipelined_script",
+    "readiness_ping",
+]
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
 
@@ -45,11 +55,11 @@ def connect(
     if not retries:
         kwargs["retry"] = Retry(NoBackoff(), 0)
     if cluster:
-        scheme, _, rest = url.partition("://")
-        login, at, hosts = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
-        hosts, slash, tail = hosts.partition("/")
         # RedisCluster.from_url, for one node or more: the URL's options once, every node a startup node
-        options = {**kwargs, **parse_url(f"{scheme}://{login}{at}{hosts.split(',')[0]}{slash}{tail}")}
+        parts = urlsplit(url)
+        login, at, hosts = parts.netloc.rpartition("@")
+        first_node = parts._replace(netloc=login + at + hosts.split(",")[0])
+        options = {**kwargs, **parse_url(urlunsplit(first_node))}
         if options.pop("connection_class", None) is SSLConnection:
             options["ssl"] = True
         nodes = [ClusterNode(*_host_port(h)) for h in hosts.split(",")]
@@ -60,6 +70,11 @@ def connect(
 def _host_port(node: str) -> tuple[str, int]:
     host, colon, port = node.rpartition(":")
     return (host, int(port)) if colon else (node, 6379)
+
+
+def bench_url(url: str | None = None) -> str:
+    """The Redis a benchmark uses: ``url``, else ``CANDLECAST_REDIS_URL``, else the local default."""
+    return url or os.environ.get("CANDLECAST_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 def is_cluster(client: object) -> bool:

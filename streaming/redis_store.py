@@ -8,13 +8,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import redis.exceptions as rex
-
 from streaming.bar_events import BarEventError, decode_bar_event, encode_bar_event
 from streaming.depth import decode_row, encode_row
 from streaming.errors import StoreError
 from streaming.klines import Bar, decode_bar, encode_bar
-from streaming.redis_boundary import store_errors, text
+from streaming.redis_boundary import UNAVAILABLE, store_errors, text
 from streaming.redis_client import RedisClient, connect, pipelined_script
 from streaming.redis_keys import RedisKeys
 from streaming.store import BarEvent, BookStatus, SymbolWindows, WriteBatch, WriteResult, new_closes, revised_field
@@ -133,7 +131,7 @@ class RedisStore:
             # One bad key (say WRONGTYPE) must not fail, or endlessly retry, the whole batch.
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
-            if isinstance(reply, rex.ConnectionError | rex.TimeoutError | rex.ClusterDownError | rex.TryAgainError):
+            if isinstance(reply, UNAVAILABLE):  # an outage, not this key's fault: the whole write retries
                 raise reply
         for key, reply in zip(bar_keys, replies, strict=False):
             if isinstance(reply, Exception):

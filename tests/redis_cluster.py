@@ -234,8 +234,7 @@ class RedisClusterServers:
                 node.proc = None
 
     @staticmethod
-    def _wait(check: object, what: str, timeout_s: float = 15.0) -> None:
-        assert callable(check)
+    def _wait(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if check():

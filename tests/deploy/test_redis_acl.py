@@ -40,8 +40,9 @@ def passwords() -> dict[str, str]:
     return {f"CANDLECAST_REDIS_{role}_PASSWORD": f"{role.lower()}-{uuid.uuid4().hex}" for role in ROLES}
 
 
-def start(tmp: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    args = ["sh", str(ENTRYPOINT), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)]
+def start(tmp: Path, env: dict[str, str], port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """The compose Redis entrypoint on ``port``, with ``extra`` redis-server arguments."""
+    args = ["sh", str(ENTRYPOINT), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp), *extra]
     full = os.environ | env | {"CANDLECAST_ACL_FILE": str(tmp / "users.acl")}
     return subprocess.Popen(args, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -52,22 +53,31 @@ def acl_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, str], str]]:
     env = passwords() | {"CANDLECAST_REDIS_PREFIX": prefix}
     port = free_port()
     proc = start(tmp_path, env, port)
+    try:
+        api = redis.Redis(port=port, username="api", password=env["CANDLECAST_REDIS_API_PASSWORD"])
+        wait_until_it_answers(proc, api)
+        yield port, env, prefix
+    finally:
+        stop(proc)
+
+
+def wait_until_it_answers(proc: subprocess.Popen[bytes], client: redis.Redis) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
-            redis.Redis(port=port, username="api", password=env["CANDLECAST_REDIS_API_PASSWORD"]).ping()
-            break
+            client.ping()
+            return
         except redis.ConnectionError:
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "redis-server exited"
             assert time.monotonic() < deadline, "redis-server with the ACL did not start"
             time.sleep(0.05)
-    try:
-        yield port, env, prefix
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+    if proc.stderr is not None:
+        proc.stderr.close()
 
 
 def url(port: int, env: dict[str, str], role: str) -> str:
@@ -186,24 +196,14 @@ def test_a_cluster_nodes_extra_users_are_refused_data_and_topology_changes(tmp_p
         "CANDLECAST_REDIS_REPLICA_PASSWORD": f"replica-{uuid.uuid4().hex}",
     }
     port = cluster_port(set())
-    args = ["sh", str(ENTRYPOINT), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-    args += ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
-    full = os.environ | env | {"CANDLECAST_ACL_FILE": str(tmp_path / "users.acl")}
-    proc = subprocess.Popen(args, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(tmp_path, env, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"))
     try:
 
         def login(user: str) -> redis.Redis:
             return redis.Redis(port=port, username=user, password=env[f"CANDLECAST_REDIS_{user.upper()}_PASSWORD"])
 
         cluster = login("cluster")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                cluster.ping()
-                break
-            except redis.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the cluster node did not start"
-                time.sleep(0.05)
+        wait_until_it_answers(proc, cluster)
         replica, exporter = login("replica"), login("exporter")
         assert cluster.execute_command("CLUSTER INFO")["cluster_state"] == "fail"  # it may watch the cluster
         cluster.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)  # and build it
@@ -225,7 +225,4 @@ def test_a_cluster_nodes_extra_users_are_refused_data_and_topology_changes(tmp_p
         for c in (cluster, replica, exporter):
             c.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop(proc)

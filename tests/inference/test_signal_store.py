@@ -7,8 +7,9 @@ import zlib
 import pytest
 import redis.asyncio as aioredis
 
+from inference.compact import pack
 from inference.signal import BarRef, NoSignal, SignalFormatError
-from inference.signal_store import MemorySignalStore, RedisSignalStore, audit_entry, from_audit
+from inference.signal_store import MemorySignalStore, RedisSignalStore, from_audit
 from streaming.redis_keys import RedisKeys
 from tests.service.kit import MINUTE, T0, make_signal, redis_signals, unique_prefix
 
@@ -75,9 +76,9 @@ async def test_the_audit_stores_signals_compressed_and_reads_them_back_equal(red
 
 def test_an_audit_entry_is_compressed_json_or_plain_json_and_nothing_else() -> None:
     signal = make_signal(T0)
-    assert from_audit(audit_entry(signal.to_json())) == signal
+    assert from_audit(pack(signal.to_json())) == signal
     assert from_audit(signal.to_json()) == signal  # entries written before compression
-    for bad in (b"garbage", audit_entry(signal.to_json())[:-5], zlib.compress(b"x" * (2 << 20))):
+    for bad in (b"garbage", pack(signal.to_json())[:-5], zlib.compress(b"x" * (2 << 20))):
         with pytest.raises(SignalFormatError):
             from_audit(bad)
 
