@@ -3,7 +3,7 @@
 The signal engine reads the windowing, signal, latency and concurrency knobs (``intervals``,
 ``book_depth``, ``thresholds``, ``horizon_minutes``, ``fee_bp``, ``latency_budget_ms``, ``coarse_*``,
 ``inference_concurrency``); the consumer loop reads the event knobs (``max_in_flight``,
-``read_count``, ``block_ms``, ``claim_idle_ms``, ``lag_every_s``,
+``read_count``, ``block_ms``, ``claim_idle_ms``, ``sweep_*``, ``lag_every_s``,
 ``backoff_*``, ``close_timeout_s``). ``service.settings`` builds it from the environment.
 """
 
@@ -32,6 +32,8 @@ class WorkerConfig:
     read_count: int = 32
     block_ms: int = 1000
     claim_idle_ms: int = 30_000  # an event pending this long on a consumer is taken over
+    sweep_every_s: float = 30.0  # how often to look for bars left without a signal (0: never)
+    sweep_bars: int = 60  # how far back, in published signals, that look goes
     lag_every_s: float = 5.0
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0

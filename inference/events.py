@@ -35,6 +35,7 @@ class Delivery:
 
     id: str
     event: BarEvent | None
+    in_stream: bool = True  # False: made by the worker's sweep, nothing to acknowledge
 
 
 class EventSource(Protocol):

@@ -116,6 +116,12 @@ class WorkerMetrics:
             "Events taken over from a consumer idle longer than the claim timeout.",
             registry=r,
         )
+        self.bars_swept = Counter(
+            "candlecast_worker_bars_swept_total",
+            "Bars found without a signal behind a newer one (an event or a signal lost, e.g. with a failed-over"
+            " Redis master) and handled again.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "candlecast_worker_consumer_lag_events",
             "Events in the stream not yet delivered to the consumer group (XINFO GROUPS lag).",

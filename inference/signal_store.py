@@ -111,6 +111,10 @@ class SignalStore(Protocol):
 
     async def no_signal(self, symbol: str) -> NoSignal | None: ...
 
+    async def published_starts(self, symbol: str, count: int) -> list[int]:
+        """The bar starts of the newest ``count`` published signals, ascending."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -245,6 +249,11 @@ class RedisSignalStore:
                 log.warning("skipping a foreign entry %r in %s", entry_id, self.keys.signal_audit(symbol))
         return out
 
+    async def published_starts(self, symbol: str, count: int) -> list[int]:
+        with store_errors("read the published bars"):
+            members: Any = await self._r.zrange(self.keys.signal_bars(symbol), -count, -1, withscores=True)
+        return [int(score) for _member, score in members or []]
+
     async def no_signal(self, symbol: str) -> NoSignal | None:
         with store_errors("read no-signal"):
             raw = await self._r.hgetall(self.keys.no_signal(symbol))
@@ -355,6 +364,10 @@ class MemorySignalStore:
     async def no_signal(self, symbol: str) -> NoSignal | None:
         st = self._symbols.get(symbol)
         return st.no_signal if st else None
+
+    async def published_starts(self, symbol: str, count: int) -> list[int]:
+        st = self._symbols.get(symbol)
+        return sorted(st.bars)[-count:] if st is not None and count > 0 else []
 
     async def snapshot(self, symbols: Sequence[str]) -> SignalSnapshot:
         """Each symbol's latest signal (as JSON) and no-signal record."""

@@ -7,6 +7,12 @@ leaves it to be retried — by itself once Redis is back (it re-reads its own pe
 another worker that claims it after ``claim_idle_ms``. Retries and two workers racing are harmless:
 the signal store publishes each (symbol, bar) once.
 
+What no pending entry remembers is made good by a sweep (every ``sweep_every_s``): Redis replicates
+asynchronously, so a master that dies can take the writes it acknowledged in its last milliseconds
+along — a bar-closed event (on the events' shard), or a published signal and its acknowledgement (on
+the symbol's). A finest bar in the window that has no signal while a newer bar has one is handled
+again, once, as if its event had come.
+
 The consumer loop here reads, claims, dedupes (one handler per entry id) and publishes; each signal
 is computed by :class:`inference.engine.SignalEngine` from the symbol's windows; the events come
 from :mod:`inference.events`.
@@ -79,6 +85,7 @@ class Worker:
         # budget and publish in the order they finish). Other symbols run beside it.
         self._symbol_turns: dict[str, asyncio.Lock] = {}
         self._check_pending = True  # re-read our own pending entries (at start, after a failure)
+        self._swept: dict[tuple[str, int], None] = {}  # (symbol, bar) the sweep handled, oldest first
         self._closed = False
         self.handled = 0
 
@@ -98,6 +105,8 @@ class Worker:
         self._tasks.spawn(self._reader(), "worker-reader")
         self._tasks.spawn(self._claimer(), "worker-claimer")
         self._tasks.spawn(self._backlog(), "worker-backlog")
+        if self.config.sweep_every_s > 0:
+            self._tasks.spawn(self._sweeper(), "worker-sweeper")
         self._tasks.spawn(self.models.watch(), "worker-models")
 
     async def run(self) -> None:
@@ -173,6 +182,44 @@ class Worker:
                     )
                     await self._dispatch(delivery)
 
+    async def _sweeper(self) -> None:
+        seen: set[tuple[str, int]] = set()  # missing at the previous sweep
+        while True:
+            await asyncio.sleep(self.config.sweep_every_s)
+            missing_now: set[tuple[str, int]] = set()
+            for symbol in list(self._symbol_turns):  # the symbols this worker has had events for
+                try:
+                    missing_now.update((symbol, start) for start in await self._unsignalled(symbol))
+                except StoreError as exc:
+                    log.debug("%s: sweep skipped: %s", symbol, exc)
+                except Exception:
+                    log.exception("%s: sweep failed", symbol)
+            # Missing twice in a row, a sweep apart: not an event still queued or in hand somewhere.
+            for symbol, start in sorted(missing_now & seen):
+                self.metrics.bars_swept.inc()
+                log.info("%s %s: no signal behind a newer one (event or signal lost?): handling it", symbol, start)
+                self._swept[(symbol, start)] = None
+                while len(self._swept) > 10_000:
+                    del self._swept[next(iter(self._swept))]
+                delivery = Delivery(f"sweep-{symbol}-{start}", BarEvent(symbol, self.config.finest, start), False)
+                await self._dispatch(delivery)
+            seen = missing_now - seen
+
+    async def _unsignalled(self, symbol: str) -> list[int]:
+        """The finest bars of ``symbol``'s window between its oldest and newest of the last ``sweep_bars``
+        published signals that have none, and that this worker has not swept before (a bar that ended
+        with no signal, e.g. for a holed window, is tried once more per worker, no more)."""
+        published = await self.signals.published_starts(symbol, self.config.sweep_bars)
+        if len(published) < 2:
+            return []
+        done = set(published)
+        bars = await self.engine.store.bars_after(symbol, self.config.finest, published[0])
+        return [
+            b.start
+            for b in bars
+            if b.start < published[-1] and b.start not in done and (symbol, b.start) not in self._swept
+        ]
+
     async def _backlog(self) -> None:
         while True:
             try:
@@ -220,7 +267,8 @@ class Worker:
                 return
             async with self._symbol_turns.setdefault(ev.symbol, asyncio.Lock()):  # FIFO: event order
                 outcome = await self._signal(ev)
-            await self.events.ack([delivery.id])
+            if delivery.in_stream:
+                await self.events.ack([delivery.id])
             self.metrics.events.labels(outcome).inc()
             self._retry_backoff.reset()
             self.handled += 1
@@ -228,6 +276,8 @@ class Worker:
             # Not acknowledged: re-read from our pending list once Redis answers (or claimed by a peer).
             self.metrics.store_errors.inc()
             self.metrics.events.labels("retry").inc()
+            if not delivery.in_stream and ev is not None:  # not pending anywhere: the next sweep retries it
+                self._swept.pop((ev.symbol, ev.start), None)
             delay = self._retry_backoff.next_delay()
             log.warning("event %s left pending, Redis unavailable (%s); retry in %.2f s", delivery.id, exc, delay)
             await asyncio.sleep(delay)

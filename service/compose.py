@@ -100,6 +100,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         inference_concurrency=settings.inference_concurrency,
         max_in_flight=settings.worker_max_in_flight,
         claim_idle_ms=settings.claim_idle_ms,
+        sweep_every_s=settings.worker_sweep_s,
     )
 
 

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     )
     worker_max_in_flight: int = Field(default=32, ge=1, le=1024)
     claim_idle_ms: int = Field(default=30_000, ge=100, le=3_600_000, description="take over events idle this long")
+    worker_sweep_s: float = Field(
+        default=30.0, ge=0, le=3600, description="look this often for bars left without a signal (0: never)"
+    )
     signal_audit_hours: float = Field(
         default=24.0, gt=0, le=720, description="the audit stream keeps this much of each symbol's finest bars"
     )

@@ -24,15 +24,13 @@ from streaming.klines import Bar, interval_ms, last_closed_start
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.rest import BybitRest
-from streaming.store import BarEvent, BookStatus, WindowStore, revised_field
+from streaming.store import BookStatus, WindowStore, revised_field
 from streaming.supervisor import TaskSupervisor
 from streaming.writer import WindowWriter
 
 __all__ = ["IngestConfig", "Ingestor"]
 
 log = logging.getLogger(__name__)
-
-REANNOUNCED_CLOSES = 3  # per window, after a store outage (Ingestor._store_recovered)
 
 
 @dataclass(frozen=True)
@@ -75,12 +73,9 @@ class Ingestor:
         self.metrics = metrics
         self.clock = ExchangeClock()
         self.rest = rest or BybitRest(config.rest_url, rate_per_s=config.rest_rate_per_s, ban_seconds=config.rest_ban_s)
-        self.writer = WindowWriter(
-            store, metrics, on_recovered=self._store_recovered, on_revised=self._on_revised, on_lost=self._store_lost
-        )
+        self.writer = WindowWriter(store, metrics, on_recovered=self._store_recovered, on_revised=self._on_revised)
         self.books = {s: OrderBook(s, config.book_depth) for s in config.symbols}
         self.newest: dict[tuple[str, str], int] = {}  # newest closed start known per window
-        self._newest_at_outage: dict[tuple[str, str], int] = {}  # as the store went away
         self._last_slot: dict[str, int] = {}
         self._reconcile_queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._reconcile_pending: set[tuple[str, str]] = set()  # queued or running
@@ -187,6 +182,7 @@ class Ingestor:
             for iv, bars in windows.bars.items():
                 if bars:
                     self.newest[(symbol, iv)] = bars[-1].start
+                    self.writer.stored(symbol, iv, bars[-1].start)
             if windows.depth:
                 self._last_slot[symbol] = windows.depth[-1].ts
 
@@ -391,34 +387,12 @@ class Ingestor:
             self.metrics.gaps_found.labels(trigger="revised").inc()
         self._schedule_reconcile(symbol, interval, "revised")
 
-    def _store_lost(self) -> None:
-        self._newest_at_outage = dict(self.newest)
-
     async def _store_recovered(self) -> None:
+        # What the store missed meanwhile is announced by the writer; what REST knows, reconciled here.
         for symbol in self.config.symbols:
             self._publish_book(symbol)
             for iv in self.config.intervals:
                 self._schedule_reconcile(symbol, iv, "store_recovered")
-        # The finest closes written just before the store went away, once more: what a failed-over node
-        # took with it in its last milliseconds (an event, or the signal it led to) is made again; a
-        # repeat is a no-op. Only the finest: workers signal on those (and read the coarser windows then);
-        # closes during the outage are written, and announced, with the pending bars.
-        finest = min(self.config.intervals, key=int)
-        again = [
-            BarEvent(symbol, iv, newest - k * interval_ms(iv))
-            for (symbol, iv), newest in sorted(self._newest_at_outage.items())
-            if iv == finest
-            for k in reversed(range(REANNOUNCED_CLOSES))
-        ]
-        self._newest_at_outage = {}
-        if not again:
-            return
-        try:
-            await self.store.announce(again)
-        except StoreError as exc:  # kept by the store and sent with its next write
-            log.warning("could not re-announce %d bar closes after the outage yet: %s", len(again), exc)
-        else:
-            log.info("after the outage: re-announced %d bar closes (%d per window)", len(again), REANNOUNCED_CLOSES)
 
     @property
     def frames_handled(self) -> int:

@@ -8,6 +8,16 @@ slot) and flushes them in one pipelined batch. Memory is bounded by the windows 
 When the store is unreachable nothing is dropped: the pending batch is kept (still bounded) and
 retried with backoff; on recovery ``on_recovered`` runs so the owner can backfill what REST knows
 and the buffer could not hold.
+
+A bar-closed event is made by the write that first stores its bar (``WriteResult.events``). A write
+that fails can still have stored part of its batch (a Redis Cluster pipeline spans nodes: the live
+ones apply their part, and the reply that would have carried the events is lost with the error), so
+the retry finds those bars present and announces nothing for them. The writer therefore remembers
+the bars of every failed write and, at the next successful one, announces each of them that the
+successful write did not (:meth:`WindowWriter._missed`). It also announces the ``reannounce`` newest
+closes written before an outage once more: a failed-over master can take the last writes it
+acknowledged with it (replication is asynchronous), events and the signals they led to included.
+A repeat is harmless: a worker publishes each (symbol, bar) once.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from streaming.depth import DepthRow
 from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import Bar
 from streaming.metrics import IngestMetrics
-from streaming.store import BookStatus, WindowStore, WriteBatch, WriteResult, trim_oldest
+from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch, WriteResult, trim_oldest
 
 __all__ = ["WindowWriter"]
 
@@ -38,7 +48,7 @@ class WindowWriter:
         backoff: Backoff | None = None,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
         on_revised: Callable[[str, str], None] | None = None,
-        on_lost: Callable[[], None] | None = None,
+        reannounce: int = 3,
     ) -> None:
         self._store = store
         self._on_revised = on_revised
@@ -46,7 +56,15 @@ class WindowWriter:
         self._linger_s = linger_s
         self._backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
         self._on_recovered = on_recovered
-        self._on_lost = on_lost
+        if reannounce < 1:
+            raise ValueError("reannounce must be at least 1 (the newest close)")
+        self._reannounce = reannounce
+        # per window: the newest ``reannounce`` bar starts stored (ascending), and as they were at the
+        # first failed write since the last success
+        self._recent: dict[tuple[str, str], list[int]] = {}
+        self._recent_at_loss: dict[tuple[str, str], list[int]] | None = None
+        # per window: bar starts a failed write held (stored or not; announced or not)
+        self._unconfirmed: dict[tuple[str, str], set[int]] = {}
         self._bars: dict[tuple[str, str], dict[int, Bar]] = {}
         self._books: dict[tuple[str, int], BookStatus] = {}
         self._rows: dict[tuple[str, int], dict[int, DepthRow]] = {}
@@ -80,6 +98,10 @@ class WindowWriter:
         trim_oldest(pending, self._store.depth_rows)
         self._dirty.set()
 
+    def stored(self, symbol: str, interval: str, newest: int) -> None:
+        """The store already holds ``symbol``'s ``interval`` window up to ``newest`` (read at start-up)."""
+        self._remember((symbol, interval), [newest])
+
     def put_status(self, symbol: str, fields: dict[str, str]) -> None:
         self._status.setdefault(symbol, {}).update(fields)
         self._dirty.set()
@@ -108,6 +130,7 @@ class WindowWriter:
             try:
                 result = await self._store.write(batch)
             except StoreUnavailable:
+                self._unconfirm(batch)
                 self._restore(batch)
                 raise
             except StoreError as exc:
@@ -116,9 +139,14 @@ class WindowWriter:
                 log.error("window store refused a batch, dropped: %s", exc)
                 raise
             except BaseException:
+                self._unconfirm(batch)
                 self._restore(batch)  # cancelled mid-write (shutdown): the final flush retries it
                 raise
             self.flushes += 1
+            for key, bars in batch.bars.items():
+                self._remember(key, [b.start for b in bars[-self._reannounce :]])
+            if self._recent_at_loss is not None:
+                await self._announce(self._missed(batch, result))
             for err in result.errors:
                 self._metrics.store_errors.inc()
                 log.error("window store refused part of a batch: %s", err)
@@ -129,6 +157,56 @@ class WindowWriter:
                     if self._on_revised is not None:
                         self._on_revised(*key)
             return result
+
+    @property
+    def stored_newest(self) -> dict[tuple[str, str], int]:
+        """Per window, the newest bar start known to be in the store."""
+        return {key: starts[-1] for key, starts in self._recent.items() if starts}
+
+    def _remember(self, key: tuple[str, str], starts: list[int]) -> None:
+        if starts:
+            self._recent[key] = sorted({*self._recent.get(key, ()), *starts})[-self._reannounce :]
+
+    def _unconfirm(self, batch: WriteBatch) -> None:
+        """A write failed: its bars may be stored without their events; at the first failure since
+        the last success (an outage begins), the newest closes stored before it are in doubt too."""
+        if self._recent_at_loss is None:
+            self._recent_at_loss = {key: list(starts) for key, starts in self._recent.items()}
+        for key, bars in batch.bars.items():
+            doubtful = self._unconfirmed.setdefault(key, set())
+            doubtful.update(b.start for b in bars)
+            if len(doubtful) > self._store.window_bars:  # older ones are out of the window anyway
+                self._unconfirmed[key] = set(sorted(doubtful)[-self._store.window_bars :])
+
+    def _missed(self, batch: WriteBatch, result: WriteResult) -> list[BarEvent]:
+        """The events the failed writes since the last success may have swallowed, less the ones
+        ``result`` (the first success, of ``batch``) made: a bar of ``batch`` or one of the
+        ``reannounce`` newest stored before the failures (a bar trimmed from the pending ones was
+        never written), from the oldest of those on (an older one, a REST rebuild of history, never
+        had an event); a window unknown before announces its newest only."""
+        made = {(e.symbol, e.interval, e.start) for e in result.events}
+        before, self._recent_at_loss = self._recent_at_loss or {}, None
+        missed = []
+        for key in sorted(self._unconfirmed.keys() | before.keys()):
+            recent = before.get(key, [])
+            doubtful = self._unconfirmed.get(key, set()) & {b.start for b in batch.bars.get(key, ())}
+            kept = sorted(doubtful | set(recent))
+            if not kept:
+                continue
+            candidates = [s for s in kept if s >= recent[0]] if recent else kept[-1:]
+            missed += [BarEvent(*key, s) for s in candidates if (*key, s) not in made]
+        self._unconfirmed = {}
+        return missed
+
+    async def _announce(self, events: list[BarEvent]) -> None:
+        if not events:
+            return
+        try:
+            await self._store.announce(events)
+        except StoreError as exc:  # the store keeps them and sends them with its next write
+            log.warning("%d bar closes not announced yet (%s); they go with the next write", len(events), exc)
+        else:
+            log.info("after the outage: announced %d bar closes it may have swallowed", len(events))
 
     def _restore(self, batch: WriteBatch) -> None:
         """Put a failed batch back underneath anything newer that arrived meanwhile."""
@@ -166,8 +244,6 @@ class WindowWriter:
                 self._metrics.store_up.set(0)
                 if self._healthy:
                     log.error("window store unreachable, keeping updates pending: %s", exc)
-                    if self._on_lost is not None:
-                        self._on_lost()
                 self._healthy = False
                 await asyncio.sleep(self._backoff.next_delay())
                 continue

@@ -89,28 +89,31 @@ class RedisClusterServers:
             self.stop()
             raise
 
+    def _launch(self, node: Node) -> None:
+        home = self.workdir / str(node.port)
+        home.mkdir(parents=True, exist_ok=True)
+        node.proc = subprocess.Popen(
+            [
+                *self.launcher,
+                "--port", str(node.port),
+                "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--dir", str(home),
+                "--save", "",
+                "--appendonly", "no",
+                "--logfile", str(home / "redis.log"),
+                "--repl-diskless-sync-delay", "0",
+            ],
+            env=os.environ | (self.env(home) if self.env is not None else {}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
     def _start(self) -> None:
         for node in self.nodes:
-            home = self.workdir / str(node.port)
-            home.mkdir(parents=True, exist_ok=True)
-            node.proc = subprocess.Popen(
-                [
-                    *self.launcher,
-                    "--port", str(node.port),
-                    "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(self.node_timeout_ms),
-                    "--dir", str(home),
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--logfile", str(home / "redis.log"),
-                    "--repl-diskless-sync-delay", "0",
-                ],
-                env=os.environ | (self.env(home) if self.env is not None else {}),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            self._launch(node)
         for node in self.nodes:
             self._wait(lambda n=node: self._answers(n.port, "PING") is True, f"node {node.address} to start")
         addresses = [n.address for n in self.nodes]
@@ -197,16 +200,25 @@ class RedisClusterServers:
         raise RuntimeError(f"no live master serves slot {slot}")
 
     def wait_replicated(self, node: Node, timeout_s: float = 10.0) -> None:
-        """Until ``node``'s replicas have every write it has acknowledged (replication is asynchronous:
-        what a master acknowledged in its last milliseconds may die with it, Redis Cluster's documented limit)."""
+        """Until ``node``'s replicas have every write it had acknowledged when called (replication is
+        asynchronous: what a master acknowledged in its last milliseconds may die with it, Redis
+        Cluster's documented limit). Their offset must reach the master's of then, not equal its
+        current one: under a steady write load the two may never be seen equal."""
 
-        def caught_up() -> bool:
+        def offsets() -> tuple[int, list[int]]:
             info = self._replication(node.port)
             if info is None:
-                return False
-            offset = int(str(info.get("master_repl_offset", -1)))
+                return -1, []
             replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-            return bool(replicas) and all(int(r.get("offset", -2)) == offset for r in replicas)
+            return int(str(info.get("master_repl_offset", -1))), [int(r.get("offset", -2)) for r in replicas]
+
+        target: list[int] = []  # the master's offset at the first answer
+
+        def caught_up() -> bool:
+            master, replicas = offsets()
+            if not target and master >= 0:
+                target.append(master)
+            return bool(target) and bool(replicas) and all(o >= target[0] for o in replicas)
 
         self._wait(caught_up, f"{node.address}'s replicas to catch up", timeout_s)
 
@@ -216,6 +228,14 @@ class RedisClusterServers:
         node.proc.kill()
         node.proc.wait(timeout=10)
         node.proc = None
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again on its port and cluster config: it rejoins with its slots, and
+        nothing of its data (no persistence), and the cluster reports ok."""
+        assert node.proc is None, "restart a killed node"
+        self._launch(node)
+        self._wait(lambda: self._answers(node.port, "PING") is True, f"node {node.address} to start")
+        self.wait_ok()
 
     def wait_failover(self, killed: Node, timeout_s: float = 30.0) -> None:
         """Until a replica of ``killed`` is promoted and the cluster is ok again."""

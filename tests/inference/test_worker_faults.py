@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from inference.runtime import CPU
 from inference.signal import NoSignal, Signal
 from streaming.errors import StoreError
+from streaming.klines import encode_bar
 from streaming.redis_store import RedisStore
 from streaming.store import WriteBatch, revised_field
 from tests.helpers import eventually
@@ -382,3 +383,25 @@ async def test_a_backlog_is_signalled_bar_by_bar_in_bar_order(
     for s in audit:
         assert s.freshness.last_bar_start["1"] == s.bar.start
         assert all(c.reason != "late" for c in s.components)
+
+
+async def test_a_bar_left_without_a_signal_behind_a_newer_one_is_swept_up_once(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    """A Redis master that dies can take the writes it acknowledged last along: a bar-closed event, or
+    a signal and its acknowledgement. Nothing is pending then, yet the window holds the bar. The
+    worker's sweep finds it between published signals and handles it, once."""
+    async with running_worker(redis_url, redis_store, models, sweep_every_s=0.1) as h:
+        await redis_store.write(history(CLOSE, {"1": 60, "5": 60, "60": 20}))  # announces CLOSE - 1m
+        assert isinstance(await h.outcome(SYMBOL, CLOSE - MINUTE), Signal)
+        lost = bar(CLOSE, "1", SYMBOL)  # in the window, its event gone
+        await h.client.zadd(redis_store.keys.kline(SYMBOL, "1"), {encode_bar(lost): lost.start})
+        await redis_store.write(WriteBatch(bars={(SYMBOL, "1"): [bar(CLOSE + MINUTE, "1", SYMBOL)]}))
+        assert isinstance(await h.outcome(SYMBOL, CLOSE + MINUTE), Signal)
+
+        found = await h.outcome(SYMBOL, CLOSE)
+        assert isinstance(found, Signal) and found.bar.close_time == CLOSE + MINUTE
+        await asyncio.sleep(0.5)  # several sweeps later: handled once
+        starts = [s.bar.start for s in await h.signals.history(SYMBOL, 10)]
+        assert sorted(starts) == [CLOSE - MINUTE, CLOSE, CLOSE + MINUTE]
+        assert h.sample("candlecast_worker_bars_swept_total") == 1

@@ -513,15 +513,15 @@ async def test_redis_restart_mid_run_loses_nothing(
     try:
         async with running(make_ingestor(sim, store)) as ing:
             await run_until_healthy(ing, store, sim, source_rows)
-            before = dict(ing.newest)
+            before = ing.writer.stored_newest
             own_redis.stop()
             await eventually(lambda: not ing.writer.healthy, 5, what="outage noticed")
             await bars_close(sim, 10)  # during the outage
             own_redis.start()
             await eventually(lambda: ing.writer.healthy, 10, what="store back")
             await run_until_healthy(ing, store, sim, source_rows)
-            # The finest closes written just before the outage are announced again (a failed-over node
-            # may have lost them, or the signals they led to): each is in the stream twice now.
+            # The closes written just before the outage are announced again (a failed-over node may
+            # have lost them, or the signals they led to): each is in the stream twice now.
             announced = Counter((e.symbol, e.interval, e.start) for _, e in await store.read_events(count=100_000))
             finest = [(s, iv, start) for (s, iv), start in before.items() if iv == "1"]
             assert finest and all(announced[key] >= 2 for key in finest)
