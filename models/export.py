@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
@@ -51,9 +52,14 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
     """Export with a dynamic batch axis and run the full ``onnx.checker``."""
     model.eval()
     # The TorchScript exporter: deterministic, quick, and exact for these plain conv nets under the
-    # pinned torch 2.13. It announces its deprecation on every call; that notice is expected here.
+    # pinned torch 2.13. It announces its deprecation on every call; that notice is expected here. So
+    # is the tracer's warning on nn.LSTM's own input-size check (a constant here): a trace that would
+    # not generalise is caught by the parity check, run at other batch sizes than the example's.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", TracerWarning)
+        # said of every recurrent layer, whatever its states; the parity check runs other batch sizes
+        warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
         torch.onnx.export(
             model,
             (torch.from_numpy(example),),

@@ -1,0 +1,167 @@
+"""The seeds' other architectures, as PyTorch modules that export to ONNX (the "model zoo").
+
+Each follows its seed; where the seed leaves a choice open, the choice is stated here:
+
+* :class:`DenseNet` — seed 002: hidden layers [256, 128, 64, 32], each Linear → BatchNorm → GELU →
+  Dropout 0.3 (the seed's PyTorch version), on a feature vector (``(batch, features)``).
+* :class:`CNN1D` — seed 000 §4.1, "1D CNN (k=5)": two k=5 convolutions (32 and 64 filters, "same"
+  padding, ReLU, BatchNorm), global average pooling, a 64-unit dense layer, dropout 0.3.
+* :class:`MultiScaleCNN` — seed 000's ``MultiScaleCNN``: parallel branches k = 3, 7, 15, 31, each two
+  "same" convolutions of 32 filters with ReLU and BatchNorm, concatenated, global average pooling,
+  dense 128 → dropout 0.3 → dense 64.
+* :class:`CNNTA` — seed 000 §4.2: the indicators-by-time matrix as a one-channel image, three 3x3
+  convolutions (16, 32, 64) with 2x2 max pooling after the first two (pooled along time only: the
+  matrix has just 8 indicator rows), global average pooling, dense 64, dropout 0.3 (the seed's 2D CNN
+  example).
+* :class:`BiLSTM` — seed 001 §4.3.4: two bidirectional LSTM layers of 32 units a direction (64 out),
+  each followed by BatchNorm and Dropout, flattened over the last 24 steps into one dense output.
+
+The sequence models read ``(batch, channels, length)``, the TCN's input; a model that needs fewer
+steps (the BiLSTM's 24) reads the newest ones. Every model returns ``(batch, num_outputs)`` logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CNN1D", "CNNTA", "ZOO", "BiLSTM", "DenseNet", "MultiScaleCNN", "zoo_model"]
+
+
+class DenseNet(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (256, 128, 64, 32),
+        dropout: float = 0.3,
+        num_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_features
+        for width in hidden:
+            layers += [nn.Linear(previous, width), nn.BatchNorm1d(width), nn.GELU(), nn.Dropout(dropout)]
+            previous = width
+        layers.append(nn.Linear(previous, num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.net(x)
+        return out
+
+
+def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
+    return [
+        nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.ReLU(),
+        nn.BatchNorm1d(out_channels),
+    ]
+
+
+class CNN1D(nn.Module):
+    def __init__(self, in_channels: int, kernel_size: int = 5, dropout: float = 0.3, num_outputs: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*_conv_block(in_channels, 32, kernel_size), *_conv_block(32, 64, kernel_size))
+        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, num_outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.features(x).mean(dim=2))
+        return out
+
+
+class MultiScaleCNN(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        kernels: Sequence[int] = (3, 7, 15, 31),
+        filters: int = 32,
+        dropout: float = 0.3,
+        num_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if any(k % 2 == 0 for k in kernels):
+            raise ValueError(f"odd kernel sizes keep the length under 'same' padding, got {tuple(kernels)}")
+        self.branches = nn.ModuleList(
+            nn.Sequential(*_conv_block(in_channels, filters, k), *_conv_block(filters, filters, k)) for k in kernels
+        )
+        width = filters * len(kernels)
+        self.head = nn.Sequential(
+            nn.Linear(width, 128),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_outputs),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = torch.cat([branch(x).mean(dim=2) for branch in self.branches], dim=1)
+        out: Tensor = self.head(pooled)
+        return out
+
+
+class CNNTA(nn.Module):
+    def __init__(self, dropout: float = 0.3, num_outputs: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d((1, 2)),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d((1, 2)),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, num_outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, indicators, length)``: each window is one image, indicators by time."""
+        out: Tensor = self.head(self.features(x.unsqueeze(1)).mean(dim=(2, 3)))
+        return out
+
+
+class BiLSTM(nn.Module):
+    def __init__(
+        self, in_channels: int, steps: int = 24, hidden: int = 32, dropout: float = 0.3, num_outputs: int = 1
+    ) -> None:
+        super().__init__()
+        self.steps = steps
+        self.lstm1 = nn.LSTM(in_channels, hidden, batch_first=True, bidirectional=True)
+        self.norm1 = nn.BatchNorm1d(2 * hidden)
+        self.lstm2 = nn.LSTM(2 * hidden, hidden, batch_first=True, bidirectional=True)
+        self.norm2 = nn.BatchNorm1d(2 * hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(steps * 2 * hidden, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, channels, length >= steps)``: the newest ``steps`` bars are read."""
+        seq = x[:, :, -self.steps :]
+        # explicit zero states, shaped from the input: the exported graph keeps a dynamic batch
+        zeros = seq.new_zeros(2, seq.shape[0], self.lstm1.hidden_size)
+        out, _ = self.lstm1(seq.transpose(1, 2), (zeros, zeros))
+        out = self.dropout(self.norm1(out.transpose(1, 2)).transpose(1, 2))
+        out, _ = self.lstm2(out, (zeros, zeros))
+        out = self.dropout(self.norm2(out.transpose(1, 2)))  # (batch, 2*hidden, steps)
+        logits: Tensor = self.head(out.flatten(1))
+        return logits
+
+
+ZOO = ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm")
+
+
+def zoo_model(kind: str, in_channels: int, num_outputs: int = 1) -> nn.Module:
+    """The seed architecture ``kind`` for ``in_channels`` features (the dense network's input width)."""
+    if kind == "dense":
+        return DenseNet(in_channels, num_outputs=num_outputs)
+    if kind == "cnn1d":
+        return CNN1D(in_channels, num_outputs=num_outputs)
+    if kind == "mscnn":
+        return MultiScaleCNN(in_channels, num_outputs=num_outputs)
+    if kind == "cnn_ta":
+        return CNNTA(num_outputs=num_outputs)
+    if kind == "bilstm":
+        return BiLSTM(in_channels, num_outputs=num_outputs)
+    raise ValueError(f"unknown zoo model {kind!r}; known: {', '.join(ZOO)}")

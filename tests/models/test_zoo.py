@@ -1,0 +1,72 @@
+"""The seeds' other architectures (``models.zoo``): the shapes they read and return, what they read
+of a window, the seeds' layer sizes, and that each exports to ONNX with a dynamic batch and ONNX
+Runtime agreeing with PyTorch (``models.export``'s own export and parity check)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.export import _parity, export_onnx
+from models.zoo import ZOO, BiLSTM, DenseNet, MultiScaleCNN, zoo_model
+
+CHANNELS, LENGTH, FEATURES = 8, 64, 29
+
+
+def _example(kind: str, batch: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    shape = (batch, FEATURES) if kind == "dense" else (batch, CHANNELS, LENGTH)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _trained_looking(kind: str) -> torch.nn.Module:
+    """A model whose BatchNorm statistics are not the identity (as after training), in eval mode."""
+    torch.manual_seed(0)
+    model = zoo_model(kind, FEATURES if kind == "dense" else CHANNELS)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.from_numpy(_example(kind, 64)) * 2 + 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ZOO)
+def test_each_model_returns_one_logit_per_window_and_exports_with_parity(kind: str, tmp_path: Path) -> None:
+    model = _trained_looking(kind)
+    x = _example(kind)
+    with torch.no_grad():
+        assert model(torch.from_numpy(x)).shape == (5, 1)
+    path = tmp_path / f"{kind}.onnx"
+    export_onnx(model, x[:1], path)
+    onnx_out, diff = _parity(model, path, _example(kind, 300))  # another batch size than exported
+    assert onnx_out.shape == (300,) and np.isfinite(onnx_out).all() and diff <= 1e-4
+
+
+def test_the_bilstm_reads_the_newest_24_bars_only() -> None:
+    model = _trained_looking("bilstm")
+    assert isinstance(model, BiLSTM) and model.steps == 24
+    x = torch.from_numpy(_example("bilstm"))
+    older = x.clone()
+    older[:, :, : LENGTH - 24] = 100.0  # anything before the newest 24 bars
+    newest = x.clone()
+    newest[:, :, -1] += 1.0
+    with torch.no_grad():
+        assert torch.equal(model(x), model(older))
+        assert not torch.allclose(model(x), model(newest))
+
+
+def test_the_seeds_layer_sizes() -> None:
+    dense = DenseNet(FEATURES)
+    widths = [m.out_features for m in dense.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [256, 128, 64, 32, 1]
+    assert [m.p for m in dense.modules() if isinstance(m, torch.nn.Dropout)] == [0.3] * 4
+    ms = MultiScaleCNN(CHANNELS)
+    kernels = sorted({m.kernel_size[0] for m in ms.modules() if isinstance(m, torch.nn.Conv1d)})
+    assert kernels == [3, 7, 15, 31]
+    with pytest.raises(ValueError, match="odd kernel"):
+        MultiScaleCNN(CHANNELS, kernels=(3, 4))
+    with pytest.raises(ValueError, match="unknown zoo model"):
+        zoo_model("transformer", CHANNELS)
