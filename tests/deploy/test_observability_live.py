@@ -239,9 +239,18 @@ def _sample_values(series: dict[str, Any]) -> list[str]:
 
 def test_a_healthy_run_meets_no_alert_condition(stack: Stack) -> None:
     """Signals flow from a clean replay: no alert expression selects anything (a rule that did would
-    page operators of every healthy deployment). ``for`` is not needed to judge that."""
+    page operators of every healthy deployment). ``for`` is not needed to judge that.
+
+    Except the latency budgets: whether a p99 stays under 250 ms on a shared 2-core machine running
+    the suite (or beside another job) is the machine's speed, not the deployment's health, so they are
+    judged by their promtool cases (firing and quiet, on set series), not by this run's clock."""
+    rules = alert_rules()
+    timed = {r.get("alert") for r in rules if "_seconds_bucket" in r["expr"]}
+    assert timed == {"InferenceLatencyOverBudget", "SignalComputeOverBudget"}
     met = {}
-    for rule in alert_rules():
+    for rule in rules:
+        if rule["alert"] in timed:
+            continue
         result = stack.query(rule["expr"])
         if result:
             met[rule["alert"]] = [series["metric"] for series in result]
