@@ -201,8 +201,8 @@ class Worker:
                 self._swept[(symbol, start)] = None
                 while len(self._swept) > 10_000:
                     del self._swept[next(iter(self._swept))]
-                delivery = Delivery(f"sweep-{symbol}-{start}", BarEvent(symbol, self.config.finest, start), False)
-                await self._dispatch(delivery)
+                event = BarEvent(symbol, self.config.finest, start)
+                await self._dispatch(Delivery(f"sweep-{symbol}-{start}", event, in_stream=False))
             seen = missing_now - seen
 
     async def _unsignalled(self, symbol: str) -> list[int]:

@@ -52,6 +52,11 @@ class DenseNet(nn.Module):
         return out
 
 
+def _head(width: int, dropout: float, num_outputs: int) -> nn.Sequential:
+    """Dense ``width`` → ReLU → dropout → the logits (the 1D CNN's and CNN-TA's classifier)."""
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, num_outputs))
+
+
 def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
     return [
         nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
@@ -64,7 +69,7 @@ class CNN1D(nn.Module):
     def __init__(self, in_channels: int, kernel_size: int = 5, dropout: float = 0.3, num_outputs: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(*_conv_block(in_channels, 32, kernel_size), *_conv_block(32, 64, kernel_size))
-        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, num_outputs))
+        self.head = _head(64, dropout, num_outputs)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.head(self.features(x).mean(dim=2))
@@ -115,7 +120,7 @@ class CNNTA(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1),
             nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, num_outputs))
+        self.head = _head(64, dropout, num_outputs)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, indicators, length)``: each window is one image, indicators by time."""

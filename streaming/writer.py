@@ -130,7 +130,6 @@ class WindowWriter:
             try:
                 result = await self._store.write(batch)
             except StoreUnavailable:
-                self._unconfirm(batch)
                 self._restore(batch)
                 raise
             except StoreError as exc:
@@ -139,7 +138,6 @@ class WindowWriter:
                 log.error("window store refused a batch, dropped: %s", exc)
                 raise
             except BaseException:
-                self._unconfirm(batch)
                 self._restore(batch)  # cancelled mid-write (shutdown): the final flush retries it
                 raise
             self.flushes += 1
@@ -210,6 +208,7 @@ class WindowWriter:
 
     def _restore(self, batch: WriteBatch) -> None:
         """Put a failed batch back underneath anything newer that arrived meanwhile."""
+        self._unconfirm(batch)
         for key, bound in batch.replace.items():
             self._replace[key] = max(self._replace.get(key, 0), bound)
         for key, bars in batch.bars.items():
