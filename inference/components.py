@@ -13,6 +13,11 @@ components that need it, with a reason code that every signal reports:
 ``warmup_failed``            the session could not run the manifest's input shape
 ``preprocessing_mismatch``   features/renderer version or parameters this code does not produce
 ``bad_manifest_entry``       an unknown kind, a weight that is not a finite number >= 0, bad heads
+
+Kinds: the TCN and the zoo's sequence models (``cnn1d``, ``mscnn``, ``cnn_ta``, ``bilstm``) read the
+indicator sequences of ``tcn_input``; ``linear`` and the zoo's ``dense`` network the feature vector of
+``linear_input``; ``efficientnet`` the chart composite; ``cipm`` (seed 001) the OHLC image of
+``ohlc_input``.
 ===========================  =====================================================================
 
 :class:`ModelRegistry` holds the current :class:`ModelSet` and polls the manifest: a changed
@@ -39,7 +44,7 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, 
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
 from inference.manifest import Component, EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
-from inference.render import RENDERER_VERSION, composite
+from inference.render import RENDERER_VERSION, composite, ohlc_input
 from inference.runtime import ModelSession, RuntimeFailure, SessionFactory
 
 __all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "example_input", "load_model_set"]
@@ -47,6 +52,10 @@ __all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "exa
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+
+
+# The preprocessing parameters each renderer reads (beyond the window itself).
+_INPUT_PARAMS = {"tcn_input": ("length",), "composite": ("height", "bars"), "ohlc_input": ("height", "bars")}
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +68,7 @@ class LoadedComponent:
     disabled: str | None = None
     detail: str = ""
     bars_needed: int = 0
-    renderer: str = ""  # "tcn_input" | "composite" | "linear_input"
+    renderer: str = ""  # "tcn_input" | "composite" | "linear_input" | "ohlc_input"
 
     @property
     def name(self) -> str:
@@ -68,6 +77,14 @@ class LoadedComponent:
     @property
     def timeframe(self) -> str:
         return self.spec.timeframe
+
+    @property
+    def input_key(self) -> tuple[Any, ...]:
+        """Equal for two components fed the same input from one window: the TCN and the zoo's
+        sequence models of a timeframe read one ``tcn_input``, computed once per signal."""
+        pre = self.spec.preprocessing
+        params = _INPUT_PARAMS.get(self.renderer, ())
+        return (self.timeframe, self.bars_needed, self.renderer, *(pre.get(k) for k in params))
 
     def prepare(self, ohlcv: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
         """The model input for one window (no batch axis).
@@ -78,6 +95,8 @@ class LoadedComponent:
             return tcn_input(ohlcv, int(pre["length"]))
         if self.renderer == "linear_input":
             return linear_input(ohlcv)
+        if self.renderer == "ohlc_input":
+            return ohlc_input(ohlcv, int(pre["height"]), int(pre["bars"]))
         return composite(ohlcv, int(pre["height"]), int(pre["bars"]))
 
 
@@ -102,25 +121,34 @@ class ModelSet:
         return tuple(c for c in self.components if c.disabled is None)
 
 
+# The kinds fed the TCN's indicator sequences, and those fed the linear component's feature vector
+# (the seeds' zoo, models.zoo: serving needs only the kind, never the torch module).
+SEQUENCE_KINDS = frozenset({"tcn", "cnn1d", "mscnn", "cnn_ta", "bilstm"})
+VECTOR_KINDS = frozenset({"linear", "dense"})
+# image kinds: (the manifest's renderer, image layers, what serving calls)
+IMAGE_KINDS = {"efficientnet": ("composite", 3, "composite"), "cipm": ("ohlc", 1, "ohlc_input")}
+
+
 def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]:
     """(renderer, "", bars needed) when this code can feed the component, else (None, why, 0)."""
     pre = spec.preprocessing
     try:
-        if spec.kind == "tcn":
+        if spec.kind in SEQUENCE_KINDS:
             length = int(pre["length"])
             if pre.get("features") != FEATURE_SET_VERSION or length < 2:
                 return None, f"features {pre.get('features')!r}, length {length}: serving has {FEATURE_SET_VERSION}", 0
             if list(spec.input.get("shape", []))[1:] != [len(FEATURE_NAMES), length]:
                 return None, f"input shape {spec.input.get('shape')} does not match the features", 0
             return "tcn_input", "", max(int(pre.get("bars_needed", 0)), length + WARMUP_BARS)
-        if spec.kind == "efficientnet":
+        if spec.kind in IMAGE_KINDS:
+            renderer, layers, function = IMAGE_KINDS[spec.kind]
             bars, height = int(pre["bars"]), int(pre["height"])
-            if pre.get("renderer") != "composite" or pre.get("renderer_version") != RENDERER_VERSION:
+            if pre.get("renderer") != renderer or pre.get("renderer_version") != RENDERER_VERSION:
                 return None, f"renderer {pre.get('renderer')!r} {pre.get('renderer_version')!r}", 0
-            if list(spec.input.get("shape", []))[1:] != [3, height, 3 * bars]:
+            if list(spec.input.get("shape", []))[1:] != [layers, height, 3 * bars]:
                 return None, f"input shape {spec.input.get('shape')} does not match the renderer", 0
-            return "composite", "", bars
-        if spec.kind == "linear":
+            return function, "", bars
+        if spec.kind in VECTOR_KINDS:
             if pre.get("features") != LINEAR_SET_VERSION:
                 return None, f"features {pre.get('features')!r}: serving has {LINEAR_SET_VERSION}", 0
             if list(spec.input.get("shape", []))[1:] != [len(LINEAR_FEATURES)]:

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -334,19 +335,28 @@ class SignalEngine:
     def _render(
         self, runnable: list[tuple[LoadedComponent, list[Bar]]], drafts: _Drafts
     ) -> list[tuple[LoadedComponent, npt.NDArray[np.float32]]]:
-        """Model inputs (runs in a thread). A window the renderer refuses drops its component."""
+        """Model inputs (runs in a thread). A window the renderer refuses drops its component.
+
+        Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation."""
         out = []
+        built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}  # the input, or why it failed
         for c, bars in runnable:
-            started = time.perf_counter()
-            try:
-                x = c.prepare(bars_to_array(bars))
-            # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
-            # NumPy on an odd window still costs only this component, not the whole signal.
-            except (InferenceError, ValueError, ArithmeticError) as exc:
-                log.warning("%s: cannot build the input: %s", c.name, exc)
+            key = c.input_key
+            if key not in built:
+                started = time.perf_counter()
+                try:
+                    built[key] = c.prepare(bars_to_array(bars))
+                # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
+                # NumPy on an odd window still costs only these components, not the whole signal.
+                except (InferenceError, ValueError, ArithmeticError) as exc:
+                    built[key] = str(exc)
+                else:
+                    self.metrics.render_seconds.labels(c.renderer).observe(time.perf_counter() - started)
+            x = built[key]
+            if isinstance(x, str):
+                log.warning("%s: cannot build the input: %s", c.name, x)
                 drafts.drop(c, "bad_values")
                 continue
-            self.metrics.render_seconds.labels(c.renderer).observe(time.perf_counter() - started)
             out.append((c, x))
         return out
 

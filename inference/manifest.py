@@ -10,7 +10,7 @@ Example component::
      "sha256": "…", "input": {"name": "input", "shape": ["batch", 8, 64], "dtype": "float32"},
      "output": {"name": "logits", "shape": ["batch", 1]}, "preprocessing": {"features": "v1", "length": 64,
      "warmup": 33}, "horizon": "next 5m bar", "horizon_minutes": 5, "training": {…}, "validation": {…},
-     "weight": 1.0}
+     "weight": 1.0, "family": "tcn", "variant": "4 dilated residual blocks, 64 bars"}
 
 Every component predicts P(log return over the next ``horizon_minutes`` minutes > 0), whatever
 timeframe its input shows; an entry without ``horizon_minutes`` (written before it existed) predicts
@@ -60,7 +60,7 @@ def sha256_file(path: Path) -> str:
 @dataclass(frozen=True)
 class Component:
     name: str
-    kind: str  # "tcn" | "efficientnet"
+    kind: str  # what serving dispatches on: "tcn", "efficientnet", "linear" or a zoo kind (models.zoo)
     timeframe: str  # minutes, as Bybit names intervals: "1", "5", "15", "60"
     version: str
     file: str
@@ -73,6 +73,8 @@ class Component:
     validation: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0
     horizon_minutes: int | None = None
+    family: str = ""  # the seed's model family ("tcn", "cnn", "lstm", "mlp", "efficientnet", "linear")
+    variant: str = ""  # which member of it ("b0", "1d k5", "multiscale k3-7-15-31", …)
 
     @property
     def horizon_min(self) -> int:
@@ -125,6 +127,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "validation": (dict,),
     "weight": (int, float),
     "horizon_minutes": (int, type(None)),
+    "family": (str,),
+    "variant": (str,),
 }
 _REQUIRED = ("name", "kind", "timeframe", "version", "file", "sha256", "input", "output", "preprocessing", "horizon")
 

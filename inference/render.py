@@ -31,6 +31,7 @@ __all__ = [
     "gadf",
     "gasf",
     "ohlc_chart",
+    "ohlc_input",
     "recurrence_plot",
 ]
 
@@ -303,6 +304,27 @@ def _nearest_index(src: int, dst: int) -> NDArray[np.intp]:
     return ((2 * np.arange(dst) + 1) * src) // (2 * dst)
 
 
+def _window(ohlcv: NDArray[np.float64], height: int, bars: int) -> tuple[NDArray[np.float64], int]:
+    """The last ``bars`` rows of ``(N, 5)`` bars, validated, and the checked height."""
+    bars = _check_size("bars", bars, 1)
+    height = _check_size("height", height, 1)
+    full = _as_array(ohlcv, "ohlcv")
+    if full.ndim != 2 or full.shape[1] != 5:
+        raise RenderError(f"ohlcv: expected shape (n, 5) open, high, low, close, volume, got {full.shape}")
+    if full.shape[0] < bars:
+        raise RenderError(f"ohlcv: need at least {bars} rows, got {full.shape[0]}")
+    return _bars(full[-bars:], "ohlcv", 5), height
+
+
+def ohlc_input(ohlcv: NDArray[np.float64], height: int = 54, bars: int = 24) -> NDArray[np.float32]:
+    """The CIPM model's input (seed 001): ``(1, height, 3 * bars)`` float32 in ``[0, 1]``, the
+    :func:`ohlc_chart` of the last ``bars`` rows of ``(N, 5)`` bars / 255 (the composite's channel 0)."""
+    window, height = _window(ohlcv, height, bars)
+    out = ohlc_chart(window[:, :4], height).astype(np.float32)[None]
+    out /= np.float32(255)
+    return out
+
+
 def composite(ohlcv: NDArray[np.float64], height: int = 54, bars: int = 24) -> NDArray[np.float32]:
     """The model input: ``(3, height, 3 * bars)`` float32 in ``[0, 1]`` from the last ``bars`` rows of ``ohlcv``.
 
@@ -318,14 +340,7 @@ def composite(ohlcv: NDArray[np.float64], height: int = 54, bars: int = 24) -> N
     Invariant to the price level: the log closes enter as ``log(close / min(close))``, so multiplying all
     prices by a constant leaves the image unchanged (bit-for-bit for powers of two).
     """
-    bars = _check_size("bars", bars, 1)
-    height = _check_size("height", height, 1)
-    full = _as_array(ohlcv, "ohlcv")
-    if full.ndim != 2 or full.shape[1] != 5:
-        raise RenderError(f"ohlcv: expected shape (n, 5) open, high, low, close, volume, got {full.shape}")
-    if full.shape[0] < bars:
-        raise RenderError(f"ohlcv: need at least {bars} rows, got {full.shape[0]}")
-    window = _bars(full[-bars:], "ohlcv", 5)
+    window, height = _window(ohlcv, height, bars)
     width = 3 * bars
 
     out = np.empty((3, height, width), dtype=np.float32)

@@ -10,6 +10,7 @@ two only when ``bench inference`` is asked for.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,7 @@ import torch
 from inference.bench import EagerBaseline, median_ms
 from models.efficientnet import efficientnet
 from models.tcn import TCN
+from models.zoo import zoo_model
 
 __all__ = ["torch_eager"]
 
@@ -25,6 +27,9 @@ __all__ = ["torch_eager"]
 ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
     "tcn_1m.onnx": lambda: TCN(in_channels=8),
     "efficientnet.onnx": lambda: efficientnet("b0", in_channels=3, num_classes=1, stem_stride=2),
+    "dense_1m.onnx": lambda: zoo_model("dense", 29),
+    **{f"{kind}_1m.onnx": partial(zoo_model, kind, 8) for kind in ("cnn1d", "mscnn", "cnn_ta", "bilstm")},
+    "cipm_1m.onnx": partial(zoo_model, "cipm", 1),
 }
 
 

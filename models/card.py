@@ -27,7 +27,10 @@ TABLE = [
     ("sharpe", "Sharpe"),
     ("max_drawdown", "max DD"),
     ("trades", "trades"),
+    ("inference_ms", "inference ms"),
 ]
+# From the manifest entry of a component row (the other strategies have none).
+TRAINING = [("seconds", "train s"), ("parity_max_abs_diff", "ONNX parity")]
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -45,17 +48,27 @@ def _fmt(key: str, v: Any) -> str:
         return f"{v:.3f}"
     if key == "sharpe":
         return f"{v:.1f}"
+    if key == "inference_ms":
+        return f"{v:.2f}"
+    if key == "seconds":
+        return f"{v:,.0f}"
+    if key == "parity_max_abs_diff":
+        return f"{v:.1e}"
     return f"{v:.4f}" if key != "accuracy_ci" else f"{v:.3f}"
 
 
-def comparison_table(report: dict[str, dict[str, Any]]) -> list[str]:
-    """The markdown rows of the strategy comparison (the README shows the same table)."""
+def comparison_table(report: dict[str, dict[str, Any]], manifest: Manifest | None = None) -> list[str]:
+    """The markdown rows of the strategy comparison (the README shows the same table); with the
+    manifest, each component's training seconds and ONNX parity too."""
+    columns = TABLE + (TRAINING if manifest is not None else [])
+    training = {c.name: c.training for c in manifest.components} if manifest is not None else {}
     lines = [
-        "| strategy | " + " | ".join(label for _, label in TABLE) + " |",
-        "|" + "---|" * (len(TABLE) + 1),
+        "| strategy | " + " | ".join(label for _, label in columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
     ]
     for name, m in report.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(k, m.get(k)) for k, _ in TABLE) + " |")
+        row = m | training.get(name, {})
+        lines.append(f"| {name} | " + " | ".join(_fmt(k, row.get(k)) for k, _ in columns) + " |")
     return lines
 
 
@@ -73,7 +86,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
             " The ensemble trades only its `tradeable` calls (edge above the round-trip cost); accuracy counts"
             " every long/short call. `majority` always guesses the commoner outcome of these bars (hindsight).",
             "",
-            *comparison_table(report),
+            *comparison_table(report, manifest),
             "",
         ]
     if spec is not None:
@@ -114,20 +127,24 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         "",
         f"Manifest {manifest.created}. {manifest.notes}",
         "",
-        "| component | kind | input | horizon (min) | train samples | train span | train s | fine-tune | validation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| component | family | variant | input | horizon (min) | train samples | train span | train s | fine-tune"
+        " | validation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in manifest.components:
         t, v = c.training, c.validation
         acc = v.get("accuracy_moved", v.get("accuracy"))
         lines.append(
-            f"| {c.name} | {c.kind} | {c.timeframe}m | {c.horizon_min} | {t.get('samples')} |"
+            f"| {c.name} | {c.family or c.kind} | {c.variant or '-'} | {c.timeframe}m | {c.horizon_min} |"
+            f" {t.get('samples')} |"
             f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | {_fine_tune(t)} | accuracy {acc} |"
         )
     lines += [
         "",
         "TCNs read 64 bars of indicator set v1, the EfficientNet-B0 (from scratch, shared by all timeframes)"
         " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/linear_features.py)."
+        " The seeds' zoo (models/zoo.py): the 1D, multi-scale and CNN-TA convolutional networks and the"
+        " bidirectional LSTM read the TCN's sequences, the dense network the linear component's features."
         " Training data: the real bars in ../shared/data, split by time (train before 2025-06-01, validation"
         " 06-01 → 06-15, test after). Components forecasting another horizon than the signal's are refused"
         " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load.",

@@ -3,6 +3,9 @@
 ``tcn``: indicator sequences from :func:`inference.features.tcn_input` (channels-first).
 ``efficientnet``: chart composites from :func:`inference.render.composite`, one shared model for
 all timeframes.
+``linear``: the feature vector of :func:`inference.linear_features.linear_input` (set r1; the view
+samples only), read by the dense network; ``ohlc``: the CIPM network's OHLC image
+(:func:`inference.render.ohlc_input`, the view samples only).
 
 Two labellings. :func:`build_tcn_samples` / :func:`build_image_samples`: the direction of the next bar
 of the window's own timeframe (the models shipped before the signal had one horizon).
@@ -23,7 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.features import WARMUP_BARS, tcn_input
-from inference.render import composite
+from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, linear_input
+from inference.render import composite, ohlc_input
 from models.data import (
     MINUTE_MS,
     Series,
@@ -161,8 +165,19 @@ def build_image_samples(series_list: list[Series], cuts: Cuts, part: str, cap: i
 
 
 def view_need(kind: str, length: int = TCN_LENGTH) -> int:
-    """Bars of its own timeframe one window of ``kind`` (``tcn`` or ``image``) needs."""
-    return length + WARMUP_BARS if kind == "tcn" else IMAGE_BARS
+    """Bars of its own timeframe one window of ``kind`` (``tcn``, ``linear``, ``image`` or ``ohlc``) needs."""
+    return {"tcn": length + WARMUP_BARS, "linear": LINEAR_BARS}.get(kind, IMAGE_BARS)
+
+
+def _view_inputs(kind: str, ohlcv: npt.NDArray[np.float64], ends: list[int], need: int) -> npt.NDArray[np.float32]:
+    """The model input of ``kind`` for the window ending at each of ``ends``."""
+    if kind == "tcn":
+        return np.stack([tcn_input(ohlcv[k - need + 1 : k + 1], TCN_LENGTH) for k in ends])
+    if kind == "linear":
+        return np.stack([linear_input(ohlcv[k - need + 1 : k + 1]) for k in ends])
+    if kind == "ohlc":
+        return np.stack([ohlc_input(ohlcv[k - need + 1 : k + 1], IMAGE_HEIGHT, IMAGE_BARS) for k in ends])
+    return np.stack([composite(ohlcv[k - need + 1 : k + 1], IMAGE_HEIGHT, IMAGE_BARS) for k in ends])
 
 
 def build_view_samples(
@@ -210,16 +225,14 @@ def build_view_samples(
         if total > cap:  # the cap spread over the series in proportion to what each offers
             pick = _subsample(np.arange(len(ends)), max(1, cap * len(ends) // total), rng)
             ends, j, y = ends[pick], j[pick], y[pick]
-        if kind == "tcn":
-            xs.append(np.stack([tcn_input(coarse.ohlcv[k - need + 1 : k + 1], TCN_LENGTH) for k in j.tolist()]))
-        else:
-            xs.append(
-                np.stack([composite(coarse.ohlcv[k - need + 1 : k + 1], IMAGE_HEIGHT, IMAGE_BARS) for k in j.tolist()])
-            )
+        xs.append(_view_inputs(kind, coarse.ohlcv, j.tolist(), need))
         ys.append(y)
         firsts.append(int(s.start_ms[ends[0] + 1]))
         lasts.append(int(s.start_ms[ends[-1] + 1]))
-    empty = (0, 8, TCN_LENGTH) if kind == "tcn" else (0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS)
+    image = (0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS)
+    empty = {"tcn": (0, 8, TCN_LENGTH), "linear": (0, len(LINEAR_FEATURES)), "ohlc": (0, 1, *image[2:])}.get(
+        kind, image
+    )
     return SampleSet(
         x=np.concatenate(xs) if xs else np.zeros(empty, np.float32),
         y=np.concatenate(ys) if ys else np.zeros(0, np.float32),

@@ -22,6 +22,7 @@ from torch import nn
 from torch.jit._trace import TracerWarning
 
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
+from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION
 from inference.manifest import Component, Manifest, sha256_file
 from inference.render import RENDERER_VERSION
 from models.card import model_card
@@ -37,6 +38,7 @@ from models.datasets import (
 )
 from models.efficientnet import efficientnet
 from models.tcn import TCN
+from models.zoo import FAMILIES, ZOO, zoo_input, zoo_model
 
 __all__ = ["ExportError", "export_all", "export_onnx"]
 
@@ -126,48 +128,44 @@ def export_all(
         if horizon is not None:
             return build_view_samples(kind, bases, tf, cuts, "val", n, horizon, seed=1)
         series = series_for_timeframe(data_dir, tf)
-        build = build_tcn_samples if kind == "tcn" else build_image_samples
+        build = build_tcn_samples if kind == "tcn" else build_image_samples  # (the zoo needs --horizon)
         return build(series, cuts, "val", n, seed=1)
 
     image_h = image_result.get("horizon_minutes") if image_model is not None else None
-    for ckpt in sorted(work_dir.glob("tcn_*m.pt"), key=lambda p: int(p.stem.split("_")[1][:-1])):
-        tf = int(ckpt.stem.split("_")[1][:-1])
+    for ckpt, kind, tf in _checkpoints(work_dir):
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         result = state["result"]
         h = result.get("horizon_minutes")
-        model = TCN(in_channels=result["config"]["in_channels"])
+        model = TCN(in_channels=result["config"]["in_channels"]) if kind == "tcn" else _zoo(kind, result)
         model.load_state_dict(state["state_dict"])
         model.eval()
-        val = validation("tcn", tf, h, tcn_check_samples)
-        path = out_dir / f"tcn_{tf}m.onnx"
+        samples = "tcn" if kind == "tcn" else zoo_input(kind)
+        val = validation(samples, tf, h, image_check_samples if samples == "ohlc" else tcn_check_samples)
+        path = out_dir / f"{ckpt.stem}.onnx"
         export_onnx(model, val.x[:1], path)
         logits, diff = _parity(model, path, val.x)
-        log.info("tcn_%dm exported: parity %.2e on %d real inputs", tf, diff, len(val))
-        length = result["config"]["length"]
+        log.info("%s exported: parity %.2e on %d real inputs", ckpt.stem, diff, len(val))
+        family, variant = FAMILIES.get(kind, ("tcn", TCN_VARIANT))
         components.append(
             Component(
-                name=f"tcn_{tf}m",
-                kind="tcn",
+                name=ckpt.stem,
+                kind=kind,
+                family=family,
+                variant=variant,
                 timeframe=str(tf),
                 version=version,
                 file=path.name,
                 sha256=sha256_file(path),
-                input={"name": "input", "shape": ["batch", len(FEATURE_NAMES), length], "dtype": "float32"},
+                input=_input(samples, result),
                 output={"name": "logits", "shape": ["batch", 1], "meaning": _meaning(tf, h)},
-                preprocessing={
-                    "features": FEATURE_SET_VERSION,
-                    "names": list(FEATURE_NAMES),
-                    "length": length,
-                    "warmup": WARMUP_BARS,
-                    "bars_needed": length + WARMUP_BARS,
-                },
+                preprocessing=_preprocessing(samples, result),
                 horizon=_horizon_text(tf, h),
                 horizon_minutes=h or tf,
                 training=_training(result, diff, cuts),
                 validation=_val_metrics(logits, val.y),
             )
         )
-        if image_model is not None:
+        if image_model is not None and kind == "tcn":
             ival = validation("image", tf, image_h, image_check_samples)
             ilogits, idiff = _parity(image_model, image_path, ival.x)
             log.info("efficientnet %dm: parity %.2e on %d real images", tf, idiff, len(ival))
@@ -175,6 +173,8 @@ def export_all(
                 Component(
                     name=f"efficientnet_{tf}m",
                     kind="efficientnet",
+                    family="efficientnet",
+                    variant=str(image_result["config"]["variant"]),
                     timeframe=str(tf),
                     version=version,
                     file=image_path.name,
@@ -211,6 +211,58 @@ def export_all(
     manifest.save(out_dir / "manifest.json")
     (out_dir / "MODEL_CARD.md").write_text(model_card(manifest))
     return manifest
+
+
+TCN_VARIANT = "4 dilated causal residual blocks (32, 32, 64, 64), k3, 64 bars"
+_KINDS = ("tcn", *ZOO)
+
+
+def _checkpoints(work_dir: Path) -> list[tuple[Path, str, int]]:
+    """(checkpoint, kind, timeframe) of every ``<kind>_<tf>m.pt`` in ``work_dir``, by timeframe then kind."""
+    found = []
+    for path in work_dir.glob("*_*m.pt"):
+        kind, _, tf = path.stem.rpartition("_")
+        if kind in _KINDS and tf[:-1].isdigit():
+            found.append((path, kind, int(tf[:-1])))
+    return sorted(found, key=lambda f: (f[2], _KINDS.index(f[1])))
+
+
+def _zoo(kind: str, result: dict[str, Any]) -> nn.Module:
+    return zoo_model(kind, int(result["config"]["in_channels"]))
+
+
+def _input(samples: str, result: dict[str, Any]) -> dict[str, Any]:
+    if samples == "linear":
+        return {"name": "input", "shape": ["batch", len(LINEAR_FEATURES)], "dtype": "float32"}
+    if samples == "ohlc":
+        cfg = result["config"]
+        shape = ["batch", cfg["in_channels"], cfg["height"], 3 * cfg["bars"]]
+        return {"name": "input", "shape": shape, "dtype": "float32"}
+    return {"name": "input", "shape": ["batch", len(FEATURE_NAMES), result["config"]["length"]], "dtype": "float32"}
+
+
+def _preprocessing(samples: str, result: dict[str, Any]) -> dict[str, Any]:
+    """What serving computes for the model: the linear component's features, the OHLC image, or the
+    TCN's sequences."""
+    if samples == "linear":
+        return {"features": LINEAR_SET_VERSION, "names": list(LINEAR_FEATURES), "bars_needed": LINEAR_BARS}
+    if samples == "ohlc":
+        cfg = result["config"]
+        return {
+            "renderer": "ohlc",
+            "renderer_version": RENDERER_VERSION,
+            "height": cfg["height"],
+            "bars": cfg["bars"],
+            "channels": ["ohlc_chart/255"],
+        }
+    length = int(result["config"]["length"])
+    return {
+        "features": FEATURE_SET_VERSION,
+        "names": list(FEATURE_NAMES),
+        "length": length,
+        "warmup": WARMUP_BARS,
+        "bars_needed": length + WARMUP_BARS,
+    }
 
 
 def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, Any]:

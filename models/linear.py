@@ -308,6 +308,8 @@ def fit_linear(
     component = Component(
         name=name,
         kind="linear",
+        family="linear",
+        variant="r1: logistic regression + two log-linear GLM heads",
         timeframe="1",
         version=dt.date.today().strftime("%Y.%m.%d"),
         file=path.name,

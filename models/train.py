@@ -1,4 +1,5 @@
-"""``candlecast train``: fit the TCNs (one per timeframe) and one shared EfficientNet on history.
+"""``candlecast train``: fit the TCNs (one per timeframe), one shared EfficientNet and the seeds' other
+models (:mod:`models.zoo`, one per timeframe) on history.
 
 Seeded, CUDA when present and the CPU otherwise (``--device`` chooses), AdamW with a cosine schedule, early stopping
 on validation loss, progress bars. Writes checkpoints and their metrics to ``--work``; ``candlecast
@@ -12,7 +13,11 @@ next bar of its own timeframe, as the first artifacts did.
 Pre-train, then fine-tune: every 1m series (Binance spot and USDT-M, Bybit) trains the model; with
 ``--fine-tune bybit_linear`` it then continues on those series alone at a tenth of the learning rate,
 and the fine-tuned weights are kept only if their validation loss on those series is lower than the
-pre-trained ones'. ``--init-from models/artifacts`` starts a TCN from a shipped artifact's weights
+pre-trained ones'. The zoo models (``--models dense,cnn1d,mscnn,cnn_ta,bilstm``) need ``--horizon``:
+they answer the signal's question only; each trains like the TCN (same sample caps, ``--zoo-epochs``),
+the dense network on the linear component's feature vector, the CIPM network on the OHLC image (its
+cap: ``--image-samples``), the others on the TCN's sequences.
+``--init-from models/artifacts`` starts a TCN from a shipped artifact's weights
 (read from its ONNX graph) instead of from scratch; with ``--tcn-epochs 0`` only the fine-tune runs.
 """
 
@@ -50,6 +55,7 @@ from models.datasets import (
 from models.efficientnet import efficientnet
 from models.linear import iso_ms
 from models.tcn import TCN
+from models.zoo import ZOO, DenseNet, zoo_input, zoo_model
 
 __all__ = ["TrainConfig", "load_onnx_weights", "train_all"]
 
@@ -81,6 +87,7 @@ class TrainConfig:
     fine_tune: str | None = None  # series-name prefix to fine-tune on after pre-training
     fine_tune_epochs: int = 2
     init_from: Path | None = None  # artifacts directory: start TCNs from its ONNX weights
+    zoo_epochs: int = 6
 
 
 def _device(name: str) -> torch.device:
@@ -199,6 +206,13 @@ def fit(
 
 
 def train_all(cfg: TrainConfig) -> dict[str, Any]:
+    try:
+        return _train_all(cfg)
+    finally:
+        _BUILT.clear()
+
+
+def _train_all(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +243,9 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
             result["horizon_minutes"] = cfg.horizon
             torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
             summary[label] = {k: v for k, v in result.items() if k != "history"}
+        for kind in (k for k in ZOO if k in cfg.models):
+            label = f"{kind}_{tf}m"
+            summary[label] = _train_zoo(kind, label, cfg, series, tf, cuts)
         if "efficientnet" in cfg.models:
             image_train.append(_samples(cfg, "image", series, tf, cuts, "train", cfg.image_train_cap))
             image_val.append(_samples(cfg, "image", series, tf, cuts, "val", cfg.image_val_cap))
@@ -268,6 +285,33 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf: int, cuts: Cuts) -> dict[str, Any]:
+    """Fit (and fine-tune) one zoo model; its checkpoint goes to ``work_dir/label.pt``."""
+    if cfg.horizon is None:
+        raise ValueError(f"{label}: the zoo models answer the signal's question only; give --horizon")
+    samples = zoo_input(kind)
+    image = samples == "ohlc"
+    train = _samples(cfg, samples, series, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
+    val = _samples(cfg, samples, series, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
+    log.info("%s: %d train / %d val samples from %d series", label, len(train), len(val), len(series))
+    torch.manual_seed(cfg.seed)
+    in_channels = int(train.x.shape[1])  # features, indicator channels or image layers
+    model = zoo_model(kind, in_channels)
+    if isinstance(model, DenseNet):
+        model.standardise(torch.from_numpy(train.x))
+    result = fit(model, train, val, cfg, cfg.zoo_epochs, label)
+    if cfg.fine_tune:
+        result = _fine_tune(model, result, cfg, samples, series, tf, cuts, label)
+    result["config"] = {"kind": kind, "in_channels": in_channels, "samples": samples}
+    if samples == "tcn":
+        result["config"]["length"] = TCN_LENGTH
+    if samples == "ohlc":
+        result["config"] |= {"height": IMAGE_HEIGHT, "bars": IMAGE_BARS}
+    result["horizon_minutes"] = cfg.horizon
+    torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
+    return {k: v for k, v in result.items() if k != "history"}
+
+
 def _concat(sets: list[SampleSet]) -> SampleSet:
     return SampleSet(
         x=np.concatenate([s.x for s in sets]),
@@ -277,7 +321,19 @@ def _concat(sets: list[SampleSet]) -> SampleSet:
     )
 
 
+# The sample sets of one train_all run, so models reading the same inputs (the TCN and four zoo
+# models read one sequence set) build them once; cleared when the run ends.
+_BUILT: dict[tuple[Any, ...], SampleSet] = {}
+
+
 def _samples(cfg: TrainConfig, kind: str, series: list[Series], tf: int, cuts: Cuts, part: str, cap: int) -> SampleSet:
+    key = (kind, tuple(s.name for s in series), tf, cuts, part, cap, cfg.horizon, cfg.seed)
+    if key not in _BUILT:
+        _BUILT[key] = _build(cfg, kind, series, tf, cuts, part, cap)
+    return _BUILT[key]
+
+
+def _build(cfg: TrainConfig, kind: str, series: list[Series], tf: int, cuts: Cuts, part: str, cap: int) -> SampleSet:
     if cfg.horizon is not None:
         return build_view_samples(kind, series, tf, cuts, part, cap, cfg.horizon, cfg.seed)
     if kind == "tcn":

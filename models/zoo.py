@@ -3,7 +3,9 @@
 Each follows its seed; where the seed leaves a choice open, the choice is stated here:
 
 * :class:`DenseNet` — seed 002: hidden layers [256, 128, 64, 32], each Linear → BatchNorm → GELU →
-  Dropout 0.3 (the seed's PyTorch version), on a feature vector (``(batch, features)``).
+  Dropout 0.3 (the seed's PyTorch version), on a feature vector (``(batch, features)``), standardised
+  first by the training span's mean and deviation (buffers set by :meth:`DenseNet.standardise`: they
+  travel inside the exported graph, so serving feeds the raw features).
 * :class:`CNN1D` — seed 000 §4.1, "1D CNN (k=5)": two k=5 convolutions (32 and 64 filters, "same"
   padding, ReLU, BatchNorm), global average pooling, a 64-unit dense layer, dropout 0.3.
 * :class:`MultiScaleCNN` — seed 000's ``MultiScaleCNN``: parallel branches k = 3, 7, 15, 31, each two
@@ -13,6 +15,11 @@ Each follows its seed; where the seed leaves a choice open, the choice is stated
   convolutions (16, 32, 64) with 2x2 max pooling after the first two (pooled along time only: the
   matrix has just 8 indicator rows), global average pooling, dense 64, dropout 0.3 (the seed's 2D CNN
   example).
+* :class:`CIPM` — seed 001 §4.3.1, Table 1 (its best CNN on the 54x72 OHLC image): three (5, 3)
+  "same" convolutions (32, 64, 128 filters), each BatchNorm → LeakyReLU 0.01 → MaxPool (3, 1), dropout
+  0.5 after the first two; flatten (128 x 2 x 72) → dense 256 → dropout 0.5 → the logit (the seed's
+  regression output becomes the direction's logit: the signal asks up or down). With
+  ``in_channels=2`` it is the seed's two-layer variant, BTC's image stacked as a second channel.
 * :class:`BiLSTM` — seed 001 §4.3.4: two bidirectional LSTM layers of 32 units a direction (64 out),
   each followed by BatchNorm and Dropout, flattened over the last 24 steps into one dense output.
 
@@ -27,10 +34,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CNN1D", "CNNTA", "ZOO", "BiLSTM", "DenseNet", "MultiScaleCNN", "zoo_model"]
+__all__ = [
+    "CIPM",
+    "CNN1D",
+    "CNNTA",
+    "FAMILIES",
+    "ZOO",
+    "BiLSTM",
+    "DenseNet",
+    "MultiScaleCNN",
+    "zoo_input",
+    "zoo_model",
+]
 
 
 class DenseNet(nn.Module):
+    shift: Tensor
+    scale: Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -46,9 +67,16 @@ class DenseNet(nn.Module):
             previous = width
         layers.append(nn.Linear(previous, num_outputs))
         self.net = nn.Sequential(*layers)
+        self.register_buffer("shift", torch.zeros(in_features))
+        self.register_buffer("scale", torch.ones(in_features))
+
+    def standardise(self, x: Tensor) -> None:
+        """Feed features as ``(x - mean) / std`` of ``x`` (the training samples) from now on."""
+        self.shift.copy_(x.mean(dim=0))
+        self.scale.copy_(x.std(dim=0).clamp_min(1e-6))
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.net(x)
+        out: Tensor = self.net((x - self.shift) / self.scale)
         return out
 
 
@@ -128,6 +156,41 @@ class CNNTA(nn.Module):
         return out
 
 
+class CIPM(nn.Module):
+    def __init__(
+        self, in_channels: int = 1, height: int = 54, width: int = 72, dropout: float = 0.5, num_outputs: int = 1
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, filters in enumerate((32, 64, 128)):
+            layers += [
+                nn.Conv2d(previous, filters, (5, 3), padding=(2, 1)),
+                nn.BatchNorm2d(filters),
+                nn.LeakyReLU(0.01),
+                nn.MaxPool2d((3, 1)),
+            ]
+            if i < 2:
+                layers.append(nn.Dropout(dropout))
+            previous = filters
+        self.features = nn.Sequential(*layers)
+        rows = height // 3 // 3 // 3
+        if rows < 1:
+            raise ValueError(f"height {height}: three (3, 1) poolings need at least 27 rows")
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * rows * width, 256),
+            nn.LeakyReLU(0.01),
+            nn.Dropout(dropout),
+            nn.Linear(256, num_outputs),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, channels, height, width)`` images in [0, 1]."""
+        out: Tensor = self.head(self.features(x))
+        return out
+
+
 class BiLSTM(nn.Module):
     def __init__(
         self, in_channels: int, steps: int = 24, hidden: int = 32, dropout: float = 0.3, num_outputs: int = 1
@@ -154,11 +217,32 @@ class BiLSTM(nn.Module):
         return logits
 
 
-ZOO = ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm")
+ZOO = ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm")
+# What each kind reads: the dense network the linear component's feature vector (set r1), the CIPM
+# network the OHLC image (inference.render.ohlc_input), the others the TCN's indicator sequences
+# (set v1, channels by time).
+INPUTS = {"dense": "linear", "cipm": "ohlc"}
+
+
+def zoo_input(kind: str) -> str:
+    """The sample kind (models.datasets) a zoo model reads: ``linear``, ``ohlc`` or ``tcn``."""
+    return INPUTS.get(kind, "tcn")
+
+
+# (family, variant) as the manifest names them: the seed's model family and which member this is.
+FAMILIES = {
+    "dense": ("mlp", "256-128-64-32 batchnorm gelu dropout0.3"),
+    "cnn1d": ("cnn", "1d k5"),
+    "mscnn": ("cnn", "multiscale k3-7-15-31"),
+    "cnn_ta": ("cnn", "ta 2d (indicators x time)"),
+    "bilstm": ("lstm", "bidirectional 2x32, newest 24 bars"),
+    "cipm": ("cipm", "table 1, 1 layer (the symbol's image)"),
+}
 
 
 def zoo_model(kind: str, in_channels: int, num_outputs: int = 1) -> nn.Module:
-    """The seed architecture ``kind`` for ``in_channels`` features (the dense network's input width)."""
+    """The seed architecture ``kind`` for ``in_channels`` features (the dense network's input width,
+    the CIPM's image layers)."""
     if kind == "dense":
         return DenseNet(in_channels, num_outputs=num_outputs)
     if kind == "cnn1d":
@@ -169,4 +253,6 @@ def zoo_model(kind: str, in_channels: int, num_outputs: int = 1) -> nn.Module:
         return CNNTA(num_outputs=num_outputs)
     if kind == "bilstm":
         return BiLSTM(in_channels, num_outputs=num_outputs)
+    if kind == "cipm":
+        return CIPM(in_channels, num_outputs=num_outputs)
     raise ValueError(f"unknown zoo model {kind!r}; known: {', '.join(ZOO)}")

@@ -176,12 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the TCNs and the EfficientNet on ../shared/data (offline; needs torch)")
     t.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     t.add_argument("--work", type=Path, default=Path("build/train"), help="where checkpoints go")
-    t.add_argument("--models", default="tcn,efficientnet")
+    t.add_argument(
+        "--models", default="tcn,efficientnet", help="tcn, efficientnet; the zoo: dense, cnn1d, mscnn, cnn_ta, bilstm"
+    )
     t.add_argument("--timeframes", default="1,5,15,60")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (default: CUDA when present, else CPU), cpu or cuda")
     t.add_argument("--tcn-epochs", type=int, default=12)
     t.add_argument("--image-epochs", type=int, default=4)
+    t.add_argument("--zoo-epochs", type=int, default=6, help="epochs of each zoo model (needs --horizon)")
     t.add_argument("--tcn-samples", type=int, default=60_000, help="training samples per timeframe (cap)")
     t.add_argument("--image-samples", type=int, default=3_000, help="training images per timeframe (cap)")
     t.add_argument(
@@ -432,6 +435,7 @@ async def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         tcn_epochs=args.tcn_epochs,
         image_epochs=args.image_epochs,
+        zoo_epochs=args.zoo_epochs,
         tcn_train_cap=args.tcn_samples,
         image_train_cap=args.image_samples,
         horizon=args.horizon,

@@ -37,6 +37,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "benchmark",
         "machine",
         "ort_vs_torch",
+        "artifacts",
         "per_signal_ms",
         "components_voting_median",
         "sources",
@@ -45,6 +46,12 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "aim",
     ]
     assert result["machine"]["torch"] == "stand-in"
+    shipped = sorted(ARTIFACTS.glob("*.onnx"))
+    assert result["artifacts"] == {
+        "onnx_files": len(shipped),
+        "megabytes": round(sum(p.stat().st_size for p in shipped) / 1e6, 1),
+    }
+    assert set(result["ort_vs_torch"]) == {p.name for p in shipped if p.name in bench_inputs()}
     for name, row in result["ort_vs_torch"].items():
         assert row["batch"] == bench_inputs()[name].shape[0]
         assert row["torch_eager_ms"] == 2.0

@@ -33,6 +33,7 @@ from inference.render import (
     gadf,
     gasf,
     ohlc_chart,
+    ohlc_input,
     recurrence_plot,
 )
 
@@ -426,6 +427,21 @@ def test_composite_reads_only_the_last_bars(btc: NDArray[np.float64]) -> None:
     changed = data.copy()
     changed[-1, 3] = changed[-1, 2]  # the newest close moves: the image must change
     assert composite(changed).tobytes() != composite(data).tobytes()
+
+
+def test_the_cipm_input_is_the_composites_ohlc_channel_of_the_last_bars_only(btc: NDArray[np.float64]) -> None:
+    data = btc[:100]
+    image = ohlc_input(data, 54, 24)
+    assert image.shape == (1, 54, 72) and image.dtype == np.float32
+    assert image.tobytes() == composite(data, 54, 24)[:1].tobytes()
+    changed = data.copy()
+    changed[:-24] = np.nan  # older rows are not even validated
+    assert ohlc_input(changed).tobytes() == image.tobytes()
+    changed[-1, 1] = changed[-1, 2] - 1.0  # a high under its low
+    with pytest.raises(RenderError, match="ohlcv"):
+        ohlc_input(changed)
+    with pytest.raises(RenderError, match="need at least 24 rows"):
+        ohlc_input(data[-23:])
 
 
 # --- determinism ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the shipped models are described in models/artifacts/MODEL_CARD.md.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from inference.manifest import Manifest
+from models.card import model_card
 from models.data import Series, aggregate, load_series
 from models.datasets import Cuts
 from models.evaluate import EvaluateConfig, evaluate
@@ -27,12 +29,14 @@ from models.linear import fit_linear
 from models.stack import fit_ensemble
 from models.tcn import TCN
 from models.train import TrainConfig, load_onnx_weights, train_all
+from models.zoo import FAMILIES, ZOO
 from tests.conftest import DATA_1M
 
 pytestmark = pytest.mark.timeout(300)
 
 BYBIT = "bybit_linear_BTCUSDT_1m"
 BINANCE = "binance_usdm_perp_BTCUSDT_1m"
+ZOO_1M = tuple(f"{k}_1m" for k in ZOO)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,7 @@ def h1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         batch_size=64,
     )
     train_all(cfg)
+    train_all(dataclasses.replace(cfg, models=ZOO, timeframes=(1,), zoo_epochs=1))  # the seeds' zoo, on 1m
     export_all(work, artifacts, root / "data", version="test", tcn_check_samples=64, image_check_samples=32)
     fit_linear(root / "data", artifacts, cap=4000, val_cap=800, workers=1)
     fit_ensemble(artifacts, root / "data", per_series=1500)
@@ -76,13 +81,17 @@ def test_every_view_answers_the_signal_question_pretrained_elsewhere_and_fine_tu
 ) -> None:
     manifest = Manifest.load(h1["artifacts"] / "manifest.json")
     by_name = {c.name: c for c in manifest.components}
-    assert set(by_name) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m"}
-    for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"):
+    assert set(by_name) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m", *ZOO_1M}
+    assert {c.name: (c.family, c.variant) for c in manifest.components if c.kind in ZOO} == {
+        f"{k}_1m": FAMILIES[k] for k in ZOO
+    }
+    assert by_name["efficientnet_1m"].variant == "b0" and by_name["linear_1m"].family == "linear"
+    for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", *ZOO_1M):
         c = by_name[name]
         assert c.horizon_minutes == 1 and c.horizon == "log return over the next 1 min", name
         assert c.output["meaning"].endswith(f"from the {c.timeframe}m window")
         assert c.training["parity_max_abs_diff"] <= 1e-4
-    for name in ("tcn_1m", "tcn_5m"):
+    for name in ("tcn_1m", "tcn_5m", *ZOO_1M):
         tr = by_name[name].training
         assert any(s.startswith(BINANCE) for s in tr["sources"])  # pre-trained on the other venue
         ft = tr["fine_tune"]
@@ -93,7 +102,7 @@ def test_every_view_answers_the_signal_question_pretrained_elsewhere_and_fine_tu
 def test_the_stacker_weighs_the_coarse_views_beside_the_1m_ones(h1: dict[str, Path]) -> None:
     spec = Manifest.load(h1["artifacts"] / "manifest.json").ensemble
     assert spec is not None
-    assert set(spec.weights) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m"}
+    assert set(spec.weights) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m", *ZOO_1M}
     assert all(np.isfinite(w) for w in spec.weights.values())
     votes = {n: c["votes"] for n, c in spec.fitted["components"].items()}
     assert votes["tcn_1m"] == 1.0 and 0.0 < votes["tcn_5m"] <= 1.0
@@ -115,7 +124,7 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
 
     out = tmp_path / "eval"
     result = evaluate(EvaluateConfig(files=(h1["slice"],), out_dir=out, artifacts=h1["artifacts"]))
-    assert {"tcn_5m", "efficientnet_5m"} <= set(result["strategies"])
+    assert {"tcn_5m", "efficientnet_5m", *ZOO_1M} <= set(result["strategies"])
     assert result["meta"]["not_evaluated"] == {}
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -157,6 +166,15 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
         checked += 1
     assert checked >= 3
     await engine.close()
+
+    # the model card's comparison: every zoo row with its inference time, training time and parity
+    card = model_card(Manifest.load(h1["artifacts"] / "manifest.json"), out).splitlines()
+    header = [h.strip() for h in card[card.index(next(x for x in card if x.startswith("| strategy |")))].split("|")]
+    for name in ZOO_1M:
+        cells = [x.strip() for x in next(x for x in card if x.startswith(f"| {name} |")).split("|")]
+        assert float(cells[header.index("inference ms")]) > 0, name
+        assert float(cells[header.index("train s")].replace(",", "")) >= 0, name
+        assert float(cells[header.index("ONNX parity")]) <= 1e-4, name
 
 
 def test_a_tcn_starts_from_its_shipped_onnx_weights_exactly(h1: dict[str, Path], tmp_path: Path) -> None:
@@ -204,3 +222,5 @@ def test_a_tcn_starts_from_its_shipped_onnx_weights_exactly(h1: dict[str, Path],
                 tcn_epochs=0,
             )
         )
+    with pytest.raises(ValueError, match="cnn1d_1m: the zoo models answer the signal's question only"):
+        train_all(TrainConfig(data_dir=cfg.data_dir, work_dir=work, models=("cnn1d",), timeframes=(1,)))

@@ -11,21 +11,21 @@ import pytest
 import torch
 
 from models.export import _parity, export_onnx
-from models.zoo import ZOO, BiLSTM, DenseNet, MultiScaleCNN, zoo_model
+from models.zoo import CIPM, ZOO, BiLSTM, DenseNet, MultiScaleCNN, zoo_model
 
 CHANNELS, LENGTH, FEATURES = 8, 64, 29
 
 
 def _example(kind: str, batch: int = 5) -> np.ndarray:
     rng = np.random.default_rng(0)
-    shape = (batch, FEATURES) if kind == "dense" else (batch, CHANNELS, LENGTH)
+    shape = {"dense": (batch, FEATURES), "cipm": (batch, 1, 54, 72)}.get(kind, (batch, CHANNELS, LENGTH))
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def _trained_looking(kind: str) -> torch.nn.Module:
     """A model whose BatchNorm statistics are not the identity (as after training), in eval mode."""
     torch.manual_seed(0)
-    model = zoo_model(kind, FEATURES if kind == "dense" else CHANNELS)
+    model = zoo_model(kind, {"dense": FEATURES, "cipm": 1}.get(kind, CHANNELS))
     model.train()
     with torch.no_grad():
         for _ in range(3):
@@ -68,5 +68,36 @@ def test_the_seeds_layer_sizes() -> None:
     assert kernels == [3, 7, 15, 31]
     with pytest.raises(ValueError, match="odd kernel"):
         MultiScaleCNN(CHANNELS, kernels=(3, 4))
+    cipm = CIPM(in_channels=2)  # the two-layer variant: BTC's image as a second channel
+    assert [m.kernel_size for m in cipm.modules() if isinstance(m, torch.nn.Conv2d)] == [(5, 3)] * 3
+    assert [m.kernel_size for m in cipm.modules() if isinstance(m, torch.nn.MaxPool2d)] == [(3, 1)] * 3
+    assert [m.p for m in cipm.modules() if isinstance(m, torch.nn.Dropout)] == [0.5] * 3
+    # Table 1 of seed 001, parameter by parameter (with one input layer)
+    one = CIPM(in_channels=1)
+    convs = [sum(p.numel() for p in m.parameters()) for m in one.modules() if isinstance(m, torch.nn.Conv2d)]
+    dense = [sum(p.numel() for p in m.parameters()) for m in one.modules() if isinstance(m, torch.nn.Linear)]
+    assert convs == [512, 30_784, 123_008] and dense == [4_718_848, 257]
+    with pytest.raises(ValueError, match="at least 27 rows"):
+        CIPM(height=20)
     with pytest.raises(ValueError, match="unknown zoo model"):
         zoo_model("transformer", CHANNELS)
+
+
+def test_the_dense_networks_standardisation_travels_inside_the_exported_graph(tmp_path: Path) -> None:
+    model = _trained_looking("dense")
+    assert isinstance(model, DenseNet)
+    x = _example("dense", 300) * 3 + 1
+    with torch.no_grad():
+        raw = model(torch.from_numpy(x))
+        model.standardise(torch.from_numpy(x))
+        standardised = model(torch.from_numpy(x))
+        # the same as feeding standardised features to the unstandardised network
+        model.shift.zero_()
+        model.scale.fill_(1.0)
+        z = (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
+        assert torch.allclose(model(torch.from_numpy(z.astype(np.float32))), standardised, atol=1e-4)
+        model.standardise(torch.from_numpy(x))
+    assert not torch.allclose(raw, standardised)
+    export_onnx(model, x[:1], tmp_path / "dense.onnx")
+    onnx_out, diff = _parity(model, tmp_path / "dense.onnx", x)
+    assert diff <= 1e-4 and np.allclose(onnx_out, standardised.numpy().reshape(-1), atol=1e-4)
