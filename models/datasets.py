@@ -71,6 +71,9 @@ class SampleSet:
     y: npt.NDArray[np.float32]
     span: tuple[int, int]  # first and last label-bar start (ms)
     sources: list[str] = field(default_factory=list)
+    # each sample's label-bar start (ms), where the builder records it (the view samples): what
+    # time-ordered cross-validation (models.tune) splits on
+    times: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -220,13 +223,14 @@ def build_view_samples(
         if keep.any():
             chosen.append((s, coarse, ends[keep], j[keep], (r_h[keep] > 0).astype(np.float32)))
     total = sum(len(e) for _, _, e, _, _ in chosen)
-    xs, ys, firsts, lasts = [], [], [], []
+    xs, ys, ts, firsts, lasts = [], [], [], [], []
     for s, coarse, ends, j, y in chosen:
         if total > cap:  # the cap spread over the series in proportion to what each offers
             pick = _subsample(np.arange(len(ends)), max(1, cap * len(ends) // total), rng)
             ends, j, y = ends[pick], j[pick], y[pick]
         xs.append(_view_inputs(kind, coarse.ohlcv, j.tolist(), need))
         ys.append(y)
+        ts.append(s.start_ms[ends + 1].astype(np.int64))
         firsts.append(int(s.start_ms[ends[0] + 1]))
         lasts.append(int(s.start_ms[ends[-1] + 1]))
     image = (0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS)
@@ -238,4 +242,5 @@ def build_view_samples(
         y=np.concatenate(ys) if ys else np.zeros(0, np.float32),
         span=(min(firsts), max(lasts)) if firsts else (0, 0),
         sources=[f"{s.name}->{timeframe}m" if timeframe != 1 else s.name for s, *_ in chosen],
+        times=np.concatenate(ts) if ts else np.zeros(0, np.int64),
     )

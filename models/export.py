@@ -278,7 +278,7 @@ def _training(result: dict[str, Any], parity: float, cuts: Cuts) -> dict[str, An
         "seconds": round(result["train_seconds"], 1),
         "sources": result["sources"],
         "parity_max_abs_diff": parity,
-        **{k: result[k] for k in ("pretrained", "fine_tune") if k in result},
+        **{k: result[k] for k in ("pretrained", "fine_tune", "hyperparameters") if k in result},
     }
 
 

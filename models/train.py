@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ class TrainConfig:
     fine_tune_epochs: int = 2
     init_from: Path | None = None  # artifacts directory: start TCNs from its ONNX weights
     zoo_epochs: int = 6
+    params: Path | None = None  # candlecast tune's output: <kind>.json hyper-parameters for zoo models
 
 
 def _device(name: str) -> torch.device:
@@ -294,14 +295,32 @@ def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf
     train = _samples(cfg, samples, series, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
     val = _samples(cfg, samples, series, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
     log.info("%s: %d train / %d val samples from %d series", label, len(train), len(val), len(series))
+    tuned = load_tuned(cfg.params, kind) if cfg.params is not None else None
+    hp: dict[str, Any] = (
+        dict(tuned["params"])
+        if tuned is not None
+        else {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "dropout": None, "batch_size": cfg.batch_size}
+    )
+    run = replace(cfg, lr=hp["lr"], weight_decay=hp["weight_decay"], batch_size=hp["batch_size"])
     torch.manual_seed(cfg.seed)
     in_channels = int(train.x.shape[1])  # features, indicator channels or image layers
-    model = zoo_model(kind, in_channels)
+    model = zoo_model(kind, in_channels, dropout=hp["dropout"])
     if isinstance(model, DenseNet):
         model.standardise(torch.from_numpy(train.x))
-    result = fit(model, train, val, cfg, cfg.zoo_epochs, label)
+    result = fit(model, train, val, run, cfg.zoo_epochs, label)
     if cfg.fine_tune:
-        result = _fine_tune(model, result, cfg, samples, series, tf, cuts, label)
+        result = _fine_tune(model, result, run, samples, series, tf, cuts, label)
+    rates = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    result["hyperparameters"] = hp | {
+        "dropout": rates[0] if rates else None,
+        "epochs": cfg.zoo_epochs,
+        "source": (
+            f"optuna: {tuned['trials']} trials, time-ordered {len(tuned['folds'])}-fold cv log loss"
+            f" {tuned['cv_log_loss']:.5f} (candlecast tune)"
+            if tuned is not None
+            else "defaults"
+        ),
+    }
     result["config"] = {"kind": kind, "in_channels": in_channels, "samples": samples}
     if samples == "tcn":
         result["config"]["length"] = TCN_LENGTH
@@ -310,6 +329,24 @@ def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf
     result["horizon_minutes"] = cfg.horizon
     torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
     return {k: v for k, v in result.items() if k != "history"}
+
+
+def load_tuned(directory: Path, kind: str) -> dict[str, Any] | None:
+    """The tuned record of ``kind`` in ``directory`` (``candlecast tune``'s output), or None."""
+    path = directory / f"{kind}.json"
+    if not path.is_file():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    params = record.get("params")
+    if record.get("kind") != kind or not isinstance(params, dict):
+        raise ValueError(f"{path}: not a tuning record of {kind}")
+    for key in ("lr", "weight_decay", "dropout"):
+        value = params.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{path}: {key} must be a finite number >= 0, got {value!r}")
+    if params.get("batch_size") not in (128, 256, 512):
+        raise ValueError(f"{path}: batch_size must be 128, 256 or 512, got {params.get('batch_size')!r}")
+    return record
 
 
 def _concat(sets: list[SampleSet]) -> SampleSet:
@@ -408,8 +445,9 @@ def _fine_tune(
     chosen = [s for s in series if s.name.startswith(cfg.fine_tune)]
     if not chosen:
         raise ValueError(f"--fine-tune {cfg.fine_tune}: no series of that name in {cfg.data_dir}")
-    train = _samples(cfg, kind, chosen, tf, cuts, "train", cfg.tcn_train_cap)
-    val = _samples(cfg, kind, chosen, tf, cuts, "val", cfg.tcn_val_cap)
+    image = kind in ("image", "ohlc")
+    train = _samples(cfg, kind, chosen, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
+    val = _samples(cfg, kind, chosen, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
     if not len(train) or not len(val):  # e.g. a 1h window is longer than those series' training span
         why = f"{len(train)} training and {len(val)} validation samples on {cfg.fine_tune}"
         log.warning("%s: no fine-tune (%s); the pre-trained weights stay", label, why)

@@ -240,19 +240,20 @@ FAMILIES = {
 }
 
 
-def zoo_model(kind: str, in_channels: int, num_outputs: int = 1) -> nn.Module:
+def zoo_model(kind: str, in_channels: int, num_outputs: int = 1, dropout: float | None = None) -> nn.Module:
     """The seed architecture ``kind`` for ``in_channels`` features (the dense network's input width,
-    the CIPM's image layers)."""
+    the CIPM's image layers); ``dropout`` replaces the seed's rate (``candlecast tune`` chooses it)."""
+    rate = dropout if dropout is not None else (0.5 if kind == "cipm" else 0.3)  # the seeds' rates
     if kind == "dense":
-        return DenseNet(in_channels, num_outputs=num_outputs)
+        return DenseNet(in_channels, num_outputs=num_outputs, dropout=rate)
     if kind == "cnn1d":
-        return CNN1D(in_channels, num_outputs=num_outputs)
+        return CNN1D(in_channels, num_outputs=num_outputs, dropout=rate)
     if kind == "mscnn":
-        return MultiScaleCNN(in_channels, num_outputs=num_outputs)
+        return MultiScaleCNN(in_channels, num_outputs=num_outputs, dropout=rate)
     if kind == "cnn_ta":
-        return CNNTA(num_outputs=num_outputs)
+        return CNNTA(num_outputs=num_outputs, dropout=rate)
     if kind == "bilstm":
-        return BiLSTM(in_channels, num_outputs=num_outputs)
+        return BiLSTM(in_channels, num_outputs=num_outputs, dropout=rate)
     if kind == "cipm":
-        return CIPM(in_channels, num_outputs=num_outputs)
+        return CIPM(in_channels, num_outputs=num_outputs, dropout=rate)
     raise ValueError(f"unknown zoo model {kind!r}; known: {', '.join(ZOO)}")

@@ -196,7 +196,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune", default=None, help="after pre-training, fine-tune on series named so (bybit_linear)")
     t.add_argument("--fine-tune-epochs", type=int, default=2)
     t.add_argument("--init-from", type=Path, default=None, help="start TCNs from the artifacts in this directory")
+    t.add_argument("--params", type=Path, default=None, help="zoo hyper-parameters from `candlecast tune` (its --out)")
     t.set_defaults(handler=_cmd_train)
+
+    tu = sub.add_parser(
+        "tune", help="Optuna search of a cheap zoo model's hyper-parameters, time-ordered CV in the training span"
+    )
+    tu.add_argument("kind", choices=("dense", "cnn1d"))
+    tu.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    tu.add_argument("--out", type=Path, default=Path("build/tune"), help="where <kind>.json goes")
+    tu.add_argument("--horizon", type=int, default=1, help="minutes ahead (the signal's H)")
+    tu.add_argument("--trials", type=int, default=20, help="at most this many trials")
+    tu.add_argument("--timeout", type=float, default=1800.0, help="... and at most this many seconds")
+    tu.add_argument("--folds", type=int, default=3)
+    tu.add_argument("--samples", type=int, default=40_000, help="training-span samples (cap)")
+    tu.add_argument("--epochs", type=int, default=3, help="epochs per fold")
+    tu.set_defaults(handler=_cmd_tune)
 
     e = sub.add_parser("export", help="export trained checkpoints to ONNX + manifest (parity-checked)")
     e.add_argument("--work", type=Path, default=Path("build/train"))
@@ -442,9 +457,30 @@ async def _cmd_train(args: argparse.Namespace) -> int:
         fine_tune=args.fine_tune,
         fine_tune_epochs=args.fine_tune_epochs,
         init_from=args.init_from,
+        params=args.params,
     )
     summary = await asyncio.to_thread(train_all, cfg)
     _print_json(summary)
+    return 0
+
+
+async def _cmd_tune(args: argparse.Namespace) -> int:
+    from models.tune import TuneConfig, tune  # torch and optuna: offline commands only
+
+    cfg = TuneConfig(
+        kind=args.kind,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        horizon=args.horizon,
+        trials=args.trials,
+        timeout_s=args.timeout,
+        folds=args.folds,
+        samples=args.samples,
+        epochs=args.epochs,
+    )
+    record = await asyncio.to_thread(tune, cfg)
+    _print_json({k: v for k, v in record.items() if k != "history"})
+    print(f"wrote {args.out / (args.kind + '.json')}; train with --params {args.out}", flush=True)
     return 0
 
 
