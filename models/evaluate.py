@@ -21,7 +21,8 @@ positions never overlap. Strategies, on the same bars:
   the bar a model must beat, not a strategy one could run);
 * each component that answers the question, alone: its P(up) through the same thresholds.
 
-See :mod:`models.metrics` for every figure. ``predictions.csv`` has one row per (strategy, bar):
+See :mod:`models.metrics` for every figure. ``predictions.csv.gz`` (gzip: the plain CSV of five
+series and twenty strategies is 60 MB) has one row per (strategy, bar):
 ``open_time_ms`` is the bar at whose close the call is made, ``direction`` the call, ``position`` what
 was traded (the ensemble's tradeable calls), ``realized_return`` the simple return over the next H
 minutes; an empty ``p_up`` means the strategy gives no probability.
@@ -31,6 +32,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
+import io
 import json
 import logging
 import time
@@ -229,14 +232,19 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     (cfg.out_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
     (cfg.out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    with (cfg.out_dir / "predictions.csv").open("w", newline="") as fh:
+    (cfg.out_dir / "predictions.csv").unlink(missing_ok=True)  # the plain file an earlier version wrote
+    # mtime 0: the same predictions give the same bytes
+    with (
+        gzip.GzipFile(cfg.out_dir / "predictions.csv.gz", "wb", mtime=0) as raw,
+        io.TextIOWrapper(raw, newline="") as fh,
+    ):
         w = csv.writer(fh)
         w.writerow(["strategy", "open_time_ms", "p_up", "direction", "position", "realized_return", "series"])
         for name, series_name, t, pv, dv, xv, ret in rows:
             w.writerow([name, t, "" if pv != pv else repr(pv), dv, xv, repr(ret), series_name])
     (cfg.out_dir / "report.md").write_text(_markdown(report, meta))
     _charts(parts, cfg.out_dir, horizon)
-    print(f"wrote {cfg.out_dir}/: report.md, report.json, meta.json, predictions.csv, equity.png, calibration.png")
+    print(f"wrote {cfg.out_dir}/: report.md, report.json, meta.json, predictions.csv.gz, equity.png, calibration.png")
     return {"meta": meta, "strategies": report}
 
 

@@ -1,4 +1,4 @@
-"""Strategy metrics, defined so they can be recomputed from ``predictions.csv``.
+"""Strategy metrics, defined so they can be recomputed from ``predictions.csv.gz``.
 
 The definitions a call is scored by are :mod:`inference.scoring`'s, shared with the live track
 record (:mod:`inference.track_record`), so the backtest and the served signals' scores agree.

@@ -3,7 +3,8 @@
 For each count of symbols, every per-symbol structure is filled to the bound it keeps in steady state,
 through the service's own stores (the same scripts and encodings as live): the four kline windows
 (``window_bars`` each), the book, ``depth_window`` heatmap rows, the status hash, a full audit stream
-(``signal_audit_hours`` of the finest bars, each a nine-component signal with a track record), the
+(``signal_audit_hours`` of the finest bars, each a signal with a report per shipped component and a
+track record), the
 latest signal, the dedupe set, 2,000 scores and the short track record. Values vary as real ones do
 (prices from the real bars in ``../shared/data``, probabilities, latencies and depth levels drawn at
 random), so compression is not flattered by repetition. Then:
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.manifest import Manifest
 from inference.runtime import CPU
 from inference.score_store import SCORES_KEEP, MemoryScoreStore, RedisScoreStore
 from inference.signal import BarRef, ComponentReport, Freshness, Signal, StageLatency, TrackRecord
@@ -51,7 +53,14 @@ from streaming.store import BarEvent, BookStatus, WriteBatch
 __all__ = ["bench_capacity"]
 
 INTERVALS = ("1", "5", "15", "60")
-COMPONENTS = (*(f"{kind}_{tf}m" for kind in ("tcn", "efficientnet") for tf in INTERVALS), "linear_1m")
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "artifacts" / "manifest.json"
+
+
+def shipped_components(manifest: Path = SHIPPED) -> tuple[str, ...]:
+    """The component names every signal carries with the shipped models (one report each)."""
+    return tuple(c.name for c in Manifest.load(manifest).components)
+
+
 DEPTH = 50
 EVENTS_MAXLEN = 100_000  # RedisStore's bound on the shared bar-event stream
 REDIS_BUDGET_BYTES = 2 << 30
@@ -67,6 +76,7 @@ class _Shapes:
         self._rows = bars.ohlcv[-window_bars * 60 :]
         self._start = int(bars.start_ms[-1]) - int(bars.start_ms[-1]) % (60 * MINUTE_MS)
         self.window_bars = window_bars
+        self.components = shipped_components()
         self._rng = random.Random(7)
 
     def bars(self, interval: str) -> list[Bar]:
@@ -105,7 +115,7 @@ class _Shapes:
                 "voted",
                 horizon_minutes=1,
             )
-            for name in COMPONENTS
+            for name in self.components
         )
         p_up = r.uniform(0.45, 0.55)
         read, render, infer, ensemble = (round(r.uniform(0.1, 9.0), 3) for _ in range(4))
@@ -144,7 +154,7 @@ class _Shapes:
             direction="flat", p_up=r.uniform(0.45, 0.55), tradeable=False, edge_bp=round(r.uniform(-0.5, 0.5), 3),
             volatility_bp=round(r.uniform(3, 12), 3), cost_bp=11.0, log_return=r.gauss(0, 5e-4),
             var_real_bp2=r.uniform(1, 100), reason=None,
-            components=tuple(ComponentScore(n, "v1", r.uniform(0.45, 0.55)) for n in COMPONENTS),
+            components=tuple(ComponentScore(n, "v1", r.uniform(0.45, 0.55)) for n in self.components),
             inputs=tuple(r.gauss(0, 1) for _ in range(5)),
         )  # fmt: skip
 
@@ -305,7 +315,7 @@ def bench_capacity(
             "depth_rows": depth_rows,
             "audit_entries": audit,
             "scores": SCORES_KEEP,
-            "components_per_signal": len(COMPONENTS),
+            "components_per_signal": len(shapes.components),
         },
         "runs": runs,
         "audit_ratio_to_plain_json": round(

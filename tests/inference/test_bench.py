@@ -55,8 +55,10 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
     for name, row in result["ort_vs_torch"].items():
         assert row["batch"] == bench_inputs()[name].shape[0]
         assert row["torch_eager_ms"] == 2.0
-        # the ratio of the unrounded times; the printed ms are rounded to 3 decimals
-        assert row["speedup_ort_vs_torch"] == pytest.approx(2.0 / row["onnxruntime_ms"], rel=0.02, abs=0.01)
+        # the ratio of the unrounded times; the printed ms are rounded to 3 decimals, which for the
+        # zoo's smallest models (0.01 ms) is itself a relative error of up to 0.0005 / ms
+        ms = row["onnxruntime_ms"]
+        assert row["speedup_ort_vs_torch"] == pytest.approx(2.0 / ms, rel=0.02 + 0.0005 / ms, abs=0.01)
     assert result["sources"] == {"ensemble": 5}
     assert result["burst"]["signals"] == 2
     assert result["burst_with_scoring"]["scored"] == 2  # each symbol's previous signal, once its bar closed

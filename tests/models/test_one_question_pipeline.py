@@ -110,7 +110,7 @@ def test_the_stacker_weighs_the_coarse_views_beside_the_1m_ones(h1: dict[str, Pa
 
 async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path], tmp_path: Path) -> None:
     """For bars of the slice, the engine reading a store with the 1m and 5m windows gives the
-    ensemble row of predictions.csv; and the 5m components voted there."""
+    ensemble row of predictions.csv.gz; and the 5m components voted there."""
     from prometheus_client import CollectorRegistry
 
     from inference.components import ModelRegistry
@@ -126,7 +126,7 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
     result = evaluate(EvaluateConfig(files=(h1["slice"],), out_dir=out, artifacts=h1["artifacts"]))
     assert {"tcn_5m", "efficientnet_5m", *ZOO_1M} <= set(result["strategies"])
     assert result["meta"]["not_evaluated"] == {}
-    with (out / "predictions.csv").open() as fh:
+    with gzip.open(out / "predictions.csv.gz", "rt", newline="") as fh:
         rows = list(csv.DictReader(fh))
     ensemble = {int(r["open_time_ms"]): r for r in rows if r["strategy"] == "ensemble"}
     tcn5 = {int(r["open_time_ms"]): r for r in rows if r["strategy"] == "tcn_5m" and r["p_up"]}

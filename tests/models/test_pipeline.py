@@ -190,10 +190,10 @@ def test_evaluate_writes_report_predictions_and_charts(pipeline: dict[str, Path]
     assert (out / "report.md").read_text().startswith("# Walk-forward evaluation")
     for chart in ("equity.png", "calibration.png"):
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the trading figures can be recomputed from predictions.csv
+    # the trading figures can be recomputed from predictions.csv.gz
     from models.metrics import net_returns
 
-    with (out / "predictions.csv").open() as fh:
+    with gzip.open(out / "predictions.csv.gz", "rt", newline="") as fh:
         rows = list(csv.DictReader(fh))
     for name in ("ensemble", "fallback", "tcn_1m"):
         mine = [r for r in rows if r["strategy"] == name]
@@ -225,7 +225,7 @@ def test_evaluate_writes_report_predictions_and_charts(pipeline: dict[str, Path]
 
 async def test_evaluate_is_what_the_engine_serves(pipeline: dict[str, Path], tmp_path: Path) -> None:
     """Research-to-live parity: for bars of the slice, the worker's engine on the same windows gives
-    the ensemble row of predictions.csv (probability, call and what is traded)."""
+    the ensemble row of predictions.csv.gz (probability, call and what is traded)."""
     from decimal import Decimal
 
     from prometheus_client import CollectorRegistry
@@ -241,7 +241,7 @@ async def test_evaluate_is_what_the_engine_serves(pipeline: dict[str, Path], tmp
 
     out = tmp_path / "eval"
     evaluate(EvaluateConfig(files=(pipeline["slice"],), out_dir=out, artifacts=pipeline["artifacts"]))
-    with (out / "predictions.csv").open() as fh:
+    with gzip.open(out / "predictions.csv.gz", "rt", newline="") as fh:
         rows = {int(r["open_time_ms"]): r for r in csv.DictReader(fh) if r["strategy"] == "ensemble"}
     with gzip.open(pipeline["slice"], "rt") as fh:
         reader = csv.reader(fh)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from inference.manifest import Manifest
 from service.capacity import bench_capacity
-from tests.conftest import DATA_1M
+from tests.conftest import ARTIFACTS, DATA_1M
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,6 +20,8 @@ def test_bench_capacity_sizes_every_structure_at_its_bound(redis_url: str) -> No
     assert {"kline:1", "kline:5", "kline:15", "kline:60", "depth:50", "book:50", "signal", "signals"} <= kinds
     assert {"signal:bars", "scores", "scores:bars", "track", "status"} <= kinds
     assert redis["audit_entries_per_symbol"] == 120  # the audit at its bound
+    # each audited signal carries a report of every shipped component
+    assert result["steady_state"]["components_per_signal"] == len(Manifest.load(ARTIFACTS / "manifest.json").components)
     # the baseline of the same run: the audit stored compressed is smaller than the JSON it holds
     assert redis["audit_bytes_per_entry"] < redis["audit_plain_bytes_per_entry"]
     assert "events:bars" in redis["shared_bytes"]
