@@ -14,11 +14,12 @@ components that need it, with a reason code that every signal reports:
 ``preprocessing_mismatch``   features/renderer version or parameters this code does not produce
 ``bad_manifest_entry``       an unknown kind, a weight that is not a finite number >= 0, bad heads
 
+===========================  =====================================================================
+
 Kinds: the TCN and the zoo's sequence models (``cnn1d``, ``mscnn``, ``cnn_ta``, ``bilstm``) read the
 indicator sequences of ``tcn_input``; ``linear`` and the zoo's ``dense`` network the feature vector of
 ``linear_input``; ``efficientnet`` the chart composite; ``cipm`` (seed 001) the OHLC image of
 ``ohlc_input``.
-===========================  =====================================================================
 
 :class:`ModelRegistry` holds the current :class:`ModelSet` and polls the manifest: a changed
 manifest is loaded and warmed in a thread while the old set keeps serving, then swapped in with one

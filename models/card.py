@@ -67,7 +67,7 @@ def comparison_table(report: dict[str, dict[str, Any]], manifest: Manifest | Non
         "|" + "---|" * (len(columns) + 1),
     ]
     for name, m in report.items():
-        row = m | training.get(name, {})
+        row = m | {k: v for k, v in training.get(name, {}).items() if k in dict(TRAINING)}
         lines.append(f"| {name} | " + " | ".join(_fmt(k, row.get(k)) for k, _ in columns) + " |")
     return lines
 
@@ -144,7 +144,9 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         "TCNs read 64 bars of indicator set v1, the EfficientNet-B0 (from scratch, shared by all timeframes)"
         " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/linear_features.py)."
         " The seeds' zoo (models/zoo.py): the 1D, multi-scale and CNN-TA convolutional networks and the"
-        " bidirectional LSTM read the TCN's sequences, the dense network the linear component's features."
+        " bidirectional LSTM read the TCN's sequences, the dense network the linear component's features,"
+        " the CIPM network the 24-bar 54x72 OHLC image (inference/render.py ohlc_input); the dense network's"
+        " and the 1D CNN's hyper-parameters were chosen by `candlecast tune` (training.hyperparameters)."
         " Training data: the real bars in ../shared/data, split by time (train before 2025-06-01, validation"
         " 06-01 → 06-15, test after). Components forecasting another horizon than the signal's are refused"
         " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load.",

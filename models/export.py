@@ -38,7 +38,7 @@ from models.datasets import (
 )
 from models.efficientnet import efficientnet
 from models.tcn import TCN
-from models.zoo import FAMILIES, ZOO, zoo_input, zoo_model
+from models.zoo import CIPM, FAMILIES, ZOO, zoo_input, zoo_model
 
 __all__ = ["ExportError", "export_all", "export_onnx"]
 
@@ -228,7 +228,10 @@ def _checkpoints(work_dir: Path) -> list[tuple[Path, str, int]]:
 
 
 def _zoo(kind: str, result: dict[str, Any]) -> nn.Module:
-    return zoo_model(kind, int(result["config"]["in_channels"]))
+    cfg = result["config"]
+    if kind == "cipm":  # the image size it was trained on
+        return CIPM(int(cfg["in_channels"]), height=int(cfg["height"]), width=3 * int(cfg["bars"]))
+    return zoo_model(kind, int(cfg["in_channels"]))
 
 
 def _input(samples: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -214,6 +214,15 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train_all(cfg: TrainConfig) -> dict[str, Any]:
+    unknown = [m for m in cfg.models if m not in ("tcn", "efficientnet", *ZOO)]
+    if unknown:
+        raise ValueError(f"--models: unknown {', '.join(unknown)}; known: tcn, efficientnet, {', '.join(ZOO)}")
+    zoo = [m for m in cfg.models if m in ZOO]
+    if zoo and cfg.horizon is None:  # refused before anything trains
+        raise ValueError(f"{zoo[0]}: the zoo models answer the signal's question only; give --horizon")
+    if zoo and cfg.params is not None:
+        for kind in zoo:
+            load_tuned(cfg.params, kind, cfg.horizon)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +259,8 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
         if "efficientnet" in cfg.models:
             image_train.append(_samples(cfg, "image", series, tf, cuts, "train", cfg.image_train_cap))
             image_val.append(_samples(cfg, "image", series, tf, cuts, "val", cfg.image_val_cap))
+        for key in [k for k in _BUILT if k[2] == tf]:  # this timeframe's sets are not needed again
+            del _BUILT[key]
     if "efficientnet" in cfg.models:
         train = _concat(image_train)
         val = _concat(image_val)
@@ -288,14 +299,13 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf: int, cuts: Cuts) -> dict[str, Any]:
     """Fit (and fine-tune) one zoo model; its checkpoint goes to ``work_dir/label.pt``."""
-    if cfg.horizon is None:
-        raise ValueError(f"{label}: the zoo models answer the signal's question only; give --horizon")
+    assert cfg.horizon is not None  # _train_all refused the zoo without one
     samples = zoo_input(kind)
     image = samples == "ohlc"
     train = _samples(cfg, samples, series, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
     val = _samples(cfg, samples, series, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
     log.info("%s: %d train / %d val samples from %d series", label, len(train), len(val), len(series))
-    tuned = load_tuned(cfg.params, kind) if cfg.params is not None else None
+    tuned = load_tuned(cfg.params, kind, cfg.horizon) if cfg.params is not None else None
     hp: dict[str, Any] = (
         dict(tuned["params"])
         if tuned is not None
@@ -331,21 +341,41 @@ def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf
     return {k: v for k, v in result.items() if k != "history"}
 
 
-def load_tuned(directory: Path, kind: str) -> dict[str, Any] | None:
-    """The tuned record of ``kind`` in ``directory`` (``candlecast tune``'s output), or None."""
+def load_tuned(directory: Path, kind: str, horizon: int | None = None) -> dict[str, Any] | None:
+    """The tuned record of ``kind`` in ``directory`` (``candlecast tune``'s output), or None when it
+    has none. Everything training reads from it is checked here, before any fit: a record that is not
+    one, or was tuned for another horizon, raises :class:`ValueError` naming the file."""
+    if not directory.is_dir():
+        raise ValueError(f"--params {directory}: no such directory (candlecast tune --out writes it)")
     path = directory / f"{kind}.json"
     if not path.is_file():
         return None
-    record: dict[str, Any] = json.loads(path.read_text())
-    params = record.get("params")
-    if record.get("kind") != kind or not isinstance(params, dict):
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable tuning record ({exc})") from exc
+    if not isinstance(record, dict) or record.get("kind") != kind or not isinstance(record.get("params"), dict):
         raise ValueError(f"{path}: not a tuning record of {kind}")
-    for key in ("lr", "weight_decay", "dropout"):
+    params = record["params"]
+
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+    for key, low, high, rule in (
+        ("lr", 0.0, math.inf, "> 0"),
+        ("weight_decay", -math.inf, math.inf, ">= 0"),
+        ("dropout", -math.inf, 1.0, "in [0, 1)"),
+    ):
         value = params.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{path}: {key} must be a finite number >= 0, got {value!r}")
+        if not (number(value) and value >= 0 and value > low and value < high):
+            raise ValueError(f"{path}: {key} must be a finite number {rule}, got {params.get(key)!r}")
     if params.get("batch_size") not in (128, 256, 512):
         raise ValueError(f"{path}: batch_size must be 128, 256 or 512, got {params.get('batch_size')!r}")
+    trials, folds, loss = record.get("trials"), record.get("folds"), record.get("cv_log_loss")
+    if isinstance(trials, bool) or not isinstance(trials, int) or not isinstance(folds, list) or not number(loss):
+        raise ValueError(f"{path}: trials, folds and cv_log_loss must say how the parameters were chosen")
+    if horizon is not None and record.get("horizon_minutes") != horizon:
+        raise ValueError(f"{path}: tuned for H = {record.get('horizon_minutes')!r} min, not --horizon {horizon}")
     return record
 
 

@@ -2,9 +2,10 @@
 training span.
 
 Time-ordered cross-validation: the training samples (:func:`models.datasets.build_view_samples`,
-``part="train"``: every label ends before the training cut) are ordered by their label bar and cut
+``part="train"``: every label ends before the training cut) are ordered by their first label bar and cut
 into ``folds + 1`` blocks of equal count; fold ``k`` trains on blocks ``0..k`` and is scored on block
-``k + 1`` (an expanding window, never a later bar in training than in scoring). A trial's value is the
+``k + 1`` (an expanding window; a training sample whose label, H minutes long, reaches into the scored
+block is purged from that fold, so no bar is in both a training label and a scored one). A trial's value is the
 mean validation log loss over its folds; after each fold Optuna's median pruner may stop a trial that
 is already worse than the median of the others there. The validation and test spans are never read.
 
@@ -27,6 +28,7 @@ import numpy as np
 import optuna
 import torch
 
+from models.data import MINUTE_MS
 from models.datasets import Cuts, SampleSet, build_view_samples, series_for_timeframe
 from models.train import TrainConfig, fit
 from models.zoo import DenseNet, zoo_input, zoo_model
@@ -52,12 +54,16 @@ class TuneConfig:
     seed: int = 0
 
 
-def time_folds(times: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def time_folds(times: np.ndarray, folds: int, purge_ms: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train indices, validation indices) of each expanding-window fold, ordered by ``times``.
 
-    Samples at one time never straddle a cut: a block ends where the time changes."""
+    Samples at one time never straddle a cut: a block ends where the time changes. ``purge_ms``: how
+    far a label reaches past its sample's time (``(H - 1)`` minutes: ``times`` are the first label
+    bar's start); training samples whose label reaches into the scored block are left out of that fold."""
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
+    if len(times) < folds + 1:
+        raise ValueError(f"{len(times)} samples cannot make {folds} folds")
     order = np.argsort(times, kind="stable")
     sorted_times = times[order]
     bounds = [0]
@@ -68,6 +74,7 @@ def time_folds(times: np.ndarray, folds: int) -> list[tuple[np.ndarray, np.ndarr
     out = []
     for k in range(folds):
         train, val = order[: bounds[k + 1]], order[bounds[k + 1] : bounds[k + 2]]
+        train = train[times[train] + purge_ms < sorted_times[bounds[k + 1]]] if len(val) else train
         if not len(train) or not len(val):
             raise ValueError(f"fold {k + 1} of {folds} is empty: too few distinct sample times")
         out.append((train, val))
@@ -99,7 +106,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     assert samples.times is not None
     if len(samples) and int(samples.times.max()) >= cuts.train_end:  # the builder's contract, checked
         raise AssertionError("a tuning sample lies after the training cut")
-    folds = time_folds(samples.times, cfg.folds)
+    folds = time_folds(samples.times, cfg.folds, purge_ms=(cfg.horizon - 1) * MINUTE_MS)
     base = TrainConfig(data_dir=cfg.data_dir, work_dir=cfg.out_dir, seed=cfg.seed, patience=cfg.epochs)
     records: list[dict[str, Any]] = []
 
@@ -140,6 +147,8 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=cfg.trials, timeout=cfg.timeout_s, callbacks=[record])
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise RuntimeError(f"{cfg.kind}: no trial completed within {cfg.timeout_s:g} s; raise --timeout")
     best = study.best_trial
     out = {
         "kind": cfg.kind,

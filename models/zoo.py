@@ -231,7 +231,7 @@ def zoo_input(kind: str) -> str:
 
 # (family, variant) as the manifest names them: the seed's model family and which member this is.
 FAMILIES = {
-    "dense": ("mlp", "256-128-64-32 batchnorm gelu dropout0.3"),
+    "dense": ("mlp", "256-128-64-32 batchnorm gelu dropout"),
     "cnn1d": ("cnn", "1d k5"),
     "mscnn": ("cnn", "multiscale k3-7-15-31"),
     "cnn_ta": ("cnn", "ta 2d (indicators x time)"),

@@ -177,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     t.add_argument("--work", type=Path, default=Path("build/train"), help="where checkpoints go")
     t.add_argument(
-        "--models", default="tcn,efficientnet", help="tcn, efficientnet; the zoo: dense, cnn1d, mscnn, cnn_ta, bilstm"
+        "--models",
+        default="tcn,efficientnet",
+        help="tcn, efficientnet; the zoo: dense, cnn1d, mscnn, cnn_ta, bilstm, cipm",
     )
     t.add_argument("--timeframes", default="1,5,15,60")
     t.add_argument("--seed", type=int, default=0)

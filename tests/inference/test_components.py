@@ -181,6 +181,7 @@ async def test_changed_manifest_is_swapped_in_without_a_gap(cache: Path, tmp_pat
         ("input", None, "input must be dict, got NoneType"),
         ("timeframe", "5m", "timeframe must be whole minutes"),
         ("horizon_minutes", "1", "horizon_minutes must be int or null"),
+        ("family", 3, "family must be str, got int"),
         ("surprise", 1, "unknown field"),
     ],
 )

@@ -79,7 +79,23 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             model.standardise(torch.randn(64, _shape(kind)[0]) * 3 + 1)
         example = np.zeros((1, *_shape(kind)), np.float32)
         export_onnx(model, example, root / f"{kind}_1m.onnx")
-    write_manifest(root, [_component(root, kind) for kind in ZOO])
+    # a 1D CNN reading a shorter window: its own input
+    torch.manual_seed(1)
+    export_onnx(
+        zoo_model("cnn1d", len(FEATURE_NAMES)),
+        np.zeros((1, len(FEATURE_NAMES), LENGTH // 2), np.float32),
+        root / "cnn1d_short.onnx",
+    )
+    short = _component(root, "cnn1d")
+    short = dataclasses.replace(
+        short,
+        name="cnn1d_short",
+        file="cnn1d_short.onnx",
+        sha256=sha256_file(root / "cnn1d_short.onnx"),
+        input=short.input | {"shape": ["batch", len(FEATURE_NAMES), LENGTH // 2]},
+        preprocessing=short.preprocessing | {"length": LENGTH // 2},
+    )
+    write_manifest(root, [*(_component(root, kind) for kind in ZOO), short])
     return root
 
 
@@ -87,8 +103,9 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
     metrics = WorkerMetrics(CollectorRegistry())
     registry = ModelRegistry(zoo, prefer_gpu=False, metrics=metrics)
     models = await registry.load()
-    assert [c.disabled for c in models.components] == [None] * len(ZOO)
-    assert {c.name: c.renderer for c in models.components} == {f"{k}_1m": f"{zoo_input(k)}_input" for k in ZOO}
+    assert [c.disabled for c in models.components] == [None] * (len(ZOO) + 1)
+    renderers = {c.name: c.renderer for c in models.components}
+    assert renderers == {f"{k}_1m": f"{zoo_input(k)}_input" for k in ZOO} | {"cnn1d_short": "tcn_input"}
     close = T0 + 300 * MINUTE
     store = MemoryStore(window_bars=300)
     await store.write(history(close, {"1": 260}))
@@ -97,7 +114,7 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
     await engine.close()
     assert isinstance(signal, Signal) and signal.source == "ensemble"
     voted = {c.name: c.p_up for c in signal.components}
-    assert set(voted) == {f"{k}_1m" for k in ZOO} and None not in voted.values()
+    assert set(voted) == {f"{k}_1m" for k in ZOO} | {"cnn1d_short"} and None not in voted.values()
 
     bars = bars_to_array(window("1", close, 260))
     for kind in ZOO:  # what serving voted is the model on the features training builds
@@ -105,11 +122,14 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
         session = ort.InferenceSession(str(zoo / f"{kind}_1m.onnx"), providers=["CPUExecutionProvider"])
         logit = float(session.run(None, {"input": x[None]})[0][0, 0])
         assert voted[f"{kind}_1m"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6), kind
+    session = ort.InferenceSession(str(zoo / "cnn1d_short.onnx"), providers=["CPUExecutionProvider"])
+    logit = float(session.run(None, {"input": tcn_input(bars, LENGTH // 2)[None]})[0][0, 0])
+    assert voted["cnn1d_short"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-6)
 
     def built(renderer: str) -> float | None:
         return metrics.registry.get_sample_value("candlecast_render_seconds_count", {"renderer": renderer})
 
-    assert built("tcn_input") == 1  # four sequence models, one window: one tcn_input
+    assert built("tcn_input") == 2  # four sequence models on one window: one tcn_input; the shorter one its own
     assert built("linear_input") == 1 and built("ohlc_input") == 1
 
 
@@ -131,7 +151,7 @@ def test_a_zoo_entry_serving_cannot_feed_is_refused(zoo: Path) -> None:
     try:
         status = {c.name: c.disabled for c in load_model_set(zoo, prefer_gpu=False).components}
     finally:
-        write_manifest(zoo, [_component(zoo, kind) for kind in ZOO])
+        write_manifest(zoo, [_component(zoo, kind) for kind in ZOO])  # (without the short one: unused here)
     assert status == {
         "dense_1m": None,
         "bilstm_1m": None,

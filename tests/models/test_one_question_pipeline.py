@@ -222,5 +222,8 @@ def test_a_tcn_starts_from_its_shipped_onnx_weights_exactly(h1: dict[str, Path],
                 tcn_epochs=0,
             )
         )
-    with pytest.raises(ValueError, match="cnn1d_1m: the zoo models answer the signal's question only"):
-        train_all(TrainConfig(data_dir=cfg.data_dir, work_dir=work, models=("cnn1d",), timeframes=(1,)))
+    with pytest.raises(ValueError, match="cnn1d: the zoo models answer the signal's question only"):
+        # refused before the TCN trains
+        train_all(TrainConfig(data_dir=cfg.data_dir, work_dir=work, models=("tcn", "cnn1d"), timeframes=(1,)))
+    with pytest.raises(ValueError, match="--models: unknown gru"):
+        train_all(TrainConfig(data_dir=cfg.data_dir, work_dir=work, models=("tcn", "gru"), timeframes=(1,)))

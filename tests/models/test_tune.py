@@ -84,16 +84,57 @@ def test_a_bounded_study_inside_the_training_span_whose_best_trial_trains_the_sh
     assert Manifest.load(tmp_path / "artifacts" / "manifest.json").components[0].training["hyperparameters"] == hp
 
 
-def test_a_tuning_record_that_is_not_one_is_refused_by_name(tmp_path: Path) -> None:
-    good = {"kind": "dense", "params": {"lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.3, "batch_size": 256}}
+def test_a_tuning_record_that_is_not_one_is_refused_by_name_before_anything_trains(data: Path, tmp_path: Path) -> None:
+    good = {
+        "kind": "dense",
+        "params": {"lr": 1e-3, "weight_decay": 1e-2, "dropout": 0.3, "batch_size": 256},
+        "cv_log_loss": 0.692,
+        "trials": 5,
+        "folds": [{}, {}],
+        "horizon_minutes": 1,
+    }
     assert load_tuned(tmp_path, "dense") is None  # none written: the defaults train
+    with pytest.raises(ValueError, match="no such directory"):
+        load_tuned(tmp_path / "typo", "dense")
+    (tmp_path / "dense.json").write_text(json.dumps(good))
+    assert load_tuned(tmp_path, "dense", horizon=1) == good
     for bad, message in [
+        ("{broken", "unreadable tuning record"),
+        ("[]", "not a tuning record of dense"),
         (good | {"kind": "cnn1d"}, "not a tuning record of dense"),
-        (good | {"params": good["params"] | {"lr": float("nan")}}, "lr must be a finite number"),
+        (good | {"params": good["params"] | {"lr": float("nan")}}, "lr must be a finite number > 0"),
+        (good | {"params": good["params"] | {"lr": 0}}, "lr must be a finite number > 0"),
+        (good | {"params": good["params"] | {"dropout": 1.0}}, r"dropout must be a finite number in \[0, 1\)"),
         (good | {"params": good["params"] | {"batch_size": 100}}, "batch_size must be 128, 256 or 512"),
+        ({k: v for k, v in good.items() if k != "trials"}, "trials, folds and cv_log_loss"),
+        (good | {"horizon_minutes": 5}, "tuned for H = 5 min, not --horizon 1"),
     ]:
-        (tmp_path / "dense.json").write_text(json.dumps(bad))
+        (tmp_path / "dense.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
         with pytest.raises(ValueError, match=message):
-            load_tuned(tmp_path, "dense")
+            load_tuned(tmp_path, "dense", horizon=1)
+        # refused before any model trains, naming the file
+        with pytest.raises(ValueError, match=r"dense\.json"):
+            train_all(
+                TrainConfig(
+                    data_dir=data,
+                    work_dir=tmp_path / "work",
+                    models=("tcn", "dense"),
+                    timeframes=(1,),
+                    horizon=1,
+                    params=tmp_path,
+                )
+            )
+        assert not (tmp_path / "work" / "tcn_1m.pt").exists()
     with pytest.raises(ValueError, match="covers the cheap models"):
         tune(TuneConfig("bilstm", tmp_path, tmp_path))
+
+
+def test_a_label_longer_than_a_minute_is_purged_from_the_fold_it_would_reach_into() -> None:
+    times = np.arange(600, dtype=np.int64) * 60_000  # one sample a minute
+    horizon = 5
+    for train, val in time_folds(times, 3, purge_ms=(horizon - 1) * 60_000):
+        # a training label (first bar at t, last at t + 4 min) ends before the first scored one
+        assert times[train].max() + (horizon - 1) * 60_000 < times[val].min()
+        assert times[val].min() - times[train].max() == horizon * 60_000  # only those four purged
+    with pytest.raises(ValueError, match="0 samples cannot make 3 folds"):
+        time_folds(np.zeros(0, np.int64), 3)
