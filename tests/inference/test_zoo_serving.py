@@ -133,6 +133,25 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
     assert built("linear_input") == 1 and built("ohlc_input") == 1
 
 
+async def test_no_zoo_vote_reads_a_bar_after_the_close_it_is_for(zoo: Path) -> None:
+    """Causality as served: bars written after the event's close (a late event finds them in the
+    window) change no component's vote on that close."""
+    registry = ModelRegistry(zoo, prefer_gpu=False)
+    await registry.load()
+    close = T0 + 300 * MINUTE
+    votes = []
+    for extra in (0, 7):
+        store = MemoryStore(window_bars=400)
+        await store.write(history(close + extra * MINUTE, {"1": 260 + extra}))
+        config = WorkerConfig(intervals=("1",), latency_budget_ms=60_000)
+        engine = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+        signal = await engine.compute(BarEvent("BTCUSDT", "1", close - MINUTE))
+        await engine.close()
+        assert isinstance(signal, Signal)
+        votes.append({c.name: c.p_up for c in signal.components})
+    assert None not in votes[0].values() and votes[0] == votes[1]
+
+
 def test_a_zoo_entry_serving_cannot_feed_is_refused(zoo: Path) -> None:
     dense = _component(zoo, "dense")
     bilstm = _component(zoo, "bilstm")
