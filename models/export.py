@@ -139,7 +139,7 @@ def export_all(
         model = TCN(in_channels=result["config"]["in_channels"]) if kind == "tcn" else _zoo(kind, result)
         model.load_state_dict(state["state_dict"])
         model.eval()
-        samples = "tcn" if kind == "tcn" else zoo_input(kind)
+        samples = zoo_input(kind)  # "tcn" for the TCN too
         val = validation(samples, tf, h, image_check_samples if samples == "ohlc" else tcn_check_samples)
         path = out_dir / f"{ckpt.stem}.onnx"
         export_onnx(model, val.x[:1], path)

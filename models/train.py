@@ -220,9 +220,8 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
     zoo = [m for m in cfg.models if m in ZOO]
     if zoo and cfg.horizon is None:  # refused before anything trains
         raise ValueError(f"{zoo[0]}: the zoo models answer the signal's question only; give --horizon")
-    if zoo and cfg.params is not None:
-        for kind in zoo:
-            load_tuned(cfg.params, kind, cfg.horizon)
+    # every tuning record read and checked before the first fit
+    tuned = {kind: load_tuned(cfg.params, kind, cfg.horizon) for kind in zoo} if cfg.params is not None else {}
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +254,7 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
             summary[label] = {k: v for k, v in result.items() if k != "history"}
         for kind in (k for k in ZOO if k in cfg.models):
             label = f"{kind}_{tf}m"
-            summary[label] = _train_zoo(kind, label, cfg, series, tf, cuts)
+            summary[label] = _train_zoo(kind, label, cfg, series, tf, cuts, tuned.get(kind))
         if "efficientnet" in cfg.models:
             image_train.append(_samples(cfg, "image", series, tf, cuts, "train", cfg.image_train_cap))
             image_val.append(_samples(cfg, "image", series, tf, cuts, "val", cfg.image_val_cap))
@@ -297,15 +296,23 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def _train_zoo(kind: str, label: str, cfg: TrainConfig, series: list[Series], tf: int, cuts: Cuts) -> dict[str, Any]:
-    """Fit (and fine-tune) one zoo model; its checkpoint goes to ``work_dir/label.pt``."""
+def _train_zoo(
+    kind: str,
+    label: str,
+    cfg: TrainConfig,
+    series: list[Series],
+    tf: int,
+    cuts: Cuts,
+    tuned: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Fit (and fine-tune) one zoo model, with its ``tuned`` record's parameters when it has one; its
+    checkpoint goes to ``work_dir/label.pt``."""
     assert cfg.horizon is not None  # _train_all refused the zoo without one
     samples = zoo_input(kind)
-    image = samples == "ohlc"
-    train = _samples(cfg, samples, series, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
-    val = _samples(cfg, samples, series, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
+    train_cap, val_cap = _caps(cfg, samples)
+    train = _samples(cfg, samples, series, tf, cuts, "train", train_cap)
+    val = _samples(cfg, samples, series, tf, cuts, "val", val_cap)
     log.info("%s: %d train / %d val samples from %d series", label, len(train), len(val), len(series))
-    tuned = load_tuned(cfg.params, kind, cfg.horizon) if cfg.params is not None else None
     hp: dict[str, Any] = (
         dict(tuned["params"])
         if tuned is not None
@@ -361,13 +368,12 @@ def load_tuned(directory: Path, kind: str, horizon: int | None = None) -> dict[s
     def number(value: Any) -> bool:
         return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
-    for key, low, high, rule in (
-        ("lr", 0.0, math.inf, "> 0"),
-        ("weight_decay", -math.inf, math.inf, ">= 0"),
-        ("dropout", -math.inf, 1.0, "in [0, 1)"),
+    for key, ok, rule in (
+        ("lr", number(params.get("lr")) and params["lr"] > 0, "> 0"),
+        ("weight_decay", number(params.get("weight_decay")) and params["weight_decay"] >= 0, ">= 0"),
+        ("dropout", number(params.get("dropout")) and 0 <= params["dropout"] < 1, "in [0, 1)"),
     ):
-        value = params.get(key)
-        if not (number(value) and value >= 0 and value > low and value < high):
+        if not ok:
             raise ValueError(f"{path}: {key} must be a finite number {rule}, got {params.get(key)!r}")
     if params.get("batch_size") not in (128, 256, 512):
         raise ValueError(f"{path}: batch_size must be 128, 256 or 512, got {params.get('batch_size')!r}")
@@ -377,6 +383,13 @@ def load_tuned(directory: Path, kind: str, horizon: int | None = None) -> dict[s
     if horizon is not None and record.get("horizon_minutes") != horizon:
         raise ValueError(f"{path}: tuned for H = {record.get('horizon_minutes')!r} min, not --horizon {horizon}")
     return record
+
+
+def _caps(cfg: TrainConfig, samples: str) -> tuple[int, int]:
+    """(training, validation) sample caps of a sample kind: the image caps for images."""
+    if samples in ("image", "ohlc"):
+        return cfg.image_train_cap, cfg.image_val_cap
+    return cfg.tcn_train_cap, cfg.tcn_val_cap
 
 
 def _concat(sets: list[SampleSet]) -> SampleSet:
@@ -475,9 +488,9 @@ def _fine_tune(
     chosen = [s for s in series if s.name.startswith(cfg.fine_tune)]
     if not chosen:
         raise ValueError(f"--fine-tune {cfg.fine_tune}: no series of that name in {cfg.data_dir}")
-    image = kind in ("image", "ohlc")
-    train = _samples(cfg, kind, chosen, tf, cuts, "train", cfg.image_train_cap if image else cfg.tcn_train_cap)
-    val = _samples(cfg, kind, chosen, tf, cuts, "val", cfg.image_val_cap if image else cfg.tcn_val_cap)
+    train_cap, val_cap = _caps(cfg, kind)
+    train = _samples(cfg, kind, chosen, tf, cuts, "train", train_cap)
+    val = _samples(cfg, kind, chosen, tf, cuts, "val", val_cap)
     if not len(train) or not len(val):  # e.g. a 1h window is longer than those series' training span
         why = f"{len(train)} training and {len(val)} validation samples on {cfg.fine_tune}"
         log.warning("%s: no fine-tune (%s); the pre-trained weights stay", label, why)
