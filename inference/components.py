@@ -12,14 +12,23 @@ components that need it, with a reason code that every signal reports:
 ``load_failed``              ONNX Runtime could not build a session on any provider
 ``warmup_failed``            the session could not run the manifest's input shape
 ``preprocessing_mismatch``   features/renderer version or parameters this code does not produce
-``bad_manifest_entry``       an unknown kind, a weight that is not a finite number >= 0, bad heads
+``bad_manifest_entry``       an unknown kind, a weight that is not a finite number >= 0, bad heads,
+                             a ``stands_in_for`` naming no component of its timeframe and horizon
+``gpu_not_bound``            a ladder's upper rung (``stands_in_for``) and no GPU provider bound:
+                             the component it stands in for serves (every signal on a CPU host)
 
 ===========================  =====================================================================
 
 Kinds: the TCN and the zoo's sequence models (``cnn1d``, ``mscnn``, ``cnn_ta``, ``bilstm``) read the
 indicator sequences of ``tcn_input``; ``linear`` and the zoo's ``dense`` network the feature vector of
 ``linear_input``; ``efficientnet`` the chart composite; ``cipm`` (seed 001) the OHLC image of
-``ohlc_input``.
+``ohlc_input``; ``cipm_btc`` that image over its ``leader``'s (BTCUSDT's) for the same bars
+(``ohlc_pair``), so the engine reads the leader's window too.
+
+The seed's failover ladder: a component with ``stands_in_for`` (EfficientNet-B3) is built on a GPU
+provider only, never on the CPU; where it binds one it runs in place of the component it names
+(EfficientNet-B0 of the same timeframe, which then stands by), its vote taking that one's stacker
+slot; where it cannot bind one, or fails on it, that component serves; with neither, the rule.
 
 :class:`ModelRegistry` holds the current :class:`ModelSet` and polls the manifest: a changed
 manifest is loaded and warmed in a thread while the old set keeps serving, then swapped in with one
@@ -45,8 +54,8 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, 
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
 from inference.manifest import Component, EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
-from inference.render import RENDERER_VERSION, composite, ohlc_input
-from inference.runtime import ModelSession, RuntimeFailure, SessionFactory
+from inference.render import RENDERER_VERSION, RenderError, composite, ohlc_input, ohlc_pair
+from inference.runtime import GpuNotBound, ModelSession, RuntimeFailure, SessionFactory
 
 __all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "example_input", "load_model_set"]
 
@@ -56,7 +65,12 @@ MANIFEST_NAME = "manifest.json"
 
 
 # The preprocessing parameters each renderer reads (beyond the window itself).
-_INPUT_PARAMS = {"tcn_input": ("length",), "composite": ("height", "bars"), "ohlc_input": ("height", "bars")}
+_INPUT_PARAMS = {
+    "tcn_input": ("length",),
+    "composite": ("height", "bars"),
+    "ohlc_input": ("height", "bars"),
+    "ohlc_pair": ("height", "bars", "leader"),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +83,7 @@ class LoadedComponent:
     disabled: str | None = None
     detail: str = ""
     bars_needed: int = 0
-    renderer: str = ""  # "tcn_input" | "composite" | "linear_input" | "ohlc_input"
+    renderer: str = ""  # "tcn_input" | "composite" | "linear_input" | "ohlc_input" | "ohlc_pair"
 
     @property
     def name(self) -> str:
@@ -80,6 +94,11 @@ class LoadedComponent:
         return self.spec.timeframe
 
     @property
+    def slot(self) -> str:
+        """The stacker slot its vote fills: its own name, or the one it stands in for (a ladder rung)."""
+        return self.spec.stands_in_for or self.spec.name
+
+    @property
     def input_key(self) -> tuple[Any, ...]:
         """Equal for two components fed the same input from one window: the TCN and the zoo's
         sequence models of a timeframe read one ``tcn_input``, computed once per signal."""
@@ -87,11 +106,23 @@ class LoadedComponent:
         params = _INPUT_PARAMS.get(self.renderer, ())
         return (self.timeframe, self.bars_needed, self.renderer, *(pre.get(k) for k in params))
 
-    def prepare(self, ohlcv: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-        """The model input for one window (no batch axis).
+    @property
+    def leader(self) -> str | None:
+        """The symbol whose window it reads beside the signal's (the two-layer CIPM's BTCUSDT)."""
+        return str(self.spec.preprocessing["leader"]) if self.renderer == "ohlc_pair" else None
+
+    def prepare(
+        self, ohlcv: npt.NDArray[np.float64], leader: npt.NDArray[np.float64] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The model input for one window (no batch axis); ``leader``: the :attr:`leader`'s window
+        for the same bars, which a component with a leader needs.
 
         Raises :class:`InferenceError` (a ``FeatureError`` or ``RenderError``) on bad bars."""
         pre = self.spec.preprocessing
+        if self.renderer == "ohlc_pair":
+            if leader is None:
+                raise RenderError(f"{self.name}: needs the {self.leader} window beside the symbol's")
+            return ohlc_pair(ohlcv, leader, int(pre["height"]), int(pre["bars"]))
         if self.renderer == "tcn_input":
             return tcn_input(ohlcv, int(pre["length"]))
         if self.renderer == "linear_input":
@@ -121,13 +152,22 @@ class ModelSet:
     def enabled(self) -> tuple[LoadedComponent, ...]:
         return tuple(c for c in self.components if c.disabled is None)
 
+    @property
+    def stand_ins(self) -> dict[str, LoadedComponent]:
+        """The enabled ladder rungs (bound to a GPU), by the name of the component each stands in for."""
+        return {c.spec.stands_in_for: c for c in self.enabled if c.spec.stands_in_for}
+
 
 # The kinds fed the TCN's indicator sequences, and those fed the linear component's feature vector
 # (the seeds' zoo, models.zoo: serving needs only the kind, never the torch module).
 SEQUENCE_KINDS = frozenset({"tcn", "cnn1d", "mscnn", "cnn_ta", "bilstm"})
 VECTOR_KINDS = frozenset({"linear", "dense"})
 # image kinds: (the manifest's renderer, image layers, what serving calls)
-IMAGE_KINDS = {"efficientnet": ("composite", 3, "composite"), "cipm": ("ohlc", 1, "ohlc_input")}
+IMAGE_KINDS = {
+    "efficientnet": ("composite", 3, "composite"),
+    "cipm": ("ohlc", 1, "ohlc_input"),
+    "cipm_btc": ("ohlc_pair", 2, "ohlc_pair"),  # the symbol's image over its leader's (BTCUSDT)
+}
 
 
 def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]:
@@ -148,6 +188,9 @@ def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]
                 return None, f"renderer {pre.get('renderer')!r} {pre.get('renderer_version')!r}", 0
             if list(spec.input.get("shape", []))[1:] != [layers, height, 3 * bars]:
                 return None, f"input shape {spec.input.get('shape')} does not match the renderer", 0
+            leader = pre.get("leader")
+            if renderer == "ohlc_pair" and not (isinstance(leader, str) and leader.isascii() and leader.isalnum()):
+                return None, f"leader {leader!r}: a symbol whose window it reads", 0
             return function, "", bars
         if spec.kind in VECTOR_KINDS:
             if pre.get("features") != LINEAR_SET_VERSION:
@@ -170,7 +213,8 @@ def _reusable(previous: ModelSet | None, spec: Component) -> ModelSession | None
     if previous is None:
         return None
     for c in previous.components:
-        if c.spec.file == spec.file and c.spec.sha256 == spec.sha256 and c.session is not None and not c.disabled:
+        same = c.spec.file == spec.file and c.spec.sha256 == spec.sha256
+        if same and c.session is not None and not c.disabled and c.session.broken is None:
             return c.session
     return None
 
@@ -205,8 +249,9 @@ def load_model_set(
     weights = weights or {}
 
     plans = [_plan(spec, weights) for spec in manifest.components]
+    _check_ladders(plans)
 
-    def opener(name: str, file: Path) -> ModelSession:
+    def opener(name: str, file: Path, gpu_only: bool) -> ModelSession:
         return ModelSession(
             name,
             file,
@@ -214,6 +259,7 @@ def load_model_set(
             threads=threads,
             session_factory=session_factory,
             available_providers=available_providers,
+            gpu_only=gpu_only,
         )
 
     # One session per artifact (file, sha256), verified once, shared by the components that use it.
@@ -252,8 +298,9 @@ def load_model_set(
 
     components = []
     for p in plans:
-        if p.disabled is not None:
-            log.error("component %s disabled (%s): %s", p.spec.name, p.disabled, p.detail)
+        if p.disabled is not None:  # a ladder rung without a GPU is how a CPU host runs: not an error
+            level = logging.INFO if p.disabled == "gpu_not_bound" else logging.ERROR
+            log.log(level, "component %s disabled (%s): %s", p.spec.name, p.disabled, p.detail)
         bound = sessions.get(p.key) if p.disabled is None else None
         components.append(LoadedComponent(p.spec, p.weight, bound, p.disabled, p.detail, p.need, p.renderer))
     return ModelSet(
@@ -311,9 +358,33 @@ def _verified(manifest: Manifest, spec: Component, root: Path) -> Path:
         raise _Refused("artifact_checksum", str(exc)) from exc
 
 
-def _open(spec: Component, path: Path, opener: Callable[[str, Path], ModelSession]) -> ModelSession:
+def _check_ladders(plans: list[_Plan]) -> None:
+    """Disable a ladder rung whose ``stands_in_for`` names no plain component of its timeframe and
+    horizon, or one that another rung already stands in for."""
+    by_name = {p.spec.name: p.spec for p in plans}
+    taken: set[str] = set()
+    for p in plans:
+        target = p.spec.stands_in_for
+        if not target or p.disabled is not None:
+            continue
+        below = by_name.get(target)
+        if below is None or below is p.spec or below.stands_in_for:
+            why = f"stands_in_for {target!r}: no such component (or another rung)"
+        elif (below.timeframe, below.horizon_min) != (p.spec.timeframe, p.spec.horizon_min):
+            why = f"stands_in_for {target!r}: another timeframe or horizon"
+        elif target in taken:
+            why = f"stands_in_for {target!r}: another rung already stands in for it"
+        else:
+            taken.add(target)
+            continue
+        p.disabled, p.detail = "bad_manifest_entry", why
+
+
+def _open(spec: Component, path: Path, opener: Callable[[str, Path, bool], ModelSession]) -> ModelSession:
     try:
-        return opener(Path(spec.file).stem, path)
+        return opener(Path(spec.file).stem, path, bool(spec.stands_in_for))
+    except GpuNotBound as exc:
+        raise _Refused("gpu_not_bound", f"{exc}; {spec.stands_in_for} serves") from exc
     except RuntimeFailure as exc:
         raise _Refused("load_failed", str(exc)) from exc
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -63,6 +63,36 @@ def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
     return [b for b in bars if b.start + step <= now]
 
 
+# A component ready to run: its window, and its leader's window for the same bars (or None).
+_Window = tuple[LoadedComponent, list[Bar], list[Bar] | None]
+
+
+def _leader_window(
+    c: LoadedComponent,
+    symbol: str,
+    closed: Mapping[str, list[Bar]],
+    leaders: Mapping[str, SymbolWindows] | None,
+    now: int,
+) -> list[Bar] | str | None:
+    """The leader's window a component reads beside the symbol's (None: it reads none; the leader
+    itself reads its own window twice), or why it cannot: ``leader_not_ingested`` (the service does
+    not hold the leader), else ``leader_`` + the leader window's check (``leader_stale_window``, ...)."""
+    if c.leader is None:
+        return None
+    if c.leader == symbol:
+        return closed[c.timeframe][-c.bars_needed :]
+    held = (leaders or {}).get(c.leader)
+    if held is None or not held.bars.get(c.timeframe):
+        return "leader_not_ingested"
+    if c.timeframe in held.corrupt:
+        return "leader_corrupt_window"
+    if held.status.get(revised_field(c.timeframe)):
+        return "leader_unreconciled_window"
+    bars = _closed(held.bars[c.timeframe], interval_ms(c.timeframe), now)
+    reason = check_window(bars, c.timeframe, c.bars_needed, now)
+    return bars[-c.bars_needed :] if reason is None else f"leader_{reason}"
+
+
 @dataclass
 class _Batch:
     session: ModelSession
@@ -90,6 +120,7 @@ class _Drafts:
             "dropped",
             reason,
             c.spec.horizon_min,
+            stands_in_for=c.spec.stands_in_for or None,
         )
 
     def vote(self, c: LoadedComponent, report: ComponentReport) -> None:
@@ -118,6 +149,7 @@ def vote_report(
         c.spec.horizon_min,
         heads.get("abs_move_bp"),
         heads.get("volatility_bp"),
+        c.spec.stands_in_for or None,
     )
 
 
@@ -170,18 +202,27 @@ class SignalEngine:
         now = event.start + interval_ms(event.interval)
         models = self.models.current  # one snapshot for the whole signal, whatever a reload does meanwhile
         windows = await self._read(event.symbol, now, models)
+        leaders = await self._read_leaders(event.symbol, now, models)
         for iv in sorted(windows.corrupt):  # its components drop out; the ingestor rebuilds it from REST
             try:
                 await self.store.request_repair(event.symbol, iv)
             except StoreError as exc:  # asked again at the next signal; this one goes on
                 log.warning("%s %s: could not ask for a repair: %s", event.symbol, iv, exc)
-        return await self.signal_at(event, windows, models, read_started=t0), windows
+        return await self.signal_at(event, windows, models, read_started=t0, leaders=leaders), windows
 
     async def signal_at(
-        self, event: BarEvent, windows: SymbolWindows, models: ModelSet, *, read_started: float | None = None
+        self,
+        event: BarEvent,
+        windows: SymbolWindows,
+        models: ModelSet,
+        *,
+        read_started: float | None = None,
+        leaders: Mapping[str, SymbolWindows] | None = None,
     ) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar from windows already read (``read_started``: the
-        ``perf_counter`` time the read began, for the ``read`` latency; none means no read)."""
+        ``perf_counter`` time the read began, for the ``read`` latency; none means no read).
+        ``leaders``: the windows of the symbols components read beside this one's (BTCUSDT for the
+        two-layer CIPM), by symbol; one missing drops those components (``leader_not_ingested``)."""
         t_read = time.perf_counter()
         t0 = t_read if read_started is None else read_started
         now = event.start + interval_ms(event.interval)
@@ -193,10 +234,14 @@ class SignalEngine:
         # A window with a rewritten closed bar waits for the ingestor's REST reconcile (store.revised_field).
         unreconciled = {iv for iv in self.config.intervals if windows.status.get(revised_field(iv))}
         drafts = _Drafts()
-        runnable: list[tuple[LoadedComponent, list[Bar]]] = []
+        runnable: list[_Window] = []
+        stand_ins = models.stand_ins
+        standby: list[_Window] = []  # run only if their rung does not vote
         for c in models.components:
             if c.disabled is not None:
                 drafts.drop(c, c.disabled)
+            elif c.session is not None and c.session.broken is not None:
+                drafts.drop(c, "gpu_failed")  # since a failed run: the rung below serves
             elif c.spec.horizon_min != self.config.horizon_minutes:
                 drafts.drop(c, "horizon_mismatch")
             elif c.timeframe not in closed:
@@ -207,18 +252,30 @@ class SignalEngine:
                 drafts.drop(c, "unreconciled_window")
             elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
                 drafts.drop(c, reason)
+            elif isinstance(lead := _leader_window(c, event.symbol, closed, leaders, now), str):
+                drafts.drop(c, lead)
             else:
-                runnable.append((c, closed[c.timeframe][-c.bars_needed :]))
+                rung = stand_ins.get(c.name)
+                ready = rung is not None and rung.session is not None and rung.session.broken is None
+                (standby if ready else runnable).append((c, closed[c.timeframe][-c.bars_needed :], lead))
 
         deadline = t_read + self.config.latency_budget_ms / 1000.0
         inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
         t_render = time.perf_counter()
         await self._infer(event.symbol, inputs, drafts, deadline)
+        # The ladder: a component whose rung voted stands by; one whose rung did not runs now.
+        fallen = [w for w in standby if drafts.reports[stand_ins[w[0].name].name].status != "voted"]
+        for c, *_ in standby:
+            if all(c is not f for f, *_ in fallen):
+                drafts.drop(c, "standby")
+        if fallen:
+            again = await asyncio.to_thread(self._render, fallen, drafts)
+            await self._infer(event.symbol, again, drafts, deadline)
         t_infer = time.perf_counter()
 
         reports = tuple(drafts.reports[c.name] for c in models.components)
         for r in reports:
-            if r.status == "dropped" and r.reason is not None:
+            if r.status == "dropped" and r.reason is not None and r.reason not in LADDER_IDLE:
                 self.metrics.components_dropped.labels(r.name, r.reason).inc()
         bar = BarRef(event.interval, event.start, now)
         freshness = Freshness(
@@ -228,14 +285,21 @@ class SignalEngine:
             (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
         )
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
-        answering = [r for r in reports if r.horizon_minutes == self.config.horizon_minutes]
+        # the voices answering H are slots: a ladder (B3 over B0) is one, whichever rung of it ran
+        answering = {
+            r.stands_in_for or r.name
+            for r in reports
+            if r.horizon_minutes == self.config.horizon_minutes and r.reason not in LADDER_IDLE
+        }
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
         closes = _contiguous_closes(finest, self.config.finest)
         result, money = decide(voters, models.ensemble, self.config, closes, len(answering))
         if models.ensemble is not None and result is not None and result.calibrated:
             # a report's weight is what its vote counted for: the stacker's
-            reports = tuple(replace(r, weight=models.ensemble.weights.get(r.name, 0.0)) for r in reports)
+            reports = tuple(
+                replace(r, weight=models.ensemble.weights.get(r.stands_in_for or r.name, 0.0)) for r in reports
+            )
         t_ens = time.perf_counter()
         wall = self._wall_ms()
         latency = StageLatency(
@@ -271,8 +335,9 @@ class SignalEngine:
                 cost_bp=money.cost_bp,
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
-                partial=len(voters) < len(answering),
+                partial=len({r.stands_in_for or r.name for r in voters}) < len(answering),
                 models=models.id,
+                ladder=ladder_rung(voters, models),
             )
         # no vote: ``money`` is priced without a probability (no edge, never tradeable)
         refused = "unreconciled_window" if FALLBACK_INTERVAL in unreconciled else None
@@ -316,14 +381,21 @@ class SignalEngine:
 
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
         intervals = self.config.intervals
-        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
         # only the timeframes of components that answer this horizon (the others are dropped anyway)
         used = {c.timeframe for c in models.enabled if c.spec.horizon_min == self.config.horizon_minutes}
         used.add(FALLBACK_INTERVAL)  # the rule may be needed
         due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
-        deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
         # A coarser bar closing at this boundary is usually written in the same flush as the finest
         # one, but may trail it: wait (bounded) only when its window is current but for that bar.
+        return await self._read_until_current(symbol, intervals, due, now)
+
+    async def _read_until_current(
+        self, symbol: str, intervals: Sequence[str], due: Sequence[str], now: int
+    ) -> SymbolWindows:
+        """Read ``symbol``'s windows; re-read for at most ``coarse_wait_ms`` while a window of ``due``
+        is current but for the bar closing at ``now``."""
+        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
+        deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
         while any(_one_behind(windows.bars.get(iv, []), iv, now) for iv in due):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -332,20 +404,34 @@ class SignalEngine:
             windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
         return windows
 
+    async def _read_leaders(self, symbol: str, now: int, models: ModelSet) -> dict[str, SymbolWindows]:
+        """The windows of the symbols components read beside ``symbol``'s (the two-layer CIPM's
+        BTCUSDT). A leader's bar closing at ``now`` may trail this symbol's by a moment: it is waited
+        for as a coarser bar is."""
+        wanted: dict[str, set[str]] = {}
+        for c in models.enabled:
+            if c.leader is not None and c.leader != symbol and c.spec.horizon_min == self.config.horizon_minutes:
+                wanted.setdefault(c.leader, set()).add(c.timeframe)
+        out = {}
+        for leader, used in sorted(wanted.items()):
+            intervals = tuple(iv for iv in self.config.intervals if iv in used)
+            out[leader] = await self._read_until_current(leader, intervals, intervals, now)
+        return out
+
     def _render(
-        self, runnable: list[tuple[LoadedComponent, list[Bar]]], drafts: _Drafts
+        self, runnable: list[_Window], drafts: _Drafts
     ) -> list[tuple[LoadedComponent, npt.NDArray[np.float32]]]:
         """Model inputs (runs in a thread). A window the renderer refuses drops its component.
 
         Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation."""
         out = []
         built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}  # the input, or why it failed
-        for c, bars in runnable:
+        for c, bars, lead in runnable:
             key = c.input_key
             if key not in built:
                 started = time.perf_counter()
                 try:
-                    built[key] = c.prepare(bars_to_array(bars))
+                    built[key] = c.prepare(bars_to_array(bars), None if lead is None else bars_to_array(lead))
                 # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
                 # NumPy on an odd window still costs only these components, not the whole signal.
                 except (InferenceError, ValueError, ArithmeticError) as exc:
@@ -395,8 +481,8 @@ class SignalEngine:
             except Exception as exc:
                 level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
                 log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
-                for c, _ in batch.members:
-                    drafts.drop(c, "error")
+                for c, _ in batch.members:  # a ladder rung's GPU failed: the rung below runs
+                    drafts.drop(c, "gpu_failed" if batch.session.gpu_only else "error")
                 continue
             out = np.asarray(logits, dtype=np.float64)
             rows = out.reshape(len(batch.members), -1) if out.size and out.size % len(batch.members) == 0 else None
@@ -430,6 +516,21 @@ class SignalEngine:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
 
 
+# Reports of a ladder's rungs that are not meant to run here: not missing votes, not drop events.
+LADDER_IDLE = frozenset({"gpu_not_bound", "standby"})
+
+
+def ladder_rung(voters: Sequence[ComponentReport], models: ModelSet) -> str | None:
+    """Which rung of the image-model ladder voted: ``efficientnet-b3`` over ``efficientnet-b0``
+    (the variant of the highest rung that voted); None when no image model voted."""
+    kinds = {c.name: c for c in models.components}
+    rungs = [kinds[r.name] for r in voters if r.name in kinds and kinds[r.name].spec.kind == "efficientnet"]
+    if not rungs:
+        return None
+    top = max(rungs, key=lambda c: bool(c.spec.stands_in_for))
+    return f"efficientnet-{top.spec.variant or 'b0'}"
+
+
 def _contiguous_closes(bars: Sequence[Bar], interval: str) -> list[float]:
     """The closes of the newest run of consecutive bars: a return across a hole is not one bar's."""
     step = interval_ms(interval)
@@ -451,7 +552,7 @@ def decide(
     the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back). With fewer
     than ``config.quorum`` of the ``answering`` components voting, the call is flat."""
     stacker = ensemble if ensemble is not None and ensemble.horizon_minutes == config.horizon_minutes else None
-    votes = [Vote(r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
+    votes = [Vote(r.stands_in_for or r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
     try:
         result: EnsembleResult | None = (
             stack(votes, stacker) if stacker is not None else combine(votes, config.thresholds)

@@ -130,4 +130,5 @@ def fallback_signal(
         volatility_bp=None if money is None else round_bp(money.volatility_bp),
         cost_bp=None if money is None else money.cost_bp,
         partial=True,  # no model voted
+        ladder="rule",
     )

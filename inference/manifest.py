@@ -75,6 +75,10 @@ class Component:
     horizon_minutes: int | None = None
     family: str = ""  # the seed's model family ("tcn", "cnn", "lstm", "mlp", "efficientnet", "linear")
     variant: str = ""  # which member of it ("b0", "1d k5", "multiscale k3-7-15-31", …)
+    # A rung of the seed's failover ladder (EfficientNet-B3 above B0): served only where its session
+    # binds a GPU provider, in place of the component named here (whose stacker slot it takes); that
+    # component serves when no GPU binds or this one fails on it (inference.components).
+    stands_in_for: str = ""
 
     @property
     def horizon_min(self) -> int:
@@ -129,8 +133,17 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "horizon_minutes": (int, type(None)),
     "family": (str,),
     "variant": (str,),
+    "stands_in_for": (str,),
 }
 _REQUIRED = ("name", "kind", "timeframe", "version", "file", "sha256", "input", "output", "preprocessing", "horizon")
+
+
+def _entry(c: Component) -> dict[str, Any]:
+    """A component as the manifest writes it: ``stands_in_for`` only on a ladder's rungs."""
+    entry = asdict(c)
+    if not entry["stands_in_for"]:
+        del entry["stands_in_for"]
+    return entry
 
 
 def _name_of(entry: Any) -> str:
@@ -265,7 +278,7 @@ class Manifest:
             "schema": self.schema,
             "created": self.created,
             "notes": self.notes,
-            "components": [asdict(c) for c in self.components],
+            "components": [_entry(c) for c in self.components],
         }
         if self.ensemble is not None:
             body["ensemble"] = asdict(self.ensemble)

@@ -32,6 +32,7 @@ __all__ = [
     "gasf",
     "ohlc_chart",
     "ohlc_input",
+    "ohlc_pair",
     "recurrence_plot",
 ]
 
@@ -323,6 +324,15 @@ def ohlc_input(ohlcv: NDArray[np.float64], height: int = 54, bars: int = 24) -> 
     out = ohlc_chart(window[:, :4], height).astype(np.float32)[None]
     out /= np.float32(255)
     return out
+
+
+def ohlc_pair(
+    ohlcv: NDArray[np.float64], leader: NDArray[np.float64], height: int = 54, bars: int = 24
+) -> NDArray[np.float32]:
+    """The two-layer CIPM's input (seed 001: BTC leads the alts): ``(2, height, 3 * bars)``, the
+    :func:`ohlc_input` of the symbol's bars over that of the leader's bars for the same minutes (for
+    the leader itself, its own image twice)."""
+    return np.concatenate([ohlc_input(ohlcv, height, bars), ohlc_input(leader, height, bars)])
 
 
 def composite(ohlcv: NDArray[np.float64], height: int = 54, bars: int = 24) -> NDArray[np.float32]:

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from inference.errors import InferenceError
 
-__all__ = ["PROVIDER_CHAIN", "ModelSession", "RuntimeFailure", "SessionFactory", "provider_chain"]
+__all__ = ["PROVIDER_CHAIN", "GpuNotBound", "ModelSession", "RuntimeFailure", "SessionFactory", "provider_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ CPU = "CPUExecutionProvider"
 
 class RuntimeFailure(InferenceError):
     """A model could not be loaded or run, on any provider."""
+
+
+class GpuNotBound(RuntimeFailure):
+    """A GPU-only session (a ladder's upper rung) found no GPU provider to bind."""
 
 
 class SessionFactory(Protocol):
@@ -69,13 +73,23 @@ class ModelSession:
         threads: int = 1,
         session_factory: SessionFactory = ort.InferenceSession,
         available_providers: Sequence[str] | None = None,
+        gpu_only: bool = False,
     ) -> None:
-        """``available_providers``: what the runtime offers (default: ``onnxruntime.get_available_providers()``)."""
+        """``available_providers``: what the runtime offers (default: ``onnxruntime.get_available_providers()``).
+
+        ``gpu_only`` (a ladder's upper rung, too slow for the CPU): never on the CPU. Without a GPU
+        provider bound it raises :class:`GpuNotBound`; a failed run raises :class:`RuntimeFailure` and
+        leaves the session :attr:`broken` (every later run refuses at once: the rung below serves)."""
         self.name = name
         self.path = path
         self._threads = threads
         self._factory = session_factory
+        self.gpu_only = gpu_only
+        self.broken: str | None = None
         self.requested = provider_chain(prefer_gpu, available_providers)
+        if gpu_only:
+            self._open_gpu_only()
+            return
         try:
             self._session = self._factory(str(path), _options(threads), providers=self.requested)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... and RuntimeError
@@ -85,6 +99,19 @@ class ModelSession:
             self._session = self._cpu_session()
         self.input_name = self._session.get_inputs()[0].name
         log.info("%s: loaded %s on %s (asked for %s)", name, path.name, self.provider, ", ".join(self.requested))
+
+    def _open_gpu_only(self) -> None:
+        gpus = [p for p in self.requested if p != CPU]
+        if not gpus:
+            raise GpuNotBound(f"{self.name}: no GPU provider offered (asked for {', '.join(self.requested)})")
+        try:
+            self._session = self._factory(str(self.path), _options(self._threads), providers=gpus)
+        except Exception as exc:
+            raise GpuNotBound(f"{self.name}: no session on {', '.join(gpus)}: {exc}") from exc
+        self.input_name = self._session.get_inputs()[0].name
+        if self.provider == CPU:  # ORT binds the CPU, silently, when the GPU provider cannot start
+            raise GpuNotBound(f"{self.name}: asked for {', '.join(gpus)}, bound {CPU}")
+        log.info("%s: loaded %s on %s (GPU only)", self.name, self.path.name, self.provider)
 
     def _cpu_session(self) -> Any:
         try:
@@ -99,11 +126,17 @@ class ModelSession:
         return providers[0]
 
     def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Logits for a batch. A GPU failure rebuilds the session on CPU and retries once."""
+        """Logits for a batch. A GPU failure rebuilds the session on CPU and retries once (a
+        ``gpu_only`` session is left :attr:`broken` instead)."""
+        if self.broken is not None:
+            raise RuntimeFailure(f"{self.name}: not run since its GPU failed: {self.broken}")
         try:
             out: npt.NDArray[np.float32] = self._session.run(None, {self.input_name: x})[0]
             return out
         except Exception as exc:
+            if self.gpu_only:
+                self.broken = f"{self.provider}: {exc}"
+                raise RuntimeFailure(f"{self.name}: inference on {self.provider} failed: {exc}") from exc
             if self.provider == CPU:
                 raise RuntimeFailure(f"{self.name}: inference failed: {exc}") from exc
             log.error("%s: inference on %s failed (%s); continuing on CPU", self.name, self.provider, exc)

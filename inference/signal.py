@@ -32,6 +32,11 @@ report says why: ``short_window`` at warm-up, ``stale_window``, ...). A long or 
 quorum: at least ``CANDLECAST_SIGNAL_QUORUM`` (default 0.5) of those components voting; below it the
 signal is flat, its ``p_up`` still shown.
 
+``ladder`` says which rung of the seed's failover ladder ran: ``efficientnet-b3`` where a GPU
+provider bound it, ``efficientnet-b0`` on the CPU or when the B3 failed on its GPU, ``rule`` for the
+fallback (``null``: an ensemble signal without an image model's vote). A B3 vote's report names the
+B0 it stood in for (``stands_in_for``); that B0 reports ``standby``.
+
 ``models`` names the manifest the signal was computed with (its sha256, 12 hex digits): a model
 release starts a new track record. ``track_record`` is how right this symbol's signal has been lately:
 the last 100 served signals of this manifest that have been scored (their horizon passed), how many
@@ -103,6 +108,7 @@ class ComponentReport:
     horizon_minutes: int | None = None
     expected_move_bp: float | None = None  # from a magnitude head, when the component has one
     volatility_bp: float | None = None  # from a volatility head, when the component has one
+    stands_in_for: str | None = None  # a ladder rung (EfficientNet-B3): the component whose slot it fills
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,9 @@ class Signal:
     partial: bool = False
     models: str = ""  # the manifest's sha256, 12 hex digits ("" when unknown)
     track_record: TrackRecord | None = None
+    # Which rung of the seed's failover ladder made it: "efficientnet-b3" (a GPU bound), "efficientnet-b0",
+    # "rule" (the fallback); None for an ensemble signal without an image model's vote.
+    ladder: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

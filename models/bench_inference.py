@@ -30,6 +30,8 @@ ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
     "dense_1m.onnx": lambda: zoo_model("dense", 29),
     **{f"{kind}_1m.onnx": partial(zoo_model, kind, 8) for kind in ("cnn1d", "mscnn", "cnn_ta", "bilstm")},
     "cipm_1m.onnx": partial(zoo_model, "cipm", 1),
+    "cipm_btc_1m.onnx": partial(zoo_model, "cipm_btc", 2),
+    "efficientnet_b3.onnx": lambda: efficientnet("b3", in_channels=3, num_classes=1, stem_stride=2),
 }
 
 

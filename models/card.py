@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from inference.manifest import Manifest
+from inference.manifest import Component, Manifest
 
 __all__ = ["comparison_table", "model_card"]
 
@@ -135,7 +135,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         t, v = c.training, c.validation
         acc = v.get("accuracy_moved", v.get("accuracy"))
         lines.append(
-            f"| {c.name} | {c.family or c.kind} | {c.variant or '-'} | {c.timeframe}m | {c.horizon_min} |"
+            f"| {c.name} | {c.family or c.kind} | {_variant(c)} | {c.timeframe}m | {c.horizon_min} |"
             f" {t.get('samples')} |"
             f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | {_fine_tune(t)} | accuracy {acc} |"
         )
@@ -145,14 +145,25 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         " 24-bar chart composites, the linear component 241 bars of feature set r1 (inference/linear_features.py)."
         " The seeds' zoo (models/zoo.py): the 1D, multi-scale and CNN-TA convolutional networks and the"
         " bidirectional LSTM read the TCN's sequences, the dense network the linear component's features,"
-        " the CIPM network the 24-bar 54x72 OHLC image (inference/render.py ohlc_input); the dense network's"
+        " the CIPM network the 24-bar 54x72 OHLC image (inference/render.py ohlc_input), its two-layer variant"
+        " that image over BTCUSDT's for the same minutes (ohlc_pair; BTCUSDT's own signal reads its image"
+        " twice, another symbol's without BTCUSDT ingested drops it as `leader_not_ingested`); the dense network's"
         " and the 1D CNN's hyper-parameters were chosen by `candlecast tune` (training.hyperparameters)."
         " Training data: the real bars in ../shared/data, split by time (train before 2025-06-01, validation"
         " 06-01 → 06-15, test after). Components forecasting another horizon than the signal's are refused"
-        " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load.",
+        " by the worker (`horizon_mismatch`). Artifacts are verified by sha256 at load. The failover ladder"
+        " (seed 000): an EfficientNet-B3 runs only where its session binds a GPU provider, in the place and"
+        " stacker slot of the B0 of its timeframe; on a CPU host, or when it fails on its GPU, the B0 serves,"
+        " and with neither the rule; each signal says which (`ladder`). The stacker is fitted where `candlecast"
+        " stack` runs, on the CPU: with the B0 in that slot. The B3 rows of the comparison ran on the CPU.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _variant(c: Component) -> str:
+    base = c.variant or "-"
+    return f"{base}, stands in for {c.stands_in_for} where a GPU binds" if c.stands_in_for else base
 
 
 def _fine_tune(training: dict[str, Any]) -> str:

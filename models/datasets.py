@@ -5,7 +5,9 @@
 all timeframes.
 ``linear``: the feature vector of :func:`inference.linear_features.linear_input` (set r1; the view
 samples only), read by the dense network; ``ohlc``: the CIPM network's OHLC image
-(:func:`inference.render.ohlc_input`, the view samples only).
+(:func:`inference.render.ohlc_input`, the view samples only); ``ohlc_btc``: that image over the one
+of BTCUSDT on the same venue for the same minutes (:func:`inference.render.ohlc_pair`; a sample
+whose leader window is missing or holed is skipped, as serving drops the component then).
 
 Two labellings. :func:`build_tcn_samples` / :func:`build_image_samples`: the direction of the next bar
 of the window's own timeframe (the models shipped before the signal had one horizon).
@@ -27,7 +29,7 @@ import numpy.typing as npt
 
 from inference.features import WARMUP_BARS, tcn_input
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, linear_input
-from inference.render import composite, ohlc_input
+from inference.render import composite, ohlc_input, ohlc_pair
 from models.data import (
     MINUTE_MS,
     Series,
@@ -47,6 +49,8 @@ __all__ = [
     "build_image_samples",
     "build_tcn_samples",
     "build_view_samples",
+    "leader_of",
+    "leader_rows",
     "series_for_timeframe",
     "view_need",
 ]
@@ -167,13 +171,60 @@ def build_image_samples(series_list: list[Series], cuts: Cuts, part: str, cap: i
     )
 
 
+LEADER = "BTCUSDT"  # the symbol whose image the two-layer CIPM reads beside every symbol's
+
+
 def view_need(kind: str, length: int = TCN_LENGTH) -> int:
-    """Bars of its own timeframe one window of ``kind`` (``tcn``, ``linear``, ``image`` or ``ohlc``) needs."""
+    """Bars of its own timeframe one window of ``kind`` (``tcn``, ``linear``, ``image``, ``ohlc`` or
+    ``ohlc_btc``) needs."""
     return {"tcn": length + WARMUP_BARS, "linear": LINEAR_BARS}.get(kind, IMAGE_BARS)
 
 
-def _view_inputs(kind: str, ohlcv: npt.NDArray[np.float64], ends: list[int], need: int) -> npt.NDArray[np.float32]:
-    """The model input of ``kind`` for the window ending at each of ``ends``."""
+def leader_of(bases: list[Series]) -> dict[str, Series]:
+    """Each venue's BTCUSDT bars (all its files merged, in time order), by venue prefix
+    (``bybit_linear_``): the leader every series of that venue is read beside."""
+    found: dict[str, list[Series]] = {}
+    for s in bases:
+        if s.symbol == LEADER:
+            found.setdefault(s.name.split(s.symbol)[0], []).append(s)
+    out = {}
+    for venue, parts in found.items():
+        order = np.argsort(np.concatenate([p.start_ms for p in parts]), kind="stable")
+        start = np.concatenate([p.start_ms for p in parts])[order]
+        ohlcv = np.concatenate([p.ohlcv for p in parts])[order]
+        out[venue] = Series(f"{venue}{LEADER}", LEADER, parts[0].interval_min, start, ohlcv)
+    return out
+
+
+def leader_rows(leader: Series, s: Series, j: npt.NDArray[np.int64], need: int) -> npt.NDArray[np.int64]:
+    """For each window of ``s`` ending at row ``j``, the row of ``leader`` ending at the same bar,
+    when the leader has the ``need`` bars before it without a hole; else -1."""
+    k = np.searchsorted(leader.start_ms, s.start_ms[j])
+    k = np.minimum(k, len(leader.start_ms) - 1)
+    ok = (leader.start_ms[k] == s.start_ms[j]) & (k >= need - 1)
+    first = leader.start_ms[np.maximum(k - need + 1, 0)]
+    ok &= leader.start_ms[k] - first == (need - 1) * s.interval_min * MINUTE_MS
+    return np.where(ok, k, -1)
+
+
+def _view_inputs(
+    kind: str,
+    ohlcv: npt.NDArray[np.float64],
+    ends: list[int],
+    need: int,
+    leader: tuple[npt.NDArray[np.float64], list[int]] | None = None,
+) -> npt.NDArray[np.float32]:
+    """The model input of ``kind`` for the window ending at each of ``ends`` (``leader``: the leader's
+    bars and the row of each window's last bar in them, for ``ohlc_btc``)."""
+    if kind == "ohlc_btc":
+        assert leader is not None
+        bars, rows = leader
+        return np.stack(
+            [
+                ohlc_pair(ohlcv[k - need + 1 : k + 1], bars[r - need + 1 : r + 1], IMAGE_HEIGHT, IMAGE_BARS)
+                for k, r in zip(ends, rows, strict=True)
+            ]
+        )
     if kind == "tcn":
         return np.stack([tcn_input(ohlcv[k - need + 1 : k + 1], TCN_LENGTH) for k in ends])
     if kind == "linear":
@@ -204,7 +255,9 @@ def build_view_samples(
     """
     rng = np.random.default_rng(seed)
     need = view_need(kind)
+    leaders = {v: aggregate(b, timeframe) for v, b in leader_of(bases).items()} if kind == "ohlc_btc" else {}
     chosen: list[tuple[Series, Series, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+    paired: dict[str, npt.NDArray[np.int64]] = {}  # ohlc_btc: each kept window's row in its leader
     for s in bases:
         if s.interval_min != 1:
             raise ValueError(f"{s.name}: view samples are asked at 1m closes; this series has {s.interval_min}m bars")
@@ -212,6 +265,12 @@ def build_view_samples(
         ends = horizon_ends(s, 1, horizon)
         j = view_ends(s, coarse, ends, need)
         ends, j = ends[j >= 0], j[j >= 0]
+        if kind == "ohlc_btc":
+            leader = leaders.get(s.name.split(s.symbol)[0])
+            if leader is None:  # no BTCUSDT on this venue: serving drops the component too
+                continue
+            k = leader_rows(leader, coarse, j, need)
+            ends, j, k = ends[k >= 0], j[k >= 0], k[k >= 0]
         r_h, _ = horizon_targets(s, ends, horizon)
         label_start = s.start_ms[ends + horizon]
         window_start = coarse.start_ms[j - need + 1]
@@ -222,21 +281,29 @@ def build_view_samples(
         }[part] & (r_h != 0)  # an unchanged close is neither up nor down: no label
         if keep.any():
             chosen.append((s, coarse, ends[keep], j[keep], (r_h[keep] > 0).astype(np.float32)))
+            if kind == "ohlc_btc":
+                paired[s.name] = k[keep]
     total = sum(len(e) for _, _, e, _, _ in chosen)
     xs, ys, ts, firsts, lasts = [], [], [], [], []
     for s, coarse, ends, j, y in chosen:
+        rows = paired.get(s.name)
         if total > cap:  # the cap spread over the series in proportion to what each offers
             pick = _subsample(np.arange(len(ends)), max(1, cap * len(ends) // total), rng)
             ends, j, y = ends[pick], j[pick], y[pick]
-        xs.append(_view_inputs(kind, coarse.ohlcv, j.tolist(), need))
+            rows = rows[pick] if rows is not None else None
+        pair = (leaders[s.name.split(s.symbol)[0]].ohlcv, rows.tolist()) if rows is not None else None
+        xs.append(_view_inputs(kind, coarse.ohlcv, j.tolist(), need, pair))
         ys.append(y)
         ts.append(s.start_ms[ends + 1].astype(np.int64))
         firsts.append(int(s.start_ms[ends[0] + 1]))
         lasts.append(int(s.start_ms[ends[-1] + 1]))
     image = (0, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS)
-    empty = {"tcn": (0, 8, TCN_LENGTH), "linear": (0, len(LINEAR_FEATURES)), "ohlc": (0, 1, *image[2:])}.get(
-        kind, image
-    )
+    empty = {
+        "tcn": (0, 8, TCN_LENGTH),
+        "linear": (0, len(LINEAR_FEATURES)),
+        "ohlc": (0, 1, *image[2:]),
+        "ohlc_btc": (0, 2, *image[2:]),
+    }.get(kind, image)
     return SampleSet(
         x=np.concatenate(xs) if xs else np.zeros(empty, np.float32),
         y=np.concatenate(ys) if ys else np.zeros(0, np.float32),

@@ -19,7 +19,9 @@ positions never overlap. Strategies, on the same bars:
 * ``fallback``: the momentum rule on the 1h closes as serving reads them, trading its direction;
 * ``buy_and_hold``: always long; ``majority``: always the commoner outcome of these bars (hindsight:
   the bar a model must beat, not a strategy one could run);
-* each component that answers the question, alone: its P(up) through the same thresholds.
+* each component that answers the question, alone: its P(up) through the same thresholds. A
+  ladder's upper rung (EfficientNet-B3, served only where a GPU binds) is run here on the CPU for its
+  own row; the ensemble is the one a CPU host serves, with the B0 in its slot.
 
 See :mod:`models.metrics` for every figure. ``predictions.csv.gz`` (gzip: the plain CSV of five
 series and twenty strategies is 60 MB) has one row per (strategy, bar):
@@ -38,7 +40,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,13 @@ from inference.engine import decide, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
+from inference.runtime import ModelSession
 from inference.scoring import SIGN
 from models.data import MINUTE_MS, Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
+from models.datasets import LEADER
 from models.linear import ewma_of_windows, iso_ms
 from models.metrics import MAKER_FEE, TAKER_FEE, Part, equity_curve, strategy_report
-from models.stack import component_outputs, minute_bars_needed
+from models.stack import component_outputs, leader_series, minute_bars_needed
 from models.stack import voters as stack_voters
 
 __all__ = ["EvaluateConfig", "evaluate"]
@@ -91,12 +95,28 @@ def _hourly_momentum(base: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[n
 
 
 def _outputs(
-    c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64], views: dict[int, Series]
+    c: LoadedComponent, s: Series, ends: npt.NDArray[np.int64], views: dict[int, Series], leader: Series | None
 ) -> tuple[npt.NDArray[np.float64], float]:
     """The component's output rows at each 1m close, and its mean ms per window (prepare + run)."""
     started = time.perf_counter()
-    out = component_outputs(c, s, ends, views)
+    out = component_outputs(c, s, ends, views, leader)
     return out, (time.perf_counter() - started) * 1e3 / max(1, len(ends))
+
+
+def gpu_rungs_on_cpu(
+    components: tuple[LoadedComponent, ...], artifacts: Path, horizon: int
+) -> dict[str, LoadedComponent]:
+    """The ladder's upper rungs this CPU host does not serve (``gpu_not_bound``), each on a CPU session
+    of its own (one per artifact), for their rows alone: what a GPU host's rung would answer."""
+    sessions: dict[str, ModelSession] = {}
+    out = {}
+    for c in components:
+        if c.disabled != "gpu_not_bound" or c.spec.horizon_min != horizon:
+            continue
+        if c.spec.file not in sessions:
+            sessions[c.spec.file] = ModelSession(c.name, artifacts / c.spec.file, prefer_gpu=False, threads=2)
+        out[c.name] = replace(c, session=sessions[c.spec.file], disabled=None, detail="")
+    return out
 
 
 def _why_not(c: LoadedComponent, horizon: int) -> str:
@@ -109,12 +129,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest = Manifest.load(cfg.artifacts / "manifest.json")
     models = load_model_set(cfg.artifacts, prefer_gpu=False, threads=2)
     for c in models.components:
-        if c.disabled is not None:  # a backtest missing a component would report another service
+        # a backtest missing a component would report another service; a GPU rung is run below
+        if c.disabled is not None and c.disabled != "gpu_not_bound":
             raise ManifestError(c.detail or f"{c.name}: {c.disabled}")
     horizon = cfg.horizon or (manifest.ensemble.horizon_minutes if manifest.ensemble else 1)
     config = WorkerConfig(horizon_minutes=horizon, fee_bp=cfg.fee_bp)
     voters = stack_voters(models.components, horizon)
-    skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters}
+    rungs = gpu_rungs_on_cpu(models.components, cfg.artifacts, horizon)  # their own rows only
+    skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters and c.name not in rungs}
     test_after = max(iso_ms(c.training["test_after"]) for c in manifest.components)
     need = minute_bars_needed(voters)
     parts: dict[str, list[Part]] = defaultdict(list)
@@ -142,17 +164,22 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ewma = ewma_of_windows(base, ends, horizon)
         outs = {}
         views: dict[int, Series] = {}
-        for c in voters:
-            outs[c.name], ms = _outputs(c, base, ends, views)
+        lead = leader_series(path, base, LEADER)  # the two-layer CIPM reads BTCUSDT's bars beside these
+        for c in (*voters, *rungs.values()):
+            outs[c.name], ms = _outputs(c, base, ends, views, lead)
             inference_ms[c.name].append(ms)
         closes = base.ohlcv[:, 3]
         p_ens = np.full(len(ends), np.nan)
         call = np.zeros(len(ends), np.int8)
         pos = np.zeros(len(ends), np.int8)
         vol_ens = np.full(len(ends), np.nan)
-        comp_p: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in voters}
-        comp_vol: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in voters}
+        alone_ = (*voters, *rungs.values())
+        comp_p: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in alone_}
+        comp_vol: dict[str, npt.NDArray[np.float64]] = {c.name: np.full(len(ends), np.nan) for c in alone_}
         for i, t in enumerate(ends.tolist()):
+            for c in rungs.values():
+                if (v := vote_report(c, outs[c.name][i], "", None)) is not None and v.p_up is not None:
+                    comp_p[c.name][i] = v.p_up
             reports = [v for c in voters if (v := vote_report(c, outs[c.name][i], "", None)) is not None]
             for rep in reports:
                 if rep.p_up is not None:
@@ -180,7 +207,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ones = np.ones(len(ends), np.int8)
         parts["buy_and_hold"].append(Part(base.name, times, day, nan, ones, ones, r, var_real, nan, ewma))
         alone = models.ensemble.threshold if models.ensemble else 0.5 + config.thresholds.long_above / 2
-        for c in voters:
+        for c in alone_:
             p_c = comp_p[c.name]
             d_c = np.where(p_c >= alone, 1, 0)
             d_c = np.where(p_c <= 1 - alone, -1, d_c).astype(np.int8)
@@ -210,10 +237,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 (name, p.series, int(t), float(pv), int(dv), int(xv), float(rv))
                 for t, pv, dv, xv, rv in zip(p.times, p.p_up, p.call, p.position, p.r, strict=True)
             ]
-    order = ["ensemble", "fallback", "buy_and_hold", "majority", *sorted(c.name for c in voters)]
+    order = ["ensemble", "fallback", "buy_and_hold", "majority", *sorted(c.name for c in (*voters, *rungs.values()))]
     report = {name: strategy_report(parts[name], horizon) for name in order if name in parts}
     by_name = {c.name: c for c in manifest.components}
-    for c in voters:
+    for c in (*voters, *rungs.values()):
         report[c.name]["training_seconds"] = by_name[c.name].training.get("seconds")
         report[c.name]["inference_ms"] = float(np.mean(inference_ms[c.name]))
     all_times = np.concatenate([p.times for p in parts["ensemble"]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from models.card import model_card
 from models.datasets import (
     IMAGE_BARS,
     IMAGE_HEIGHT,
+    LEADER,
+    TIMEFRAMES,
     Cuts,
     SampleSet,
     build_image_samples,
@@ -38,6 +41,7 @@ from models.datasets import (
 )
 from models.efficientnet import efficientnet
 from models.tcn import TCN
+from models.train import image_checkpoint
 from models.zoo import CIPM, FAMILIES, ZOO, zoo_input, zoo_model
 
 __all__ = ["ExportError", "export_all", "export_onnx"]
@@ -110,17 +114,6 @@ def export_all(
     version = version or dt.datetime.now(dt.UTC).strftime("%Y.%m.%d")
     cuts = Cuts()
     components: list[Component] = []
-    image_ckpt = work_dir / "efficientnet.pt"
-    image_model: nn.Module | None = None
-    if image_ckpt.exists():
-        state = torch.load(image_ckpt, map_location="cpu", weights_only=False)
-        cfg = state["result"]["config"]
-        image_model = efficientnet(cfg["variant"], in_channels=3, num_classes=1, stem_stride=cfg["stem_stride"])
-        image_model.load_state_dict(state["state_dict"])
-        image_model.eval()
-        image_result: dict[str, Any] = state["result"]
-        image_path = out_dir / "efficientnet.onnx"
-        export_onnx(image_model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), image_path)
     bases = series_for_timeframe(data_dir, 1)
 
     def validation(kind: str, tf: int, horizon: int | None, n: int) -> SampleSet:
@@ -131,7 +124,6 @@ def export_all(
         build = build_tcn_samples if kind == "tcn" else build_image_samples  # (the zoo needs --horizon)
         return build(series, cuts, "val", n, seed=1)
 
-    image_h = image_result.get("horizon_minutes") if image_model is not None else None
     for ckpt, kind, tf in _checkpoints(work_dir):
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         result = state["result"]
@@ -140,7 +132,7 @@ def export_all(
         model.load_state_dict(state["state_dict"])
         model.eval()
         samples = zoo_input(kind)  # "tcn" for the TCN too
-        val = validation(samples, tf, h, image_check_samples if samples == "ohlc" else tcn_check_samples)
+        val = validation(samples, tf, h, image_check_samples if samples in IMAGES else tcn_check_samples)
         path = out_dir / f"{ckpt.stem}.onnx"
         export_onnx(model, val.x[:1], path)
         logits, diff = _parity(model, path, val.x)
@@ -165,35 +157,9 @@ def export_all(
                 validation=_val_metrics(logits, val.y),
             )
         )
-        if image_model is not None and kind == "tcn":
-            ival = validation("image", tf, image_h, image_check_samples)
-            ilogits, idiff = _parity(image_model, image_path, ival.x)
-            log.info("efficientnet %dm: parity %.2e on %d real images", tf, idiff, len(ival))
-            components.append(
-                Component(
-                    name=f"efficientnet_{tf}m",
-                    kind="efficientnet",
-                    family="efficientnet",
-                    variant=str(image_result["config"]["variant"]),
-                    timeframe=str(tf),
-                    version=version,
-                    file=image_path.name,
-                    sha256=sha256_file(image_path),
-                    input={"name": "input", "shape": ["batch", 3, IMAGE_HEIGHT, 3 * IMAGE_BARS], "dtype": "float32"},
-                    output={"name": "logits", "shape": ["batch", 1], "meaning": _meaning(tf, image_h)},
-                    preprocessing={
-                        "renderer": "composite",
-                        "renderer_version": RENDERER_VERSION,
-                        "height": IMAGE_HEIGHT,
-                        "bars": IMAGE_BARS,
-                        "channels": ["ohlc_chart/255", "volume_profile", "gasf(log close)"],
-                    },
-                    horizon=_horizon_text(tf, image_h),
-                    horizon_minutes=image_h or tf,
-                    training=_training(image_result, idiff, cuts) | {"shared_by_timeframes": True},
-                    validation=_val_metrics(ilogits, ival.y),
-                )
-            )
+    for variant in ("b0", "b3"):  # the ladder's rungs, each shared by all its timeframes
+        if (work_dir / f"{image_checkpoint(variant)}.pt").exists():
+            components += _export_image(work_dir, out_dir, variant, version, validation, cuts, image_check_samples)
     # Into an existing manifest: the re-exported components replace theirs, the others stay. Its
     # ensemble is dropped: the stacker was fitted on the old components (run `candlecast stack`).
     kept: tuple[Component, ...] = ()
@@ -213,6 +179,7 @@ def export_all(
     return manifest
 
 
+IMAGES = ("ohlc", "ohlc_btc")  # the zoo's image sample kinds (the CIPM networks')
 TCN_VARIANT = "4 dilated causal residual blocks (32, 32, 64, 64), k3, 64 bars"
 _KINDS = ("tcn", *ZOO)
 
@@ -227,9 +194,64 @@ def _checkpoints(work_dir: Path) -> list[tuple[Path, str, int]]:
     return sorted(found, key=lambda f: (f[2], _KINDS.index(f[1])))
 
 
+def _export_image(
+    work_dir: Path,
+    out_dir: Path,
+    variant: str,
+    version: str,
+    validation: Callable[[str, int, int | None, int], SampleSet],
+    cuts: Cuts,
+    n: int,
+) -> list[Component]:
+    """One EfficientNet artifact and its component per timeframe; B3's stand in for B0's (the ladder)."""
+    stem = image_checkpoint(variant)
+    state = torch.load(work_dir / f"{stem}.pt", map_location="cpu", weights_only=False)
+    result: dict[str, Any] = state["result"]
+    cfg = result["config"]
+    model = efficientnet(cfg["variant"], in_channels=3, num_classes=1, stem_stride=cfg["stem_stride"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    path = out_dir / f"{stem}.onnx"
+    export_onnx(model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), path)
+    h = result.get("horizon_minutes")
+    out = []
+    for tf in cfg.get("timeframes", TIMEFRAMES):
+        val = validation("image", tf, h, n)
+        logits, diff = _parity(model, path, val.x)
+        log.info("%s %dm: parity %.2e on %d real images", stem, tf, diff, len(val))
+        below = f"{image_checkpoint('b0')}_{tf}m"
+        out.append(
+            Component(
+                name=f"{stem}_{tf}m",
+                kind="efficientnet",
+                family="efficientnet",
+                variant=str(cfg["variant"]),
+                timeframe=str(tf),
+                version=version,
+                file=path.name,
+                sha256=sha256_file(path),
+                input={"name": "input", "shape": ["batch", 3, IMAGE_HEIGHT, 3 * IMAGE_BARS], "dtype": "float32"},
+                output={"name": "logits", "shape": ["batch", 1], "meaning": _meaning(tf, h)},
+                preprocessing={
+                    "renderer": "composite",
+                    "renderer_version": RENDERER_VERSION,
+                    "height": IMAGE_HEIGHT,
+                    "bars": IMAGE_BARS,
+                    "channels": ["ohlc_chart/255", "volume_profile", "gasf(log close)"],
+                },
+                horizon=_horizon_text(tf, h),
+                horizon_minutes=h or tf,
+                training=_training(result, diff, cuts) | {"shared_by_timeframes": True},
+                validation=_val_metrics(logits, val.y),
+                stands_in_for="" if variant == "b0" else below,
+            )
+        )
+    return out
+
+
 def _zoo(kind: str, result: dict[str, Any]) -> nn.Module:
     cfg = result["config"]
-    if kind == "cipm":  # the image size it was trained on
+    if kind in ("cipm", "cipm_btc"):  # the image size it was trained on
         return CIPM(int(cfg["in_channels"]), height=int(cfg["height"]), width=3 * int(cfg["bars"]))
     return zoo_model(kind, int(cfg["in_channels"]))
 
@@ -237,7 +259,7 @@ def _zoo(kind: str, result: dict[str, Any]) -> nn.Module:
 def _input(samples: str, result: dict[str, Any]) -> dict[str, Any]:
     if samples == "linear":
         return {"name": "input", "shape": ["batch", len(LINEAR_FEATURES)], "dtype": "float32"}
-    if samples == "ohlc":
+    if samples in IMAGES:
         cfg = result["config"]
         shape = ["batch", cfg["in_channels"], cfg["height"], 3 * cfg["bars"]]
         return {"name": "input", "shape": shape, "dtype": "float32"}
@@ -249,14 +271,16 @@ def _preprocessing(samples: str, result: dict[str, Any]) -> dict[str, Any]:
     TCN's sequences."""
     if samples == "linear":
         return {"features": LINEAR_SET_VERSION, "names": list(LINEAR_FEATURES), "bars_needed": LINEAR_BARS}
-    if samples == "ohlc":
+    if samples in IMAGES:
         cfg = result["config"]
-        return {
-            "renderer": "ohlc",
-            "renderer_version": RENDERER_VERSION,
-            "height": cfg["height"],
-            "bars": cfg["bars"],
-            "channels": ["ohlc_chart/255"],
+        pre = {"renderer": "ohlc", "renderer_version": RENDERER_VERSION, "height": cfg["height"], "bars": cfg["bars"]}
+        if samples == "ohlc":
+            return pre | {"channels": ["ohlc_chart/255"]}
+        # the leader's window: its bars for the same minutes, in the same store (serving reads it)
+        return pre | {
+            "renderer": "ohlc_pair",
+            "leader": LEADER,
+            "channels": ["ohlc_chart/255", f"{LEADER} ohlc_chart/255"],
         }
     length = int(result["config"]["length"])
     return {

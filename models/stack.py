@@ -41,7 +41,7 @@ from inference.linear_features import LINEAR_BARS
 from inference.manifest import EnsembleSpec, Manifest
 from inference.scoring import brier_skill, qlike, wilson
 from models.data import Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
-from models.datasets import Cuts
+from models.datasets import LEADER, Cuts, leader_rows
 from models.drift_stats import write_drift_statistics
 from models.linear import ewma_of_windows, fit_logistic, iso_minute
 
@@ -72,17 +72,30 @@ def minute_bars_needed(components: list[LoadedComponent]) -> int:
     return max([c.bars_needed for c in components if c.timeframe == "1"] + [LINEAR_BARS])
 
 
+def leader_series(path: Path, base: Series, leader: str) -> Series | None:
+    """The leader's 1m bars on the venue of ``path`` (the sibling file naming ``leader`` instead of
+    ``base``'s symbol); ``base`` itself when it is the leader; None when there is no such file (the
+    service would not hold the leader: its components do not vote)."""
+    if base.symbol == leader:
+        return base
+    sibling = path.with_name(path.name.replace(base.symbol, leader))
+    return load_series(sibling) if sibling != path and sibling.exists() else None
+
+
 def component_outputs(
     c: LoadedComponent,
     base: Series,
     ends: npt.NDArray[np.int64],
     views: dict[int, Series] | None = None,
+    leader: Series | None = None,
 ) -> npt.NDArray[np.float64]:
     """The component's output rows (its heads) at the close of each 1m bar ``ends`` of ``base``, built
     and run by serving's code (``LoadedComponent.prepare``, ``ModelSession.run``) on the window of the
     component's timeframe serving holds then; NaN rows where serving would not let it vote.
 
-    ``views`` caches the coarser series aggregated from ``base`` (several components share one)."""
+    ``views`` caches the coarser series aggregated from ``base`` (several components share one).
+    ``leader``: the 1m bars of the symbol a component reads beside ``base`` (:attr:`LoadedComponent.leader`,
+    see :func:`leader_series`); where it lacks the window for the same bars, the component does not vote."""
     assert c.session is not None
     tf = int(c.timeframe)
     if tf == base.interval_min:
@@ -93,6 +106,12 @@ def component_outputs(
             views[tf] = aggregate(base, tf)
         s = views[tf]
         idx = view_ends(base, s, ends, c.bars_needed)
+    lead: Series | None = None
+    lead_rows = np.full(len(idx), -1, np.int64)
+    if c.leader is not None and leader is not None:
+        lead = leader if tf == leader.interval_min else aggregate(leader, tf)
+        ok = idx >= 0
+        lead_rows[ok] = leader_rows(lead, s, idx[ok], c.bars_needed)
     out = []
     for i in range(0, len(idx), BATCH):
         inputs, bad = [], []
@@ -100,7 +119,15 @@ def component_outputs(
             try:
                 if t < c.bars_needed - 1:
                     raise ValueError("no usable window")  # serving: stale, holed or short window
-                inputs.append(c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]))
+                if c.leader is None:
+                    inputs.append(c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1]))
+                    continue
+                r = int(lead_rows[i + k])
+                if lead is None or r < 0:
+                    raise ValueError("no leader window")  # serving: leader_not_ingested, leader_stale_window, ...
+                inputs.append(
+                    c.prepare(s.ohlcv[t - c.bars_needed + 1 : t + 1], lead.ohlcv[r - c.bars_needed + 1 : r + 1])
+                )
             except (InferenceError, ValueError, ArithmeticError):  # as serving: this component drops out
                 inputs.append(example_input(c.spec, 1)[0])  # zeros of the input's shape
                 bad.append(k)
@@ -189,7 +216,8 @@ def fit_ensemble(
             ends = np.sort(rng.choice(ends, per_series, replace=False))
         log.info("%s: %d validation windows", s.name, len(ends))
         views: dict[int, Series] = {}
-        outs = [component_outputs(c, s, ends, views) for c in stacked]
+        lead = leader_series(path, s, LEADER)
+        outs = [component_outputs(c, s, ends, views, lead) for c in stacked]
         logits.append(np.column_stack([o[:, 0] for o in outs]))
         with_var = [
             o[:, c.spec.heads.index("var_bp2")] for o, c in zip(outs, stacked, strict=True) if "var_bp2" in c.spec.heads

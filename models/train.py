@@ -57,7 +57,7 @@ from models.linear import iso_ms
 from models.tcn import TCN
 from models.zoo import ZOO, DenseNet, zoo_input, zoo_model
 
-__all__ = ["TrainConfig", "load_onnx_weights", "train_all"]
+__all__ = ["TrainConfig", "image_checkpoint", "load_onnx_weights", "train_all"]
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,8 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
     if "efficientnet" in cfg.models:
         train = _concat(image_train)
         val = _concat(image_val)
-        log.info("efficientnet: %d train / %d val images", len(train), len(val))
+        label = image_checkpoint(cfg.efficientnet_variant)
+        log.info("%s: %d train / %d val images", label, len(train), len(val))
         torch.manual_seed(cfg.seed)
         image_model = efficientnet(cfg.efficientnet_variant, in_channels=3, num_classes=1, stem_stride=2)
         # torchvision's head init (uniform ±1/sqrt(out_features)) is ±1 for a single logit: over 1280
@@ -278,22 +279,29 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
             val,
             cfg,
             cfg.image_epochs,
-            "efficientnet",
+            label,
             lr=cfg.image_lr,
             batch_size=cfg.image_batch_size,
         )
         result["horizon_minutes"] = cfg.horizon
         result["config"] = {
             "variant": cfg.efficientnet_variant,
+            "timeframes": list(cfg.timeframes),
             "in_channels": 3,
             "stem_stride": 2,
             "height": IMAGE_HEIGHT,
             "bars": IMAGE_BARS,
         }
-        torch.save({"state_dict": image_model.state_dict(), "result": result}, cfg.work_dir / "efficientnet.pt")
-        summary["efficientnet"] = {k: v for k, v in result.items() if k != "history"}
+        torch.save({"state_dict": image_model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
+        summary[label] = {k: v for k, v in result.items() if k != "history"}
     (cfg.work_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def image_checkpoint(variant: str) -> str:
+    """The EfficientNet checkpoint's (and artifact's) stem: ``efficientnet`` for B0, the file the
+    shipped manifest has always named, ``efficientnet_b3`` for the B3 rung of the ladder."""
+    return "efficientnet" if variant == "b0" else f"efficientnet_{variant}"
 
 
 def _train_zoo(
@@ -341,7 +349,7 @@ def _train_zoo(
     result["config"] = {"kind": kind, "in_channels": in_channels, "samples": samples}
     if samples == "tcn":
         result["config"]["length"] = TCN_LENGTH
-    if samples == "ohlc":
+    if samples in ("ohlc", "ohlc_btc"):
         result["config"] |= {"height": IMAGE_HEIGHT, "bars": IMAGE_BARS}
     result["horizon_minutes"] = cfg.horizon
     torch.save({"state_dict": model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
@@ -387,7 +395,7 @@ def load_tuned(directory: Path, kind: str, horizon: int | None = None) -> dict[s
 
 def _caps(cfg: TrainConfig, samples: str) -> tuple[int, int]:
     """(training, validation) sample caps of a sample kind: the image caps for images."""
-    if samples in ("image", "ohlc"):
+    if samples in ("image", "ohlc", "ohlc_btc"):
         return cfg.image_train_cap, cfg.image_val_cap
     return cfg.tcn_train_cap, cfg.tcn_val_cap
 

@@ -177,13 +177,15 @@ class CIPM(nn.Module):
         rows = height // 3 // 3 // 3
         if rows < 1:
             raise ValueError(f"height {height}: three (3, 1) poolings need at least 27 rows")
+        last = nn.Linear(256, num_outputs)
         self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(128 * rows * width, 256),
-            nn.LeakyReLU(0.01),
-            nn.Dropout(dropout),
-            nn.Linear(256, num_outputs),
+            nn.Flatten(), nn.Linear(128 * rows * width, 256), nn.LeakyReLU(0.01), nn.Dropout(dropout), last
         )
+        # Start from "no opinion" (as the EfficientNet does): PyTorch's default init over the
+        # 128·2·72 flattened features put the first logits at several units, and the loss at 25 on the
+        # second step of the one-layer model's run.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, channels, height, width)`` images in [0, 1]."""
@@ -217,15 +219,16 @@ class BiLSTM(nn.Module):
         return logits
 
 
-ZOO = ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm")
+ZOO = ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm", "cipm_btc")
 # What each kind reads: the dense network the linear component's feature vector (set r1), the CIPM
-# network the OHLC image (inference.render.ohlc_input), the others the TCN's indicator sequences
-# (set v1, channels by time).
-INPUTS = {"dense": "linear", "cipm": "ohlc"}
+# network the OHLC image (inference.render.ohlc_input), its two-layer variant that image over
+# BTCUSDT's (inference.render.ohlc_pair), the others the TCN's indicator sequences (set v1, channels
+# by time).
+INPUTS = {"dense": "linear", "cipm": "ohlc", "cipm_btc": "ohlc_btc"}
 
 
 def zoo_input(kind: str) -> str:
-    """The sample kind (models.datasets) a zoo model reads: ``linear``, ``ohlc`` or ``tcn``."""
+    """The sample kind (models.datasets) a zoo model reads: ``linear``, ``ohlc``, ``ohlc_btc`` or ``tcn``."""
     return INPUTS.get(kind, "tcn")
 
 
@@ -237,13 +240,14 @@ FAMILIES = {
     "cnn_ta": ("cnn", "ta 2d (indicators x time)"),
     "bilstm": ("lstm", "bidirectional 2x32, newest 24 bars"),
     "cipm": ("cipm", "table 1, 1 layer (the symbol's image)"),
+    "cipm_btc": ("cipm", "table 1, 2 layers (the symbol's image, BTCUSDT's)"),
 }
 
 
 def zoo_model(kind: str, in_channels: int, num_outputs: int = 1, dropout: float | None = None) -> nn.Module:
     """The seed architecture ``kind`` for ``in_channels`` features (the dense network's input width,
     the CIPM's image layers); ``dropout`` replaces the seed's rate (``candlecast tune`` chooses it)."""
-    rate = dropout if dropout is not None else (0.5 if kind == "cipm" else 0.3)  # the seeds' rates
+    rate = dropout if dropout is not None else (0.5 if kind in ("cipm", "cipm_btc") else 0.3)  # the seeds' rates
     if kind == "dense":
         return DenseNet(in_channels, num_outputs=num_outputs, dropout=rate)
     if kind == "cnn1d":
@@ -254,6 +258,6 @@ def zoo_model(kind: str, in_channels: int, num_outputs: int = 1, dropout: float 
         return CNNTA(num_outputs=num_outputs, dropout=rate)
     if kind == "bilstm":
         return BiLSTM(in_channels, num_outputs=num_outputs, dropout=rate)
-    if kind == "cipm":
+    if kind in ("cipm", "cipm_btc"):
         return CIPM(in_channels, num_outputs=num_outputs, dropout=rate)
     raise ValueError(f"unknown zoo model {kind!r}; known: {', '.join(ZOO)}")

@@ -45,6 +45,12 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.add_argument("--tcn-samples", type=int, default=60_000, help="training samples per timeframe (cap)")
     t.add_argument("--image-samples", type=int, default=3_000, help="training images per timeframe (cap)")
     t.add_argument(
+        "--efficientnet-variant",
+        choices=("b0", "b3"),
+        default="b0",
+        help="b0 (served on CPU), or b3 (served where a GPU provider binds: the seed's failover ladder)",
+    )
+    t.add_argument(
         "--horizon",
         type=int,
         default=None,
@@ -128,6 +134,7 @@ async def _cmd_train(args: argparse.Namespace) -> int:
         zoo_epochs=args.zoo_epochs,
         tcn_train_cap=args.tcn_samples,
         image_train_cap=args.image_samples,
+        efficientnet_variant=args.efficientnet_variant,
         horizon=args.horizon,
         fine_tune=args.fine_tune,
         fine_tune_epochs=args.fine_tune_epochs,

@@ -71,6 +71,7 @@ EXAMPLE_SIGNAL: dict[str, Any] = {
             "horizon_minutes": 1,
             "expected_move_bp": 4.1,
             "volatility_bp": 5.6,
+            "stands_in_for": None,
         },
         {
             "name": "tcn_60m",
@@ -86,6 +87,7 @@ EXAMPLE_SIGNAL: dict[str, Any] = {
             "horizon_minutes": 60,
             "expected_move_bp": None,
             "volatility_bp": None,
+            "stands_in_for": None,
         },
     ],
     "freshness": {
@@ -113,6 +115,7 @@ EXAMPLE_SIGNAL: dict[str, Any] = {
     "partial": False,
     "models": "3f2a9c1d0b7e",
     "track_record": {"n": 100, "calls": 23, "hit_rate": 0.5652, "as_of_bar": 1749999960000},
+    "ladder": None,
 }
 
 

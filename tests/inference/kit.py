@@ -13,7 +13,7 @@ import random
 import shutil
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.manifest import Component, Manifest, sha256_file
 from inference.metrics import WorkerMetrics
 from inference.render import RENDERER_VERSION
-from inference.runtime import SessionFactory
+from inference.runtime import CPU, SessionFactory
 from inference.score_store import RedisScoreStore
 from inference.signal import NoSignal, Signal
 from inference.signal_store import RedisSignalStore
@@ -149,6 +149,12 @@ def image_component(
     )
 
 
+def b3_component(root: Path, tf: str, file: str = "efficientnet_b3.onnx") -> Component:
+    """The ladder's upper rung for ``tf``: served where a GPU binds, in place of ``efficientnet_{tf}m``."""
+    below = image_component(root, tf, file)
+    return replace(below, name=f"efficientnet_b3_{tf}m", variant="b3", stands_in_for=f"efficientnet_{tf}m")
+
+
 def export_tcn(path: Path, seed: int = 0, in_channels: int = len(FEATURE_NAMES)) -> Path:
     import torch
 
@@ -161,13 +167,13 @@ def export_tcn(path: Path, seed: int = 0, in_channels: int = len(FEATURE_NAMES))
     return path
 
 
-def export_efficientnet(path: Path) -> Path:
+def export_efficientnet(path: Path, seed: int = 0) -> Path:
     import torch
 
     from models.efficientnet import efficientnet
     from models.export import export_onnx
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = efficientnet("b0", num_classes=1, stem_stride=2)
     export_onnx(model, np.zeros((1, 3, IMAGE_HEIGHT, 3 * IMAGE_BARS), np.float32), path)
     return path
@@ -201,13 +207,15 @@ def exploding_tcn(path: Path) -> Path:
 
 
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Artifacts exported once per test session: tcn_{1,5,15,60}m.onnx, tcn_1m_b.onnx, efficientnet.onnx."""
+    """Artifacts exported once per test session: tcn_{1,5,15,60}m.onnx, tcn_1m_b.onnx, efficientnet.onnx,
+    efficientnet_b3.onnx (a B0 with other weights: the ladder cares which rung a file is, not its size)."""
     if "dir" not in _CACHE:
         root = tmp_path_factory.mktemp("model-cache")
         for tf in ("1", "5", "15", "60"):
             export_tcn(root / f"tcn_{tf}m.onnx", seed=int(tf))
         export_tcn(root / "tcn_1m_b.onnx", seed=99)
         export_efficientnet(root / "efficientnet.onnx")
+        export_efficientnet(root / "efficientnet_b3.onnx", seed=3)  # the ladder's upper rung (other weights)
         _CACHE["dir"] = root
     return _CACHE["dir"]
 
@@ -239,6 +247,51 @@ def write_manifest(dest: Path, components: Iterable[Component], created: str = "
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --- a GPU this machine does not have ---
+
+
+class VanishingGpu:
+    """Stands in for ONNX Runtime's CUDA provider, which this machine cannot bind (it has no GPU).
+
+    Passed to the worker's sessions as their session factory (with :attr:`providers` as what the
+    runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
+    report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
+    ORT raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
+    """
+
+    providers = ("CUDAExecutionProvider", CPU)
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.built_on_cpu = 0
+
+    def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
+        if providers == [CPU]:
+            self.built_on_cpu += 1
+            return ort.InferenceSession(path, options, providers=providers)
+        return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers)
+
+
+class _GpuSession:
+    """A session that says it is bound to the GPU (see :class:`VanishingGpu`)."""
+
+    def __init__(self, gpu: VanishingGpu, real: ort.InferenceSession, providers: list[str]) -> None:
+        self._gpu = gpu
+        self._real = real
+        self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
+
+    def get_providers(self) -> list[str]:
+        return self._providers
+
+    def get_inputs(self) -> Any:
+        return self._real.get_inputs()
+
+    def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
+        if self._gpu.lost:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
+        return self._real.run(outputs, feed)
 
 
 # --- a worker on a real Redis ---------------------------------------------------------------------

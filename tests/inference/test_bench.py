@@ -41,6 +41,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "per_signal_ms",
         "components_voting_median",
         "sources",
+        "ladder",
         "burst",
         "burst_with_scoring",
         "aim",
@@ -60,6 +61,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         ms = row["onnxruntime_ms"]
         assert row["speedup_ort_vs_torch"] == pytest.approx(2.0 / ms, rel=0.02 + 0.0005 / ms, abs=0.01)
     assert result["sources"] == {"ensemble": 5}
+    assert result["ladder"] == {"efficientnet-b0": 5}  # no GPU here: the B0 rung, every signal
     assert result["burst"]["signals"] == 2
     assert result["burst_with_scoring"]["scored"] == 2  # each symbol's previous signal, once its bar closed
 

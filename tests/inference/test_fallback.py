@@ -57,6 +57,7 @@ def test_the_served_direction_and_score_are_the_evaluated_rule(step: float, dire
     closes = [100.0 * (1 + step) ** i if step < 1 else 100.0 * (i + 1) for i in range(20)]
     s = signal_of(closes_to_bars(closes))
     assert isinstance(s, Signal) and s.source == "fallback" and s.fallback_reason == "models_missing"
+    assert s.ladder == "rule"  # the failover ladder's last rung
     score = momentum_score(np.array(closes[-FALLBACK_BARS:]))[-1:]
     assert s.direction == direction == {1: "long", -1: "short", 0: "flat"}[int(momentum_direction(score)[0])]
     assert s.score == max(-1.0, min(1.0, float(score[0])))  # clipped to [-1, 1] (the 5.0 case)

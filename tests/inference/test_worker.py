@@ -73,7 +73,9 @@ def test_signal_json_round_trips_and_garbage_is_refused() -> None:
         "horizon_minutes": None,
         "expected_move_bp": None,
         "volatility_bp": None,
+        "stands_in_for": None,
     }
+    assert body["ladder"] is None  # no image model in this signal
     assert Signal.from_json(s.to_json()) == s
     for bad in (b"{}", b"not json", s.to_json().replace(b'"long"', b'"sideways"')):
         with pytest.raises(SignalFormatError):
@@ -245,6 +247,7 @@ async def test_components_that_miss_the_latency_budget_are_left_out_and_counted(
     assert isinstance(s, Signal)
     assert {(c.status, c.reason) for c in s.components} == {("dropped", "late")}
     assert s.source == "fallback" and s.fallback_reason == "all_components_dropped: late"
+    assert s.ladder == "rule"  # neither EfficientNet voted: the ladder's last rung
     assert s.p_up is None and s.confidence is None  # the rule gives no probability
     for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m"):
         assert metrics.registry.get_sample_value(

@@ -7,9 +7,7 @@ import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import onnxruntime as ort
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,6 +22,7 @@ from tests.inference.kit import (
     MINUTE,
     T0,
     Harness,
+    VanishingGpu,
     artifacts,
     bar,
     closing,
@@ -193,48 +192,6 @@ async def test_a_session_that_raises_at_run_is_dropped_as_error_and_the_worker_g
             assert status(result)["tcn_1m"] == ("dropped", "error")
             assert [s for n, (s, _) in status(result).items() if n != "tcn_1m"] == ["voted"] * 3
         assert h.sample("candlecast_components_dropped_total", component="tcn_1m", reason="error") == 3
-
-
-class VanishingGpu:
-    """Stands in for ONNX Runtime's CUDA provider, which this machine cannot bind (it has no GPU).
-
-    Passed to the worker's sessions as their session factory (with :attr:`providers` as what the
-    runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
-    report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
-    ORT raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
-    """
-
-    providers = ("CUDAExecutionProvider", CPU)
-
-    def __init__(self) -> None:
-        self.lost = False
-        self.built_on_cpu = 0
-
-    def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
-        if providers == [CPU]:
-            self.built_on_cpu += 1
-            return ort.InferenceSession(path, options, providers=providers)
-        return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers)
-
-
-class _GpuSession:
-    """A session that says it is bound to the GPU (see :class:`VanishingGpu`)."""
-
-    def __init__(self, gpu: VanishingGpu, real: ort.InferenceSession, providers: list[str]) -> None:
-        self._gpu = gpu
-        self._real = real
-        self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
-
-    def get_providers(self) -> list[str]:
-        return self._providers
-
-    def get_inputs(self) -> Any:
-        return self._real.get_inputs()
-
-    def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
-        if self._gpu.lost:
-            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
-        return self._real.run(outputs, feed)
 
 
 async def test_a_gpu_that_disappears_moves_inference_to_the_cpu_and_no_vote_is_lost(

@@ -19,7 +19,7 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, 
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
 from inference.manifest import Component, sha256_file
 from inference.metrics import WorkerMetrics
-from inference.render import RENDERER_VERSION, ohlc_input
+from inference.render import RENDERER_VERSION, ohlc_input, ohlc_pair
 from inference.signal import Signal
 from models.export import export_onnx
 from models.zoo import FAMILIES, ZOO, DenseNet, zoo_input, zoo_model
@@ -32,7 +32,8 @@ LENGTH = 32  # the sequence models' window here (the shipped ones read 64)
 
 def _shape(kind: str) -> list[int]:
     """One input's shape (no batch axis) for ``kind``."""
-    return {"linear": [len(LINEAR_FEATURES)], "ohlc": [1, 54, 72]}.get(zoo_input(kind), [len(FEATURE_NAMES), LENGTH])
+    images = {"ohlc": [1, 54, 72], "ohlc_btc": [2, 54, 72]}
+    return {"linear": [len(LINEAR_FEATURES)], **images}.get(zoo_input(kind), [len(FEATURE_NAMES), LENGTH])
 
 
 def _input(kind: str, bars: np.ndarray) -> np.ndarray:
@@ -41,6 +42,8 @@ def _input(kind: str, bars: np.ndarray) -> np.ndarray:
         return linear_input(bars)
     if zoo_input(kind) == "ohlc":
         return ohlc_input(bars, 54, 24)
+    if zoo_input(kind) == "ohlc_btc":  # BTCUSDT's own signal: its image over itself
+        return ohlc_pair(bars, bars, 54, 24)
     return tcn_input(bars, LENGTH)
 
 
@@ -49,6 +52,13 @@ def _component(root: Path, kind: str) -> Component:
     pre: dict[str, object] = {
         "linear": {"features": LINEAR_SET_VERSION, "bars_needed": LINEAR_BARS},
         "ohlc": {"renderer": "ohlc", "renderer_version": RENDERER_VERSION, "height": 54, "bars": 24},
+        "ohlc_btc": {
+            "renderer": "ohlc_pair",
+            "renderer_version": RENDERER_VERSION,
+            "height": 54,
+            "bars": 24,
+            "leader": "BTCUSDT",
+        },
         "tcn": {"features": FEATURE_SET_VERSION, "length": LENGTH, "warmup": WARMUP_BARS},
     }[zoo_input(kind)]
     return Component(
@@ -77,6 +87,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model = zoo_model(kind, _shape(kind)[0])
         if isinstance(model, DenseNet):
             model.standardise(torch.randn(64, _shape(kind)[0]) * 3 + 1)
+        for m in model.modules():  # a head initialised at zero (the CIPM's) would answer 0.5 to anything
+            if isinstance(m, torch.nn.Linear) and not m.weight.any():
+                torch.nn.init.normal_(m.weight, std=0.01)
         example = np.zeros((1, *_shape(kind)), np.float32)
         export_onnx(model, example, root / f"{kind}_1m.onnx")
     # a 1D CNN reading a shorter window: its own input
@@ -105,7 +118,9 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
     models = await registry.load()
     assert [c.disabled for c in models.components] == [None] * (len(ZOO) + 1)
     renderers = {c.name: c.renderer for c in models.components}
-    assert renderers == {f"{k}_1m": f"{zoo_input(k)}_input" for k in ZOO} | {"cnn1d_short": "tcn_input"}
+    renderer_of = {"ohlc_btc": "ohlc_pair"}
+    expected = {f"{k}_1m": renderer_of.get(zoo_input(k), f"{zoo_input(k)}_input") for k in ZOO}
+    assert renderers == expected | {"cnn1d_short": "tcn_input"}
     close = T0 + 300 * MINUTE
     store = MemoryStore(window_bars=300)
     await store.write(history(close, {"1": 260}))
@@ -130,7 +145,7 @@ async def test_every_zoo_kind_votes_on_the_input_it_was_trained_on_built_once_pe
         return metrics.registry.get_sample_value("candlecast_render_seconds_count", {"renderer": renderer})
 
     assert built("tcn_input") == 2  # four sequence models on one window: one tcn_input; the shorter one its own
-    assert built("linear_input") == 1 and built("ohlc_input") == 1
+    assert built("linear_input") == 1 and built("ohlc_input") == 1 and built("ohlc_pair") == 1
 
 
 async def test_no_zoo_vote_reads_a_bar_after_the_close_it_is_for(zoo: Path) -> None:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.timeout(300)
 BYBIT = "bybit_linear_BTCUSDT_1m"
 BINANCE = "binance_usdm_perp_BTCUSDT_1m"
 ZOO_1M = tuple(f"{k}_1m" for k in ZOO)
+B3 = ("efficientnet_b3_1m", "efficientnet_b3_5m")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,7 @@ def h1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     train_all(cfg)
     train_all(dataclasses.replace(cfg, models=ZOO, timeframes=(1,), zoo_epochs=1))  # the seeds' zoo, on 1m
+    train_all(dataclasses.replace(cfg, models=("efficientnet",), efficientnet_variant="b3"))  # the ladder's top
     export_all(work, artifacts, root / "data", version="test", tcn_check_samples=64, image_check_samples=32)
     fit_linear(root / "data", artifacts, cap=4000, val_cap=800, workers=1)
     fit_ensemble(artifacts, root / "data", per_series=1500)
@@ -81,12 +83,16 @@ def test_every_view_answers_the_signal_question_pretrained_elsewhere_and_fine_tu
 ) -> None:
     manifest = Manifest.load(h1["artifacts"] / "manifest.json")
     by_name = {c.name: c for c in manifest.components}
-    assert set(by_name) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m", *ZOO_1M}
+    assert set(by_name) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m", *ZOO_1M, *B3}
+    for tf in ("1", "5"):  # the failover ladder: B3 stands in for the B0 of its timeframe, from its own file
+        b3 = by_name[f"efficientnet_b3_{tf}m"]
+        assert (b3.variant, b3.stands_in_for, b3.file) == ("b3", f"efficientnet_{tf}m", "efficientnet_b3.onnx")
+        assert by_name[f"efficientnet_{tf}m"].stands_in_for == ""
     assert {c.name: (c.family, c.variant) for c in manifest.components if c.kind in ZOO} == {
         f"{k}_1m": FAMILIES[k] for k in ZOO
     }
     assert by_name["efficientnet_1m"].variant == "b0" and by_name["linear_1m"].family == "linear"
-    for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", *ZOO_1M):
+    for name in ("tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", *ZOO_1M, *B3):
         c = by_name[name]
         assert c.horizon_minutes == 1 and c.horizon == "log return over the next 1 min", name
         assert c.output["meaning"].endswith(f"from the {c.timeframe}m window")
@@ -124,7 +130,9 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
 
     out = tmp_path / "eval"
     result = evaluate(EvaluateConfig(files=(h1["slice"],), out_dir=out, artifacts=h1["artifacts"]))
-    assert {"tcn_5m", "efficientnet_5m", *ZOO_1M} <= set(result["strategies"])
+    # the B3 rows come from the CPU (no GPU here); the ensemble is the CPU host's, B0 in the slot
+    assert {"tcn_5m", "efficientnet_5m", *ZOO_1M, *B3} <= set(result["strategies"])
+    assert set(result["meta"]["ensemble"]["weights"]).isdisjoint(B3)
     assert result["meta"]["not_evaluated"] == {}
     with gzip.open(out / "predictions.csv.gz", "rt", newline="") as fh:
         rows = list(csv.DictReader(fh))

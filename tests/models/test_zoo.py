@@ -18,14 +18,18 @@ CHANNELS, LENGTH, FEATURES = 8, 64, 29
 
 def _example(kind: str, batch: int = 5) -> np.ndarray:
     rng = np.random.default_rng(0)
-    shape = {"dense": (batch, FEATURES), "cipm": (batch, 1, 54, 72)}.get(kind, (batch, CHANNELS, LENGTH))
+    images = {"cipm": (batch, 1, 54, 72), "cipm_btc": (batch, 2, 54, 72)}
+    shape = {"dense": (batch, FEATURES), **images}.get(kind, (batch, CHANNELS, LENGTH))
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def _trained_looking(kind: str) -> torch.nn.Module:
     """A model whose BatchNorm statistics are not the identity (as after training), in eval mode."""
     torch.manual_seed(0)
-    model = zoo_model(kind, {"dense": FEATURES, "cipm": 1}.get(kind, CHANNELS))
+    model = zoo_model(kind, {"dense": FEATURES, "cipm": 1, "cipm_btc": 2}.get(kind, CHANNELS))
+    for m in model.modules():  # a head initialised at zero (the CIPM's) would make every output 0
+        if isinstance(m, torch.nn.Linear) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.01)
     model.train()
     with torch.no_grad():
         for _ in range(3):
