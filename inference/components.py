@@ -215,6 +215,8 @@ def _reusable(previous: ModelSet | None, spec: Component) -> ModelSession | None
     for c in previous.components:
         same = c.spec.file == spec.file and c.spec.sha256 == spec.sha256
         if same and c.session is not None and not c.disabled and c.session.broken is None:
+            if c.session.gpu_only != bool(spec.stands_in_for):  # a rung's session is GPU-only, others not
+                continue
             return c.session
     return None
 
@@ -249,7 +251,7 @@ def load_model_set(
     weights = weights or {}
 
     plans = [_plan(spec, weights) for spec in manifest.components]
-    _check_ladders(plans)
+    _check_ladders(plans, weights)
 
     def opener(name: str, file: Path, gpu_only: bool) -> ModelSession:
         return ModelSession(
@@ -279,6 +281,8 @@ def load_model_set(
             except _Refused as exc:
                 refused[p.key] = (exc.reason, exc.detail)
         p.disabled, p.detail = refused[p.key]
+        if p.disabled == "gpu_not_bound":  # one artifact, several timeframes: each names its own B0
+            p.detail = f"{p.detail}; {p.spec.stands_in_for} serves"
 
     # Warm each new session up with the batch a signal will give it (all the timeframes sharing it).
     old = {id(c.session) for c in (previous.components if previous else ()) if c.session is not None}
@@ -358,9 +362,10 @@ def _verified(manifest: Manifest, spec: Component, root: Path) -> Path:
         raise _Refused("artifact_checksum", str(exc)) from exc
 
 
-def _check_ladders(plans: list[_Plan]) -> None:
+def _check_ladders(plans: list[_Plan], weights: Mapping[str, float]) -> None:
     """Disable a ladder rung whose ``stands_in_for`` names no plain component of its timeframe and
-    horizon, or one that another rung already stands in for."""
+    horizon, or one that another rung already stands in for; a valid rung takes its slot's weight
+    (what its vote counts for without a stacker, an operator's override of the slot included)."""
     by_name = {p.spec.name: p.spec for p in plans}
     taken: set[str] = set()
     for p in plans:
@@ -375,8 +380,12 @@ def _check_ladders(plans: list[_Plan]) -> None:
         elif target in taken:
             why = f"stands_in_for {target!r}: another rung already stands in for it"
         else:
-            taken.add(target)
-            continue
+            slot_weight = float(weights.get(target, below.weight))
+            if math.isfinite(slot_weight) and slot_weight >= 0:
+                taken.add(target)
+                p.weight = slot_weight
+                continue
+            why = f"stands_in_for {target!r}: its weight {slot_weight!r}"
         p.disabled, p.detail = "bad_manifest_entry", why
 
 
@@ -384,7 +393,7 @@ def _open(spec: Component, path: Path, opener: Callable[[str, Path, bool], Model
     try:
         return opener(Path(spec.file).stem, path, bool(spec.stands_in_for))
     except GpuNotBound as exc:
-        raise _Refused("gpu_not_bound", f"{exc}; {spec.stands_in_for} serves") from exc
+        raise _Refused("gpu_not_bound", str(exc)) from exc
     except RuntimeFailure as exc:
         raise _Refused("load_failed", str(exc)) from exc
 

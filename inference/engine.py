@@ -43,7 +43,7 @@ from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
-from streaming.errors import StoreError
+from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 
@@ -62,6 +62,9 @@ def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
         return list(bars)
     return [b for b in bars if b.start + step <= now]
 
+
+# A leader whose windows could not be decoded (a damaged book or status record): its readers drop out.
+_UNREADABLE = SymbolWindows(symbol="", bars={}, book=None, depth=[], status={})
 
 # A component ready to run: its window, and its leader's window for the same bars (or None).
 _Window = tuple[LoadedComponent, list[Bar], list[Bar] | None]
@@ -82,6 +85,8 @@ def _leader_window(
     if c.leader == symbol:
         return closed[c.timeframe][-c.bars_needed :]
     held = (leaders or {}).get(c.leader)
+    if held is _UNREADABLE:
+        return "leader_unreadable"
     if held is None or not held.bars.get(c.timeframe):
         return "leader_not_ingested"
     if c.timeframe in held.corrupt:
@@ -201,8 +206,10 @@ class SignalEngine:
         t0 = time.perf_counter()
         now = event.start + interval_ms(event.interval)
         models = self.models.current  # one snapshot for the whole signal, whatever a reload does meanwhile
-        windows = await self._read(event.symbol, now, models)
-        leaders = await self._read_leaders(event.symbol, now, models)
+        # the symbol's windows and its leaders' (BTCUSDT for the two-layer CIPM) at once: one bounded wait
+        windows, leaders = await asyncio.gather(
+            self._read(event.symbol, now, models), self._read_leaders(event.symbol, now, models)
+        )
         for iv in sorted(windows.corrupt):  # its components drop out; the ingestor rebuilds it from REST
             try:
                 await self.store.request_repair(event.symbol, iv)
@@ -268,14 +275,19 @@ class SignalEngine:
         for c, *_ in standby:
             if all(c is not f for f, *_ in fallen):
                 drafts.drop(c, "standby")
-        if fallen:
+        if fallen and time.perf_counter() < deadline:
             again = await asyncio.to_thread(self._render, fallen, drafts)
             await self._infer(event.symbol, again, drafts, deadline)
+        for c, *_ in fallen:  # no time left for the rung below: nothing started, nothing wasted
+            if c.name not in drafts.reports:
+                drafts.drop(c, "late")
         t_infer = time.perf_counter()
 
-        reports = tuple(drafts.reports[c.name] for c in models.components)
+        # A ladder's idle rung (no GPU for the B3; the B0 standing by) is not a voice of this signal:
+        # `ladder` says which rung ran, the models metrics which are loaded.
+        reports = tuple(r for r in (drafts.reports[c.name] for c in models.components) if r.reason not in LADDER_IDLE)
         for r in reports:
-            if r.status == "dropped" and r.reason is not None and r.reason not in LADDER_IDLE:
+            if r.status == "dropped" and r.reason is not None:
                 self.metrics.components_dropped.labels(r.name, r.reason).inc()
         bar = BarRef(event.interval, event.start, now)
         freshness = Freshness(
@@ -286,20 +298,15 @@ class SignalEngine:
         )
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
         # the voices answering H are slots: a ladder (B3 over B0) is one, whichever rung of it ran
-        answering = {
-            r.stands_in_for or r.name
-            for r in reports
-            if r.horizon_minutes == self.config.horizon_minutes and r.reason not in LADDER_IDLE
-        }
+        answering = {r.stands_in_for or r.name for r in reports if r.horizon_minutes == self.config.horizon_minutes}
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
         closes = _contiguous_closes(finest, self.config.finest)
         result, money = decide(voters, models.ensemble, self.config, closes, len(answering))
         if models.ensemble is not None and result is not None and result.calibrated:
             # a report's weight is what its vote counted for: the stacker's
-            reports = tuple(
-                replace(r, weight=models.ensemble.weights.get(r.stands_in_for or r.name, 0.0)) for r in reports
-            )
+            stacked = models.ensemble.weights
+            reports = tuple(replace(r, weight=stacked.get(r.stands_in_for or r.name, 0.0)) for r in reports)
         t_ens = time.perf_counter()
         wall = self._wall_ms()
         latency = StageLatency(
@@ -415,7 +422,13 @@ class SignalEngine:
         out = {}
         for leader, used in sorted(wanted.items()):
             intervals = tuple(iv for iv in self.config.intervals if iv in used)
-            out[leader] = await self._read_until_current(leader, intervals, intervals, now)
+            try:
+                out[leader] = await self._read_until_current(leader, intervals, intervals, now)
+            except StoreUnavailable:
+                raise  # Redis itself is down: this signal cannot be read either
+            except StoreError as exc:  # a damaged record of the leader's costs its readers, not the signal
+                log.warning("%s: the leader %s cannot be read: %s", symbol, leader, exc)
+                out[leader] = _UNREADABLE
         return out
 
     def _render(
@@ -469,6 +482,8 @@ class SignalEngine:
             batch = tasks[task]
             for c, _ in batch.members:
                 drafts.drop(c, "late")
+            if batch.session.gpu_only:  # a ladder rung past the budget has failed: the rung below serves
+                batch.session.broken = "missed the latency budget"
             if batch.started:
                 self._stragglers.add(task)
                 task.add_done_callback(self._straggler_done)
@@ -516,7 +531,8 @@ class SignalEngine:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
 
 
-# Reports of a ladder's rungs that are not meant to run here: not missing votes, not drop events.
+# Reports of a ladder's rungs that are not meant to run here: left out of the signal (not missing
+# votes, not drop events).
 LADDER_IDLE = frozenset({"gpu_not_bound", "standby"})
 
 

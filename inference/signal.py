@@ -35,7 +35,8 @@ signal is flat, its ``p_up`` still shown.
 ``ladder`` says which rung of the seed's failover ladder ran: ``efficientnet-b3`` where a GPU
 provider bound it, ``efficientnet-b0`` on the CPU or when the B3 failed on its GPU, ``rule`` for the
 fallback (``null``: an ensemble signal without an image model's vote). A B3 vote's report names the
-B0 it stood in for (``stands_in_for``); that B0 reports ``standby``.
+B0 it stood in for (``stands_in_for``); the rung that did not run (the B0 standing by, or a B3 with no
+GPU to bind) is left out of ``components``.
 
 ``models`` names the manifest the signal was computed with (its sha256, 12 hex digits): a model
 release starts a new track record. ``track_record`` is how right this symbol's signal has been lately:

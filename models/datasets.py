@@ -199,6 +199,8 @@ def leader_of(bases: list[Series]) -> dict[str, Series]:
 def leader_rows(leader: Series, s: Series, j: npt.NDArray[np.int64], need: int) -> npt.NDArray[np.int64]:
     """For each window of ``s`` ending at row ``j``, the row of ``leader`` ending at the same bar,
     when the leader has the ``need`` bars before it without a hole; else -1."""
+    if not len(leader.start_ms):
+        return np.full(len(j), -1, np.int64)
     k = np.searchsorted(leader.start_ms, s.start_ms[j])
     k = np.minimum(k, len(leader.start_ms) - 1)
     ok = (leader.start_ms[k] == s.start_ms[j]) & (k >= need - 1)

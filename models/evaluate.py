@@ -164,7 +164,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ewma = ewma_of_windows(base, ends, horizon)
         outs = {}
         views: dict[int, Series] = {}
-        lead = leader_series(path, base, LEADER)  # the two-layer CIPM reads BTCUSDT's bars beside these
+        # the two-layer CIPM reads BTCUSDT's bars beside these
+        lead = leader_series(path, base, LEADER) if any(c.leader for c in (*voters, *rungs.values())) else None
         for c in (*voters, *rungs.values()):
             outs[c.name], ms = _outputs(c, base, ends, views, lead)
             inference_ms[c.name].append(ms)

@@ -168,6 +168,11 @@ def export_all(
         kept = tuple(c for c in Manifest.load(out_dir / "manifest.json").components if c.name not in new)
         if kept:
             log.info("keeping %s from the existing manifest", ", ".join(c.name for c in kept))
+    names = {c.name for c in (*components, *kept)}
+    orphans = [c.name for c in components if c.stands_in_for and c.stands_in_for not in names]
+    if orphans:  # a rung with nothing below it would be refused by every loader
+        log.warning("not exported: %s (no component of theirs to stand in for)", ", ".join(orphans))
+        components = [c for c in components if c.name not in orphans]
     manifest = Manifest(
         components=(*components, *kept),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -79,7 +79,10 @@ def leader_series(path: Path, base: Series, leader: str) -> Series | None:
     if base.symbol == leader:
         return base
     sibling = path.with_name(path.name.replace(base.symbol, leader))
-    return load_series(sibling) if sibling != path and sibling.exists() else None
+    if sibling != path and sibling.exists():
+        return load_series(sibling)
+    log.warning("%s: no %s file beside it: its components reading %s do not vote", path.name, leader, leader)
+    return None
 
 
 def component_outputs(
@@ -216,7 +219,7 @@ def fit_ensemble(
             ends = np.sort(rng.choice(ends, per_series, replace=False))
         log.info("%s: %d validation windows", s.name, len(ends))
         views: dict[int, Series] = {}
-        lead = leader_series(path, s, LEADER)
+        lead = leader_series(path, s, LEADER) if any(c.leader for c in stacked) else None
         outs = [component_outputs(c, s, ends, views, lead) for c in stacked]
         logits.append(np.column_stack([o[:, 0] for o in outs]))
         with_var = [

@@ -77,15 +77,14 @@ async def test_on_a_cpu_host_the_b0_serves_and_the_b3_is_never_loaded(
         assert status(result) == {
             "tcn_1m": ("voted", None),
             "efficientnet_1m": ("voted", None),
-            "efficientnet_b3_1m": ("dropped", "gpu_not_bound"),
-        }
+        }  # the idle rung is not one of the signal's voices: `ladder` says which ran
         assert result.ladder == "efficientnet-b0"
         assert not result.partial  # an idle rung is not a missing voice
         dropped = "candlecast_components_dropped_total"
         assert h.sample(dropped, component="efficientnet_b3_1m", reason="gpu_not_bound") == 0
         assert h.sample("candlecast_components_enabled", component="efficientnet_b3_1m") == 0
     loaded = load_model_set(models, prefer_gpu=False)
-    assert "efficientnet_b3" not in loaded.sessions  # no session (no memory) for a rung that cannot run
+    assert set(loaded.sessions) == {"tcn_1m.onnx", "efficientnet.onnx"}  # none (no memory) for an idle rung
 
 
 def test_a_gpu_provider_that_binds_the_cpu_instead_leaves_the_b3_idle(cache: Path, tmp_path: Path) -> None:
@@ -114,9 +113,8 @@ async def test_b3_on_the_gpu_fills_b0s_slot_then_b0_takes_over_when_the_gpu_fail
         assert isinstance(first, Signal) and first.source == "ensemble" and first.calibrated
         assert status(first) == {
             "tcn_1m": ("voted", None),
-            "efficientnet_1m": ("dropped", "standby"),
             "efficientnet_b3_1m": ("voted", None),
-        }
+        }  # the B0 stands by, out of the signal
         assert first.ladder == "efficientnet-b3" and not first.partial
         b3 = next(c for c in first.components if c.name == "efficientnet_b3_1m")
         tcn = next(c for c in first.components if c.name == "tcn_1m")
@@ -179,3 +177,13 @@ def test_a_rung_that_stands_in_for_nothing_it_can_replace_is_refused(
     bad = next(c for c in loaded.components if c.name == rung.name)
     assert bad.disabled == "bad_manifest_entry" and why in bad.detail
     assert all(c.disabled is None for c in loaded.components if c is not bad)
+
+
+def test_a_rung_counts_for_its_slots_weight_without_a_stacker(cache: Path, tmp_path: Path) -> None:
+    models = ladder(cache, tmp_path / "artifacts")
+    loaded = load_model_set(models, prefer_gpu=False, weights={"efficientnet_1m": 0.25})
+    assert {c.name: c.weight for c in loaded.components} == {
+        "tcn_1m": 1.0,
+        "efficientnet_1m": 0.25,
+        "efficientnet_b3_1m": 0.25,  # an operator's weight for the slot holds whichever rung runs
+    }

@@ -4,6 +4,7 @@ stale or damaged, and BTCUSDT's own signal reads its image twice."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 from pathlib import Path
@@ -166,3 +167,57 @@ def test_a_pair_without_a_usable_leader_symbol_is_refused(models: Path, leader: 
     loaded = load_model_set(models, prefer_gpu=False)
     pair = next(c for c in loaded.components if c.name == "cipm_btc_1m")
     assert pair.disabled == "preprocessing_mismatch" and "leader" in pair.detail
+
+
+async def test_a_btc_bar_that_arrives_during_the_bounded_wait_is_read(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    async with running_worker(redis_url, redis_store, models, coarse_wait_ms=30_000, coarse_poll_ms=20) as h:
+        btc = history(CLOSE, COUNTS, ("BTCUSDT",)).bars
+        newest = {key: [bars.pop()] for key, bars in btc.items() if key[1] == "1"}  # BTC's last minute, held back
+        await redis_store.write(WriteBatch(bars=history(CLOSE, COUNTS, ("ETHUSDT",)).bars | btc))
+        await asyncio.sleep(0.3)  # the worker is waiting for it (a 30 s bound: it would not give up first)
+        assert await h.pending() >= 1
+        s = await outcome(h, redis_store, WriteBatch(bars=newest), "ETHUSDT")
+        status, reason, p_up = report(s)
+        assert (status, reason) == ("voted", None)
+        assert p_up == pytest.approx(expected_p_up(models / "cipm_btc_1m.onnx", "ETHUSDT", "BTCUSDT"), abs=1e-6)
+
+
+async def test_a_damaged_btc_record_costs_the_pair_not_the_alts_signal(
+    redis_url: str, redis_store: RedisStore, models: Path
+) -> None:
+    async with running_worker(redis_url, redis_store, models) as h:
+        await h.client.hset(redis_store.keys.status("BTCUSDT"), b"x", b"\xff\xfe")  # not UTF-8: undecodable
+        s = await outcome(h, redis_store, history(CLOSE, COUNTS, ("BTCUSDT", "ETHUSDT")), "ETHUSDT")
+        assert report(s) == ("dropped", "leader_unreadable", None)
+        assert report(s, "tcn_1m")[0] == "voted"
+
+
+def test_evaluation_aligns_the_leader_by_time_as_serving_does(models: Path) -> None:
+    """component_outputs (stack, evaluate) on an alt's real bars: each window beside BTCUSDT's for the
+    same minutes, and no vote where BTCUSDT lacks one of them."""
+    from models.data import load_series
+    from models.stack import component_outputs
+    from tests.conftest import DATA_1M
+
+    base = load_series(DATA_1M / "bybit_linear_ETHUSDT_1m.csv.gz")
+    lead = load_series(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz")
+    keep = np.ones(len(lead.start_ms), bool)
+    keep[1000] = False  # one BTCUSDT minute missing
+    lead = type(lead)(lead.name, lead.symbol, lead.interval_min, lead.start_ms[keep], lead.ohlcv[keep])
+    c = next(c for c in load_model_set(models, prefer_gpu=False).components if c.name == "cipm_btc_1m")
+    hole = int(np.searchsorted(base.start_ms, lead.start_ms[999] + MINUTE))  # ETH's row of that minute
+    ends = np.array([300, 800, hole, hole + 30, 5000], np.int64)
+    rows = component_outputs(c, base, ends, leader=lead)
+    session = ort.InferenceSession(str(models / "cipm_btc_1m.onnx"), providers=["CPUExecutionProvider"])
+    for i, t in enumerate(ends.tolist()):
+        k = int(np.searchsorted(lead.start_ms, base.start_ms[t]))
+        window_has_hole = lead.start_ms[k] - lead.start_ms[k - 23] != 23 * MINUTE
+        if k >= len(lead.start_ms) or lead.start_ms[k] != base.start_ms[t] or window_has_hole:
+            assert np.isnan(rows[i]).all(), t
+            continue
+        x = ohlc_pair(base.ohlcv[t - 23 : t + 1], lead.ohlcv[k - 23 : k + 1], IMAGE_HEIGHT, IMAGE_BARS)[None]
+        assert rows[i, 0] == pytest.approx(float(session.run(None, {"input": x})[0][0, 0]), abs=1e-6), t
+    assert np.isnan(rows[2]).all() and np.isfinite(rows[[0, 1, 4]]).all()
+    assert np.isnan(component_outputs(c, base, ends, leader=None)).all()  # no BTCUSDT file: no vote

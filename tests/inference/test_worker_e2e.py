@@ -33,10 +33,10 @@ async def test_simulated_market_to_signals_with_the_shipped_models(
         client, f"e2e-{uuid.uuid4().hex[:10]}", shipped_sim, group="e2e", registry=CollectorRegistry()
     )
     store = pipeline.store
-    assert len(pipeline.models.current.enabled) == 15
+    assert len(pipeline.models.current.enabled) == 16  # the four B3 rungs wait for a GPU (none here)
     answering = {c.name for c in pipeline.models.current.enabled if c.spec.horizon_min == 1}
     # the signal's question, 1 min ahead, is what every shipped component answers, whatever window it reads
-    zoo = {f"{kind}_1m" for kind in ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm")}
+    zoo = {f"{kind}_1m" for kind in ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm", "cipm_btc")}
     views = {f"{kind}_{tf}m" for kind in ("tcn", "efficientnet") for tf in (1, 5, 15, 60)}
     assert answering == views | {"linear_1m"} | zoo
     ingestor, worker, signals, metrics = pipeline.ingestor, pipeline.worker, pipeline.signals, pipeline.metrics
