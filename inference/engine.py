@@ -483,7 +483,7 @@ class SignalEngine:
             for c, _ in batch.members:
                 drafts.drop(c, "late")
             if batch.session.gpu_only:  # a ladder rung past the budget has failed: the rung below serves
-                batch.session.broken = "missed the latency budget"
+                batch.session.mark_broken("missed the latency budget")
             if batch.started:
                 self._stragglers.add(task)
                 task.add_done_callback(self._straggler_done)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,18 +74,24 @@ class ModelSession:
         session_factory: SessionFactory = ort.InferenceSession,
         available_providers: Sequence[str] | None = None,
         gpu_only: bool = False,
+        retry_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``available_providers``: what the runtime offers (default: ``onnxruntime.get_available_providers()``).
 
         ``gpu_only`` (a ladder's upper rung, too slow for the CPU): never on the CPU. Without a GPU
         provider bound it raises :class:`GpuNotBound`; a failed run raises :class:`RuntimeFailure` and
-        leaves the session :attr:`broken` (every later run refuses at once: the rung below serves)."""
+        leaves the session :attr:`broken` (every later run refuses at once: the rung below serves) for
+        ``retry_after_s``; then it is tried again (a transient fault, an out-of-memory burst, passes)."""
         self.name = name
         self.path = path
         self._threads = threads
         self._factory = session_factory
         self.gpu_only = gpu_only
-        self.broken: str | None = None
+        self._broken: str | None = None
+        self._broken_at = 0.0
+        self._retry_after_s = retry_after_s
+        self._clock = clock
         self.requested = provider_chain(prefer_gpu, available_providers)
         if gpu_only:
             self._open_gpu_only()
@@ -113,6 +119,19 @@ class ModelSession:
             raise GpuNotBound(f"{self.name}: asked for {', '.join(gpus)}, bound {CPU}")
         log.info("%s: loaded %s on %s (GPU only)", self.name, self.path.name, self.provider)
 
+    @property
+    def broken(self) -> str | None:
+        """Why a ``gpu_only`` session is down (None: usable). Down for ``retry_after_s`` after a failure,
+        then usable again: the next signal tries it."""
+        if self._broken is not None and self._clock() - self._broken_at >= self._retry_after_s:
+            log.info("%s: retrying on %s after %s", self.name, self.provider, self._broken)
+            self._broken = None
+        return self._broken
+
+    def mark_broken(self, why: str) -> None:
+        """Take a ``gpu_only`` session down (a failed or late run) until ``retry_after_s`` has passed."""
+        self._broken, self._broken_at = why, self._clock()
+
     def _cpu_session(self) -> Any:
         try:
             return self._factory(str(self.path), _options(self._threads), providers=[CPU])
@@ -135,7 +154,7 @@ class ModelSession:
             return out
         except Exception as exc:
             if self.gpu_only:
-                self.broken = f"{self.provider}: {exc}"
+                self.mark_broken(f"{self.provider}: {exc}")
                 raise RuntimeFailure(f"{self.name}: inference on {self.provider} failed: {exc}") from exc
             if self.provider == CPU:
                 raise RuntimeFailure(f"{self.name}: inference failed: {exc}") from exc

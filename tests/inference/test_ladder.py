@@ -144,19 +144,25 @@ async def test_b3_on_the_gpu_fills_b0s_slot_then_b0_takes_over_when_the_gpu_fail
         assert gpu.built_on_cpu == 2  # the TCN and the B0 moved to the CPU; the B3 never does
 
 
-def test_a_gpu_only_session_that_fails_stays_broken(cache: Path, tmp_path: Path) -> None:
+def test_a_gpu_only_session_that_fails_stays_down_for_a_while_then_is_tried_again(cache: Path) -> None:
     gpu = VanishingGpu()
+    now = [0.0]
     path = cache / "efficientnet_b3.onnx"
-    session = ModelSession("b3", path, gpu_only=True, session_factory=gpu.build, available_providers=gpu.providers)
+    session = ModelSession(
+        "b3", path, gpu_only=True, session_factory=gpu.build, available_providers=gpu.providers, clock=lambda: now[0]
+    )
     assert session.provider == CUDA and session.broken is None
     gpu.lost = True
     x = np.zeros((1, *[int(d) for d in image_component(cache, "1").input["shape"][1:]]), np.float32)
     with pytest.raises(RuntimeFailure, match="CUDA failure"):
         session.run(x)
-    gpu.lost = False  # even a GPU that comes back: the rung stays down until the models reload
-    with pytest.raises(RuntimeFailure, match="not run since its GPU failed"):
+    gpu.lost = False  # the device is back (a transient fault) ...
+    now[0] = 299.0
+    with pytest.raises(RuntimeFailure, match="not run since its GPU failed"):  # ... not tried yet
         session.run(x)
-    assert gpu.built_on_cpu == 0
+    now[0] = 300.0  # retry_after_s (300 s by default) later, the next signal tries it again
+    assert session.broken is None and session.run(x).shape == (1, 1)
+    assert gpu.built_on_cpu == 0  # never moved to the CPU
 
 
 @pytest.mark.parametrize(
