@@ -48,16 +48,18 @@ from inference import render
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
 from inference.engine import SignalEngine
+from inference.manifest import Manifest
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession
 from inference.score_store import MemoryScoreStore
 from inference.scorer import Scorer
 from inference.signal import Signal
 from inference.signal_store import MemorySignalStore
+from streaming.depth import BINS_PER_SIDE, DepthRow
 from streaming.klines import Bar
 from streaming.memory_store import MemoryStore
 from streaming.sim.bars import MINUTE_MS, Bars, aggregate, load_1m_bars
-from streaming.store import BarEvent, WriteBatch
+from streaming.store import BarEvent, BookStatus, WriteBatch
 
 __all__ = ["DEFAULT_KLINES", "EagerBaseline", "bench_inference", "bench_inputs", "bench_render", "median_ms"]
 
@@ -247,6 +249,8 @@ def bench_inputs() -> dict[str, npt.NDArray[np.float32]]:
         "cipm_btc_1m.onnx": rng.random((1, 2, 54, 72)).astype(np.float32),
         # the ladder's top rung, timed on whatever binds (the CPU here: serving runs it on a GPU only)
         "efficientnet_b3.onnx": rng.random((4, 3, 54, 72)).astype(np.float32),
+        # the order-book heatmap CNN (opt-in): one heatmap of 64 one-second rows
+        "book_cnn_1m.onnx": rng.random((1, 1, 200, 64)).astype(np.float32),
     }
 
 
@@ -283,23 +287,18 @@ def _bars(series: Bars, keep: npt.NDArray[np.bool_], window: int) -> list[Bar]:
 
 async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, threads: int) -> dict[str, Any]:
     base = load_1m_bars(data)
-    window = 400
-    store = MemoryStore(window_bars=window, depth_rows=10)
     # BTCUSDT among them: the two-layer CIPM reads its window beside every other symbol's
     names = ["BTCUSDT", *(f"S{i:02d}USDT" for i in range(1, symbols))]
     last_start = int(base.start_ms[-1]) - int(base.start_ms[-1]) % (60 * MINUTE_MS) - MINUTE_MS  # a 1h boundary - 1m
-    for iv in INTERVALS:
-        s = aggregate(base, int(iv))
-        keep = (
-            s.start_ms <= last_start - (last_start % (int(iv) * MINUTE_MS)) if iv != "1" else s.start_ms <= last_start
-        )
-        bars = _bars(s, keep, window)
-        await store.write(WriteBatch(bars={(n, iv): bars for n in names}))
+    mid = float(base.close[-1])
+    store = await _bar_store(base, names, last_start)
     config = WorkerConfig(
         intervals=INTERVALS, latency_budget_ms=5_000.0, coarse_wait_ms=0.0, inference_concurrency=max(1, threads)
     )
     metrics = WorkerMetrics()
-    registry = ModelRegistry(artifacts, prefer_gpu=True, threads=threads, metrics=metrics)
+    # the whole zoo: the components the manifest ships off by default too
+    opt_in = [c.name for c in Manifest.load(artifacts / "manifest.json").components if c.opt_in]
+    registry = ModelRegistry(artifacts, prefer_gpu=True, threads=threads, metrics=metrics, opt_in=opt_in)
     await registry.load()
     engine = SignalEngine(config, store, registry, metrics)
     # one symbol, the latest closes one after another (each judged as of its own close)
@@ -308,7 +307,13 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
     ladder: dict[str, int] = {}
     voting = []
     for k in range(repeats):  # an alt (the leader's window read too), unless BTCUSDT is all there is
-        event = BarEvent(names[-1], "1", last_start - (k % 120) * MINUTE_MS)
+        # the last 120 closes in order, and again; the depth window the heatmap CNN reads arrives
+        # before each close as the ingestor writes it (a store holds 300 rows: a new one each round)
+        start = last_start - (119 - k % 120) * MINUTE_MS
+        if k % 120 == 0 and k:
+            engine.store = store = await _bar_store(base, names, last_start)
+        await store.write(_depth([names[-1]], start + MINUTE_MS, mid))
+        event = BarEvent(names[-1], "1", start)
         t = time.perf_counter()
         result = await engine.compute(event)
         latencies.append((time.perf_counter() - t) * 1000)
@@ -320,6 +325,7 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
         voting.append(sum(1 for c in comps if c.status == "voted"))
     # every symbol at one close, concurrently, as the worker would after a minute close
     event_start = last_start
+    await store.write(_depth(names, last_start + MINUTE_MS, mid))
     t = time.perf_counter()
     results = await asyncio.gather(*(engine.compute(BarEvent(n, "1", event_start)) for n in names))
     burst_s = time.perf_counter() - t
@@ -334,6 +340,7 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
             "n": len(lat),
         },
         "components_voting_median": float(np.median(voting)) if voting else 0.0,
+        "opted_in": opt_in,  # the components shipped off by default, enabled for this run
         "sources": sources,
         "ladder": ladder,  # which image-model rung ran: efficientnet-b3 where a GPU bound, else b0
         "burst": {
@@ -345,6 +352,33 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
         "burst_with_scoring": scoring | {"ratio_vs_burst": round(scoring["seconds"] / burst_s, 3)},
         "aim": {"p99_ms": 25, "symbols_within_1s": 50, "artifacts_mb": 100},
     }
+
+
+async def _bar_store(base: Bars, names: list[str], last_start: int) -> MemoryStore:
+    """A store holding every symbol's windows up to the bar starting at ``last_start`` (the same
+    bars for each), and as many depth rows as the ingestor keeps (300)."""
+    window = 400
+    store = MemoryStore(window_bars=window, depth_rows=300)
+    for iv in INTERVALS:
+        s = aggregate(base, int(iv))
+        step = int(iv) * MINUTE_MS
+        keep = s.start_ms <= (last_start - last_start % step if iv != "1" else last_start)
+        bars = _bars(s, keep, window)
+        await store.write(WriteBatch(bars={(n, iv): bars for n in names}))
+    return store
+
+
+def _depth(names: list[str], close: int, mid: float) -> WriteBatch:
+    """The 70 one-second depth rows before ``close`` of each of ``names`` (random sizes on the levels
+    nearest the mid) and a READY book: what the ingestor has written by then."""
+    rng = np.random.default_rng(close % 1_000_003)
+    rows = []
+    for ts in range(close - 70_000, close, 1000):
+        bids, asks = np.zeros(BINS_PER_SIDE, np.float32), np.zeros(BINS_PER_SIDE, np.float32)
+        bids[:3], asks[:3] = rng.exponential(5.0, 3), rng.exponential(5.0, 3)
+        rows.append(DepthRow(ts, mid, bids, asks))
+    book = BookStatus("READY", "", 1, close - 200, f"{mid:.2f}", "1", f"{mid * 1.0001:.2f}", "1")
+    return WriteBatch(depth_rows={(n, 50): rows for n in names}, books={(n, 50): book for n in names})
 
 
 async def _burst_with_scoring(engine: SignalEngine, names: list[str], close_start: int) -> dict[str, Any]:

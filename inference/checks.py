@@ -3,7 +3,9 @@
 A window is servable for a component needing ``need`` bars when its newest ``need`` bars are
 contiguous, their values finite with positive prices, and the newest one is the most recent bar
 closed on the exchange clock. A book is servable when READY and younger than ``max_age_ms`` of
-exchange time. Each check returns ``None`` or a short reason code that the signal (or its absence)
+exchange time. A depth window (the order-book heatmap's) is servable when every one of its sampling
+slots before the close has a row taken at most ``max_gap_ms`` before it (:func:`depth_window`). Each
+check returns ``None`` (or the checked window) or a short reason code that the signal (or its absence)
 reports.
 """
 
@@ -14,10 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from streaming.depth import DepthRow
 from streaming.klines import Bar, interval_ms, is_contiguous, last_closed_start
 from streaming.store import BookStatus
 
-__all__ = ["bars_to_array", "check_book", "check_window"]
+__all__ = ["bars_to_array", "check_book", "check_window", "depth_window"]
 
 
 def check_window(bars: Sequence[Bar], interval: str, need: int, now_ms: int) -> str | None:
@@ -50,6 +53,40 @@ def check_book(book: BookStatus | None, now_ms: int, max_age_ms: int) -> str | N
     if now_ms - book.ts > max_age_ms:
         return "book_stale"
     return None
+
+
+def depth_window(
+    rows: Sequence[DepthRow], now_ms: int, count: int, sample_ms: int, max_gap_ms: int
+) -> npt.NDArray[np.float32] | str:
+    """The ``(count, 2·bins)`` heatmap rows (bids then asks, as :class:`DepthRow` holds them) of the
+    ``count`` sampling slots before the close ``now_ms``, oldest first, or why there are none.
+
+    Slot ``k`` starts at ``now_ms - (count - k)·sample_ms``; it takes the newest row sampled at or
+    before its start, so no row taken at or after the close is read. A slot without a row from the
+    last ``max_gap_ms`` is a hole (the book was silent, its row was lost, or it was not READY: the
+    ingestor writes rows of a READY book only). Reasons: ``depth_empty``, ``depth_short`` (no row as
+    old as the first slot), ``depth_stale`` (the newest slot's row is too old), ``depth_holed``,
+    ``depth_bad_values`` (rows out of order, sizes not finite or negative).
+    """
+    before = [r for r in rows if r.ts < now_ms]  # a row of the close's own slot is the future
+    if not before:
+        return "depth_empty"
+    ts = np.array([r.ts for r in before], np.int64)
+    if len(ts) > 1 and not (np.diff(ts) > 0).all():
+        return "depth_bad_values"
+    slots = now_ms - sample_ms * np.arange(count, 0, -1, dtype=np.int64)
+    taken = np.searchsorted(ts, slots, side="right") - 1
+    if taken[0] < 0:
+        return "depth_short"
+    age = slots - ts[taken]
+    if age[-1] > max_gap_ms:
+        return "depth_stale"
+    if (age > max_gap_ms).any():
+        return "depth_holed"
+    out = np.stack([np.concatenate([before[i].bids, before[i].asks]) for i in taken.tolist()]).astype(np.float32)
+    if not np.isfinite(out).all() or (out < 0).any():
+        return "depth_bad_values"
+    return out
 
 
 def bars_to_array(bars: Sequence[Bar]) -> npt.NDArray[np.float64]:

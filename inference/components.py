@@ -16,6 +16,8 @@ components that need it, with a reason code that every signal reports:
                              a ``stands_in_for`` naming no component of its timeframe and horizon
 ``gpu_not_bound``            a ladder's upper rung (``stands_in_for``) and no GPU provider bound:
                              the component it stands in for serves (every signal on a CPU host)
+``opt_in_only``              the manifest ships it off by default (``opt_in`` says why) and the
+                             operator did not name it in ``CANDLECAST_MODEL_OPT_IN``
 
 ===========================  =====================================================================
 
@@ -23,7 +25,9 @@ Kinds: the TCN and the zoo's sequence models (``cnn1d``, ``mscnn``, ``cnn_ta``, 
 indicator sequences of ``tcn_input``; ``linear`` and the zoo's ``dense`` network the feature vector of
 ``linear_input``; ``efficientnet`` the chart composite; ``cipm`` (seed 001) the OHLC image of
 ``ohlc_input``; ``cipm_btc`` that image over its ``leader``'s (BTCUSDT's) for the same bars
-(``ohlc_pair``), so the engine reads the leader's window too.
+(``ohlc_pair``), so the engine reads the leader's window too; ``book_cnn`` (seed 000 §4.3) the
+order-book heatmap of the symbol's depth window (``book_heatmap`` of
+:func:`inference.checks.depth_window`), so the engine reads the depth rows too.
 
 The seed's failover ladder: a component with ``stands_in_for`` (EfficientNet-B3) is built on a GPU
 provider only, never on the CPU; where it binds one it runs in place of the component it names
@@ -41,8 +45,8 @@ import asyncio
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +54,22 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from inference.checks import depth_window
 from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS, tcn_input
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION, linear_input
 from inference.manifest import Component, EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
-from inference.render import RENDERER_VERSION, RenderError, composite, ohlc_input, ohlc_pair
+from inference.render import (
+    BOOK_BINS_PER_SIDE,
+    RENDERER_VERSION,
+    RenderError,
+    book_heatmap,
+    composite,
+    ohlc_input,
+    ohlc_pair,
+)
 from inference.runtime import GpuNotBound, ModelSession, RuntimeFailure, SessionFactory
+from streaming.depth import BAND, DepthRow
 
 __all__ = ["MANIFEST_NAME", "LoadedComponent", "ModelRegistry", "ModelSet", "example_input", "load_model_set"]
 
@@ -70,6 +84,7 @@ _INPUT_PARAMS = {
     "composite": ("height", "bars"),
     "ohlc_input": ("height", "bars"),
     "ohlc_pair": ("height", "bars", "leader"),
+    "book_heatmap": ("rows", "sample_ms", "max_gap_ms", "book_depth"),
 }
 
 
@@ -83,7 +98,7 @@ class LoadedComponent:
     disabled: str | None = None
     detail: str = ""
     bars_needed: int = 0
-    renderer: str = ""  # "tcn_input" | "composite" | "linear_input" | "ohlc_input" | "ohlc_pair"
+    renderer: str = ""  # "tcn_input" | "composite" | "linear_input" | "ohlc_input" | "ohlc_pair" | "book_heatmap"
 
     @property
     def name(self) -> str:
@@ -111,14 +126,39 @@ class LoadedComponent:
         """The symbol whose window it reads beside the signal's (the two-layer CIPM's BTCUSDT)."""
         return str(self.spec.preprocessing["leader"]) if self.renderer == "ohlc_pair" else None
 
+    @property
+    def reads_depth(self) -> bool:
+        """Whether it reads the symbol's depth window (the order-book heatmap CNN)."""
+        return self.renderer == "book_heatmap"
+
+    @property
+    def depth_span_ms(self) -> int:
+        """How far before the close its depth window reaches (the oldest row it may read is this old)."""
+        pre = self.spec.preprocessing
+        return int(pre["rows"]) * int(pre["sample_ms"]) + int(pre["max_gap_ms"])
+
+    def depth_input(self, rows: Sequence[DepthRow], now_ms: int) -> npt.NDArray[np.float32] | str:
+        """The checked depth window it reads at the close ``now_ms`` (:func:`inference.checks.depth_window`
+        with its manifest's grid), or the reason it cannot vote."""
+        pre = self.spec.preprocessing
+        return depth_window(rows, now_ms, int(pre["rows"]), int(pre["sample_ms"]), int(pre["max_gap_ms"]))
+
     def prepare(
-        self, ohlcv: npt.NDArray[np.float64], leader: npt.NDArray[np.float64] | None = None
+        self,
+        ohlcv: npt.NDArray[np.float64],
+        leader: npt.NDArray[np.float64] | None = None,
+        depth: npt.NDArray[np.float32] | None = None,
     ) -> npt.NDArray[np.float32]:
         """The model input for one window (no batch axis); ``leader``: the :attr:`leader`'s window
-        for the same bars, which a component with a leader needs.
+        for the same bars, which a component with a leader needs; ``depth``: the :meth:`depth_input`
+        rows, which the heatmap CNN reads.
 
         Raises :class:`InferenceError` (a ``FeatureError`` or ``RenderError``) on bad bars."""
         pre = self.spec.preprocessing
+        if self.renderer == "book_heatmap":
+            if depth is None:
+                raise RenderError(f"{self.name}: needs the depth window")
+            return book_heatmap(depth)[None]
         if self.renderer == "ohlc_pair":
             if leader is None:
                 raise RenderError(f"{self.name}: needs the {self.leader} window beside the symbol's")
@@ -168,6 +208,7 @@ IMAGE_KINDS = {
     "cipm": ("ohlc", 1, "ohlc_input"),
     "cipm_btc": ("ohlc_pair", 2, "ohlc_pair"),  # the symbol's image over its leader's (BTCUSDT)
 }
+DEPTH_KINDS = frozenset({"book_cnn"})  # the order-book heatmap of the depth window (seed 000 §4.3)
 
 
 def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]:
@@ -192,6 +233,18 @@ def _check_spec(spec: Component) -> tuple[str, str, int] | tuple[None, str, int]
             if renderer == "ohlc_pair" and not (isinstance(leader, str) and leader.isascii() and leader.isalnum()):
                 return None, f"leader {leader!r}: a symbol whose window it reads", 0
             return function, "", bars
+        if spec.kind in DEPTH_KINDS:
+            rows, sample_ms, max_gap_ms = int(pre["rows"]), int(pre["sample_ms"]), int(pre["max_gap_ms"])
+            if pre.get("renderer") != "book_heatmap" or pre.get("renderer_version") != RENDERER_VERSION:
+                return None, f"renderer {pre.get('renderer')!r} {pre.get('renderer_version')!r}", 0
+            if pre.get("bins_per_side") != BOOK_BINS_PER_SIDE or pre.get("band") != BAND:
+                grid = f"bins {pre.get('bins_per_side')!r}, band {pre.get('band')!r}"
+                return None, f"{grid}: the ingestor samples {BOOK_BINS_PER_SIDE} bins a side, ±{BAND}", 0
+            if rows < 4 or sample_ms < 1 or max_gap_ms < sample_ms or int(pre["book_depth"]) < 1:
+                return None, f"rows {rows}, sample_ms {sample_ms}, max_gap_ms {max_gap_ms}: not a depth grid", 0
+            if list(spec.input.get("shape", []))[1:] != [1, 2 * BOOK_BINS_PER_SIDE, rows]:
+                return None, f"input shape {spec.input.get('shape')} does not match the renderer", 0
+            return "book_heatmap", "", 1  # its bar: the 1m close it is asked at
         if spec.kind in VECTOR_KINDS:
             if pre.get("features") != LINEAR_SET_VERSION:
                 return None, f"features {pre.get('features')!r}: serving has {LINEAR_SET_VERSION}", 0
@@ -231,12 +284,14 @@ def load_model_set(
     warmup_rounds: int = 2,
     session_factory: SessionFactory = ort.InferenceSession,
     available_providers: Sequence[str] | None = None,
+    opt_in: Collection[str] = (),
 ) -> ModelSet:
     """Load, verify and warm up every component of ``artifacts/manifest.json`` (blocking: run it in a thread).
 
     No manifest gives an empty set (the worker then falls back with ``models_missing``); a manifest
     that cannot be parsed raises :class:`ManifestError`. Artifact problems never raise: they disable
-    the components concerned.
+    the components concerned. ``opt_in``: the components shipped off by default (the manifest's
+    ``opt_in``) to enable.
     """
     path = artifacts / MANIFEST_NAME
     try:
@@ -250,7 +305,7 @@ def load_model_set(
     digest = hashlib.sha256(raw).hexdigest()
     weights = weights or {}
 
-    plans = [_plan(spec, weights) for spec in manifest.components]
+    plans = [_plan(spec, weights, opt_in) for spec in manifest.components]
     _check_ladders(plans, weights)
 
     def opener(name: str, file: Path, gpu_only: bool) -> ModelSession:
@@ -302,8 +357,8 @@ def load_model_set(
 
     components = []
     for p in plans:
-        if p.disabled is not None:  # a ladder rung without a GPU is how a CPU host runs: not an error
-            level = logging.INFO if p.disabled == "gpu_not_bound" else logging.ERROR
+        if p.disabled is not None:  # a rung without a GPU, an opt-in left off: how a host runs, not errors
+            level = logging.INFO if p.disabled in ("gpu_not_bound", "opt_in_only") else logging.ERROR
             log.log(level, "component %s disabled (%s): %s", p.spec.name, p.disabled, p.detail)
         bound = sessions.get(p.key) if p.disabled is None else None
         components.append(LoadedComponent(p.spec, p.weight, bound, p.disabled, p.detail, p.need, p.renderer))
@@ -331,7 +386,15 @@ class _Plan:
         return (self.spec.file, self.spec.sha256)
 
 
-def _plan(spec: Component, weights: Mapping[str, float]) -> _Plan:
+def _plan(spec: Component, weights: Mapping[str, float], opt_in: Collection[str] = ()) -> _Plan:
+    plan = _checked_plan(spec, weights)
+    if plan.disabled is None and spec.opt_in and spec.name not in opt_in:  # a broken entry says so first
+        enable = f"enable with CANDLECAST_MODEL_OPT_IN={spec.name}"
+        return replace(plan, weight=0.0, disabled="opt_in_only", detail=f"{spec.opt_in}; {enable}")
+    return plan
+
+
+def _checked_plan(spec: Component, weights: Mapping[str, float]) -> _Plan:
     weight = float(weights.get(spec.name, spec.weight))
     if not math.isfinite(weight) or weight < 0:
         return _Plan(spec, 0.0, disabled="bad_manifest_entry", detail=f"weight {weight!r}")
@@ -419,8 +482,10 @@ class ModelRegistry:
         metrics: WorkerMetrics | None = None,
         session_factory: SessionFactory = ort.InferenceSession,
         available_providers: Sequence[str] | None = None,
+        opt_in: Collection[str] = (),
     ) -> None:
         self.artifacts = artifacts
+        self._opt_in = frozenset(opt_in)
         self.poll_s = poll_s
         self._prefer_gpu = prefer_gpu
         self._threads = threads
@@ -500,6 +565,7 @@ class ModelRegistry:
             previous=previous,
             session_factory=self._session_factory,
             available_providers=self._available_providers,
+            opt_in=self._opt_in,
         )
 
     def _swap(self, new: ModelSet) -> None:

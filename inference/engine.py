@@ -47,7 +47,7 @@ from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 
-__all__ = ["SignalEngine", "decide", "vote_report"]
+__all__ = ["SignalEngine", "decide", "quorum_base", "vote_report"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
 # A leader whose windows could not be decoded (a damaged book or status record): its readers drop out.
 _UNREADABLE = SymbolWindows(symbol="", bars={}, book=None, depth=[], status={})
 
-# A component ready to run: its window, and its leader's window for the same bars (or None).
-_Window = tuple[LoadedComponent, list[Bar], list[Bar] | None]
+# A component ready to run: its window, its leader's window for the same bars (or None), and its
+# checked depth window (or None).
+_Window = tuple[LoadedComponent, list[Bar], list[Bar] | None, npt.NDArray[np.float32] | None]
 
 
 def _leader_window(
@@ -261,10 +262,12 @@ class SignalEngine:
                 drafts.drop(c, reason)
             elif isinstance(lead := _leader_window(c, event.symbol, closed, leaders, now), str):
                 drafts.drop(c, lead)
+            elif isinstance(depth := self._depth_window(c, windows, now), str):
+                drafts.drop(c, depth)
             else:
                 rung = stand_ins.get(c.name)
                 ready = rung is not None and rung.session is not None and rung.session.broken is None
-                (standby if ready else runnable).append((c, closed[c.timeframe][-c.bars_needed :], lead))
+                (standby if ready else runnable).append((c, closed[c.timeframe][-c.bars_needed :], lead, depth))
 
         deadline = t_read + self.config.latency_budget_ms / 1000.0
         inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
@@ -283,9 +286,9 @@ class SignalEngine:
                 drafts.drop(c, "late")
         t_infer = time.perf_counter()
 
-        # A ladder's idle rung (no GPU for the B3; the B0 standing by) is not a voice of this signal:
-        # `ladder` says which rung ran, the models metrics which are loaded.
-        reports = tuple(r for r in (drafts.reports[c.name] for c in models.components) if r.reason not in LADDER_IDLE)
+        # A ladder's idle rung (no GPU for the B3; the B0 standing by) and an opt-in component left off
+        # are not voices of this signal: `ladder` says which rung ran, the models metrics what is loaded.
+        reports = tuple(r for r in (drafts.reports[c.name] for c in models.components) if r.reason not in IDLE)
         for r in reports:
             if r.status == "dropped" and r.reason is not None:
                 self.metrics.components_dropped.labels(r.name, r.reason).inc()
@@ -297,8 +300,14 @@ class SignalEngine:
             (self.clock.now_ms() - windows.book.ts) if windows.book is not None and windows.book.ts > 0 else None,
         )
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
-        # the voices answering H are slots: a ladder (B3 over B0) is one, whichever rung of it ran
-        answering = {r.stands_in_for or r.name for r in reports if r.horizon_minutes == self.config.horizon_minutes}
+        # the voices answering H are slots: a ladder (B3 over B0) is one, whichever rung of it ran; a
+        # component whose vote weighs nothing (an opt-in one outside the stacker) is shown, not counted
+        stacker = _stacker(models.ensemble, self.config.horizon_minutes)
+        answering = {
+            _slot(r)
+            for r in reports
+            if r.horizon_minutes == self.config.horizon_minutes and _weighs(_slot(r), r.weight, stacker)
+        }
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
         closes = _contiguous_closes(finest, self.config.finest)
@@ -342,7 +351,7 @@ class SignalEngine:
                 cost_bp=money.cost_bp,
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
-                partial=len({r.stands_in_for or r.name for r in voters}) < len(answering),
+                partial=len({_slot(r) for r in voters} & answering) < len(answering),
                 models=models.id,
                 ladder=ladder_rung(voters, models),
             )
@@ -386,29 +395,52 @@ class SignalEngine:
             refused=refused,
         )
 
+    def _depth_window(
+        self, c: LoadedComponent, windows: SymbolWindows, now: int
+    ) -> npt.NDArray[np.float32] | str | None:
+        """The checked depth window a component reads (None: it reads none), or why it cannot: the
+        book not READY when read (``book_not_ready``: it may have been rebuilt inside the window), another
+        book depth than it was trained on (``book_depth_mismatch``), else the window's own check."""
+        if not c.reads_depth:
+            return None
+        if int(c.spec.preprocessing["book_depth"]) != self.config.book_depth:
+            return "book_depth_mismatch"
+        if windows.book is None or windows.book.state != "READY":
+            return "book_not_ready"
+        return c.depth_input(windows.depth, now)
+
     async def _read(self, symbol: str, now: int, models: ModelSet) -> SymbolWindows:
         intervals = self.config.intervals
         # only the timeframes of components that answer this horizon (the others are dropped anyway)
-        used = {c.timeframe for c in models.enabled if c.spec.horizon_min == self.config.horizon_minutes}
+        answering = [c for c in models.enabled if c.spec.horizon_min == self.config.horizon_minutes]
+        used = {c.timeframe for c in answering}
         used.add(FALLBACK_INTERVAL)  # the rule may be needed
         due = [iv for iv in intervals if iv != self.config.finest and iv in used and now % interval_ms(iv) == 0]
         # A coarser bar closing at this boundary is usually written in the same flush as the finest
         # one, but may trail it: wait (bounded) only when its window is current but for that bar.
-        return await self._read_until_current(symbol, intervals, due, now)
+        # The depth rows (hundreds of KB) only when a component reads them, and only its grid's span.
+        spans = [c.depth_span_ms for c in answering if c.reads_depth]
+        after = now - max(spans) - 1 if spans else None  # a row exactly that old still counts
+        return await self._read_until_current(symbol, intervals, due, now, depth_after_ms=after)
 
     async def _read_until_current(
-        self, symbol: str, intervals: Sequence[str], due: Sequence[str], now: int
+        self, symbol: str, intervals: Sequence[str], due: Sequence[str], now: int, *, depth_after_ms: int | None = None
     ) -> SymbolWindows:
-        """Read ``symbol``'s windows; re-read for at most ``coarse_wait_ms`` while a window of ``due``
-        is current but for the bar closing at ``now``."""
-        windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
+        """Read ``symbol``'s windows (and its depth rows after ``depth_after_ms``, when given); re-read for
+        at most ``coarse_wait_ms`` while a window of ``due`` is current but for the bar closing at ``now``."""
+        depth, with_depth = self.config.book_depth, depth_after_ms is not None
+        windows = await self.store.read_symbol(
+            symbol, intervals, depth, with_depth=with_depth, depth_after_ms=depth_after_ms
+        )
         deadline = time.monotonic() + self.config.coarse_wait_ms / 1000.0
         while any(_one_behind(windows.bars.get(iv, []), iv, now) for iv in due):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             await asyncio.sleep(min(self.config.coarse_poll_ms / 1000.0, left))
-            windows = await self.store.read_symbol(symbol, intervals, self.config.book_depth, with_depth=False)
+            windows = await self.store.read_symbol(
+                symbol, intervals, depth, with_depth=with_depth, depth_after_ms=depth_after_ms
+            )
         return windows
 
     async def _read_leaders(self, symbol: str, now: int, models: ModelSet) -> dict[str, SymbolWindows]:
@@ -439,12 +471,12 @@ class SignalEngine:
         Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation."""
         out = []
         built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}  # the input, or why it failed
-        for c, bars, lead in runnable:
+        for c, bars, lead, depth in runnable:
             key = c.input_key
             if key not in built:
                 started = time.perf_counter()
                 try:
-                    built[key] = c.prepare(bars_to_array(bars), None if lead is None else bars_to_array(lead))
+                    built[key] = c.prepare(bars_to_array(bars), None if lead is None else bars_to_array(lead), depth)
                 # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
                 # NumPy on an odd window still costs only these components, not the whole signal.
                 except (InferenceError, ValueError, ArithmeticError) as exc:
@@ -531,9 +563,30 @@ class SignalEngine:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
 
 
-# Reports of a ladder's rungs that are not meant to run here: left out of the signal (not missing
-# votes, not drop events).
-LADDER_IDLE = frozenset({"gpu_not_bound", "standby"})
+# Reports of components not meant to run here: a ladder's idle rungs, an opt-in component the
+# operator did not enable. Left out of the signal (not missing votes, not drop events).
+IDLE = frozenset({"gpu_not_bound", "standby", "opt_in_only"})
+
+
+def quorum_base(components: Sequence[LoadedComponent], ensemble: EnsembleSpec | None, horizon_minutes: int) -> int:
+    """How many slots of these components (answering H) can move the call: ``decide``'s ``answering``
+    for ``candlecast evaluate``, counted as the engine counts its reports."""
+    stacker = _stacker(ensemble, horizon_minutes)
+    return len({c.slot for c in components if _weighs(c.slot, c.weight, stacker)})
+
+
+def _slot(r: ComponentReport) -> str:
+    return r.stands_in_for or r.name
+
+
+def _stacker(ensemble: EnsembleSpec | None, horizon_minutes: int) -> EnsembleSpec | None:
+    """The manifest's stacker when it answers the signal's horizon (else the weighted mean applies)."""
+    return ensemble if ensemble is not None and ensemble.horizon_minutes == horizon_minutes else None
+
+
+def _weighs(slot: str, weight: float, stacker: EnsembleSpec | None) -> bool:
+    """Whether a slot's vote can move the call: it has a stacker weight, or (no stacker) a weight > 0."""
+    return slot in stacker.weights if stacker is not None else weight > 0
 
 
 def ladder_rung(voters: Sequence[ComponentReport], models: ModelSet) -> str | None:
@@ -567,15 +620,16 @@ def decide(
     and ``candlecast evaluate``. The manifest's stacker when it answers ``config.horizon_minutes``,
     the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back). With fewer
     than ``config.quorum`` of the ``answering`` components voting, the call is flat."""
-    stacker = ensemble if ensemble is not None and ensemble.horizon_minutes == config.horizon_minutes else None
-    votes = [Vote(r.stands_in_for or r.name, r.p_up, r.weight) for r in voters if r.p_up is not None]
+    stacker = _stacker(ensemble, config.horizon_minutes)
+    votes = [Vote(_slot(r), r.p_up, r.weight) for r in voters if r.p_up is not None]
     try:
         result: EnsembleResult | None = (
             stack(votes, stacker) if stacker is not None else combine(votes, config.thresholds)
         )
     except ValueError:
         result = None
-    if result is not None and answering and len(votes) < config.quorum * answering:
+    counted = [v for v in votes if _weighs(v.component, v.weight, stacker)]  # a weightless vote is no voice
+    if result is not None and answering and len(counted) < config.quorum * answering:
         result = replace(result, direction="flat")  # too few voices for a call: shown, not acted on
     heads = voters if stacker is None or stacker.magnitude == "heads" else []
     move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)

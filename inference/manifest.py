@@ -79,6 +79,9 @@ class Component:
     # binds a GPU provider, in place of the component named here (whose stacker slot it takes); that
     # component serves when no GPU binds or this one fails on it (inference.components).
     stands_in_for: str = ""
+    # Why the component is off unless an operator names it (CANDLECAST_MODEL_OPT_IN): shipped for
+    # those who want to watch it, not voting by default. Empty: on by default.
+    opt_in: str = ""
 
     @property
     def horizon_min(self) -> int:
@@ -134,15 +137,18 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "family": (str,),
     "variant": (str,),
     "stands_in_for": (str,),
+    "opt_in": (str,),
 }
 _REQUIRED = ("name", "kind", "timeframe", "version", "file", "sha256", "input", "output", "preprocessing", "horizon")
 
 
 def _entry(c: Component) -> dict[str, Any]:
-    """A component as the manifest writes it: ``stands_in_for`` only on a ladder's rungs."""
+    """A component as the manifest writes it: ``stands_in_for`` only on a ladder's rungs, ``opt_in``
+    only on a component that is off by default."""
     entry = asdict(c)
-    if not entry["stands_in_for"]:
-        del entry["stands_in_for"]
+    for optional in ("stands_in_for", "opt_in"):
+        if not entry[optional]:
+            del entry[optional]
     return entry
 
 

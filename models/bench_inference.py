@@ -19,7 +19,7 @@ import torch
 from inference.bench import EagerBaseline, median_ms
 from models.efficientnet import efficientnet
 from models.tcn import TCN
-from models.zoo import zoo_model
+from models.zoo import BookCNN, zoo_model
 
 __all__ = ["torch_eager"]
 
@@ -32,6 +32,7 @@ ARCHITECTURES: dict[str, Callable[[], torch.nn.Module]] = {
     "cipm_1m.onnx": partial(zoo_model, "cipm", 1),
     "cipm_btc_1m.onnx": partial(zoo_model, "cipm_btc", 2),
     "efficientnet_b3.onnx": lambda: efficientnet("b3", in_channels=3, num_classes=1, stem_stride=2),
+    "book_cnn_1m.onnx": BookCNN,
 }
 
 

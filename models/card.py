@@ -88,6 +88,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
             "",
             *comparison_table(report, manifest),
             "",
+            *_depth_rows_note(report, manifest),
         ]
     if spec is not None:
         f = spec.fitted
@@ -135,7 +136,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         t, v = c.training, c.validation
         acc = v.get("accuracy_moved", v.get("accuracy"))
         lines.append(
-            f"| {c.name} | {c.family or c.kind} | {_variant(c)} | {c.timeframe}m | {c.horizon_min} |"
+            f"| {c.name} | {c.family or c.kind} | {_variant(c)} | {_input(c)} | {c.horizon_min} |"
             f" {t.get('samples')} |"
             f" {t['span'][0][:10]} → {t['span'][1][:10]} | {t.get('seconds')} | {_fine_tune(t)} | accuracy {acc} |"
         )
@@ -159,6 +160,39 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _input(c: Component) -> str:
+    if c.kind == "book_cnn":
+        return f"depth, {c.preprocessing.get('rows')} s"
+    return f"{c.timeframe}m"
+
+
+def _depth_rows_note(report: dict[str, dict[str, Any]], manifest: Manifest) -> list[str]:
+    """What the depth components' rows are (bar files hold no depth), and why they are off by default."""
+    lines = []
+    for c in manifest.components:
+        row = report.get(c.name)
+        if c.kind != "book_cnn" or row is None:
+            continue
+        t = c.training
+        every = (
+            f" Asked every second of that span instead ({row['every_second_n']} overlapping asks on bars that"
+            f" moved, up {row['every_second_up_rate']:.3f} of the time): accuracy {row['every_second_accuracy']:.4f},"
+            f" Brier {row['every_second_brier']:.4f}."
+            if "every_second_n" in row
+            else ""
+        )
+        lines += [
+            f"`{c.name}` (seed 000 §4.3, the order-book heatmap CNN) is scored on recorded depth, not on these"
+            f" bars: {len(t.get('recordings', {}))} depth recordings ({', '.join(t.get('recordings', {}))}),"
+            f" {t.get('recorded_minutes')} minutes in all, each split by time (60 % train, 20 % validation,"
+            f" 20 % held out); its row is the held-out 20 % asked at each minute close, as serving asks"
+            f" ({row.get('n')} calls).{every} **Off by default** (`opt_in`): {c.opt_in}; an operator who wants"
+            f" to watch it sets `CANDLECAST_MODEL_OPT_IN={c.name}` (it then reports a vote, with no stacker weight).",
+            "",
+        ]
+    return lines
 
 
 def _variant(c: Component) -> str:

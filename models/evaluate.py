@@ -47,14 +47,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.components import LoadedComponent, load_model_set
+from inference.components import DEPTH_KINDS, LoadedComponent, load_model_set
 from inference.config import WorkerConfig
-from inference.engine import decide, vote_report
+from inference.engine import decide, quorum_base, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
 from inference.runtime import ModelSession
 from inference.scoring import SIGN
+from models.book import book_report, book_series
 from models.data import MINUTE_MS, Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.datasets import LEADER
 from models.linear import ewma_of_windows, iso_ms
@@ -76,6 +77,7 @@ class EvaluateConfig:
     fee_bp: float = TAKER_FEE * 1e4
     since_ms: int | None = None  # only calls at bars starting at or after this (ms), e.g. a live replay's span
     until_ms: int | None = None  # ... and at or before this
+    data_dir: Path = Path("../shared/data")  # its orderbook/ recordings score the depth readers
 
 
 def _hourly_momentum(base: Series, ends: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -119,6 +121,21 @@ def gpu_rungs_on_cpu(
     return out
 
 
+def depth_readers(
+    components: tuple[LoadedComponent, ...], manifest: Manifest, artifacts: Path, horizon: int
+) -> dict[str, LoadedComponent]:
+    """The components reading the depth window (the heatmap CNN), each on a CPU session of its own,
+    opted in or not (its artifact verified as a loader would): bar files hold no depth, so they are
+    scored on the recorded depth instead."""
+    out = {}
+    for c in components:
+        if not c.reads_depth or c.spec.horizon_min != horizon or c.disabled not in (None, "opt_in_only"):
+            continue
+        path = manifest.verified_path(c.spec, artifacts)  # ManifestError: a backtest of other bytes
+        out[c.name] = replace(c, session=ModelSession(c.name, path, prefer_gpu=False, threads=2), disabled=None)
+    return out
+
+
 def _why_not(c: LoadedComponent, horizon: int) -> str:
     if c.disabled is not None:
         return c.disabled
@@ -130,15 +147,21 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     models = load_model_set(cfg.artifacts, prefer_gpu=False, threads=2)
     for c in models.components:
         # a backtest missing a component would report another service; a GPU rung is run below
-        if c.disabled is not None and c.disabled != "gpu_not_bound":
+        if c.disabled is not None and c.disabled not in ("gpu_not_bound", "opt_in_only"):
             raise ManifestError(c.detail or f"{c.name}: {c.disabled}")
     horizon = cfg.horizon or (manifest.ensemble.horizon_minutes if manifest.ensemble else 1)
     config = WorkerConfig(horizon_minutes=horizon, fee_bp=cfg.fee_bp)
     voters = stack_voters(models.components, horizon)
     rungs = gpu_rungs_on_cpu(models.components, cfg.artifacts, horizon)  # their own rows only
-    skipped = {c.name: _why_not(c, horizon) for c in models.components if c not in voters and c.name not in rungs}
-    test_after = max(iso_ms(c.training["test_after"]) for c in manifest.components)
+    books = depth_readers(models.components, manifest, cfg.artifacts, horizon)  # scored on recorded depth, below
+    skipped = {
+        c.name: _why_not(c, horizon)
+        for c in models.components
+        if c not in voters and c.name not in rungs and c.name not in books
+    }
+    test_after = max(iso_ms(c.training["test_after"]) for c in manifest.components if c.kind not in DEPTH_KINDS)
     need = minute_bars_needed(voters)
+    quorum_of = quorum_base(voters, models.ensemble, horizon)
     parts: dict[str, list[Part]] = defaultdict(list)
     rows: list[tuple[str, str, int, float, int, int, float]] = []
     inference_ms: dict[str, list[float]] = defaultdict(list)
@@ -192,7 +215,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 models.ensemble,
                 config,
                 closes[t - LINEAR_BARS + 1 : t + 1].tolist(),
-                len(voters),  # the components answering H, voting or not: the quorum's base
+                quorum_of,  # the components answering H whose vote weighs, voting or not: the quorum's base
             )
             if money.volatility_bp is not None:
                 vol_ens[i] = money.volatility_bp
@@ -244,6 +267,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     for c in (*voters, *rungs.values()):
         report[c.name]["training_seconds"] = by_name[c.name].training.get("seconds")
         report[c.name]["inference_ms"] = float(np.mean(inference_ms[c.name]))
+    if books:
+        threshold = models.ensemble.threshold if models.ensemble else 0.5 + config.thresholds.long_above / 2
+        for name, c in books.items():
+            files = tuple(Path(p) for p in c.spec.training.get("recording_files", []))
+            depth = book_series(cfg.data_dir, files, c.spec.training.get("recordings"))  # its own split
+            report[name] = book_report(c, depth, horizon, threshold)
+            report[name]["training_seconds"] = c.spec.training.get("seconds")
     all_times = np.concatenate([p.times for p in parts["ensemble"]])
     meta = {
         "files": [str(p) for p in cfg.files],

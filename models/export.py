@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from inference.features import FEATURE_NAMES, FEATURE_SET_VERSION, WARMUP_BARS
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, LINEAR_SET_VERSION
 from inference.manifest import Component, Manifest, sha256_file
 from inference.render import RENDERER_VERSION
+from models.book import export_book
 from models.card import model_card
 from models.datasets import (
     IMAGE_BARS,
@@ -160,25 +162,42 @@ def export_all(
     for variant in ("b0", "b3"):  # the ladder's rungs, each shared by all its timeframes
         if (work_dir / f"{image_checkpoint(variant)}.pt").exists():
             components += _export_image(work_dir, out_dir, variant, version, validation, cuts, image_check_samples)
+    book = export_book(work_dir, out_dir, data_dir, version)  # the heatmap CNN, on recorded depth (opt-in)
+    if book is not None:
+        components.append(book)
     # Into an existing manifest: the re-exported components replace theirs, the others stay. Its
-    # ensemble is dropped: the stacker was fitted on the old components (run `candlecast stack`).
+    # ensemble is dropped: the stacker was fitted on the old components (run `candlecast stack`);
+    # unless only opt-in components came (they never vote in it): then it and its notes stay.
     kept: tuple[Component, ...] = ()
+    old: Manifest | None = None
     if (out_dir / "manifest.json").exists():
         new = {c.name for c in components}
-        kept = tuple(c for c in Manifest.load(out_dir / "manifest.json").components if c.name not in new)
+        old = Manifest.load(out_dir / "manifest.json")
+        kept = tuple(c for c in old.components if c.name not in new)
         if kept:
             log.info("keeping %s from the existing manifest", ", ".join(c.name for c in kept))
+    still_fitted = (
+        old is not None
+        and old.ensemble is not None
+        and bool(components)
+        and all(c.opt_in for c in components)
+        and not {c.name for c in components} & set(old.ensemble.weights)  # none of them had a stacker weight
+    )
     names = {c.name for c in (*components, *kept)}
     orphans = [c.name for c in components if c.stands_in_for and c.stands_in_for not in names]
     if orphans:  # a rung with nothing below it would be refused by every loader
         log.warning("not exported: %s (no component of theirs to stand in for)", ", ".join(orphans))
         components = [c for c in components if c.name not in orphans]
     manifest = Manifest(
-        components=(*components, *kept),
+        components=(*kept, *components) if still_fitted else (*components, *kept),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         notes="Every component states the minutes ahead it forecasts (horizon_minutes); no ensemble is fitted"
         " yet: run `candlecast stack`.",
     )
+    if still_fitted:
+        assert old is not None
+        log.info("only opt-in components exported: the fitted ensemble stays")
+        manifest = replace(manifest, notes=old.notes, ensemble=old.ensemble, drift=old.drift)
     manifest.save(out_dir / "manifest.json")
     (out_dir / "MODEL_CARD.md").write_text(model_card(manifest))
     return manifest

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.manifest import Manifest
+from models.book import BOOK_NAME, train_book
 from models.data import Series
 from models.datasets import (
     IMAGE_BARS,
@@ -89,6 +90,7 @@ class TrainConfig:
     init_from: Path | None = None  # artifacts directory: start TCNs from its ONNX weights
     zoo_epochs: int = 6
     params: Path | None = None  # candlecast tune's output: <kind>.json hyper-parameters for zoo models
+    depth_recordings: tuple[Path, ...] = ()  # book_cnn: `candlecast record` files beside data_dir/orderbook
 
 
 def _device(name: str) -> torch.device:
@@ -214,12 +216,14 @@ def train_all(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train_all(cfg: TrainConfig) -> dict[str, Any]:
-    unknown = [m for m in cfg.models if m not in ("tcn", "efficientnet", *ZOO)]
+    unknown = [m for m in cfg.models if m not in ("tcn", "efficientnet", "book_cnn", *ZOO)]
     if unknown:
-        raise ValueError(f"--models: unknown {', '.join(unknown)}; known: tcn, efficientnet, {', '.join(ZOO)}")
+        known = ", ".join(("tcn", "efficientnet", *ZOO, "book_cnn"))
+        raise ValueError(f"--models: unknown {', '.join(unknown)}; known: {known}")
     zoo = [m for m in cfg.models if m in ZOO]
-    if zoo and cfg.horizon is None:  # refused before anything trains
-        raise ValueError(f"{zoo[0]}: the zoo models answer the signal's question only; give --horizon")
+    one_question = [*zoo, *(["book_cnn"] if "book_cnn" in cfg.models else [])]
+    if one_question and cfg.horizon is None:  # refused before anything trains
+        raise ValueError(f"{one_question[0]}: the zoo models answer the signal's question only; give --horizon")
     # every tuning record read and checked before the first fit
     tuned = {kind: load_tuned(cfg.params, kind, cfg.horizon) for kind in zoo} if cfg.params is not None else {}
     torch.manual_seed(cfg.seed)
@@ -294,6 +298,11 @@ def _train_all(cfg: TrainConfig) -> dict[str, Any]:
         }
         torch.save({"state_dict": image_model.state_dict(), "result": result}, cfg.work_dir / f"{label}.pt")
         summary[label] = {k: v for k, v in result.items() if k != "history"}
+    if "book_cnn" in cfg.models:  # on recorded depth, not bars (models.book)
+        assert cfg.horizon is not None
+        summary[BOOK_NAME] = train_book(
+            cfg.data_dir, cfg.work_dir, cfg.horizon, cfg.depth_recordings, cfg, cfg.zoo_epochs
+        )
     (cfg.work_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

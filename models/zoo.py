@@ -20,6 +20,11 @@ Each follows its seed; where the seed leaves a choice open, the choice is stated
   0.5 after the first two; flatten (128 x 2 x 72) → dense 256 → dropout 0.5 → the logit (the seed's
   regression output becomes the direction's logit: the signal asks up or down). With
   ``in_channels=2`` it is the seed's two-layer variant, BTC's image stacked as a second channel.
+* :class:`BookCNN` — seed 000 §4.3 (its Example 2): the order-book heatmap as a one-channel image,
+  three unpadded 3x3 convolutions (16, 32, 64, ReLU) with 2x2 max pooling after the first two, global
+  average pooling, dense 64 → ReLU → dropout 0.3 → the logit. It reads ``(batch, 1, 200, rows)``:
+  :func:`inference.render.book_heatmap` of the depth window (price by time), trained by
+  :mod:`models.book` on recorded depth, not on bars.
 * :class:`BiLSTM` — seed 001 §4.3.4: two bidirectional LSTM layers of 32 units a direction (64 out),
   each followed by BatchNorm and Dropout, flattened over the last 24 steps into one dense output.
 
@@ -41,6 +46,7 @@ __all__ = [
     "FAMILIES",
     "ZOO",
     "BiLSTM",
+    "BookCNN",
     "DenseNet",
     "MultiScaleCNN",
     "zoo_input",
@@ -190,6 +196,27 @@ class CIPM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, channels, height, width)`` images in [0, 1]."""
         out: Tensor = self.head(self.features(x))
+        return out
+
+
+class BookCNN(nn.Module):
+    def __init__(self, dropout: float = 0.3, num_outputs: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+        )
+        self.head = _head(64, dropout, num_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(batch, 1, price bins, time)`` heatmaps in [0, 1]."""
+        out: Tensor = self.head(self.features(x).mean(dim=(2, 3)))
         return out
 
 

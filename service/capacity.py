@@ -58,8 +58,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "artifacts" / "manife
 
 def shipped_components(manifest: Path = SHIPPED) -> tuple[str, ...]:
     """The component names every signal carries with the shipped models (one report each): a
-    failover ladder's upper rungs are not among them (one rung of each reports; on a CPU host the B0)."""
-    return tuple(c.name for c in Manifest.load(manifest).components if not c.stands_in_for)
+    failover ladder's upper rungs are not among them (one rung of each reports; on a CPU host the B0),
+    nor the components shipped off by default (``opt_in``)."""
+    return tuple(c.name for c in Manifest.load(manifest).components if not c.stands_in_for and not c.opt_in)
 
 
 DEPTH = 50

@@ -110,6 +110,7 @@ def model_registry(settings: Settings, metrics: WorkerMetrics) -> ModelRegistry:
         prefer_gpu=settings.prefer_gpu,
         threads=settings.inference_threads,
         weights=settings.component_weights,
+        opt_in=settings.model_opt_in,
         poll_s=settings.manifest_poll_s,
         metrics=metrics,
     )

@@ -34,7 +34,12 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     t.add_argument(
         "--models",
         default="tcn,efficientnet",
-        help="tcn, efficientnet; the zoo: dense, cnn1d, mscnn, cnn_ta, bilstm, cipm",
+        help="tcn, efficientnet; the zoo: dense, cnn1d, mscnn, cnn_ta, bilstm, cipm, cipm_btc, book_cnn (depth)",
+    )
+    t.add_argument(
+        "--depth-recordings",
+        default="",
+        help="book_cnn: `candlecast record` files to train on too, comma-separated (beside data-dir/orderbook)",
     )
     t.add_argument("--timeframes", default="1,5,15,60")
     t.add_argument("--seed", type=int, default=0)
@@ -116,6 +121,9 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     v.add_argument("--horizon", type=int, default=None, help="minutes ahead (default: the manifest ensemble's)")
     v.add_argument("--from", dest="since", type=_bar_time, default=None, help="first bar to call: ISO UTC time or ms")
     v.add_argument("--until", type=_bar_time, default=None, help="last bar to call: ISO UTC time or ms")
+    v.add_argument(
+        "--data-dir", type=Path, default=Path("../shared/data"), help="its orderbook/ scores the depth components"
+    )
     v.set_defaults(handler=_cmd_evaluate)
 
 
@@ -140,6 +148,7 @@ async def _cmd_train(args: argparse.Namespace) -> int:
         fine_tune_epochs=args.fine_tune_epochs,
         init_from=args.init_from,
         params=args.params,
+        depth_recordings=tuple(Path(p.strip()) for p in args.depth_recordings.split(",") if p.strip()),
     )
     summary = await asyncio.to_thread(train_all, cfg)
     print_json(summary)
@@ -244,6 +253,7 @@ async def _cmd_evaluate(args: argparse.Namespace) -> int:
         horizon=args.horizon,
         since_ms=args.since,
         until_ms=args.until,
+        data_dir=args.data_dir,
     )
     try:
         await asyncio.to_thread(evaluate, cfg)  # prints progress and where the report went

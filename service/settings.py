@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     component_weights: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict, description="manifest weight overrides, e.g. tcn_1m=0.5,efficientnet_60m=0"
     )
+    model_opt_in: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="components the manifest ships off by default to enable, e.g. book_cnn_1m"
+    )
     worker_group: str = Field(default="candlecast-workers", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     worker_consumer: str = Field(
         default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$", description="name in the consumer group; default host-pid"
@@ -213,6 +216,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected component=weight pairs with weights >= 0, e.g. tcn_1m=0.5, got {part!r}")
             out[name.strip()] = w
         return out
+
+    @field_validator("model_opt_in", mode="before")
+    @classmethod
+    def _parse_opt_in(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, list):
+            bad = [str(v) for v in value if not _COMPONENT.fullmatch(str(v))]
+            if bad:
+                raise ValueError(f"invalid component name(s) {bad}: expected names like book_cnn_1m")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

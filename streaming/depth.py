@@ -17,7 +17,7 @@ import numpy.typing as npt
 from streaming.book import BookView
 from streaming.errors import StoreError
 
-__all__ = ["BAND", "BINS_PER_SIDE", "DepthRow", "decode_row", "encode_row", "sample_row"]
+__all__ = ["BAND", "BINS_PER_SIDE", "DepthRow", "decode_row", "encode_row", "sample_levels", "sample_row", "slot_start"]
 
 BINS_PER_SIDE = 100
 BAND = 0.02
@@ -30,6 +30,12 @@ class DepthRow:
     mid: float
     bids: npt.NDArray[np.float32]  # bin 0 nearest mid
     asks: npt.NDArray[np.float32]
+
+
+def slot_start(ts: int, sample_ms: int) -> int:
+    """The sampling slot of an update at exchange time ``ts``: a book's row of a slot is taken at the
+    first update inside it (the ingestor's rule, and the one ``candlecast train`` replays recordings by)."""
+    return ts - ts % sample_ms
 
 
 def sample_row(view: BookView, slot_ts: int) -> DepthRow:

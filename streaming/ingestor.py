@@ -17,7 +17,7 @@ from streaming.backoff import Backoff
 from streaming.book import ApplyResult, BookState, OrderBook
 from streaming.clock import MAX_AHEAD_MS, ExchangeClock, from_the_future
 from streaming.connection import FeedConnection
-from streaming.depth import sample_levels
+from streaming.depth import sample_levels, slot_start
 from streaming.errors import FrameError, RestBanned, RestRejected, RestRetryable, StoreError
 from streaming.frames import BookUpdate, KlineUpdate, Message
 from streaming.klines import Bar, interval_ms, last_closed_start
@@ -267,7 +267,7 @@ class Ingestor:
             self._publish_book(msg.symbol)
             conn.resync(msg.topic)
             return
-        slot = msg.ts - msg.ts % self.config.depth_sample_ms
+        slot = slot_start(msg.ts, self.config.depth_sample_ms)
         if was is not BookState.READY or slot > self._last_slot.get(msg.symbol, -1):
             if slot > self._last_slot.get(msg.symbol, -1):
                 self._last_slot[msg.symbol] = slot

@@ -77,10 +77,18 @@ class MemoryStore:
         return result
 
     async def read_symbol(
-        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+        self,
+        symbol: str,
+        intervals: Sequence[str],
+        depth: int,
+        *,
+        with_depth: bool = True,
+        depth_after_ms: int | None = None,
     ) -> SymbolWindows:
         bars = {iv: [b for _, b in sorted(self._bars.get((symbol, iv), {}).items())] for iv in intervals}
-        rows = [r for _, r in sorted(self._depth.get((symbol, depth), {}).items())] if with_depth else []
+        after = -1 if depth_after_ms is None else depth_after_ms
+        held = self._depth.get((symbol, depth), {}) if with_depth else {}
+        rows = [r for ts, r in sorted(held.items()) if ts > after]
         return SymbolWindows(
             symbol=symbol,
             bars=bars,

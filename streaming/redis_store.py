@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streaming.bar_events import BarEventError, decode_bar_event, encode_bar_event
-from streaming.depth import decode_row, encode_row
+from streaming.depth import DepthRow, decode_row, encode_row
 from streaming.errors import StoreError
 from streaming.klines import Bar, decode_bar, encode_bar
 from streaming.redis_boundary import UNAVAILABLE, store_errors, text
@@ -166,7 +166,13 @@ class RedisStore:
         self._unsent_events.clear()
 
     async def read_symbol(
-        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+        self,
+        symbol: str,
+        intervals: Sequence[str],
+        depth: int,
+        *,
+        with_depth: bool = True,
+        depth_after_ms: int | None = None,
     ) -> SymbolWindows:
         with store_errors():
             async with self._r.pipeline(transaction=True) as pipe:
@@ -175,7 +181,8 @@ class RedisStore:
                 pipe.hgetall(self.keys.book(symbol, depth))
                 pipe.hgetall(self.keys.status(symbol))
                 if with_depth:
-                    pipe.zrange(self.keys.depth(symbol, depth), 0, -1)
+                    after = "-inf" if depth_after_ms is None else f"({depth_after_ms}"
+                    pipe.zrangebyscore(self.keys.depth(symbol, depth), after, "+inf")
                 replies = await pipe.execute()
         n = len(intervals)
         bars: dict[str, list[Bar]] = {}
@@ -195,9 +202,9 @@ class RedisStore:
             book_raw: dict[bytes, bytes] = replies[n]
             book = BookStatus.from_fields({text(k): text(v) for k, v in book_raw.items()}) if book_raw else None
             status = {text(k): text(v) for k, v in replies[n + 1].items()}
-            rows = [decode_row(m) for m in replies[n + 2]] if with_depth else []
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
+        rows = _depth_rows(replies[n + 2], self.keys.depth(symbol, depth)) if with_depth else []
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status, corrupt=frozenset(corrupt))
 
     async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
@@ -255,3 +262,15 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+
+def _depth_rows(members: Sequence[bytes], key: str) -> list[DepthRow]:
+    """The decodable heatmap rows of a depth window, oldest first. A damaged row is skipped (a missing
+    sampling slot, which the readers' gap check judges), never the whole symbol, never repeated."""
+    rows = []
+    for member in members:
+        try:
+            rows.append(decode_row(member))
+        except StoreError:
+            log.error("%s: an undecodable depth row skipped", key)
+    return rows

@@ -128,12 +128,19 @@ class WindowStore(Protocol):
         ...
 
     async def read_symbol(
-        self, symbol: str, intervals: Sequence[str], depth: int, *, with_depth: bool = True
+        self,
+        symbol: str,
+        intervals: Sequence[str],
+        depth: int,
+        *,
+        with_depth: bool = True,
+        depth_after_ms: int | None = None,
     ) -> SymbolWindows:
         """Every window of one symbol, read consistently in one round trip.
 
         ``with_depth=False`` leaves out the depth-heatmap rows (hundreds of KB a symbol) for readers
-        that do not use them, such as the worker on every bar close.
+        that do not use them, such as the worker on every bar close; ``depth_after_ms`` reads only the
+        rows sampled after it (the heatmap CNN's minute, not the whole window).
         """
         ...
 

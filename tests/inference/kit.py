@@ -352,6 +352,7 @@ async def running_worker(
     prefer_gpu: bool = False,
     session_factory: SessionFactory = ort.InferenceSession,
     available_providers: Sequence[str] | None = None,
+    opt_in: Sequence[str] = (),
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
@@ -364,6 +365,7 @@ async def running_worker(
         metrics=metrics,
         session_factory=session_factory,
         available_providers=available_providers,
+        opt_in=opt_in,
     )
     await registry.load()
     events = RedisEventSource(client, store.keys.bar_events, group=group, consumer=consumer)

@@ -47,6 +47,7 @@ def h1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data.mkdir(parents=True)
     for name in (BYBIT, BINANCE):
         (data / f"{name}.csv.gz").symlink_to(DATA_1M / f"{name}.csv.gz")
+    (root / "data" / "orderbook").symlink_to(DATA_1M.parent / "orderbook")  # the heatmap CNN's recorded depth
     work, artifacts = root / "work", root / "artifacts"
     cfg = TrainConfig(
         data_dir=root / "data",
@@ -66,6 +67,7 @@ def h1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train_all(cfg)
     train_all(dataclasses.replace(cfg, models=ZOO, timeframes=(1,), zoo_epochs=1))  # the seeds' zoo, on 1m
     train_all(dataclasses.replace(cfg, models=("efficientnet",), efficientnet_variant="b3"))  # the ladder's top
+    train_all(dataclasses.replace(cfg, models=("book_cnn",), zoo_epochs=1))  # on recorded depth, opt-in
     export_all(work, artifacts, root / "data", version="test", tcn_check_samples=64, image_check_samples=32)
     fit_linear(root / "data", artifacts, cap=4000, val_cap=800, workers=1)
     fit_ensemble(artifacts, root / "data", per_series=1500)
@@ -83,7 +85,18 @@ def test_every_view_answers_the_signal_question_pretrained_elsewhere_and_fine_tu
 ) -> None:
     manifest = Manifest.load(h1["artifacts"] / "manifest.json")
     by_name = {c.name: c for c in manifest.components}
-    assert set(by_name) == {"tcn_1m", "tcn_5m", "efficientnet_1m", "efficientnet_5m", "linear_1m", *ZOO_1M, *B3}
+    assert set(by_name) == {
+        "tcn_1m",
+        "tcn_5m",
+        "efficientnet_1m",
+        "efficientnet_5m",
+        "linear_1m",
+        *ZOO_1M,
+        *B3,
+        "book_cnn_1m",
+    }
+    book = by_name["book_cnn_1m"]
+    assert book.opt_in and book.training["parity_max_abs_diff"] <= 1e-4 and book.horizon_minutes == 1
     for tf in ("1", "5"):  # the failover ladder: B3 stands in for the B0 of its timeframe, from its own file
         b3 = by_name[f"efficientnet_b3_{tf}m"]
         assert (b3.variant, b3.stands_in_for, b3.file) == ("b3", f"efficientnet_{tf}m", "efficientnet_b3.onnx")
@@ -129,9 +142,13 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
     from streaming.store import BarEvent, WriteBatch
 
     out = tmp_path / "eval"
-    result = evaluate(EvaluateConfig(files=(h1["slice"],), out_dir=out, artifacts=h1["artifacts"]))
+    result = evaluate(
+        EvaluateConfig(files=(h1["slice"],), out_dir=out, artifacts=h1["artifacts"], data_dir=h1["root"] / "data")
+    )
     # the B3 rows come from the CPU (no GPU here); the ensemble is the CPU host's, B0 in the slot
-    assert {"tcn_5m", "efficientnet_5m", *ZOO_1M, *B3} <= set(result["strategies"])
+    assert {"tcn_5m", "efficientnet_5m", *ZOO_1M, *B3, "book_cnn_1m"} <= set(result["strategies"])
+    book = result["strategies"]["book_cnn_1m"]  # scored on the held-out depth, off by default or not
+    assert book["n"] >= 1 and book["small_sample"] and book["every_second_n"] > 30
     assert set(result["meta"]["ensemble"]["weights"]).isdisjoint(B3)
     assert result["meta"]["not_evaluated"] == {}
     with gzip.open(out / "predictions.csv.gz", "rt", newline="") as fh:
@@ -178,7 +195,8 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
     # the model card's comparison: every zoo row with its inference time, training time and parity
     card = model_card(Manifest.load(h1["artifacts"] / "manifest.json"), out).splitlines()
     header = [h.strip() for h in card[card.index(next(x for x in card if x.startswith("| strategy |")))].split("|")]
-    for name in ZOO_1M:
+    assert any(x.startswith("`book_cnn_1m`") and "Off by default" in x for x in card)
+    for name in (*ZOO_1M, "book_cnn_1m"):
         cells = [x.strip() for x in next(x for x in card if x.startswith(f"| {name} |")).split("|")]
         assert float(cells[header.index("inference ms")]) > 0, name
         assert float(cells[header.index("train s")].replace(",", "")) >= 0, name

@@ -221,6 +221,14 @@ async def test_depth_rows_can_be_left_out_of_a_read(store: WindowStore) -> None:
     assert len((await store.read_symbol("BTCUSDT", ["1"], 50)).depth) == 1
 
 
+async def test_a_read_can_take_only_the_newest_depth_rows(store: WindowStore) -> None:
+    rows = [row(T0 + k * 1000) for k in range(4)]
+    await store.write(WriteBatch(bars={("BTCUSDT", "1"): [bar(0)]}, depth_rows={("BTCUSDT", 50): rows}))
+    recent = await store.read_symbol("BTCUSDT", ["1"], 50, depth_after_ms=T0 + 1000)
+    assert [r.ts for r in recent.depth] == [T0 + 2000, T0 + 3000]  # strictly after, oldest first
+    assert len((await store.read_symbol("BTCUSDT", ["1"], 50)).depth) == 4
+
+
 async def test_announced_events_follow_the_written_ones_in_order(store: WindowStore) -> None:
     await write_bars(store, [bar(0), bar(1)])
     again = [BarEvent("BTCUSDT", "1", T0), BarEvent("BTCUSDT", "1", T0 + MINUTE_MS)]
