@@ -40,6 +40,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "artifacts",
         "per_signal_ms",
         "components_voting_median",
+        "opted_in",
         "sources",
         "ladder",
         "burst",
@@ -47,6 +48,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "aim",
     ]
     assert result["machine"]["torch"] == "stand-in"
+    assert result["opted_in"] == ["book_cnn_1m"]  # the whole zoo: the heatmap CNN, off by default, too
     shipped = sorted(ARTIFACTS.glob("*.onnx"))
     assert result["artifacts"] == {
         "onnx_files": len(shipped),

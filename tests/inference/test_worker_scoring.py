@@ -157,7 +157,8 @@ def test_the_model_record_carries_the_manifests_validation_figures_and_drift() -
     held = shipped.ensemble.fitted["calibration_half"] if shipped.ensemble else {}
     assert record["validation"]["signal"]["accuracy_moved"] == held["accuracy_moved"]
     # the stacker's components: every shipped one but the ladder's GPU rungs (their B0s fill the slots)
-    stacked = {c.spec.name for c in shipped.components if not c.spec.stands_in_for}
+    # and those off by default (the heatmap CNN: no stacker weight, no validation figure of the stack)
+    stacked = {c.spec.name for c in shipped.components if not c.spec.stands_in_for and not c.spec.opt_in}
     assert set(record["validation"]["components"]) == stacked
 
 
