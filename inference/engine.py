@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,11 +33,10 @@ import numpy.typing as npt
 from inference.checks import bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
-from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, round_bp, sigmoid, stack
+from inference.decision import decide, slot, stacker_for, vote_report, weighs
+from inference.ensemble import Economics, round_bp
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
-from inference.linear_features import LINEAR_BARS, ewma_variance
-from inference.manifest import EnsembleSpec
 from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
@@ -47,7 +45,7 @@ from streaming.errors import StoreError, StoreUnavailable
 from streaming.klines import Bar, interval_ms
 from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 
-__all__ = ["SignalEngine", "decide", "quorum_base", "vote_report"]
+__all__ = ["SignalEngine", "decide", "vote_report"]
 
 log = logging.getLogger(__name__)
 
@@ -131,48 +129,6 @@ class _Drafts:
 
     def vote(self, c: LoadedComponent, report: ComponentReport) -> None:
         self.reports[c.name] = report
-
-
-def vote_report(
-    c: LoadedComponent, row: npt.NDArray[np.float64], provider: str, latency_ms: float | None
-) -> ComponentReport | None:
-    """The report of a component whose output row is ``row`` (its heads, in the manifest's order), or
-    ``None`` when the row is unusable (wrong width, not finite). Shared with ``candlecast evaluate``."""
-    heads = _heads(c.spec.heads, row)
-    if heads is None:
-        return None
-    return ComponentReport(
-        c.name,
-        c.timeframe,
-        c.spec.horizon,
-        sigmoid(heads["logit"]),
-        c.weight,
-        c.spec.version,
-        provider,
-        latency_ms,
-        "voted",
-        None,
-        c.spec.horizon_min,
-        heads.get("abs_move_bp"),
-        heads.get("volatility_bp"),
-        c.spec.stands_in_for or None,
-    )
-
-
-def _heads(spec_heads: tuple[str, ...], row: npt.NDArray[np.float64]) -> dict[str, float] | None:
-    """The named output columns of one row (None when a value is not finite): the logit as is, the
-    magnitude floored at 0.01 bp, the variance as a volatility (bp, floored at 0.01)."""
-    if len(row) != len(spec_heads) or not np.isfinite(row).all():
-        return None
-    out = {}
-    for name, value in zip(spec_heads, row.tolist(), strict=True):
-        if name == "abs_move_bp":
-            out[name] = max(value, 0.01)
-        elif name == "var_bp2":
-            out["volatility_bp"] = math.sqrt(max(value, 1e-4))
-        else:
-            out[name] = value
-    return out
 
 
 class SignalEngine:
@@ -302,11 +258,11 @@ class SignalEngine:
         voters = [r for r in reports if r.status == "voted" and r.p_up is not None]
         # the voices answering H are slots: a ladder (B3 over B0) is one, whichever rung of it ran; a
         # component whose vote weighs nothing (an opt-in one outside the stacker) is shown, not counted
-        stacker = _stacker(models.ensemble, self.config.horizon_minutes)
+        stacker = stacker_for(models.ensemble, self.config.horizon_minutes)
         answering = {
-            _slot(r)
+            slot(r)
             for r in reports
-            if r.horizon_minutes == self.config.horizon_minutes and _weighs(_slot(r), r.weight, stacker)
+            if r.horizon_minutes == self.config.horizon_minutes and weighs(slot(r), r.weight, stacker)
         }
         finest = closed.get(self.config.finest, [])
         reference = float(finest[-1].close) if finest else None
@@ -351,7 +307,7 @@ class SignalEngine:
                 cost_bp=money.cost_bp,
                 tradeable=money.tradeable,
                 calibrated=result.calibrated,
-                partial=len({_slot(r) for r in voters} & answering) < len(answering),
+                partial=len({slot(r) for r in voters} & answering) < len(answering),
                 models=models.id,
                 ladder=ladder_rung(voters, models),
             )
@@ -568,27 +524,6 @@ class SignalEngine:
 IDLE = frozenset({"gpu_not_bound", "standby", "opt_in_only"})
 
 
-def quorum_base(components: Sequence[LoadedComponent], ensemble: EnsembleSpec | None, horizon_minutes: int) -> int:
-    """How many slots of these components (answering H) can move the call: ``decide``'s ``answering``
-    for ``candlecast evaluate``, counted as the engine counts its reports."""
-    stacker = _stacker(ensemble, horizon_minutes)
-    return len({c.slot for c in components if _weighs(c.slot, c.weight, stacker)})
-
-
-def _slot(r: ComponentReport) -> str:
-    return r.stands_in_for or r.name
-
-
-def _stacker(ensemble: EnsembleSpec | None, horizon_minutes: int) -> EnsembleSpec | None:
-    """The manifest's stacker when it answers the signal's horizon (else the weighted mean applies)."""
-    return ensemble if ensemble is not None and ensemble.horizon_minutes == horizon_minutes else None
-
-
-def _weighs(slot: str, weight: float, stacker: EnsembleSpec | None) -> bool:
-    """Whether a slot's vote can move the call: it has a stacker weight, or (no stacker) a weight > 0."""
-    return slot in stacker.weights if stacker is not None else weight > 0
-
-
 def ladder_rung(voters: Sequence[ComponentReport], models: ModelSet) -> str | None:
     """Which rung of the image-model ladder voted: ``efficientnet-b3`` over ``efficientnet-b0``
     (the variant of the highest rung that voted); None when no image model voted."""
@@ -607,57 +542,6 @@ def _contiguous_closes(bars: Sequence[Bar], interval: str) -> list[float]:
     while first > 0 and bars[first].start - bars[first - 1].start == step:
         first -= 1
     return [float(b.close) for b in bars[max(first, 0) :]]
-
-
-def decide(
-    voters: Sequence[ComponentReport],
-    ensemble: EnsembleSpec | None,
-    config: WorkerConfig,
-    finest_closes: Sequence[float],
-    answering: int | None = None,
-) -> tuple[EnsembleResult | None, Economics]:
-    """The ensemble's call and its economics from the components' votes: pure, shared by the engine
-    and ``candlecast evaluate``. The manifest's stacker when it answers ``config.horizon_minutes``,
-    the weighted mean otherwise; ``None`` when no vote is usable (the caller falls back). With fewer
-    than ``config.quorum`` of the ``answering`` components voting, the call is flat."""
-    stacker = _stacker(ensemble, config.horizon_minutes)
-    votes = [Vote(_slot(r), r.p_up, r.weight) for r in voters if r.p_up is not None]
-    try:
-        result: EnsembleResult | None = (
-            stack(votes, stacker) if stacker is not None else combine(votes, config.thresholds)
-        )
-    except ValueError:
-        result = None
-    counted = [v for v in votes if _weighs(v.component, v.weight, stacker)]  # a weightless vote is no voice
-    if result is not None and answering and len(counted) < config.quorum * answering:
-        result = replace(result, direction="flat")  # too few voices for a call: shown, not acted on
-    heads = voters if stacker is None or stacker.magnitude == "heads" else []
-    move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)
-    if result is None:
-        return None, economics(None, "flat", move_bp, vol_bp, config.fee_bp)
-    return result, economics(result.p_up, result.direction, move_bp, vol_bp, config.fee_bp)
-
-
-def _magnitude(
-    voters: Sequence[ComponentReport], finest_closes: Sequence[float], horizon_min: int
-) -> tuple[float | None, float | None]:
-    """(expected |move|, volatility) over the horizon, in bp: the mean of the voters' magnitude and
-    volatility heads where they have them, else from the EWMA of the finest closes (the volatility
-    baseline, :func:`inference.features.ewma_variance`; E|move| = √(2/π)·sd for a normal move)."""
-    moves = [r.expected_move_bp for r in voters if r.expected_move_bp is not None]
-    vols = [r.volatility_bp for r in voters if r.volatility_bp is not None]
-    if moves and vols:
-        return sum(moves) / len(moves), sum(vols) / len(vols)
-    vol: float | None = None  # none when even the baseline cannot be computed
-    if len(finest_closes) >= 11:
-        try:
-            vol = math.sqrt(ewma_variance(finest_closes[-LINEAR_BARS:]) * horizon_min)
-        except InferenceError:
-            vol = None
-    if vols:
-        vol = sum(vols) / len(vols)
-    move = sum(moves) / len(moves) if moves else (math.sqrt(2.0 / math.pi) * vol if vol is not None else None)
-    return move, vol
 
 
 def _one_behind(bars: Sequence[Bar], interval: str, now: int) -> bool:

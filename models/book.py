@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference.components import LoadedComponent
-from inference.engine import vote_report
+from inference.decision import vote_report
 from inference.manifest import Component, sha256_file
 from inference.render import BOOK_BINS_PER_SIDE, RENDERER_VERSION
 from inference.scoring import SIGN

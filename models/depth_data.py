@@ -151,23 +151,20 @@ def bybit_rows(path: Path, symbol: str, book_depth: int, sample_ms: int) -> list
 
 
 def depth_series(data_dir: Path) -> list[tuple[str, list[Path]]]:
-    """The Binance recording sessions under ``data_dir/orderbook``: contiguous daily files grouped."""
-    groups: dict[str, list[Path]] = {}
+    """The Binance recording sessions under ``data_dir/orderbook``: files of consecutive days grouped,
+    each session named by its stream and first day."""
+    days: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted((data_dir / "orderbook").glob("*_rawws_*.gz")):
-        m = _BINANCE.match(path.name)
-        if m:
-            groups.setdefault(m.group(1), []).append(path)
-    out = []
-    for name, paths in groups.items():
-        # a session is a run of consecutive days (files of days apart are separate sessions)
-        run = [paths[0]]
-        for path in paths[1:]:
-            if int(_BINANCE.match(path.name).group(2)) - int(_BINANCE.match(run[-1].name).group(2)) == 1:  # type: ignore[union-attr]
-                run.append(path)
-            else:
-                out.append((f"{name}_{_BINANCE.match(run[0].name).group(2)}", run))  # type: ignore[union-attr]
-                run = [path]
-        out.append((f"{name}_{_BINANCE.match(run[0].name).group(2)}", run))  # type: ignore[union-attr]
+        if m := _BINANCE.match(path.name):
+            days.setdefault(m.group(1), []).append((int(m.group(2)), path))
+    out: list[tuple[str, list[Path]]] = []
+    for stream, files in days.items():
+        previous = None
+        for day, path in files:
+            if previous is None or day - previous != 1:  # a new session
+                out.append((f"{stream}_{day}", []))
+            out[-1][1].append(path)
+            previous = day
     return out
 
 

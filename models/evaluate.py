@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from inference.components import DEPTH_KINDS, LoadedComponent, load_model_set
 from inference.config import WorkerConfig
-from inference.engine import decide, quorum_base, vote_report
+from inference.decision import decide, quorum_base, vote_report
 from inference.fallback import FALLBACK_BARS, FALLBACK_INTERVAL, momentum_direction, momentum_score
 from inference.linear_features import LINEAR_BARS
 from inference.manifest import Manifest, ManifestError
