@@ -10,7 +10,9 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 2. check each component's window (:func:`inference.checks.check_window`); a failing one is dropped;
 3. render the inputs in a thread, then run the components in one batch per artifact (all
    EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
-   what is not back within the latency budget is dropped as ``late``;
+   what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) has
+   the first half of it (``RUNG_SHARE``): late by then, it is dropped and the rung below runs in
+   the other half, in the same signal;
 4. a component forecasting another horizon than the configured ``horizon_minutes`` is dropped as
    ``horizon_mismatch``; the votes are stacked and calibrated as the manifest's ``ensemble`` says
    (weighted mean for a manifest without one), the call priced (:func:`inference.ensemble.economics`);
@@ -48,6 +50,9 @@ from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 __all__ = ["SignalEngine", "decide", "vote_report"]
 
 log = logging.getLogger(__name__)
+
+# The share of the latency budget a ladder rung (the B3) may take before the rung below runs instead.
+RUNG_SHARE = 0.5
 
 
 def _ms(seconds: float) -> float:
@@ -225,10 +230,11 @@ class SignalEngine:
                 ready = rung is not None and rung.session is not None and rung.session.broken is None
                 (standby if ready else runnable).append((c, closed[c.timeframe][-c.bars_needed :], lead, depth))
 
-        deadline = t_read + self.config.latency_budget_ms / 1000.0
+        budget_s = self.config.latency_budget_ms / 1000.0
+        deadline = t_read + budget_s
         inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
         t_render = time.perf_counter()
-        await self._infer(event.symbol, inputs, drafts, deadline)
+        await self._infer(event.symbol, inputs, drafts, deadline, rung_deadline=t_read + RUNG_SHARE * budget_s)
         # The ladder: a component whose rung voted stands by; one whose rung did not runs now.
         fallen = [w for w in standby if drafts.reports[stand_ins[w[0].name].name].status != "voted"]
         for c, *_ in standby:
@@ -453,7 +459,10 @@ class SignalEngine:
         inputs: list[tuple[LoadedComponent, npt.NDArray[np.float32]]],
         drafts: _Drafts,
         deadline: float,
+        rung_deadline: float | None = None,
     ) -> None:
+        """Run the inputs' batches; what is not back by ``deadline`` (a ladder rung's: by
+        ``rung_deadline``, so the rung below still has time) is dropped as ``late``."""
         batches: dict[int, _Batch] = {}
         for c, x in inputs:
             assert c.session is not None  # enabled components have one
@@ -465,7 +474,14 @@ class SignalEngine:
         tasks = {
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }
-        done, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.perf_counter()))
+        late: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
+        rungs = {t for t, b in tasks.items() if b.session.gpu_only}
+        if rungs and rung_deadline is not None:
+            _, late = await asyncio.wait(rungs, timeout=max(0.0, min(rung_deadline, deadline) - time.perf_counter()))
+        done: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
+        if rest := set(tasks) - late:
+            done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
+            late |= also_late
         for task in late:
             batch = tasks[task]
             for c, _ in batch.members:

@@ -11,6 +11,7 @@ import hashlib
 import math
 import random
 import shutil
+import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -258,27 +259,33 @@ class VanishingGpu:
     Passed to the worker's sessions as their session factory (with :attr:`providers` as what the
     runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
     report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
-    ORT raises when the device is gone. Sessions asked for on the CPU alone are real and untouched.
+    ORT raises when the device is gone. A run of a model named in :attr:`stalled` (its file name)
+    blocks until :attr:`released` is set: one far slower than usual (a TensorRT engine built on its
+    first run, a device shared with another job). Sessions asked for on the CPU alone are real and
+    untouched.
     """
 
     providers = ("CUDAExecutionProvider", CPU)
 
     def __init__(self) -> None:
         self.lost = False
+        self.stalled: set[str] = set()
+        self.released = threading.Event()
         self.built_on_cpu = 0
 
     def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
         if providers == [CPU]:
             self.built_on_cpu += 1
             return ort.InferenceSession(path, options, providers=providers)
-        return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers)
+        return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers, Path(path).name)
 
 
 class _GpuSession:
     """A session that says it is bound to the GPU (see :class:`VanishingGpu`)."""
 
-    def __init__(self, gpu: VanishingGpu, real: ort.InferenceSession, providers: list[str]) -> None:
+    def __init__(self, gpu: VanishingGpu, real: ort.InferenceSession, providers: list[str], file: str) -> None:
         self._gpu = gpu
+        self._file = file
         self._real = real
         self._providers = [p for p in providers if p != "TensorrtExecutionProvider"]
 
@@ -291,6 +298,8 @@ class _GpuSession:
     def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
         if self._gpu.lost:
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
+        if self._file in self._gpu.stalled:
+            self._gpu.released.wait(timeout=60.0)
         return self._real.run(outputs, feed)
 
 

@@ -144,6 +144,43 @@ async def test_b3_on_the_gpu_fills_b0s_slot_then_b0_takes_over_when_the_gpu_fail
         assert gpu.built_on_cpu == 2  # the TCN and the B0 moved to the CPU; the B3 never does
 
 
+async def test_a_b3_past_its_share_of_the_budget_hands_the_same_signal_to_the_b0(
+    redis_url: str, redis_store: RedisStore, cache: Path, tmp_path: Path
+) -> None:
+    """The B3 stops answering (the TCN and the B0 on the same GPU do not): by half the latency budget
+    (``RUNG_SHARE``) it is dropped as ``late`` and taken down, and the B0 answers in the other half,
+    in the same signal."""
+    gpu = VanishingGpu()
+    models = ladder(cache, tmp_path / "artifacts", ensemble=STACKER)
+    async with running_worker(
+        redis_url,
+        redis_store,
+        models,
+        prefer_gpu=True,
+        session_factory=gpu.build,
+        available_providers=gpu.providers,
+        latency_budget_ms=8000,
+    ) as h:
+        try:
+            first = await signal_at(h, redis_store, 0)
+            assert isinstance(first, Signal) and first.ladder == "efficientnet-b3"
+            gpu.stalled.add("efficientnet_b3.onnx")
+            second = await signal_at(h, redis_store, 1)
+            assert isinstance(second, Signal) and second.source == "ensemble"
+            assert status(second)["efficientnet_b3_1m"] == ("dropped", "late")
+            assert status(second)["efficientnet_1m"] == ("voted", None)  # the rung below
+            assert status(second)["tcn_1m"] == ("voted", None)
+            assert second.ladder == "efficientnet-b0" and not second.partial
+            b0 = next(c for c in second.components if c.name == "efficientnet_1m")
+            assert b0.provider == CUDA and b0.weight == STACKER.weights["efficientnet_1m"]
+            assert h.sample("candlecast_components_dropped_total", component="efficientnet_b3_1m", reason="late") == 1
+            third = await signal_at(h, redis_store, 2)  # the late rung is down: the B0 serves at once
+            assert isinstance(third, Signal) and status(third)["efficientnet_b3_1m"] == ("dropped", "gpu_failed")
+            assert status(third)["efficientnet_1m"] == ("voted", None)
+        finally:
+            gpu.released.set()
+
+
 def test_a_gpu_only_session_that_fails_stays_down_for_a_while_then_is_tried_again(cache: Path) -> None:
     gpu = VanishingGpu()
     now = [0.0]
