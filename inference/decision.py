@@ -21,7 +21,7 @@ from inference.config import WorkerConfig
 from inference.ensemble import Economics, EnsembleResult, Vote, combine, economics, sigmoid, stack
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS, ewma_variance
-from inference.manifest import EnsembleSpec
+from inference.manifest import EnsembleSpec, VolatilityStack
 from inference.signal import ComponentReport
 
 __all__ = ["decide", "quorum_base", "slot", "stacker_for", "vote_report", "weighs"]
@@ -112,11 +112,43 @@ def decide(
     counted = [v for v in votes if weighs(v.component, v.weight, stacker)]  # a weightless vote is no voice
     if result is not None and answering and len(counted) < config.quorum * answering:
         result = replace(result, direction="flat")  # too few voices for a call: shown, not acted on
-    heads = voters if stacker is None or stacker.magnitude == "heads" else []
-    move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)
+    if stacker is not None and stacker.volatility is not None:
+        move_bp, vol_bp = _stacked_magnitude(voters, stacker.volatility, finest_closes, config.horizon_minutes)
+    else:
+        heads = voters if stacker is None or stacker.magnitude == "heads" else []
+        move_bp, vol_bp = _magnitude(heads, finest_closes, config.horizon_minutes)
     if result is None:
         return None, economics(None, "flat", move_bp, vol_bp, config.fee_bp)
     return result, economics(result.p_up, result.direction, move_bp, vol_bp, config.fee_bp)
+
+
+_VAR_FLOOR, _VAR_CAP = 1e-4, 1e8  # bp²: what QLIKE floors a forecast at; a 100 % move
+
+
+def _ewma_over(finest_closes: Sequence[float], horizon_min: int) -> float | None:
+    """The EWMA baseline's variance over the horizon (bp²), or None with too few closes."""
+    if len(finest_closes) < 11:
+        return None
+    try:
+        return ewma_variance(finest_closes[-LINEAR_BARS:]) * horizon_min
+    except InferenceError:
+        return None
+
+
+def _stacked_magnitude(
+    voters: Sequence[ComponentReport], spec: VolatilityStack, finest_closes: Sequence[float], horizon_min: int
+) -> tuple[float | None, float | None]:
+    """(expected |move|, volatility) in bp from the volatility stacker (see :class:`VolatilityStack`);
+    (None, None) when the EWMA it is anchored on cannot be computed."""
+    ewma = _ewma_over(finest_closes, horizon_min)
+    if ewma is None:
+        return None, None
+    ln_ewma = math.log(min(max(ewma, _VAR_FLOOR), _VAR_CAP))
+    ln_heads = {slot(r): 2.0 * math.log(r.volatility_bp) for r in voters if r.volatility_bp is not None}
+    ln_v = spec.intercept + spec.ewma * ln_ewma
+    ln_v += sum(w * ln_heads.get(name, ln_ewma) for name, w in spec.weights.items())
+    vol = math.sqrt(min(max(math.exp(min(ln_v, 50.0)), _VAR_FLOOR), _VAR_CAP))
+    return spec.move_per_vol * vol, vol
 
 
 def _magnitude(
@@ -129,12 +161,8 @@ def _magnitude(
     vols = [r.volatility_bp for r in voters if r.volatility_bp is not None]
     if moves and vols:
         return sum(moves) / len(moves), sum(vols) / len(vols)
-    vol: float | None = None  # none when even the baseline cannot be computed
-    if len(finest_closes) >= 11:
-        try:
-            vol = math.sqrt(ewma_variance(finest_closes[-LINEAR_BARS:]) * horizon_min)
-        except InferenceError:
-            vol = None
+    ewma = _ewma_over(finest_closes, horizon_min)  # none when even the baseline cannot be computed
+    vol = math.sqrt(ewma) if ewma is not None else None
     if vols:
         vol = sum(vols) / len(vols)
     move = sum(moves) / len(moves) if moves else (math.sqrt(2.0 / math.pi) * vol if vol is not None else None)

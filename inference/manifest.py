@@ -36,7 +36,7 @@ from typing import Any
 from inference.drift import valid_drift_stats
 from inference.errors import InferenceError
 
-__all__ = ["HEADS", "Component", "EnsembleSpec", "Manifest", "ManifestError", "sha256_file"]
+__all__ = ["HEADS", "Component", "EnsembleSpec", "Manifest", "ManifestError", "VolatilityStack", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,52 @@ def _finite(value: Any, what: str) -> float:
 
 
 @dataclass(frozen=True)
+class VolatilityStack:
+    """The volatility stacker (``magnitude: "stack"``), fitted on the validation span by QLIKE.
+
+    ``ln V = intercept + ewma·ln V_ewma + Σ weights[c]·ln V_c`` over the components with a variance
+    head (bp² over the horizon, floored at 1e-4; a component that did not vote reads as the EWMA's
+    ``V_ewma``, so its absence leaves the baseline's weight in its place); the volatility is ``√V`` and
+    the expected absolute move ``move_per_vol·√V``.
+    """
+
+    weights: dict[str, float]
+    ewma: float
+    intercept: float
+    move_per_vol: float
+
+    @classmethod
+    def parse(cls, raw: Any) -> VolatilityStack:
+        section = _object(raw, "volatility")
+        try:
+            weights = _object(section["weights"], "volatility weights")
+            move_per_vol = _finite(section["move_per_vol"], "volatility move_per_vol")
+            if not 0.0 < move_per_vol <= 2.0:
+                raise ManifestError(f"ensemble: volatility move_per_vol must lie in (0, 2], got {move_per_vol}")
+            return cls(
+                weights={str(k): _finite(v, f"volatility weight of {k}") for k, v in weights.items()},
+                ewma=_finite(section["ewma"], "volatility ewma"),
+                intercept=_finite(section["intercept"], "volatility intercept"),
+                move_per_vol=move_per_vol,
+            )
+        except KeyError as exc:
+            raise ManifestError(f"ensemble: volatility: missing {exc}") from None
+
+
+MAGNITUDES = ("heads", "ewma", "stack")
+
+
+@dataclass(frozen=True)
 class EnsembleSpec:
     """The stacker, fitted on the validation span (``models.stack``), as serving applies it.
 
     ``z = intercept + Σ weights[c]·logit_c`` over the components that voted (a missing one adds 0,
     i.e. no opinion); the calibrated ``P(up) = sigmoid(a·z + b)`` (Platt, fitted on the later half of the
     validation span); long when ``P(up) >= threshold``, short when ``P(up) <= 1 - threshold``.
-    ``magnitude`` says where the expected move and volatility come from: the components' heads, or
-    the EWMA baseline when the heads did not beat it on validation.
+    ``magnitude`` says where the expected move and volatility come from, whichever forecast the
+    variance best on validation (QLIKE): the mean of the components' heads (``heads``), the EWMA
+    baseline (``ewma``), or the volatility stacker (``stack``, :class:`VolatilityStack`, then given
+    as ``volatility``).
     """
 
     horizon_minutes: int
@@ -204,8 +242,9 @@ class EnsembleSpec:
     intercept: float
     calibration: dict[str, Any]
     threshold: float
-    magnitude: str = "heads"  # "heads": the components' magnitude/volatility heads; "ewma": the baseline
+    magnitude: str = "heads"  # one of MAGNITUDES
     fitted: dict[str, Any] = field(default_factory=dict)  # spans, samples, validation figures
+    volatility: VolatilityStack | None = None  # with magnitude "stack"
 
     @classmethod
     def parse(cls, raw: Any) -> EnsembleSpec:
@@ -225,10 +264,14 @@ class EnsembleSpec:
             if not 0.5 <= threshold < 1.0:
                 raise ManifestError(f"ensemble: threshold must lie in [0.5, 1), got {threshold}")
             magnitude = raw.get("magnitude", "heads")
-            if magnitude not in ("heads", "ewma"):
-                raise ManifestError(f"ensemble: magnitude must be 'heads' or 'ewma', got {magnitude!r}")
+            if magnitude not in MAGNITUDES:
+                raise ManifestError(f"ensemble: magnitude must be one of {', '.join(MAGNITUDES)}, got {magnitude!r}")
+            volatility = VolatilityStack.parse(raw["volatility"]) if raw.get("volatility") is not None else None
+            if (magnitude == "stack") != (volatility is not None):
+                raise ManifestError("ensemble: a volatility section goes with magnitude 'stack', and only with it")
             return cls(
                 magnitude=magnitude,
+                volatility=volatility,
                 horizon_minutes=h,
                 weights={str(k): _finite(v, f"weight of {k}") for k, v in weights.items()},
                 intercept=_finite(raw["intercept"], "intercept"),
@@ -287,7 +330,7 @@ class Manifest:
             "components": [_entry(c) for c in self.components],
         }
         if self.ensemble is not None:
-            body["ensemble"] = asdict(self.ensemble)
+            body["ensemble"] = {k: v for k, v in asdict(self.ensemble).items() if v is not None}
         if self.drift is not None:
             body["drift"] = self.drift
         path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")

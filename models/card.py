@@ -8,10 +8,11 @@ Numbers are copied as measured; nothing here is tuned or rounded up.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from inference.manifest import Component, Manifest
+from inference.manifest import Component, EnsembleSpec, Manifest
 
 __all__ = ["comparison_table", "model_card"]
 
@@ -105,9 +106,7 @@ def model_card(manifest: Manifest, evaluation: Path | None = None) -> str:
             f" {half.get('coverage', float('nan')):.3f}, accuracy {half.get('accuracy_moved', float('nan')):.4f}"
             f" (majority {half.get('majority_moved', float('nan')):.4f}), Brier skill"
             f" {half.get('brier_skill', float('nan')):.5f} (in-sample for the threshold: read the held-out table).",
-            f"Expected move and volatility: `{spec.magnitude}` (the volatility heads' QLIKE"
-            f" {f.get('volatility', {}).get('qlike_heads', float('nan')):.4f} against the EWMA's"
-            f" {f.get('volatility', {}).get('qlike_ewma', float('nan')):.4f} on validation; lower wins).",
+            _magnitude_line(spec),
             "",
             "| component | stacker weight | validation accuracy (moved) | validation Brier skill |",
             "|---|---|---|---|",
@@ -212,3 +211,26 @@ def _fine_tune(training: dict[str, Any]) -> str:
         f"{ft.get('samples')} Bybit samples, val loss {ft.get('val_loss_before', float('nan')):.5f}"
         f" → {ft.get('val_loss_after', float('nan')):.5f}: {verdict}"
     )
+
+
+def _magnitude_line(spec: EnsembleSpec) -> str:
+    """Where the expected move and volatility come from, and the validation QLIKE that chose it."""
+    vol = spec.fitted.get("volatility", {})
+    scores = ", ".join(
+        f"{label} {vol[key]:.4f}"
+        for key, label in (
+            ("qlike_heads", "the heads' mean"),
+            ("qlike_ewma", "the EWMA"),
+            ("qlike_stack", "the stacker"),
+        )
+        if isinstance(vol.get(key), float) and math.isfinite(vol[key])
+    )
+    line = f"Expected move and volatility: `{spec.magnitude}` (QLIKE on the calibration half, lower wins: {scores})."
+    if spec.volatility is not None:
+        v = spec.volatility
+        terms = " + ".join(f"{w:+.3f}·ln V_{name}" for name, w in v.weights.items())
+        line += (
+            f" The volatility stacker: ln V = {v.intercept:+.3f} + {v.ewma:.3f}·ln V_ewma + {terms}"
+            f" (a head that did not vote reads as the EWMA); E|move| = {v.move_per_vol:.3f}·√V."
+        )
+    return line

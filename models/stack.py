@@ -16,8 +16,11 @@ vote adds nothing to the stacker's sum, as in serving. Then, with the span cut i
    have the best lower 95 % Wilson bound on accuracy (moved bars), among thresholds calling at least
    10 % of bars and 500 bars.
 
-4. **magnitude**: the components' volatility heads, or the EWMA baseline when the heads do not beat
-   it (QLIKE, second half).
+4. **magnitude** (:func:`fit_magnitude`): whichever forecasts the variance over H best on the
+   second half (QLIKE): the mean of the components' volatility heads, the EWMA baseline, or the
+   volatility stacker — ``ln V`` as a linear function of ``ln`` EWMA and each head's ``ln V``
+   (:class:`inference.manifest.VolatilityStack`), fitted by QLIKE on the first half, with the
+   expected absolute move a multiple of the volatility fitted there too.
 
 The result is written as the manifest's ``ensemble`` (:class:`inference.manifest.EnsembleSpec`),
 with each component's validation figures. The test span is never read.
@@ -38,18 +41,19 @@ from inference.config import WorkerConfig
 from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
-from inference.manifest import EnsembleSpec, Manifest
+from inference.manifest import EnsembleSpec, Manifest, VolatilityStack
 from inference.scoring import brier_skill, qlike, wilson
 from models.data import Series, aggregate, horizon_ends, horizon_targets, load_series, view_ends
 from models.datasets import LEADER, Cuts, leader_rows
 from models.drift_stats import write_drift_statistics
-from models.linear import ewma_of_windows, fit_logistic, iso_minute
+from models.linear import ewma_of_windows, fit_logistic, fit_qlike, iso_minute
 
 __all__ = [
     "choose_threshold",
     "component_outputs",
     "drift_reference",
     "fit_ensemble",
+    "fit_magnitude",
     "minute_bars_needed",
     "platt",
     "voters",
@@ -140,12 +144,48 @@ def component_outputs(
     return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
 
 
-def _mean_of_votes(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Per column, the mean of the finite entries (the components that voted); NaN where none did."""
-    finite = np.isfinite(rows)
-    count = finite.sum(axis=0)
-    total = np.where(finite, rows, 0.0).sum(axis=0)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+def fit_magnitude(
+    var_real: npt.NDArray[np.float64],
+    abs_move_bp: npt.NDArray[np.float64],
+    var_ewma: npt.NDArray[np.float64],
+    var_heads: npt.NDArray[np.float64],
+    names: list[str],
+    first: npt.NDArray[np.bool_],
+    second: npt.NDArray[np.bool_],
+) -> tuple[str, VolatilityStack | None, dict[str, Any]]:
+    """Where the signal's volatility comes from: ``heads``, ``ewma`` or ``stack``, the lowest QLIKE on
+    the ``second`` bars, and the stacker fitted on the ``first`` ones (None unless chosen).
+
+    ``var_heads`` is ``(n, len(names))``: each component's variance head over the horizon (bp²), NaN
+    where it did not vote; the heads' mean is taken as serving takes it (of the volatilities).
+    """
+    floor = 1e-4
+    ewma = np.maximum(var_ewma, floor)
+    voted = np.isfinite(var_heads)
+    heads = np.where(voted, np.maximum(var_heads, floor), ewma[:, None])  # a missing head reads as the EWMA
+    design = np.log(np.column_stack([ewma, heads]))
+    n_voted = voted.sum(axis=1)
+    vol_mean = np.where(voted, np.sqrt(heads), 0.0).sum(axis=1) / np.maximum(1, n_voted)
+    mean_heads = np.where(n_voted > 0, vol_mean**2, ewma)  # serving falls back to the EWMA where none voted
+    w, b = fit_qlike(design[first], var_real[first])
+    stacked = np.minimum(np.exp(np.minimum(design @ w + b, 50.0)), 1e8)
+    sigma = np.sqrt(stacked[first])
+    move_per_vol = float(np.clip(np.sum(abs_move_bp[first] * sigma) / max(1e-12, float(np.sum(sigma**2))), 0.05, 2.0))
+    scores = {
+        "heads": qlike(mean_heads[second], var_real[second]) if names else float("nan"),
+        "ewma": qlike(ewma[second], var_real[second]),
+        "stack": qlike(stacked[second], var_real[second]),
+    }
+    chosen = min((k for k in scores if np.isfinite(scores[k])), key=lambda k: scores[k])
+    spec = VolatilityStack(dict(zip(names, w[1:].tolist(), strict=True)), float(w[0]), b, move_per_vol)
+    figures = {
+        "qlike_heads": scores["heads"],
+        "qlike_ewma": scores["ewma"],
+        "qlike_stack": scores["stack"],
+        "chosen": chosen,
+        "heads_voted": float(np.mean(n_voted[second] > 0)) if second.any() else float("nan"),
+    }
+    return chosen, spec if chosen == "stack" else None, figures
 
 
 def platt(z: npt.NDArray[np.float64], up: npt.NDArray[np.float64]) -> tuple[float, float]:
@@ -207,7 +247,7 @@ def fit_ensemble(
     returns: list[npt.NDArray[np.float64]] = []
     times: list[npt.NDArray[np.int64]] = []
     var_real: list[npt.NDArray[np.float64]] = []
-    var_head: list[npt.NDArray[np.float64]] = []  # mean of the voters' variance heads (NaN: none)
+    var_head: list[npt.NDArray[np.float64]] = []  # each variance head (n, heads), NaN where it did not vote
     var_ewma: list[npt.NDArray[np.float64]] = []
     for path in files:
         s = load_series(path)
@@ -222,10 +262,16 @@ def fit_ensemble(
         lead = leader_series(path, s, LEADER) if any(c.leader for c in stacked) else None
         outs = [component_outputs(c, s, ends, views, lead) for c in stacked]
         logits.append(np.column_stack([o[:, 0] for o in outs]))
-        with_var = [
-            o[:, c.spec.heads.index("var_bp2")] for o, c in zip(outs, stacked, strict=True) if "var_bp2" in c.spec.heads
-        ]
-        var_head.append(_mean_of_votes(np.maximum(with_var, 1e-4)) if with_var else np.full(len(ends), np.nan))
+        var_head.append(
+            np.column_stack(
+                [
+                    o[:, c.spec.heads.index("var_bp2")]
+                    for o, c in zip(outs, stacked, strict=True)
+                    if "var_bp2" in c.spec.heads
+                ]
+                or [np.zeros((len(ends), 0))]
+            )
+        )
         r_h, v_h = horizon_targets(s, ends, horizon)
         returns.append(r_h)
         var_real.append(v_h)
@@ -254,13 +300,16 @@ def fit_ensemble(
     # the threshold is chosen on the calls serving would make: none below the quorum (decide)
     allowed = voted[late].sum(axis=1) >= max(1e-9, quorum * len(stacked))
     tau, figures = choose_threshold(np.where(allowed, p_late, np.nan), r_all[late])
-    # Magnitude: the heads only if their variance forecast beats the EWMA baseline (QLIKE, calibration half).
-    rv, vh, ve = np.concatenate(var_real)[late], np.concatenate(var_head)[late], np.concatenate(var_ewma)[late]
-    # on the bars where some head voted (elsewhere serving falls back to the EWMA as well)
-    headed = np.isfinite(vh)
-    qlike_heads = qlike(vh[headed], rv[headed]) if headed.any() else float("nan")
-    qlike_ewma = qlike(ve[headed], rv[headed]) if headed.any() else qlike(ve, rv)
-    magnitude = "heads" if qlike_heads < qlike_ewma else "ewma"
+    # Magnitude: heads, EWMA or the volatility stacker, by QLIKE on the calibration half (every bar)
+    magnitude, volatility, vol_figures = fit_magnitude(
+        np.concatenate(var_real),
+        np.abs(r_all) * 1e4,
+        np.concatenate(var_ewma),
+        np.concatenate(var_head),
+        [c.name for c in stacked if "var_bp2" in c.spec.heads],
+        t_all < mid,
+        late,
+    )
     per_component: dict[str, Any] = {}
     for i, name in enumerate(names):
         mine = second & voted[:, i]  # the calibration-half bars this component voted on
@@ -279,7 +328,7 @@ def fit_ensemble(
         "l2": l2,
         "quorum": quorum,
         "components": per_component,
-        "volatility": {"qlike_heads": qlike_heads, "qlike_ewma": qlike_ewma, "chosen": magnitude},
+        "volatility": vol_figures,
         "calibration_half": {
             "brier_skill": brier_skill(p2, up[second]),
             "majority_moved": float(max(up[second].mean(), 1 - up[second].mean())),
@@ -287,7 +336,7 @@ def fit_ensemble(
             **figures,
         },
     }
-    spec = replace(spec, threshold=tau, magnitude=magnitude, fitted=fitted)
+    spec = replace(spec, threshold=tau, magnitude=magnitude, volatility=volatility, fitted=fitted)
     manifest_path = artifacts / "manifest.json"
     manifest = Manifest.load(manifest_path)
     notes = (

@@ -14,13 +14,14 @@ from prometheus_client import CollectorRegistry
 
 from inference.components import ModelRegistry, load_model_set
 from inference.config import WorkerConfig
+from inference.decision import decide
 from inference.engine import SignalEngine
 from inference.ensemble import Vote, economics, stack
 from inference.features import FeatureError
 from inference.linear_features import LINEAR_BARS, LINEAR_FEATURES, ewma_variance, linear_input
 from inference.manifest import EnsembleSpec, Manifest, ManifestError
 from inference.metrics import WorkerMetrics
-from inference.signal import Signal
+from inference.signal import ComponentReport, Signal
 from streaming.memory_store import MemoryStore
 from streaming.store import BarEvent
 from tests.inference.kit import (
@@ -119,6 +120,68 @@ async def test_the_stacked_ensemble_applies_the_manifests_weights_calibration_an
     assert s.edge_bp == pytest.approx((2 * expected - 1) * math.sqrt(2 / math.pi) * vol, abs=1e-3)
 
 
+VOL_STACK = {"weights": {"tcn_1m": 0.25}, "ewma": 0.7, "intercept": 0.3, "move_per_vol": 0.6}
+
+
+async def test_the_volatility_stacker_prices_the_served_call(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """With ``magnitude: stack`` the engine's volatility is the manifest's QLIKE-fitted stacker: here
+    tcn_1m has no variance head, so its term reads the EWMA's, and E|move| is the fitted multiple."""
+    spec = {
+        "horizon_minutes": 1,
+        "weights": {"tcn_1m": 0.8, "efficientnet_1m": -0.3},
+        "intercept": 0.02,
+        "calibration": {"method": "platt", "a": 0.7, "b": -0.01},
+        "threshold": 0.5001,
+        "magnitude": "stack",
+        "volatility": VOL_STACK,
+    }
+    art = _artifacts(model_cache(tmp_path_factory), tmp_path / "a", tcn5_horizon=5, ensemble=spec)
+    assert Manifest.load(art / "manifest.json").ensemble == EnsembleSpec.parse(spec)  # saved and read back
+    s = await _signal(art, WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=5000))
+    closes = [float(b.close) for b in history(CLOSE, {"1": 100}).bars[(SYMBOL, "1")]]
+    ln_ewma = math.log(ewma_variance(closes[-LINEAR_BARS:]))
+    vol = math.exp((0.3 + 0.7 * ln_ewma + 0.25 * ln_ewma) / 2)
+    assert s.volatility_bp == pytest.approx(vol, abs=1e-4)  # the signal carries 4 decimals
+    assert s.expected_move_bp == pytest.approx(0.6 * vol, abs=1e-4)
+    assert s.volatility_bp != pytest.approx(math.exp(ln_ewma / 2), rel=1e-3)  # not the plain EWMA
+
+
+def _report(name: str, p_up: float, volatility_bp: float | None, stands_in_for: str | None = None) -> ComponentReport:
+    return ComponentReport(
+        name, "1", "log return over the next 1 min", p_up, 1.0, "v", "CPUExecutionProvider", 0.1, "voted",
+        horizon_minutes=1, expected_move_bp=None if volatility_bp is None else 0.8 * volatility_bp,
+        volatility_bp=volatility_bp, stands_in_for=stands_in_for,
+    )  # fmt: skip
+
+
+def test_the_volatility_stacker_reads_each_head_by_its_slot_and_the_ewma_for_a_missing_one() -> None:
+    closes = [100.0 * math.exp(0.0004 * math.sin(i) + 0.0001 * i) for i in range(300)]
+    ln_e = math.log(ewma_variance(closes[-LINEAR_BARS:]))
+    weights = {"a": 0.5, "b": 0.2}
+    spec = EnsembleSpec.parse(
+        GOOD
+        | {"weights": {"a": 1.0, "b": 1.0}, "magnitude": "stack"}
+        | {"volatility": {"weights": weights, "ewma": 0.4, "intercept": -0.1, "move_per_vol": 0.7}}
+    )
+    config = WorkerConfig()
+
+    def vol(voters: list[ComponentReport]) -> float | None:
+        return decide(voters, spec, config, closes)[1].volatility_bp
+
+    both = vol([_report("a", 0.6, 3.0), _report("b", 0.55, 5.0)])
+    assert both == pytest.approx(math.exp((-0.1 + 0.4 * ln_e + 0.5 * math.log(9.0) + 0.2 * math.log(25.0)) / 2))
+    only_a = vol([_report("a", 0.6, 3.0), _report("b", 0.55, None)])  # b voted without a variance head
+    assert only_a == pytest.approx(math.exp((-0.1 + 0.4 * ln_e + 0.5 * math.log(9.0) + 0.2 * ln_e) / 2))
+    # a B3 in the B0's slot is read with the B0's weight
+    assert vol([_report("a3", 0.6, 3.0, stands_in_for="a"), _report("b", 0.55, 5.0)]) == pytest.approx(both)
+    economics = decide([_report("a", 0.6, 3.0), _report("b", 0.55, 5.0)], spec, config, closes)[1]
+    assert economics.expected_move_bp == pytest.approx(0.7 * both)
+    # without the closes the EWMA needs there is no magnitude at all, never a made-up one
+    assert decide([_report("a", 0.6, 3.0)], spec, config, closes[:5])[1].volatility_bp is None
+
+
 def test_stacking_math_and_missing_components() -> None:
     spec = EnsembleSpec.parse(
         {
@@ -177,6 +240,13 @@ GOOD = {
         ({"horizon_minutes": 0}, "horizon_minutes must be a whole number"),
         ({"horizon_minutes": True}, "horizon_minutes must be a whole number"),
         ({"magnitude": "oracle"}, "magnitude must be"),
+        ({"magnitude": "stack"}, "volatility section goes with magnitude 'stack'"),
+        ({"magnitude": "ewma", "volatility": VOL_STACK}, "volatility section goes with magnitude 'stack'"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"move_per_vol": 0.0}}, "move_per_vol must lie in"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"ewma": float("inf")}}, "volatility ewma must be a finite"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"weights": {"a": None}}}, "volatility weight of a"),
+        ({"magnitude": "stack", "volatility": {"weights": {}}}, "volatility: missing"),
+        ({"magnitude": "stack", "volatility": [1]}, "volatility must be an object"),
         ({"intercept": None}, "intercept must be a finite number"),
         ({"fitted": [1, 2]}, "fitted must be an object"),
     ],

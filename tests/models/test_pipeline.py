@@ -165,7 +165,10 @@ def test_stack_is_fitted_on_validation_and_written_to_the_manifest(pipeline: dic
     spec = Manifest.load(pipeline["artifacts"] / "manifest.json").ensemble
     assert spec is not None and spec.horizon_minutes == 1
     assert set(spec.weights) == {"tcn_1m", "efficientnet_1m", "linear_1m"}  # the 5m ones forecast 5 min
-    assert 0.5 <= spec.threshold <= 0.6 and spec.magnitude in ("heads", "ewma")
+    assert 0.5 <= spec.threshold <= 0.6 and spec.magnitude in ("heads", "ewma", "stack")
+    vol = spec.fitted["volatility"]  # the choice is the lowest QLIKE on the calibration half
+    chosen = min(("heads", "ewma", "stack"), key=lambda k: vol[f"qlike_{k}"])
+    assert vol["chosen"] == spec.magnitude == chosen and (spec.volatility is not None) == (chosen == "stack")
     cuts = Cuts()
     assert spec.fitted["stack_span"][0] == "2025-06-01T00:00+00:00"
     assert spec.fitted["calibration_span"][1] == "2025-06-15T00:00+00:00"  # never the test span
