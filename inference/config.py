@@ -1,7 +1,7 @@
 """The inference worker's settings: one frozen :class:`WorkerConfig` shared by its parts.
 
 The signal engine reads the windowing, signal, latency and concurrency knobs (``intervals``,
-``book_depth``, ``thresholds``, ``horizon_minutes``, ``fee_bp``, ``latency_budget_ms``, ``coarse_*``,
+``book_depth``, ``thresholds``, ``horizon_minutes``, ``fee_bp``, ``latency_budget_ms``, ``rung_share``, ``coarse_*``,
 ``inference_concurrency``); the consumer loop reads the event knobs (``max_in_flight``,
 ``read_count``, ``block_ms``, ``claim_idle_ms``, ``sweep_*``, ``lag_every_s``,
 ``backoff_*``, ``close_timeout_s``). ``service.settings`` builds it from the environment.
@@ -25,6 +25,7 @@ class WorkerConfig:
     fee_bp: float = 5.5  # per side, for cost_bp: Bybit's linear taker fee (0.055 %)
     quorum: float = 0.5  # long/short only when this share of the components answering H voted
     latency_budget_ms: float = 250.0  # render + inference of one signal, from the end of the read
+    rung_share: float = 0.5  # of that budget, what a ladder rung (the B3) may take before the B0 runs
     coarse_wait_ms: float = 2000.0  # wall time to wait for a coarser bar due at this close
     coarse_poll_ms: float = 50.0
     inference_concurrency: int = 2  # session runs in flight, all symbols together
@@ -38,6 +39,10 @@ class WorkerConfig:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 5.0
     close_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rung_share <= 1.0:
+            raise ValueError(f"rung_share must lie in (0, 1], got {self.rung_share}")
 
     @property
     def finest(self) -> str:

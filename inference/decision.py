@@ -24,7 +24,7 @@ from inference.linear_features import LINEAR_BARS, ewma_variance
 from inference.manifest import EnsembleSpec, VolatilityStack
 from inference.signal import ComponentReport
 
-__all__ = ["decide", "quorum_base", "slot", "stacker_for", "vote_report", "weighs"]
+__all__ = ["VAR_CAP", "VAR_FLOOR", "decide", "quorum_base", "slot", "stacker_for", "vote_report", "weighs"]
 
 
 def vote_report(
@@ -122,7 +122,7 @@ def decide(
     return result, economics(result.p_up, result.direction, move_bp, vol_bp, config.fee_bp)
 
 
-_VAR_FLOOR, _VAR_CAP = 1e-4, 1e8  # bp²: what QLIKE floors a forecast at; a 100 % move
+VAR_FLOOR, VAR_CAP = 1e-4, 1e8  # bp²: what QLIKE floors a forecast at; a 100 % move
 
 
 def _ewma_over(finest_closes: Sequence[float], horizon_min: int) -> float | None:
@@ -143,11 +143,11 @@ def _stacked_magnitude(
     ewma = _ewma_over(finest_closes, horizon_min)
     if ewma is None:
         return None, None
-    ln_ewma = math.log(min(max(ewma, _VAR_FLOOR), _VAR_CAP))
+    ln_ewma = math.log(min(max(ewma, VAR_FLOOR), VAR_CAP))
     ln_heads = {slot(r): 2.0 * math.log(r.volatility_bp) for r in voters if r.volatility_bp is not None}
     ln_v = spec.intercept + spec.ewma * ln_ewma
     ln_v += sum(w * ln_heads.get(name, ln_ewma) for name, w in spec.weights.items())
-    vol = math.sqrt(min(max(math.exp(min(ln_v, 50.0)), _VAR_FLOOR), _VAR_CAP))
+    vol = math.sqrt(min(max(math.exp(min(ln_v, math.log(VAR_CAP))), VAR_FLOOR), VAR_CAP))
     return spec.move_per_vol * vol, vol
 
 

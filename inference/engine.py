@@ -10,9 +10,9 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 2. check each component's window (:func:`inference.checks.check_window`); a failing one is dropped;
 3. render the inputs in a thread, then run the components in one batch per artifact (all
    EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
-   what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) has
-   the first half of it (``RUNG_SHARE``): late by then, it is dropped and the rung below runs in
-   the other half, in the same signal;
+   what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) whose
+   rung below stands by has the first ``rung_share`` of it (half): late by then, it is dropped and
+   the rung below runs in the rest, in the same signal;
 4. a component forecasting another horizon than the configured ``horizon_minutes`` is dropped as
    ``horizon_mismatch``; the votes are stacked and calibrated as the manifest's ``ensemble`` says
    (weighted mean for a manifest without one), the call priced (:func:`inference.ensemble.economics`);
@@ -50,9 +50,6 @@ from streaming.store import BarEvent, SymbolWindows, WindowStore, revised_field
 __all__ = ["SignalEngine", "decide", "vote_report"]
 
 log = logging.getLogger(__name__)
-
-# The share of the latency budget a ladder rung (the B3) may take before the rung below runs instead.
-RUNG_SHARE = 0.5
 
 
 def _ms(seconds: float) -> float:
@@ -155,6 +152,8 @@ class SignalEngine:
         self.clock = ExchangeClock()
         self._wall_ms = wall_ms
         self._sem = asyncio.Semaphore(config.inference_concurrency)
+        # A ladder rung's runs (GPU-only) have their own: a stalled GPU holds its slots, not the CPU's.
+        self._rung_sem = asyncio.Semaphore(config.inference_concurrency)
         # Session runs that missed their budget but had started: a thread cannot be cancelled, so
         # they hold their semaphore slot until they return (keeping concurrency honest).
         self._stragglers: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
@@ -234,7 +233,9 @@ class SignalEngine:
         deadline = t_read + budget_s
         inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
         t_render = time.perf_counter()
-        await self._infer(event.symbol, inputs, drafts, deadline, rung_deadline=t_read + RUNG_SHARE * budget_s)
+        backed = {id(stand_ins[c.name].session) for c, *_ in standby}  # rungs with a rung below, ready
+        rung_deadline = t_read + self.config.rung_share * budget_s
+        await self._infer(event.symbol, inputs, drafts, deadline, rung_deadline=rung_deadline, backed=backed)
         # The ladder: a component whose rung voted stands by; one whose rung did not runs now.
         fallen = [w for w in standby if drafts.reports[stand_ins[w[0].name].name].status != "voted"]
         for c, *_ in standby:
@@ -460,9 +461,11 @@ class SignalEngine:
         drafts: _Drafts,
         deadline: float,
         rung_deadline: float | None = None,
+        backed: frozenset[int] | set[int] = frozenset(),
     ) -> None:
-        """Run the inputs' batches; what is not back by ``deadline`` (a ladder rung's: by
-        ``rung_deadline``, so the rung below still has time) is dropped as ``late``."""
+        """Run the inputs' batches; what is not back by ``deadline`` is dropped as ``late``, and so is
+        a ladder rung's whose rung below stands by (its session's id in ``backed``) by
+        ``rung_deadline``, so the rung below still has time."""
         batches: dict[int, _Batch] = {}
         for c, x in inputs:
             assert c.session is not None  # enabled components have one
@@ -475,7 +478,7 @@ class SignalEngine:
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }
         late: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
-        rungs = {t for t, b in tasks.items() if b.session.gpu_only}
+        rungs = {t for t, b in tasks.items() if id(b.session) in backed}
         if rungs and rung_deadline is not None:
             _, late = await asyncio.wait(rungs, timeout=max(0.0, min(rung_deadline, deadline) - time.perf_counter()))
         done: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
@@ -486,7 +489,7 @@ class SignalEngine:
             batch = tasks[task]
             for c, _ in batch.members:
                 drafts.drop(c, "late")
-            if batch.session.gpu_only:  # a ladder rung past the budget has failed: the rung below serves
+            if batch.session.gpu_only and batch.started:  # a rung that ran past its time has failed
                 batch.session.mark_broken("missed the latency budget")
             if batch.started:
                 self._stragglers.add(task)
@@ -515,7 +518,7 @@ class SignalEngine:
                 drafts.vote(c, report)
 
     async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float]:
-        async with self._sem:
+        async with self._rung_sem if batch.session.gpu_only else self._sem:
             batch.started = True
             x = np.stack([x for _, x in batch.members])
             started = time.perf_counter()

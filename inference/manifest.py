@@ -206,15 +206,22 @@ class VolatilityStack:
     @classmethod
     def parse(cls, raw: Any) -> VolatilityStack:
         section = _object(raw, "volatility")
+
+        def bounded(value: Any, what: str, bound: float) -> float:
+            x = _finite(value, f"volatility {what}")
+            if abs(x) > bound:  # an elasticity of ln V past this is no fit, and would overflow exp
+                raise ManifestError(f"ensemble: volatility {what} must lie in [-{bound:g}, {bound:g}], got {x}")
+            return x
+
         try:
             weights = _object(section["weights"], "volatility weights")
             move_per_vol = _finite(section["move_per_vol"], "volatility move_per_vol")
             if not 0.0 < move_per_vol <= 2.0:
                 raise ManifestError(f"ensemble: volatility move_per_vol must lie in (0, 2], got {move_per_vol}")
             return cls(
-                weights={str(k): _finite(v, f"volatility weight of {k}") for k, v in weights.items()},
-                ewma=_finite(section["ewma"], "volatility ewma"),
-                intercept=_finite(section["intercept"], "volatility intercept"),
+                weights={str(k): bounded(v, f"weight of {k}", 5.0) for k, v in weights.items()},
+                ewma=bounded(section["ewma"], "ewma", 5.0),
+                intercept=bounded(section["intercept"], "intercept", 20.0),
                 move_per_vol=move_per_vol,
             )
         except KeyError as exc:
@@ -314,6 +321,12 @@ class Manifest:
                 raise ManifestError(f"{path}: malformed component {i} ({_name_of(entry)}): {problem}")
         components = tuple(Component(**c) for c in entries)
         ensemble = EnsembleSpec.parse(raw["ensemble"]) if raw.get("ensemble") is not None else None
+        if ensemble is not None and ensemble.volatility is not None:
+            with_heads = {c.name for c in components if "var_bp2" in c.heads}
+            if unknown := sorted(set(ensemble.volatility.weights) - with_heads):
+                raise ManifestError(
+                    f"{path}: ensemble: volatility weights name no component with a variance head: {unknown}"
+                )
         return cls(
             components=components,
             created=str(raw.get("created", "")),

@@ -222,13 +222,16 @@ def book_parts(c: LoadedComponent, series: list[DepthSeries], horizon: int, thre
     return parts
 
 
-def book_report(c: LoadedComponent, series: list[DepthSeries], horizon: int, threshold: float) -> dict[str, Any]:
-    """``strategy_report`` of :func:`book_parts`, or just ``n = 0`` when the held-out span has no call."""
+def book_report(
+    c: LoadedComponent, series: list[DepthSeries], horizon: int, threshold: float
+) -> tuple[dict[str, Any], list[Part]]:
+    """``strategy_report`` of :func:`book_parts` (just ``n = 0`` when the held-out span has no call),
+    and the parts themselves, for ``predictions.csv.gz``."""
     started = time.perf_counter()
     parts = book_parts(c, series, horizon, threshold)
     ms = (time.perf_counter() - started) * 1e3 / max(1, sum(len(p.r) for p in parts))  # window + heatmap + run
     if not parts:
-        return {"n": 0, "small_sample": True, "data": "no held-out minute close in the depth recordings"}
+        return {"n": 0, "small_sample": True, "data": "no held-out minute close in the depth recordings"}, parts
     out = strategy_report(parts, horizon) | {
         "data": "held-out 20 % of the depth recordings, one call a minute",
         "inference_ms": ms,
@@ -244,4 +247,4 @@ def book_report(c: LoadedComponent, series: list[DepthSeries], horizon: int, thr
             "every_second_up_rate": float(dense.y.mean()),
             "every_second_brier": float(np.mean((p - dense.y) ** 2)),
         }
-    return out
+    return out, parts

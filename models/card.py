@@ -228,9 +228,9 @@ def _magnitude_line(spec: EnsembleSpec) -> str:
     line = f"Expected move and volatility: `{spec.magnitude}` (QLIKE on the calibration half, lower wins: {scores})."
     if spec.volatility is not None:
         v = spec.volatility
-        terms = " + ".join(f"{w:+.3f}·ln V_{name}" for name, w in v.weights.items())
+        terms = "".join(f" {w:+.3f}·ln V_{name}" for name, w in v.weights.items())
         line += (
-            f" The volatility stacker: ln V = {v.intercept:+.3f} + {v.ewma:.3f}·ln V_ewma + {terms}"
+            f" The volatility stacker: ln V = {v.intercept:+.3f} {v.ewma:+.3f}·ln V_ewma{terms}"
             f" (a head that did not vote reads as the EWMA); E|move| = {v.move_per_vol:.3f}·√V."
         )
     return line

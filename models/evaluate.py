@@ -27,7 +27,8 @@ See :mod:`models.metrics` for every figure. ``predictions.csv.gz`` (gzip: the pl
 series and twenty strategies is 60 MB) has one row per (strategy, bar):
 ``open_time_ms`` is the bar at whose close the call is made, ``direction`` the call, ``position`` what
 was traded (the ensemble's tradeable calls), ``realized_return`` the simple return over the next H
-minutes; an empty ``p_up`` means the strategy gives no probability.
+minutes; an empty ``p_up`` means the strategy gives no probability. A depth component's rows are
+its calls on the held-out part of the depth recordings (``series``: the recording), not these bars.
 """
 
 from __future__ import annotations
@@ -255,12 +256,6 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 p.ewma,
             )
         )
-    for name, ps in parts.items():
-        for p in ps:
-            rows += [
-                (name, p.series, int(t), float(pv), int(dv), int(xv), float(rv))
-                for t, pv, dv, xv, rv in zip(p.times, p.p_up, p.call, p.position, p.r, strict=True)
-            ]
     order = ["ensemble", "fallback", "buy_and_hold", "majority", *sorted(c.name for c in (*voters, *rungs.values()))]
     report = {name: strategy_report(parts[name], horizon) for name in order if name in parts}
     by_name = {c.name: c for c in manifest.components}
@@ -272,8 +267,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         for name, c in books.items():
             files = tuple(Path(p) for p in c.spec.training.get("recording_files", []))
             depth = book_series(cfg.data_dir, files, c.spec.training.get("recordings"))  # its own split
-            report[name] = book_report(c, depth, horizon, threshold)
+            report[name], parts[name] = book_report(c, depth, horizon, threshold)  # rows: its recordings'
             report[name]["training_seconds"] = c.spec.training.get("seconds")
+    for name, ps in parts.items():
+        for p in ps:
+            rows += [
+                (name, p.series, int(t), float(pv), int(dv), int(xv), float(rv))
+                for t, pv, dv, xv, rv in zip(p.times, p.p_up, p.call, p.position, p.r, strict=True)
+            ]
     all_times = np.concatenate([p.times for p in parts["ensemble"]])
     meta = {
         "files": [str(p) for p in cfg.files],

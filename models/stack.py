@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from inference.components import LoadedComponent, example_input, load_model_set
 from inference.config import WorkerConfig
+from inference.decision import VAR_CAP, VAR_FLOOR
 from inference.ensemble import stacked_p_up
 from inference.errors import InferenceError
 from inference.linear_features import LINEAR_BARS
@@ -56,6 +57,7 @@ __all__ = [
     "fit_magnitude",
     "minute_bars_needed",
     "platt",
+    "stacked_variance",
     "voters",
 ]
 
@@ -144,6 +146,23 @@ def component_outputs(
     return np.concatenate(out) if out else np.zeros((0, len(c.spec.heads)))
 
 
+def stacked_variance(
+    spec: VolatilityStack, var_ewma: npt.NDArray[np.float64], var_heads: npt.NDArray[np.float64], names: list[str]
+) -> npt.NDArray[np.float64]:
+    """What serving's volatility stacker forecasts (bp², ``inference.decision``) for each row:
+    ``var_heads`` is ``(n, len(names))``, NaN where a head did not vote (read as the EWMA)."""
+    ewma = np.clip(var_ewma, VAR_FLOOR, VAR_CAP)
+    voted = np.isfinite(var_heads)
+    ln_ewma = np.log(ewma)
+    ln_heads = np.where(voted, np.log(np.maximum(np.where(voted, var_heads, 1.0), VAR_FLOOR)), ln_ewma[:, None])
+    ln_v = spec.intercept + spec.ewma * ln_ewma
+    for i, name in enumerate(names):
+        ln_v = ln_v + spec.weights.get(name, 0.0) * ln_heads[:, i]
+    for name in set(spec.weights) - set(names):  # a weighted head no row has reads as the EWMA
+        ln_v = ln_v + spec.weights[name] * ln_ewma
+    return np.asarray(np.clip(np.exp(np.minimum(ln_v, np.log(VAR_CAP))), VAR_FLOOR, VAR_CAP), np.float64)
+
+
 def fit_magnitude(
     var_real: npt.NDArray[np.float64],
     abs_move_bp: npt.NDArray[np.float64],
@@ -154,36 +173,38 @@ def fit_magnitude(
     second: npt.NDArray[np.bool_],
 ) -> tuple[str, VolatilityStack | None, dict[str, Any]]:
     """Where the signal's volatility comes from: ``heads``, ``ewma`` or ``stack``, the lowest QLIKE on
-    the ``second`` bars, and the stacker fitted on the ``first`` ones (None unless chosen).
+    the ``second`` bars (the EWMA on a tie, or when nothing can be scored), and the stacker fitted on
+    the ``first`` ones (None unless chosen).
 
     ``var_heads`` is ``(n, len(names))``: each component's variance head over the horizon (bp²), NaN
     where it did not vote; the heads' mean is taken as serving takes it (of the volatilities).
     """
-    floor = 1e-4
-    ewma = np.maximum(var_ewma, floor)
+    ewma = np.clip(var_ewma, VAR_FLOOR, VAR_CAP)
     voted = np.isfinite(var_heads)
-    heads = np.where(voted, np.maximum(var_heads, floor), ewma[:, None])  # a missing head reads as the EWMA
-    design = np.log(np.column_stack([ewma, heads]))
+    heads = np.where(voted, np.maximum(var_heads, VAR_FLOOR), ewma[:, None])  # a missing head reads as the EWMA
     n_voted = voted.sum(axis=1)
     vol_mean = np.where(voted, np.sqrt(heads), 0.0).sum(axis=1) / np.maximum(1, n_voted)
     mean_heads = np.where(n_voted > 0, vol_mean**2, ewma)  # serving falls back to the EWMA where none voted
-    w, b = fit_qlike(design[first], var_real[first])
-    stacked = np.minimum(np.exp(np.minimum(design @ w + b, 50.0)), 1e8)
+    w, b = fit_qlike(np.log(np.column_stack([ewma, heads])[first]), var_real[first])
+    spec = VolatilityStack(dict(zip(names, w[1:].tolist(), strict=True)), float(w[0]), b, 1.0)
+    stacked = stacked_variance(spec, var_ewma, var_heads, names)
     sigma = np.sqrt(stacked[first])
     move_per_vol = float(np.clip(np.sum(abs_move_bp[first] * sigma) / max(1e-12, float(np.sum(sigma**2))), 0.05, 2.0))
-    scores = {
-        "heads": qlike(mean_heads[second], var_real[second]) if names else float("nan"),
-        "ewma": qlike(ewma[second], var_real[second]),
-        "stack": qlike(stacked[second], var_real[second]),
+    spec = replace(spec, move_per_vol=move_per_vol)
+    scored = second.any()
+    scores = {  # in this order: a tie goes to the simpler forecast
+        "ewma": qlike(ewma[second], var_real[second]) if scored else float("nan"),
+        "stack": qlike(stacked[second], var_real[second]) if scored else float("nan"),
+        "heads": qlike(mean_heads[second], var_real[second]) if scored and names else float("nan"),
     }
-    chosen = min((k for k in scores if np.isfinite(scores[k])), key=lambda k: scores[k])
-    spec = VolatilityStack(dict(zip(names, w[1:].tolist(), strict=True)), float(w[0]), b, move_per_vol)
+    finite = [k for k in scores if np.isfinite(scores[k])]
+    chosen = min(finite, key=lambda k: scores[k]) if finite else "ewma"
     figures = {
         "qlike_heads": scores["heads"],
         "qlike_ewma": scores["ewma"],
         "qlike_stack": scores["stack"],
         "chosen": chosen,
-        "heads_voted": float(np.mean(n_voted[second] > 0)) if second.any() else float("nan"),
+        "heads_voted": float(np.mean(n_voted[second] > 0)) if scored else float("nan"),
     }
     return chosen, spec if chosen == "stack" else None, figures
 

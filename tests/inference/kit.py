@@ -362,9 +362,13 @@ async def running_worker(
     session_factory: SessionFactory = ort.InferenceSession,
     available_providers: Sequence[str] | None = None,
     opt_in: Sequence[str] = (),
+    gpu: VanishingGpu | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
-    """A started :class:`Worker` (consumer group created first, so no event written after is missed)."""
+    """A started :class:`Worker` (consumer group created first, so no event written after is missed);
+    with ``gpu``, its sessions prefer that stand-in GPU."""
+    if gpu is not None:
+        prefer_gpu, session_factory, available_providers = True, gpu.build, gpu.providers
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
     metrics = WorkerMetrics(CollectorRegistry())
     registry = ModelRegistry(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,9 +107,7 @@ async def test_b3_on_the_gpu_fills_b0s_slot_then_b0_takes_over_when_the_gpu_fail
 ) -> None:
     gpu = VanishingGpu()
     models = ladder(cache, tmp_path / "artifacts", ensemble=STACKER)
-    async with running_worker(
-        redis_url, redis_store, models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers
-    ) as h:
+    async with running_worker(redis_url, redis_store, models, gpu=gpu) as h:
         first = await signal_at(h, redis_store, 0)
         assert isinstance(first, Signal) and first.source == "ensemble" and first.calibrated
         assert status(first) == {
@@ -147,19 +146,19 @@ async def test_b3_on_the_gpu_fills_b0s_slot_then_b0_takes_over_when_the_gpu_fail
 async def test_a_b3_past_its_share_of_the_budget_hands_the_same_signal_to_the_b0(
     redis_url: str, redis_store: RedisStore, cache: Path, tmp_path: Path
 ) -> None:
-    """The B3 stops answering (the TCN and the B0 on the same GPU do not): by half the latency budget
-    (``RUNG_SHARE``) it is dropped as ``late`` and taken down, and the B0 answers in the other half,
-    in the same signal."""
+    """The B3 stops answering (the TCN and the B0 on the same GPU do not): by its share of the latency
+    budget (``rung_share``) it is dropped as ``late`` and taken down, and the B0 answers in the rest,
+    in the same signal. One inference slot: the stalled B3 holds a rung's slot, not the CPU's."""
     gpu = VanishingGpu()
     models = ladder(cache, tmp_path / "artifacts", ensemble=STACKER)
     async with running_worker(
         redis_url,
         redis_store,
         models,
-        prefer_gpu=True,
-        session_factory=gpu.build,
-        available_providers=gpu.providers,
+        gpu=gpu,
         latency_budget_ms=8000,
+        rung_share=0.25,
+        inference_concurrency=1,
     ) as h:
         try:
             first = await signal_at(h, redis_store, 0)
@@ -179,6 +178,36 @@ async def test_a_b3_past_its_share_of_the_budget_hands_the_same_signal_to_the_b0
             assert status(third)["efficientnet_1m"] == ("voted", None)
         finally:
             gpu.released.set()
+
+
+async def test_a_b3_with_no_b0_standing_by_keeps_the_whole_budget(
+    redis_url: str, redis_store: RedisStore, cache: Path, tmp_path: Path
+) -> None:
+    """The B0's artifact is corrupt, so nothing stands below the B3: cutting it at its share would
+    leave the slot empty, so it has the whole budget, and a slow run still votes."""
+    gpu = VanishingGpu()
+    models = ladder(cache, tmp_path / "artifacts", ensemble=STACKER)
+    with (models / "efficientnet.onnx").open("ab") as fh:
+        fh.write(b"\0")  # its sha256 no longer matches: the B0 is refused
+    async with running_worker(
+        redis_url,
+        redis_store,
+        models,
+        gpu=gpu,
+        latency_budget_ms=30_000,
+        rung_share=0.05,  # 1.5 s
+    ) as h:
+        gpu.stalled.add("efficientnet_b3.onnx")
+        release = threading.Timer(4.0, gpu.released.set)  # well past its share, well inside the budget
+        release.start()
+        try:
+            result = await signal_at(h, redis_store, 0)
+        finally:
+            release.cancel()
+            gpu.released.set()
+        assert isinstance(result, Signal) and result.ladder == "efficientnet-b3"
+        assert status(result)["efficientnet_b3_1m"] == ("voted", None)
+        assert status(result)["efficientnet_1m"] == ("dropped", "artifact_checksum")
 
 
 def test_a_gpu_only_session_that_fails_stays_down_for_a_while_then_is_tried_again(cache: Path) -> None:

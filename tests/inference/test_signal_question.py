@@ -126,8 +126,8 @@ VOL_STACK = {"weights": {"tcn_1m": 0.25}, "ewma": 0.7, "intercept": 0.3, "move_p
 async def test_the_volatility_stacker_prices_the_served_call(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    """With ``magnitude: stack`` the engine's volatility is the manifest's QLIKE-fitted stacker: here
-    tcn_1m has no variance head, so its term reads the EWMA's, and E|move| is the fitted multiple."""
+    """With ``magnitude: stack`` the engine's volatility is the manifest's QLIKE-fitted stacker (here
+    with no head weighted: the EWMA recalibrated), and E|move| its fitted multiple of it."""
     spec = {
         "horizon_minutes": 1,
         "weights": {"tcn_1m": 0.8, "efficientnet_1m": -0.3},
@@ -135,14 +135,14 @@ async def test_the_volatility_stacker_prices_the_served_call(
         "calibration": {"method": "platt", "a": 0.7, "b": -0.01},
         "threshold": 0.5001,
         "magnitude": "stack",
-        "volatility": VOL_STACK,
+        "volatility": VOL_STACK | {"weights": {}},
     }
     art = _artifacts(model_cache(tmp_path_factory), tmp_path / "a", tcn5_horizon=5, ensemble=spec)
     assert Manifest.load(art / "manifest.json").ensemble == EnsembleSpec.parse(spec)  # saved and read back
     s = await _signal(art, WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=5000))
     closes = [float(b.close) for b in history(CLOSE, {"1": 100}).bars[(SYMBOL, "1")]]
     ln_ewma = math.log(ewma_variance(closes[-LINEAR_BARS:]))
-    vol = math.exp((0.3 + 0.7 * ln_ewma + 0.25 * ln_ewma) / 2)
+    vol = math.exp((0.3 + 0.7 * ln_ewma) / 2)
     assert s.volatility_bp == pytest.approx(vol, abs=1e-4)  # the signal carries 4 decimals
     assert s.expected_move_bp == pytest.approx(0.6 * vol, abs=1e-4)
     assert s.volatility_bp != pytest.approx(math.exp(ln_ewma / 2), rel=1e-3)  # not the plain EWMA
@@ -245,6 +245,9 @@ GOOD = {
         ({"magnitude": "stack", "volatility": VOL_STACK | {"move_per_vol": 0.0}}, "move_per_vol must lie in"),
         ({"magnitude": "stack", "volatility": VOL_STACK | {"ewma": float("inf")}}, "volatility ewma must be a finite"),
         ({"magnitude": "stack", "volatility": VOL_STACK | {"weights": {"a": None}}}, "volatility weight of a"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"weights": {"a": 1e308}}}, "weight of a must lie in"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"ewma": -1e308}}, "volatility ewma must lie in"),
+        ({"magnitude": "stack", "volatility": VOL_STACK | {"intercept": 1e6}}, "volatility intercept must lie in"),
         ({"magnitude": "stack", "volatility": {"weights": {}}}, "volatility: missing"),
         ({"magnitude": "stack", "volatility": [1]}, "volatility must be an object"),
         ({"intercept": None}, "intercept must be a finite number"),
@@ -254,6 +257,15 @@ GOOD = {
 def test_a_bad_ensemble_section_is_refused_with_the_reason(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         EnsembleSpec.parse(GOOD | change)
+
+
+def test_volatility_weights_must_name_components_with_a_variance_head(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    spec = GOOD | {"magnitude": "stack", "volatility": VOL_STACK}  # tcn_1m has no variance head
+    art = _artifacts(model_cache(tmp_path_factory), tmp_path / "a", tcn5_horizon=5, ensemble=spec)
+    with pytest.raises(ManifestError, match=r"volatility weights name no component with a variance head: \['tcn_1m'\]"):
+        Manifest.load(art / "manifest.json")
 
 
 def test_a_manifest_with_a_bad_ensemble_keeps_the_previous_models(

@@ -202,9 +202,7 @@ async def test_a_gpu_that_disappears_moves_inference_to_the_cpu_and_no_vote_is_l
         redis_url,
         redis_store,
         models,
-        prefer_gpu=True,
-        session_factory=gpu.build,
-        available_providers=gpu.providers,
+        gpu=gpu,
     ) as h:
         result = await outcome_of(h, redis_store, history(CLOSE, {"1": 60, "5": 60}))
         assert isinstance(result, Signal) and result.source == "ensemble"

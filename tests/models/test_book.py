@@ -119,8 +119,10 @@ def test_train_export_and_the_held_out_report_keep_the_fitted_ensemble(tmp_path:
     loaded = next(c for c in models.components if c.name == BOOK_NAME)
     assert loaded.disabled is None
     series = book_series(DATA, (), book.training["recordings"])  # the recordings it saw, as it saw them
-    report = book_report(loaded, series, 1, 0.5)
+    report, parts = book_report(loaded, series, 1, 0.5)
     assert report["n"] >= 1 and report["small_sample"] is True and report["every_second_n"] > 30
+    assert sum(len(p.r) for p in parts) == report["n"]  # what predictions.csv.gz gets, row for row
+    assert {p.series for p in parts} <= set(book.training["recordings"])
     grown = {k: v | {"rows": v["rows"] + 1} for k, v in book.training["recordings"].items()}
     with pytest.raises(ValueError, match="rows where book_cnn_1m was trained on"):
         book_series(DATA, (), grown)  # a recording that changed since: its split would not be the same

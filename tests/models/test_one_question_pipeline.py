@@ -156,6 +156,9 @@ async def test_a_5m_view_is_evaluated_as_the_engine_serves_it(h1: dict[str, Path
     ensemble = {int(r["open_time_ms"]): r for r in rows if r["strategy"] == "ensemble"}
     tcn5 = {int(r["open_time_ms"]): r for r in rows if r["strategy"] == "tcn_5m" and r["p_up"]}
     assert tcn5  # after 97 five-minute bars of the slice, the 5m view votes
+    book_rows = [r for r in rows if r["strategy"] == "book_cnn_1m"]  # its held-out calls, recomputable too
+    recordings = next(c for c in Manifest.load(h1["artifacts"] / "manifest.json").components if c.kind == "book_cnn")
+    assert len(book_rows) == book["n"] and {r["series"] for r in book_rows} <= set(recordings.training["recordings"])
 
     base = load_series(h1["slice"])
     five = aggregate(base, 5)

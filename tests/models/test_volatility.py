@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from inference.config import WorkerConfig
+from inference.decision import decide
+from inference.linear_features import LINEAR_BARS, ewma_variance
+from inference.manifest import EnsembleSpec
 from inference.scoring import qlike
+from inference.signal import ComponentReport
 from models.linear import fit_log_linear, fit_qlike
-from models.stack import fit_magnitude
+from models.stack import fit_magnitude, stacked_variance
 
 
 def _heteroscedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,3 +83,44 @@ def test_without_skill_anywhere_the_stacker_stays_near_the_ewma() -> None:
     # with no head at all the choice is still made, between the EWMA and its recalibration
     chosen, _, figures = fit_magnitude(real, np.sqrt(real), ewma, np.zeros((n, 0)), [], first, second)
     assert chosen in ("ewma", "stack") and np.isnan(figures["qlike_heads"])
+
+
+def test_the_fitted_stacker_forecasts_what_serving_computes() -> None:
+    """Research-to-live parity: ``stacked_variance`` (what the fit scores) equals ``decide``'s
+    volatility² for the same closes and votes, with a head missing and a B3 in its B0's slot."""
+    rng = np.random.default_rng(5)
+    names = ["a", "b"]
+    n = 4_000
+    closes = [100.0 * np.exp(np.cumsum(rng.normal(0, 4e-4 * (1 + k % 3), LINEAR_BARS))) for k in range(6)]
+    ewma = np.array([ewma_variance(c) for c in closes])
+    big_ewma = np.exp(rng.normal(2, 0.5, n))
+    big_heads = np.exp(np.log(big_ewma)[:, None] + rng.normal(0, 0.3, (n, 2)))
+    real = big_heads[:, 0] * rng.normal(size=n) ** 2
+    _, spec, _ = fit_magnitude(real, np.sqrt(real), big_ewma, big_heads, names, *_halves(n))
+    assert spec is not None
+    heads = np.exp(np.log(ewma)[:, None] + rng.normal(0, 0.5, (6, 2)))
+    heads[1, 0] = heads[4, 1] = np.nan  # these did not vote
+    expected = stacked_variance(spec, ewma, heads, names)
+    ensemble = EnsembleSpec(1, {"a": 1.0, "b": 1.0}, 0.0, {"method": "platt", "a": 1.0, "b": 0.0}, 0.55, "stack")
+    ensemble = replace(ensemble, volatility=spec)
+    for k in range(6):
+        voters = [
+            ComponentReport(
+                "a3" if (k, name) == (2, "a") else name,
+                "1",
+                "h",
+                0.55,
+                1.0,
+                "v",
+                "cpu",
+                0.1,
+                "voted",
+                horizon_minutes=1,
+                volatility_bp=float(np.sqrt(heads[k, i])),
+                stands_in_for="a" if (k, name) == (2, "a") else None,
+            )
+            for i, name in enumerate(names)
+            if np.isfinite(heads[k, i])
+        ]
+        vol = decide(voters, ensemble, WorkerConfig(), list(closes[k]))[1].volatility_bp
+        assert vol is not None and vol**2 == pytest.approx(expected[k], rel=1e-9)
