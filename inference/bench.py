@@ -22,16 +22,21 @@ timed once over a few renders.
   as an :class:`EagerBaseline` (``models.bench_inference.torch_eager``, composed by the CLI);
 * per-signal compute latency p50/p99 through the worker's own ``SignalEngine`` (read from the store,
   render + features, batched inference, ensemble) for one symbol and all timeframes;
-* throughput: all symbols of a minute close computed concurrently, wall time and signals/s.
+* throughput: all symbols of a minute close computed concurrently, wall time and signals/s;
+* the signal's one store read (``read_symbol``: four windows, the book and, for the heatmap CNN, the
+  depth rows of its span) from a real Redis against the in-process store holding the same data, with
+  and without the depth: what the round trip adds to the in-memory figures above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -42,6 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+import redis.asyncio as aioredis
 from numpy.typing import NDArray
 
 from inference import render
@@ -56,10 +62,13 @@ from inference.scorer import Scorer
 from inference.signal import Signal
 from inference.signal_store import MemorySignalStore
 from streaming.depth import BINS_PER_SIDE, DepthRow
+from streaming.errors import StoreError
 from streaming.klines import Bar
 from streaming.memory_store import MemoryStore
+from streaming.redis_client import bench_url
+from streaming.redis_store import RedisStore
 from streaming.sim.bars import MINUTE_MS, Bars, aggregate, load_1m_bars
-from streaming.store import BarEvent, BookStatus, WriteBatch
+from streaming.store import BarEvent, BookStatus, WindowStore, WriteBatch
 
 __all__ = ["DEFAULT_KLINES", "EagerBaseline", "bench_inference", "bench_inputs", "bench_render", "median_ms"]
 
@@ -285,7 +294,9 @@ def _bars(series: Bars, keep: npt.NDArray[np.bool_], window: int) -> list[Bar]:
     ]
 
 
-async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, threads: int) -> dict[str, Any]:
+async def _signals(
+    artifacts: Path, data: Path, symbols: int, repeats: int, threads: int, redis_url: str
+) -> dict[str, Any]:
     base = load_1m_bars(data)
     # BTCUSDT among them: the two-layer CIPM reads its window beside every other symbol's
     names = ["BTCUSDT", *(f"S{i:02d}USDT" for i in range(1, symbols))]
@@ -331,6 +342,7 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
     burst_s = time.perf_counter() - t
     scoring = await _burst_with_scoring(engine, names, last_start)
     await engine.close()
+    reads = await _store_reads(base, last_start, redis_url, repeats)
     lat = np.array(latencies)
     return {
         "per_signal_ms": {
@@ -350,6 +362,7 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
             "signals": sum(1 for r in results if getattr(r, "source", None) is not None),
         },
         "burst_with_scoring": scoring | {"ratio_vs_burst": round(scoring["seconds"] / burst_s, 3)},
+        "store_read": reads,
         "aim": {"p99_ms": 25, "symbols_within_1s": 50, "artifacts_mb": 100},
     }
 
@@ -357,15 +370,72 @@ async def _signals(artifacts: Path, data: Path, symbols: int, repeats: int, thre
 async def _bar_store(base: Bars, names: list[str], last_start: int) -> MemoryStore:
     """A store holding every symbol's windows up to the bar starting at ``last_start`` (the same
     bars for each), and as many depth rows as the ingestor keeps (300)."""
-    window = 400
-    store = MemoryStore(window_bars=window, depth_rows=300)
+    store = MemoryStore(window_bars=WINDOW, depth_rows=300)
+    await _fill(store, base, names, last_start)
+    return store
+
+
+WINDOW = 400
+
+
+async def _fill(store: WindowStore, base: Bars, names: list[str], last_start: int) -> None:
+    window = WINDOW
     for iv in INTERVALS:
         s = aggregate(base, int(iv))
         step = int(iv) * MINUTE_MS
         keep = s.start_ms <= (last_start - last_start % step if iv != "1" else last_start)
         bars = _bars(s, keep, window)
         await store.write(WriteBatch(bars={(n, iv): bars for n in names}))
-    return store
+
+
+async def _store_reads(base: Bars, last_start: int, redis_url: str, repeats: int) -> dict[str, Any]:
+    """``read_symbol`` of one symbol holding full windows and 300 depth rows, from a real Redis
+    (a fresh key prefix, deleted after) and from the memory store, with and without the 64 s of depth
+    the heatmap CNN reads: median and p99 ms, and Redis over memory."""
+    close = last_start + MINUTE_MS
+    mid = float(base.close[-1])
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    redis = RedisStore(client, prefix=f"bench-{uuid.uuid4().hex[:8]}", window_bars=WINDOW, depth_rows=300)
+    memory = MemoryStore(window_bars=WINDOW, depth_rows=300)
+    try:
+        for store in (redis, memory):
+            await _fill(store, base, [READ_SYMBOL], last_start)
+            for k in range(5):  # 5 x 70 one-second rows: the 300 the ingestor keeps
+                await store.write(_depth([READ_SYMBOL], close - (4 - k) * 70_000, mid))
+        out: dict[str, Any] = {"symbol_rows": {"bars_per_window": WINDOW, "depth_rows": 300}}
+        for label, after in (("without_depth", None), ("with_depth", close - 65_000)):
+            ms = {}
+            for name, store in (("redis", redis), ("memory", memory)):
+                ms[name] = await _read_ms(store, after, repeats)
+            out[label] = {
+                "redis_ms": ms["redis"],
+                "memory_ms": ms["memory"],
+                "redis_minus_memory_p50_ms": round(ms["redis"]["p50"] - ms["memory"]["p50"], 3),
+            }
+        return out
+    except StoreError as exc:  # the store's own error for a Redis that does not answer
+        return {"skipped": f"no Redis at {redis_url}: {exc}"}
+    finally:
+        with contextlib.suppress(StoreError):
+            await redis.delete_all()
+        await redis.close()
+
+
+READ_SYMBOL = "BTCUSDT"
+
+
+async def _read_ms(store: WindowStore, depth_after_ms: int | None, repeats: int) -> dict[str, float]:
+    times = []
+    for _ in range(repeats + 5):
+        t = time.perf_counter()
+        windows = await store.read_symbol(
+            READ_SYMBOL, INTERVALS, 50, with_depth=depth_after_ms is not None, depth_after_ms=depth_after_ms
+        )
+        times.append((time.perf_counter() - t) * 1000)
+        if len(windows.bars.get("1", [])) != WINDOW or (depth_after_ms is not None and len(windows.depth) < 64):
+            raise RuntimeError(f"the store returned short windows: {len(windows.bars.get('1', []))} 1m bars")
+    ms = np.array(times[5:])  # the first reads warm the connection and the scripts
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p99": round(float(np.percentile(ms, 99)), 3)}
 
 
 def _depth(names: list[str], close: int, mid: float) -> WriteBatch:
@@ -420,8 +490,10 @@ def bench_inference(
     threads: int = 1,
     *,
     eager: EagerBaseline,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """Every section of ``candlecast bench inference``; ``eager`` is the baseline ORT is compared with."""
+    """Every section of ``candlecast bench inference``; ``eager`` is the baseline ORT is compared with;
+    the store reads go to ``redis_url`` (default: ``CANDLECAST_REDIS_URL``, else the local Redis)."""
     return {
         "benchmark": "inference",
         "machine": {
@@ -434,7 +506,7 @@ def bench_inference(
         },
         "ort_vs_torch": _ort_vs_eager(artifacts, threads, max(20, repeats // 4), eager),
         "artifacts": _artifacts(artifacts),
-        **asyncio.run(_signals(artifacts, data, symbols, repeats, threads)),
+        **asyncio.run(_signals(artifacts, data, symbols, repeats, threads, bench_url(redis_url))),
     }
 
 

@@ -12,9 +12,14 @@ from tests.conftest import ARTIFACTS, DATA_1M
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_bench_inference_reports_every_section() -> None:
+def test_bench_inference_reports_every_section(redis_url: str) -> None:
     result = bench_inference(
-        ARTIFACTS, DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz", symbols=2, repeats=5, eager=torch_eager()
+        ARTIFACTS,
+        DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz",
+        symbols=2,
+        repeats=5,
+        eager=torch_eager(),
+        redis_url=redis_url,
     )
     zoo = {
         f"{kind}_1m.onnx" for kind in ("dense", "cnn1d", "mscnn", "cnn_ta", "bilstm", "cipm", "cipm_btc", "book_cnn")
@@ -31,3 +36,21 @@ def test_bench_inference_reports_every_section() -> None:
     assert result["components_voting_median"] == 17
     assert result["artifacts"]["megabytes"] < 100
     assert result["burst"]["signals"] == 2
+    # one read from a real Redis beside the memory store's, with and without the heatmap's depth
+    reads = result["store_read"]
+    for label in ("without_depth", "with_depth"):
+        assert reads[label]["redis_ms"]["p50"] > 0 and reads[label]["memory_ms"]["p50"] > 0
+    assert reads["symbol_rows"] == {"bars_per_window": 400, "depth_rows": 300}
+
+
+def test_the_store_read_section_says_why_when_no_redis_answers() -> None:
+    import asyncio
+
+    from inference.bench import _store_reads
+    from streaming.sim.bars import load_1m_bars
+    from tests.redis_server import free_port
+
+    base = load_1m_bars(DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz")
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    out = asyncio.run(_store_reads(base, int(base.start_ms[-1]) - 60_000, url, 3))
+    assert out["skipped"].startswith(f"no Redis at {url}")
