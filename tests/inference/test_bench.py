@@ -25,13 +25,14 @@ def _fixed_ms(artifact: str, x: npt.NDArray[np.float32], threads: int, repeats: 
     return 2.0
 
 
-def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baseline() -> None:
+def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baseline(redis_url: str) -> None:
     result = bench_inference(
         ARTIFACTS,
         DATA_1M / "bybit_linear_BTCUSDT_1m.csv.gz",
         symbols=2,
         repeats=5,
         eager=EagerBaseline("stand-in", _fixed_ms),
+        redis_url=redis_url,
     )
     assert list(result) == [
         "benchmark",
@@ -45,6 +46,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "ladder",
         "burst",
         "burst_with_scoring",
+        "store_read",
         "aim",
     ]
     assert result["machine"]["torch"] == "stand-in"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -300,7 +299,7 @@ async def test_a_window_with_a_revised_bar_is_not_signalled_from_until_reconcile
     ingestor's REST reconcile clears the mark."""
     await redis_store.write(history(CLOSE - MINUTE, {"1": 60, "5": 60, "60": 20}))
     old = history(CLOSE - MINUTE, {"5": 60}).bars[(SYMBOL, "5")][-3]
-    await redis_store.write(WriteBatch(bars={(SYMBOL, "5"): [replace(old, volume=old.volume + 1)]}))
+    await redis_store.write(WriteBatch(bars={(SYMBOL, "5"): [old._replace(volume=old.volume + 1)]}))
     async with running_worker(redis_url, redis_store, models) as h:
         result = await outcome_of(h, redis_store, closing(CLOSE, ("1", "5")))
         assert isinstance(result, Signal) and result.source == "ensemble"
