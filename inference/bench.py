@@ -222,6 +222,8 @@ def bench_render(repeats: int = 200, *, klines: Path | None = None) -> dict[str,
 # --- inference ---------------------------------------------------------------------------------
 
 INTERVALS = ("1", "5", "15", "60")
+WINDOW = 400  # bars per window in the bench's stores
+READ_SYMBOL = "BTCUSDT"  # the symbol whose store read is timed
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,7 @@ def _bars(series: Bars, keep: npt.NDArray[np.bool_], window: int) -> list[Bar]:
 
 
 async def _signals(
-    artifacts: Path, data: Path, symbols: int, repeats: int, threads: int, redis_url: str
+    artifacts: Path, data: Path, symbols: int, repeats: int, threads: int, concurrency: int, redis_url: str
 ) -> dict[str, Any]:
     base = load_1m_bars(data)
     # BTCUSDT among them: the two-layer CIPM reads its window beside every other symbol's
@@ -304,7 +306,7 @@ async def _signals(
     mid = float(base.close[-1])
     store = await _bar_store(base, names, last_start)
     config = WorkerConfig(
-        intervals=INTERVALS, latency_budget_ms=5_000.0, coarse_wait_ms=0.0, inference_concurrency=max(1, threads)
+        intervals=INTERVALS, latency_budget_ms=5_000.0, coarse_wait_ms=0.0, inference_concurrency=concurrency
     )
     metrics = WorkerMetrics()
     # the whole zoo: the components the manifest ships off by default too
@@ -375,16 +377,12 @@ async def _bar_store(base: Bars, names: list[str], last_start: int) -> MemorySto
     return store
 
 
-WINDOW = 400
-
-
 async def _fill(store: WindowStore, base: Bars, names: list[str], last_start: int) -> None:
-    window = WINDOW
     for iv in INTERVALS:
         s = aggregate(base, int(iv))
         step = int(iv) * MINUTE_MS
         keep = s.start_ms <= (last_start - last_start % step if iv != "1" else last_start)
-        bars = _bars(s, keep, window)
+        bars = _bars(s, keep, WINDOW)
         await store.write(WriteBatch(bars={(n, iv): bars for n in names}))
 
 
@@ -419,9 +417,6 @@ async def _store_reads(base: Bars, last_start: int, redis_url: str, repeats: int
         with contextlib.suppress(StoreError):
             await redis.delete_all()
         await redis.close()
-
-
-READ_SYMBOL = "BTCUSDT"
 
 
 async def _read_ms(store: WindowStore, depth_after_ms: int | None, repeats: int) -> dict[str, float]:
@@ -491,9 +486,11 @@ def bench_inference(
     *,
     eager: EagerBaseline,
     redis_url: str | None = None,
+    concurrency: int = WorkerConfig.inference_concurrency,
 ) -> dict[str, Any]:
     """Every section of ``candlecast bench inference``; ``eager`` is the baseline ORT is compared with;
-    the store reads go to ``redis_url`` (default: ``CANDLECAST_REDIS_URL``, else the local Redis)."""
+    the store reads go to ``redis_url`` (default: ``CANDLECAST_REDIS_URL``, else the local Redis);
+    ``concurrency``: session runs in flight at once (the worker's default)."""
     return {
         "benchmark": "inference",
         "machine": {
@@ -503,10 +500,11 @@ def bench_inference(
             "torch": eager.version,
             "available_providers": ort.get_available_providers(),
             "ort_threads": threads,
+            "inference_concurrency": concurrency,
         },
         "ort_vs_torch": _ort_vs_eager(artifacts, threads, max(20, repeats // 4), eager),
         "artifacts": _artifacts(artifacts),
-        **asyncio.run(_signals(artifacts, data, symbols, repeats, threads, bench_url(redis_url))),
+        **asyncio.run(_signals(artifacts, data, symbols, repeats, threads, concurrency, bench_url(redis_url))),
     }
 
 

@@ -17,32 +17,69 @@ import numpy as np
 import numpy.typing as npt
 
 from streaming.depth import DepthRow
-from streaming.klines import Bar, interval_ms, is_contiguous, last_closed_start
+from streaming.klines import Bar, interval_ms, last_closed_start
 from streaming.store import BookStatus
 
-__all__ = ["bars_to_array", "check_book", "check_window", "depth_window"]
+__all__ = ["WindowCheck", "bars_to_array", "check_book", "check_window", "depth_window"]
 
 
 def check_window(bars: Sequence[Bar], interval: str, need: int, now_ms: int) -> str | None:
     """``None`` if the newest ``need`` bars can be used at exchange time ``now_ms``, else a reason."""
-    if len(bars) < need:
-        return "short_window" if bars else "empty_window"
-    tail = bars[-need:]
-    step = interval_ms(interval)
-    if not is_contiguous([b.start for b in tail], step):
-        return "holed_window"
-    expected = last_closed_start(now_ms, step)
-    if tail[-1].start < expected:
-        return "stale_window"
-    if tail[-1].start > expected:
-        return "future_bar"
-    for b in tail:
-        prices = (b.open, b.high, b.low, b.close)
-        if not all(p.is_finite() and p > 0 for p in prices) or not (b.volume.is_finite() and b.volume >= 0):
+    return WindowCheck(bars, interval, now_ms).reason(need)
+
+
+class WindowCheck:
+    """:func:`check_window` of one window for any number of needs (the components reading it),
+    each bar's values and its gap to the bar before it examined at most once, newest first.
+
+    A fault answers for every tail that holds it: once the newest hole is found, every longer tail is
+    holed (which is named before bad values), so the scan stops there; the newest bad bar found on
+    the way answers the tails between."""
+
+    def __init__(self, bars: Sequence[Bar], interval: str, now_ms: int) -> None:
+        self._bars = bars
+        self._step = interval_ms(interval)
+        self._expected = last_closed_start(now_ms, self._step)
+        self._scanned = len(bars)  # bars[_scanned:] have been examined
+        self._hole = -1  # the newest i whose gap to bars[i - 1] is not one step (-1: none found yet)
+        self._bad = -1  # the newest bar with bad values (-1: none found yet)
+
+    def reason(self, need: int) -> str | None:
+        """``None`` if the newest ``need`` bars can be used, else why not (as :func:`check_window`)."""
+        bars = self._bars
+        if len(bars) < need:
+            return "short_window" if bars else "empty_window"
+        first = len(bars) - need
+        self._scan(first)
+        if self._hole > first:  # both bars of the gap are in the tail
+            return "holed_window"
+        if bars[-1].start < self._expected:
+            return "stale_window"
+        if bars[-1].start > self._expected:
+            return "future_bar"
+        if self._bad >= first:
             return "bad_values"
-        if not b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high:
-            return "bad_values"
-    return None
+        return None
+
+    def _scan(self, first: int) -> None:
+        bars, step = self._bars, self._step
+        i = self._scanned - 1
+        while i >= first and self._hole < 0:
+            b = bars[i]
+            if i > 0 and b.start - bars[i - 1].start != step:
+                self._hole = i
+            if self._bad < 0 and not _sound(b):
+                self._bad = i
+            i -= 1
+        self._scanned = min(self._scanned, i + 1)
+
+
+def _sound(b: Bar) -> bool:
+    """Finite positive prices, a finite non-negative volume, and open and close within [low, high]."""
+    prices = (b.open, b.high, b.low, b.close)
+    if not all(p.is_finite() and p > 0 for p in prices) or not (b.volume.is_finite() and b.volume >= 0):
+        return False
+    return b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high
 
 
 def check_book(book: BookStatus | None, now_ms: int, max_age_ms: int) -> str | None:

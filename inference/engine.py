@@ -7,9 +7,11 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 
 1. read every window of the symbol in one round trip; when a coarser bar closes at the same boundary
    (12:05 for 5m) and is not in the store yet, re-read for at most ``coarse_wait_ms``;
-2. check each component's window (:func:`inference.checks.check_window`); a failing one is dropped;
-3. render the inputs in a thread, then run the components in one batch per artifact (all
-   EfficientNet timeframes of the symbol in one ``session.run``), in threads behind a semaphore;
+2. check each component's window (:class:`inference.checks.WindowCheck`, each window once); a
+   failing one is dropped;
+3. render the inputs in a thread, one batch per artifact at a time (all EfficientNet timeframes of
+   the symbol in one ``session.run``), and run each batch as soon as its inputs are built, in threads
+   behind a semaphore, so rendering overlaps inference;
    what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) whose
    rung below stands by has the first ``rung_share`` of it (half): late by then, it is dropped and
    the rung below runs in the rest, in the same signal;
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from inference.checks import bars_to_array, check_window
+from inference.checks import WindowCheck, bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.decision import decide, slot, stacker_for, vote_report, weighs
@@ -99,10 +102,20 @@ def _leader_window(
     return bars[-c.bars_needed :] if reason is None else f"leader_{reason}"
 
 
+# A component's built input, or why it could not be built.
+_Built = tuple[LoadedComponent, npt.NDArray[np.float32] | str]
+
+
 @dataclass
 class _Batch:
+    """One session's run in a signal: its components, and their inputs once the render thread has
+    built them (``inputs``, set on the event loop); ``members`` are those built, ``failed`` those not."""
+
     session: ModelSession
-    members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]]
+    components: list[LoadedComponent]
+    inputs: asyncio.Future[list[_Built]]
+    members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
+    failed: list[LoadedComponent] = field(default_factory=list)
     started: bool = False
 
 
@@ -156,7 +169,8 @@ class SignalEngine:
         self._rung_sem = asyncio.Semaphore(config.inference_concurrency)
         # Session runs that missed their budget but had started: a thread cannot be cancelled, so
         # they hold their semaphore slot until they return (keeping concurrency honest).
-        self._stragglers: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
+        self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
+        self._stragglers: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
@@ -201,6 +215,7 @@ class SignalEngine:
         closed = {iv: _closed(windows.bars.get(iv, []), interval_ms(iv), now) for iv in self.config.intervals}
         # A window with a rewritten closed bar waits for the ingestor's REST reconcile (store.revised_field).
         unreconciled = {iv for iv in self.config.intervals if windows.status.get(revised_field(iv))}
+        checks = {iv: WindowCheck(bars, iv, now) for iv, bars in closed.items()}  # each window examined once
         drafts = _Drafts()
         runnable: list[_Window] = []
         stand_ins = models.stand_ins
@@ -218,7 +233,7 @@ class SignalEngine:
                 drafts.drop(c, "corrupt_window")
             elif c.timeframe in unreconciled:
                 drafts.drop(c, "unreconciled_window")
-            elif (reason := check_window(closed[c.timeframe], c.timeframe, c.bars_needed, now)) is not None:
+            elif (reason := checks[c.timeframe].reason(c.bars_needed)) is not None:
                 drafts.drop(c, reason)
             elif isinstance(lead := _leader_window(c, event.symbol, closed, leaders, now), str):
                 drafts.drop(c, lead)
@@ -231,19 +246,18 @@ class SignalEngine:
 
         budget_s = self.config.latency_budget_ms / 1000.0
         deadline = t_read + budget_s
-        inputs = await asyncio.to_thread(self._render, runnable, drafts) if runnable else []
-        t_render = time.perf_counter()
         backed = {id(stand_ins[c.name].session) for c, *_ in standby}  # rungs with a rung below, ready
         rung_deadline = t_read + self.config.rung_share * budget_s
-        await self._infer(event.symbol, inputs, drafts, deadline, rung_deadline=rung_deadline, backed=backed)
+        t_render = await self._infer(
+            event.symbol, runnable, drafts, deadline, rung_deadline=rung_deadline, backed=backed
+        )
         # The ladder: a component whose rung voted stands by; one whose rung did not runs now.
         fallen = [w for w in standby if drafts.reports[stand_ins[w[0].name].name].status != "voted"]
         for c, *_ in standby:
             if all(c is not f for f, *_ in fallen):
                 drafts.drop(c, "standby")
         if fallen and time.perf_counter() < deadline:
-            again = await asyncio.to_thread(self._render, fallen, drafts)
-            await self._infer(event.symbol, again, drafts, deadline)
+            await self._infer(event.symbol, fallen, drafts, deadline)
         for c, *_ in fallen:  # no time left for the rung below: nothing started, nothing wasted
             if c.name not in drafts.reports:
                 drafts.drop(c, "late")
@@ -284,7 +298,7 @@ class SignalEngine:
         latency = StageLatency(
             read=_ms(t_read - t0),
             render=_ms(t_render - t_read),
-            infer=_ms(t_infer - t_render),
+            infer=_ms(max(0.0, t_infer - t_render)),
             ensemble=_ms(t_ens - t_infer),
             total=_ms(t_ens - t0),
             bar_close_to_publish=float(wall - now),
@@ -426,15 +440,15 @@ class SignalEngine:
                 out[leader] = _UNREADABLE
         return out
 
-    def _render(
-        self, runnable: list[_Window], drafts: _Drafts
-    ) -> list[tuple[LoadedComponent, npt.NDArray[np.float32]]]:
-        """Model inputs (runs in a thread). A window the renderer refuses drops its component.
+    def _build(
+        self, windows: Sequence[_Window], built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str]
+    ) -> list[_Built]:
+        """Model inputs (in the render thread). A window the renderer refuses yields its reason.
 
-        Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation."""
-        out = []
-        built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}  # the input, or why it failed
-        for c, bars, lead, depth in runnable:
+        Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation: ``built``
+        holds every input of the signal so far."""
+        out: list[_Built] = []
+        for c, bars, lead, depth in windows:
             key = c.input_key
             if key not in built:
                 started = time.perf_counter()
@@ -446,48 +460,87 @@ class SignalEngine:
                     built[key] = str(exc)
                 else:
                     self.metrics.render_seconds.labels(c.renderer).observe(time.perf_counter() - started)
-            x = built[key]
-            if isinstance(x, str):
-                log.warning("%s: cannot build the input: %s", c.name, x)
-                drafts.drop(c, "bad_values")
-                continue
-            out.append((c, x))
+            out.append((c, built[key]))
         return out
 
     async def _infer(
         self,
         symbol: str,
-        inputs: list[tuple[LoadedComponent, npt.NDArray[np.float32]]],
+        windows: Sequence[_Window],
         drafts: _Drafts,
         deadline: float,
         rung_deadline: float | None = None,
         backed: frozenset[int] | set[int] = frozenset(),
-    ) -> None:
-        """Run the inputs' batches; what is not back by ``deadline`` is dropped as ``late``, and so is
-        a ladder rung's whose rung below stands by (its session's id in ``backed``) by
-        ``rung_deadline``, so the rung below still has time."""
+    ) -> float:
+        """Build the inputs of ``windows`` and run them, one batch per session (all EfficientNet
+        timeframes in one ``session.run``); returns when the last input was built (``perf_counter``).
+
+        One thread builds the inputs batch by batch, and each batch's run starts as soon as its own
+        are built, so the rendering of one batch overlaps the inference of those before it. What is
+        not back by ``deadline`` is dropped as ``late``, and so is a ladder rung's whose rung below
+        stands by (its session's id in ``backed``) by ``rung_deadline``, so the rung below still has time."""
+        started = time.perf_counter()
+        if not windows:
+            return started
+        loop = asyncio.get_running_loop()
         batches: dict[int, _Batch] = {}
-        for c, x in inputs:
-            assert c.session is not None  # enabled components have one
-            batches.setdefault(id(c.session), _Batch(c.session, [])).members.append((c, x))
-        if not batches:
-            return
+        groups: dict[int, list[_Window]] = {}
+        for w in windows:
+            session = w[0].session
+            assert session is not None  # enabled components have one
+            if id(session) not in batches:
+                batches[id(session)] = _Batch(session, [], loop.create_future())
+                groups[id(session)] = []
+            batches[id(session)].components.append(w[0])
+            groups[id(session)].append(w)
+        # the longest runs first (by their last), so the slowest batch is not the last to start
+        order = sorted(batches, key=lambda k: -self._run_s.get(batches[k].session.name, 0.0))
+        stop = threading.Event()  # set once the signal no longer waits: the thread builds no more
+
+        def deliver(batch: _Batch, built: list[_Built]) -> None:  # on the loop
+            if not batch.inputs.done():
+                batch.inputs.set_result(built)
+
+        def fail(exc: Exception) -> None:  # on the loop: every batch not yet built fails with it
+            for b in batches.values():
+                if not b.inputs.done():
+                    b.inputs.set_exception(exc)
+
+        def build_all() -> float:  # in the render thread
+            built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}
+            try:
+                for key in order:
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(deliver, batches[key], self._build(groups[key], built))
+            except Exception as exc:  # a renderer's bug costs the components not yet built, not the signal
+                log.exception("%s: building the inputs failed", symbol)
+                loop.call_soon_threadsafe(fail, exc)
+            return time.perf_counter()
+
+        render = asyncio.ensure_future(asyncio.to_thread(build_all))
         # Not a TaskSupervisor's: these tasks live for one signal, are awaited together against its
         # deadline, and the late ones are cancelled or kept as stragglers one by one.
         tasks = {
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }
-        late: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
+        late: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
         rungs = {t for t, b in tasks.items() if id(b.session) in backed}
         if rungs and rung_deadline is not None:
             _, late = await asyncio.wait(rungs, timeout=max(0.0, min(rung_deadline, deadline) - time.perf_counter()))
-        done: set[asyncio.Task[tuple[npt.NDArray[np.float32], float]]] = set()
+        done: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
         if rest := set(tasks) - late:
             done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
             late |= also_late
+        stop.set()
+        rendered = await render  # at most the batch it was building when the wait ended
+        for task in late | done:
+            batch = tasks[task]
+            for c in batch.failed:
+                drafts.drop(c, "bad_values")
         for task in late:
             batch = tasks[task]
-            for c, _ in batch.members:
+            for c in _unbuilt_or_built(batch):
                 drafts.drop(c, "late")
             if batch.session.gpu_only and batch.started:  # a rung that ran past its time has failed
                 batch.session.mark_broken("missed the latency budget")
@@ -499,13 +552,16 @@ class SignalEngine:
         for task in done:
             batch = tasks[task]
             try:
-                logits, seconds = task.result()
+                ran = task.result()
             except Exception as exc:
                 level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
                 log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
-                for c, _ in batch.members:  # a ladder rung's GPU failed: the rung below runs
+                for c in _unbuilt_or_built(batch):  # a ladder rung's GPU failed: the rung below runs
                     drafts.drop(c, "gpu_failed" if batch.session.gpu_only else "error")
                 continue
+            if ran is None:  # none of its inputs could be built
+                continue
+            logits, seconds = ran
             out = np.asarray(logits, dtype=np.float64)
             rows = out.reshape(len(batch.members), -1) if out.size and out.size % len(batch.members) == 0 else None
             provider = batch.session.provider
@@ -516,18 +572,29 @@ class SignalEngine:
                     drafts.drop(c, "bad_output", _ms(seconds))
                     continue
                 drafts.vote(c, report)
+        return rendered
 
-    async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float]:
+    async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float] | None:
+        """The batch's session run once its inputs are built (None: none could be)."""
+        for c, x in await batch.inputs:
+            if isinstance(x, str):
+                log.warning("%s: cannot build the input: %s", c.name, x)
+                batch.failed.append(c)
+            else:
+                batch.members.append((c, x))
+        if not batch.members:
+            return None
         async with self._rung_sem if batch.session.gpu_only else self._sem:
             batch.started = True
             x = np.stack([x for _, x in batch.members])
             started = time.perf_counter()
             out = await asyncio.to_thread(batch.session.run, x)
             seconds = time.perf_counter() - started
+            self._run_s[batch.session.name] = seconds
             self.metrics.inference_seconds.labels(batch.session.name, batch.session.provider).observe(seconds)
             return out, seconds
 
-    def _straggler_done(self, task: asyncio.Task[tuple[npt.NDArray[np.float32], float]]) -> None:
+    def _straggler_done(self, task: asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]) -> None:
         self._stragglers.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("a late inference also failed: %s", task.exception())
@@ -536,6 +603,12 @@ class SignalEngine:
         """Let late session runs finish (their threads cannot be interrupted)."""
         if self._stragglers:
             await asyncio.wait(set(self._stragglers), timeout=timeout_s)
+
+
+def _unbuilt_or_built(batch: _Batch) -> list[LoadedComponent]:
+    """The batch's components but those whose input could not be built (dropped as ``bad_values``)."""
+    failed = {id(c) for c in batch.failed}
+    return [c for c in batch.components if id(c) not in failed]
 
 
 # Reports of components not meant to run here: a ladder's idle rungs, an opt-in component the

@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from inference.config import WorkerConfig
 from inference.metrics import WorkerMetrics
 from service import compose
 from service.inspect import inspect_symbol
@@ -187,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--symbols", type=int, default=50)
     bn.add_argument("--repeats", type=int, default=200)
     bn.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads")
+    bn.add_argument(
+        "--concurrency",
+        type=int,
+        default=WorkerConfig.inference_concurrency,
+        help=f"session runs in flight at once (the worker's default: {WorkerConfig.inference_concurrency})",
+    )
     bn.set_defaults(handler=_cmd_bench_inference)
     ba = bsub.add_parser("api", help="GET /signal vs a bare route, and WebSocket fan-out latency")
     ba.add_argument("--connections", type=int, default=32)
@@ -363,7 +370,14 @@ async def _cmd_bench_inference(args: argparse.Namespace) -> int:
     from models.bench_inference import torch_eager  # the eager baseline needs torch: imported only here
 
     result = await asyncio.to_thread(
-        bench_inference, args.artifacts, args.data, args.symbols, args.repeats, args.threads, eager=torch_eager()
+        bench_inference,
+        args.artifacts,
+        args.data,
+        args.symbols,
+        args.repeats,
+        args.threads,
+        eager=torch_eager(),
+        concurrency=args.concurrency,
     )
     print_json(result)
     return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from inference.checks import bars_to_array, check_book, check_window
+from inference.checks import WindowCheck, bars_to_array, check_book, check_window
 from streaming.klines import Bar
 from streaming.store import BookStatus
 
@@ -59,6 +62,53 @@ def test_hourly_window_judged_on_the_hour() -> None:
     hourly = bars(5, start=T0 - 5 * 60 * M, step=60 * M)  # newest hour started T0 - 60 M, closed at T0
     assert check_window(hourly, "60", 5, T0 + 59 * M) is None
     assert check_window(hourly, "60", 5, T0 + 61 * M) == "stale_window"
+
+
+def _reference(window: list[Bar], need: int, now: int, step: int) -> str | None:
+    """check_window's contract, spelled out bar by bar over the tail alone."""
+    if len(window) < need:
+        return "short_window" if window else "empty_window"
+    tail = window[len(window) - need :]
+    if any(b.start - a.start != step for a, b in itertools.pairwise(tail)):
+        return "holed_window"
+    expected = (now // step) * step - step
+    if tail[-1].start != expected:
+        return "stale_window" if tail[-1].start < expected else "future_bar"
+    for b in tail:
+        prices = (b.open, b.high, b.low, b.close)
+        if not all(p.is_finite() and p > 0 for p in prices) or not (b.volume.is_finite() and b.volume >= 0):
+            return "bad_values"
+        if not b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high:
+            return "bad_values"
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 40),
+    holes=st.sets(st.integers(0, 39), max_size=3),
+    bad=st.dictionaries(
+        st.integers(0, 39), st.sampled_from(["close=0", "close=NaN", "volume=-1", "high=99.5"]), max_size=3
+    ),
+    shift=st.sampled_from([-1, 0, 1]),
+    needs=st.lists(st.integers(1, 45), min_size=1, max_size=8),
+)
+def test_one_window_check_answers_every_need_as_the_contract_does(
+    n: int, holes: set[int], bad: dict[int, str], shift: int, needs: list[int]
+) -> None:
+    """One WindowCheck asked for several needs, in any order, answers each as check_window's contract
+    does for that need alone: its memory of faults found for one need never leaks into another."""
+    window = []
+    start = T0 + (30 - n + shift) * M - len(holes) * M
+    for i in range(n):
+        start += M * (2 if i in holes else 1)
+        key, _, value = bad[i].partition("=") if i in bad else ("", "", "")
+        window.append(bars(1, start=start, **({key: value} if key else {}))[0])
+    if window:  # the newest bar lands on T0 + 29 M (+shift): stale, current or from the future
+        offset = T0 + (29 + shift) * M - window[-1].start
+        window = [b._replace(start=b.start + offset) for b in window]
+    check = WindowCheck(window, "1", NOW)
+    assert [check.reason(need) for need in needs] == [_reference(window, need, NOW, M) for need in needs]
 
 
 def test_book_checks() -> None:

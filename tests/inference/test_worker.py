@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from redis.asyncio.client import PubSub
 
+import inference.features
 from inference.components import ModelRegistry
 from inference.config import WorkerConfig
 from inference.engine import SignalEngine
@@ -259,6 +260,39 @@ async def test_components_that_miss_the_latency_budget_are_left_out_and_counted(
     s = await roomy.compute(event)
     assert isinstance(s, Signal) and s.source == "ensemble"
     assert all(c.status == "voted" for c in s.components)
+
+
+async def test_a_renderer_that_breaks_costs_the_inputs_it_did_not_build_not_the_signal(
+    models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render thread builds one session's batch at a time, the slowest run first (the EfficientNet's,
+    by its last run), and each batch runs once built. A renderer failing in a way it does not name
+    (here NumPy, under the TCN's features) drops the components it had not built yet as ``error``:
+    the batch already built still votes and the signal is served."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
+    registry = ModelRegistry(models, prefer_gpu=False)
+    await registry.load()
+    engine = SignalEngine(WorkerConfig(intervals=("1", "5", "60")), store, registry, WorkerMetrics(CollectorRegistry()))
+    event = BarEvent(SYMBOL, "1", close - MINUTE)
+    first = await engine.compute(event)  # every run timed once: the order of the next
+    assert isinstance(first, Signal) and all(c.status == "voted" for c in first.components)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("a bug in a renderer")
+
+    monkeypatch.setattr(inference.features, "sliding_window_view", broken)
+    s = await engine.compute(event)
+    assert isinstance(s, Signal) and s.source == "ensemble" and s.partial
+    status = {c.name: (c.status, c.reason) for c in s.components}
+    assert status == {
+        "efficientnet_1m": ("voted", None),
+        "efficientnet_5m": ("voted", None),
+        "tcn_1m": ("dropped", "error"),
+        "tcn_5m": ("dropped", "error"),
+    }
+    await engine.close()
 
 
 async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
