@@ -121,7 +121,9 @@ class Freshness:
 
 @dataclass(frozen=True, slots=True)
 class StageLatency:
-    """Milliseconds. ``read`` includes any bounded wait for a coarser bar due at this close."""
+    """Milliseconds. ``read`` includes any bounded wait for a coarser bar due at this close; ``render``
+    lasts until the last input is built (the batches built before it are already running); ``infer``
+    is what the runs took past that."""
 
     read: float
     render: float
