@@ -11,7 +11,8 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
    failing one is dropped;
 3. render the inputs in a thread, one batch per artifact at a time (all EfficientNet timeframes of
    the symbol in one ``session.run``), and run each batch as soon as its inputs are built, in threads
-   behind a semaphore, so rendering overlaps inference;
+   behind a semaphore, so rendering overlaps inference; a component whose window is exactly the one
+   its last vote for the symbol came from (a 5m window between 5m closes) repeats that vote, unrun;
    what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) whose
    rung below stands by has the first ``rung_share`` of it (half): late by then, it is dropped and
    the rung below runs in the rest, in the same signal;
@@ -25,9 +26,11 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,7 +46,7 @@ from inference.ensemble import Economics, round_bp
 from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
 from inference.metrics import WorkerMetrics
-from inference.runtime import ModelSession, RuntimeFailure
+from inference.runtime import CPU, ModelSession, RuntimeFailure
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
 from streaming.errors import StoreError, StoreUnavailable
@@ -69,9 +72,11 @@ def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
 # A leader whose windows could not be decoded (a damaged book or status record): its readers drop out.
 _UNREADABLE = SymbolWindows(symbol="", bars={}, book=None, depth=[], status={})
 
-# A component ready to run: its window, its leader's window for the same bars (or None), and its
-# checked depth window (or None).
-_Window = tuple[LoadedComponent, list[Bar], list[Bar] | None, npt.NDArray[np.float32] | None]
+# A component ready to run: its window as (n, 5) OHLCV floats, its leader's for the same bars (or
+# None), and its checked depth window (or None).
+_Window = tuple[
+    LoadedComponent, npt.NDArray[np.float64], npt.NDArray[np.float64] | None, npt.NDArray[np.float32] | None
+]
 
 
 def _leader_window(
@@ -102,8 +107,32 @@ def _leader_window(
     return bars[-c.bars_needed :] if reason is None else f"leader_{reason}"
 
 
+def _digest(w: _Window) -> bytes:
+    """What a component's input is computed from (its window, its leader's, its depth rows), exactly."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in w[1:]:
+        if part is None:
+            h.update(b"-")
+            continue
+        h.update(f"{part.dtype.str}{part.shape}".encode())
+        h.update(np.ascontiguousarray(part).data)
+    return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """A component's last vote for a symbol: the session that computed it, the digest of what its input
+    was computed from (:func:`_digest`), its output row."""
+
+    session: weakref.ref[ModelSession]
+    digest: bytes
+    row: npt.NDArray[np.float64]
+
+
 # A component's built input, or why it could not be built.
 _Built = tuple[LoadedComponent, npt.NDArray[np.float32] | str]
+# A batch's run: its output and the seconds it took; None: none of its inputs could be built.
+_Ran = tuple[npt.NDArray[np.float32], float] | None
 
 
 @dataclass
@@ -114,6 +143,7 @@ class _Batch:
     session: ModelSession
     components: list[LoadedComponent]
     inputs: asyncio.Future[list[_Built]]
+    digests: dict[str, bytes] = field(default_factory=dict)  # by component: what its vote is remembered by
     members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
     failed: list[LoadedComponent] = field(default_factory=list)
     started: bool = False
@@ -170,7 +200,8 @@ class SignalEngine:
         # Session runs that missed their budget but had started: a thread cannot be cancelled, so
         # they hold their semaphore slot until they return (keeping concurrency honest).
         self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
-        self._stragglers: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
+        self._votes: dict[tuple[str, str], _Remembered] = {}  # by (symbol, component): inputs unchanged are not run
+        self._stragglers: set[asyncio.Task[_Ran]] = set()
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
@@ -220,6 +251,7 @@ class SignalEngine:
         runnable: list[_Window] = []
         stand_ins = models.stand_ins
         standby: list[_Window] = []  # run only if their rung does not vote
+        arrays: dict[str, npt.NDArray[np.float64]] = {}
         for c in models.components:
             if c.disabled is not None:
                 drafts.drop(c, c.disabled)
@@ -242,7 +274,12 @@ class SignalEngine:
             else:
                 rung = stand_ins.get(c.name)
                 ready = rung is not None and rung.session is not None and rung.session.broken is None
-                (standby if ready else runnable).append((c, closed[c.timeframe][-c.bars_needed :], lead, depth))
+                window = arrays.get(c.timeframe)
+                if window is None or len(window) < c.bars_needed:  # each timeframe's floats once, its longest tail
+                    longest = max(d.bars_needed for d in models.components if d.timeframe == c.timeframe)
+                    window = arrays[c.timeframe] = bars_to_array(closed[c.timeframe][-longest:])
+                lead_floats = None if lead is None else bars_to_array(lead)
+                (standby if ready else runnable).append((c, window[-c.bars_needed :], lead_floats, depth))
 
         budget_s = self.config.latency_budget_ms / 1000.0
         deadline = t_read + budget_s
@@ -448,12 +485,12 @@ class SignalEngine:
         Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation: ``built``
         holds every input of the signal so far."""
         out: list[_Built] = []
-        for c, bars, lead, depth in windows:
+        for c, ohlcv, lead, depth in windows:
             key = c.input_key
             if key not in built:
                 started = time.perf_counter()
                 try:
-                    built[key] = c.prepare(bars_to_array(bars), None if lead is None else bars_to_array(lead), depth)
+                    built[key] = c.prepare(ohlcv, lead, depth)
                 # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
                 # NumPy on an odd window still costs only these components, not the whole signal.
                 except (InferenceError, ValueError, ArithmeticError) as exc:
@@ -478,21 +515,32 @@ class SignalEngine:
         One thread builds the inputs batch by batch, and each batch's run starts as soon as its own
         are built, so the rendering of one batch overlaps the inference of those before it. What is
         not back by ``deadline`` is dropped as ``late``, and so is a ladder rung's whose rung below
-        stands by (its session's id in ``backed``) by ``rung_deadline``, so the rung below still has time."""
+        stands by (its session's id in ``backed``) by ``rung_deadline``, so the rung below still has time.
+
+        A component reading exactly what its last vote for ``symbol`` was computed from (the same
+        window, leader window and depth rows, by :func:`_digest`), on the same CPU session, votes that
+        again with neither a render nor a run (latency 0): a 5m window between two 5m closes is read at
+        every 1m close."""
         started = time.perf_counter()
-        if not windows:
-            return started
         loop = asyncio.get_running_loop()
         batches: dict[int, _Batch] = {}
         groups: dict[int, list[_Window]] = {}
         for w in windows:
-            session = w[0].session
+            c, session = w[0], w[0].session
             assert session is not None  # enabled components have one
+            digest = _digest(w)
+            seen = self._votes.get((symbol, c.name))
+            if seen is not None and seen.digest == digest and seen.session() is session:
+                self._vote(c, seen.row, session.provider, 0.0, drafts)  # the same input: the same vote
+                continue
             if id(session) not in batches:
                 batches[id(session)] = _Batch(session, [], loop.create_future())
                 groups[id(session)] = []
-            batches[id(session)].components.append(w[0])
+            batches[id(session)].components.append(c)
+            batches[id(session)].digests[c.name] = digest
             groups[id(session)].append(w)
+        if not batches:
+            return started
         # the longest runs first (by their last), so the slowest batch is not the last to start
         order = sorted(batches, key=lambda k: -self._run_s.get(batches[k].session.name, 0.0))
         stop = threading.Event()  # set once the signal no longer waits: the thread builds no more
@@ -524,11 +572,11 @@ class SignalEngine:
         tasks = {
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }
-        late: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
+        late: set[asyncio.Task[_Ran]] = set()
         rungs = {t for t, b in tasks.items() if id(b.session) in backed}
         if rungs and rung_deadline is not None:
             _, late = await asyncio.wait(rungs, timeout=max(0.0, min(rung_deadline, deadline) - time.perf_counter()))
-        done: set[asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]] = set()
+        done: set[asyncio.Task[_Ran]] = set()
         if rest := set(tasks) - late:
             done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
             late |= also_late
@@ -566,22 +614,33 @@ class SignalEngine:
             rows = out.reshape(len(batch.members), -1) if out.size and out.size % len(batch.members) == 0 else None
             provider = batch.session.provider
             for i, (c, _) in enumerate(batch.members):
-                self.models.note_provider(c.name, provider)
-                report = vote_report(c, rows[i], provider, _ms(seconds)) if rows is not None else None
-                if report is None:
-                    drafts.drop(c, "bad_output", _ms(seconds))
-                    continue
-                drafts.vote(c, report)
+                row = rows[i] if rows is not None else None
+                # remembered from the CPU only: a GPU's run is cheap, and each run finds a lost GPU at once
+                if self._vote(c, row, provider, _ms(seconds), drafts) and row is not None and provider == CPU:
+                    self._votes[(symbol, c.name)] = _Remembered(weakref.ref(batch.session), batch.digests[c.name], row)
         return rendered
 
-    async def _run(self, batch: _Batch) -> tuple[npt.NDArray[np.float32], float] | None:
-        """The batch's session run once its inputs are built (None: none could be)."""
-        for c, x in await batch.inputs:
-            if isinstance(x, str):
-                log.warning("%s: cannot build the input: %s", c.name, x)
+    def _vote(
+        self, c: LoadedComponent, row: npt.NDArray[np.float64] | None, provider: str, ms: float, drafts: _Drafts
+    ) -> bool:
+        """Record ``c``'s vote from its output ``row`` (None: the run's output had the wrong size);
+        False when the row is not a vote (``bad_output``)."""
+        self.models.note_provider(c.name, provider)
+        report = vote_report(c, row, provider, ms) if row is not None else None
+        if report is None:
+            drafts.drop(c, "bad_output", ms)
+            return False
+        drafts.vote(c, report)
+        return True
+
+    async def _run(self, batch: _Batch) -> _Ran:
+        """The batch's session run, once its inputs are built (None: none could be)."""
+        for c, built in await batch.inputs:
+            if isinstance(built, str):
+                log.warning("%s: cannot build the input: %s", c.name, built)
                 batch.failed.append(c)
             else:
-                batch.members.append((c, x))
+                batch.members.append((c, built))
         if not batch.members:
             return None
         async with self._rung_sem if batch.session.gpu_only else self._sem:
@@ -594,7 +653,7 @@ class SignalEngine:
             self.metrics.inference_seconds.labels(batch.session.name, batch.session.provider).observe(seconds)
             return out, seconds
 
-    def _straggler_done(self, task: asyncio.Task[tuple[npt.NDArray[np.float32], float] | None]) -> None:
+    def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
         self._stragglers.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.debug("a late inference also failed: %s", task.exception())

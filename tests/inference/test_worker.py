@@ -268,7 +268,8 @@ async def test_a_renderer_that_breaks_costs_the_inputs_it_did_not_build_not_the_
     """The render thread builds one session's batch at a time, the slowest run first (the EfficientNet's,
     by its last run), and each batch runs once built. A renderer failing in a way it does not name
     (here NumPy, under the TCN's features) drops the components it had not built yet as ``error``:
-    the batch already built still votes and the signal is served."""
+    the batch already built still votes, a vote remembered from the last close (the unchanged 5m
+    window's TCN) still counts, and the signal is served."""
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE
     await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
@@ -283,15 +284,61 @@ async def test_a_renderer_that_breaks_costs_the_inputs_it_did_not_build_not_the_
         raise TypeError("a bug in a renderer")
 
     monkeypatch.setattr(inference.features, "sliding_window_view", broken)
-    s = await engine.compute(event)
+    await store.write(history(close + MINUTE, {"1": 80}))  # the next minute: only the 1m windows move
+    s = await engine.compute(BarEvent(SYMBOL, "1", close))
     assert isinstance(s, Signal) and s.source == "ensemble" and s.partial
-    status = {c.name: (c.status, c.reason) for c in s.components}
+    status = {c.name: (c.status, c.reason, c.latency_ms == 0.0) for c in s.components}
     assert status == {
-        "efficientnet_1m": ("voted", None),
-        "efficientnet_5m": ("voted", None),
-        "tcn_1m": ("dropped", "error"),
-        "tcn_5m": ("dropped", "error"),
+        "efficientnet_1m": ("voted", None, False),
+        "efficientnet_5m": ("voted", None, True),  # remembered
+        "tcn_1m": ("dropped", "error", False),
+        "tcn_5m": ("voted", None, True),  # remembered: its features are not computed again
     }
+    await engine.close()
+
+
+async def test_a_coarser_window_unchanged_since_the_last_close_is_not_run_again(models: Path) -> None:
+    """Between two 5m closes the 5m components read the same window at every 1m close: the vote is
+    remembered (same p_up, no run, latency 0), the 1m components run; at the next 5m close, and for
+    another model set (a reload: other sessions), they run again."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE  # a 5m (and 1h) boundary
+    metrics = WorkerMetrics(CollectorRegistry())
+    registry = ModelRegistry(models, prefer_gpu=False, metrics=metrics)
+    await registry.load()
+    engine = SignalEngine(WorkerConfig(intervals=("1", "5", "60")), store, registry, metrics)
+
+    def runs(model: str) -> float:
+        return (
+            metrics.registry.get_sample_value("candlecast_inference_seconds_count", {"model": model, "provider": CPU})
+            or 0.0
+        )
+
+    async def at(minute: int) -> dict[str, ComponentReport]:
+        now = close + minute * MINUTE
+        await store.write(history(now, {"1": 80, "5": 70, "60": 20}))
+        s = await engine.compute(BarEvent(SYMBOL, "1", now - MINUTE))
+        assert isinstance(s, Signal) and all(c.status == "voted" for c in s.components)
+        return {c.name: c for c in s.components}
+
+    first = await at(0)
+    assert all(c.latency_ms for c in first.values())  # every component ran
+    tcn_5m_runs = runs("tcn_5m")
+    later = await at(1)  # the 1m window moved on, the 5m one did not
+    for name in ("tcn_5m", "efficientnet_5m"):
+        assert later[name].p_up == first[name].p_up and later[name].latency_ms == 0.0
+    assert runs("tcn_5m") == tcn_5m_runs
+    assert later["tcn_1m"].latency_ms and later["efficientnet_1m"].latency_ms  # these windows moved
+    assert later["efficientnet_1m"].p_up != first["efficientnet_1m"].p_up
+
+    at_5m = await at(5)  # a 5m close: a new 5m window
+    assert at_5m["tcn_5m"].latency_ms and runs("tcn_5m") == tcn_5m_runs + 1
+
+    reloaded = ModelRegistry(models, prefer_gpu=False, metrics=metrics)  # the same files, new sessions
+    await reloaded.load()
+    engine.models = reloaded
+    again = await at(6)
+    assert again["tcn_5m"].latency_ms and again["tcn_5m"].p_up == at_5m["tcn_5m"].p_up
     await engine.close()
 
 
