@@ -45,6 +45,7 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
         "sources",
         "ladder",
         "burst",
+        "burst_inside_the_hour",
         "burst_with_scoring",
         "store_read",
         "aim",
@@ -67,6 +68,9 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
     assert result["sources"] == {"ensemble": 5}
     assert result["ladder"] == {"efficientnet-b0": 5}  # no GPU here: the B0 rung, every signal
     assert result["burst"]["signals"] == 2
+    inside = result["burst_inside_the_hour"]
+    # at xx:59 the TCN and the B0 of 5m, 15m and 1h read the windows of their last vote: remembered
+    assert inside["signals"] == 2 and inside["votes_remembered_median"] == 6
     assert result["burst_with_scoring"]["scored"] == 2  # each symbol's previous signal, once its bar closed
 
 
