@@ -49,7 +49,7 @@ class WindowCheck:
         bars = self._bars
         if len(bars) < need:
             return "short_window" if bars else "empty_window"
-        first = len(bars) - need
+        first = len(bars) - need if need > 0 else 0  # as ``bars[-need:]``: need 0 is the whole window
         self._scan(first)
         if self._hole > first:  # both bars of the gap are in the tail
             return "holed_window"

@@ -108,8 +108,9 @@ def _leader_window(
 
 
 def _digest(w: _Window) -> bytes:
-    """What a component's input is computed from (its window, its leader's, its depth rows), exactly."""
-    h = hashlib.blake2b(digest_size=16)
+    """What a component's input is computed from (its window, its leader's, its depth rows, and how:
+    :attr:`LoadedComponent.input_key`), exactly."""
+    h = hashlib.blake2b(repr(w[0].input_key).encode(), digest_size=16)
     for part in w[1:]:
         if part is None:
             h.update(b"-")
@@ -117,6 +118,10 @@ def _digest(w: _Window) -> bytes:
         h.update(f"{part.dtype.str}{part.shape}".encode())
         h.update(np.ascontiguousarray(part).data)
     return h.digest()
+
+
+class _RenderFailed(Exception):
+    """The render thread failed (logged there): the batches it had not built yet fail with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +207,7 @@ class SignalEngine:
         self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
         self._votes: dict[tuple[str, str], _Remembered] = {}  # by (symbol, component): inputs unchanged are not run
         self._stragglers: set[asyncio.Task[_Ran]] = set()
+        self._renders: set[asyncio.Future[float]] = set()  # render threads still finishing a batch
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
@@ -541,18 +547,22 @@ class SignalEngine:
             groups[id(session)].append(w)
         if not batches:
             return started
-        # the longest runs first (by their last), so the slowest batch is not the last to start
-        order = sorted(batches, key=lambda k: -self._run_s.get(batches[k].session.name, 0.0))
+        # a ladder rung with a rung below first (it has the earlier deadline), then the longest runs
+        # (by their last), so the slowest batch is not the last to start
+        order = sorted(batches, key=lambda k: (k not in backed, -self._run_s.get(batches[k].session.name, 0.0)))
+        delivered = [started]  # when the last batch's inputs were handed over (the render stage's end)
         stop = threading.Event()  # set once the signal no longer waits: the thread builds no more
 
         def deliver(batch: _Batch, built: list[_Built]) -> None:  # on the loop
+            delivered[0] = time.perf_counter()
             if not batch.inputs.done():
                 batch.inputs.set_result(built)
 
         def fail(exc: Exception) -> None:  # on the loop: every batch not yet built fails with it
+            delivered[0] = time.perf_counter()
             for b in batches.values():
                 if not b.inputs.done():
-                    b.inputs.set_exception(exc)
+                    b.inputs.set_exception(_RenderFailed(exc))
 
         def build_all() -> float:  # in the render thread
             built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}
@@ -573,15 +583,29 @@ class SignalEngine:
             asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
         }
         late: set[asyncio.Task[_Ran]] = set()
-        rungs = {t for t, b in tasks.items() if id(b.session) in backed}
-        if rungs and rung_deadline is not None:
-            _, late = await asyncio.wait(rungs, timeout=max(0.0, min(rung_deadline, deadline) - time.perf_counter()))
         done: set[asyncio.Task[_Ran]] = set()
-        if rest := set(tasks) - late:
-            done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
-            late |= also_late
-        stop.set()
-        rendered = await render  # at most the batch it was building when the wait ended
+        try:
+            rungs = {t for t, b in tasks.items() if id(b.session) in backed}
+            if rungs and rung_deadline is not None:
+                timeout = max(0.0, min(rung_deadline, deadline) - time.perf_counter())
+                _, late = await asyncio.wait(rungs, timeout=timeout)
+            if rest := set(tasks) - late:
+                done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
+                late |= also_late
+        except asyncio.CancelledError:  # the signal itself is cancelled (a worker shutting down)
+            late = {t for t in tasks if not t.done()}
+            raise
+        finally:
+            stop.set()  # the render thread builds no more
+            if not render.done():  # it finishes the batch in hand in the background (close() waits)
+                self._renders.add(render)
+                render.add_done_callback(self._renders.discard)
+            for task in late:  # what has started runs on (a thread cannot be interrupted); the rest never will
+                if tasks[task].started:
+                    self._stragglers.add(task)
+                    task.add_done_callback(self._straggler_done)
+                else:
+                    task.cancel()
         for task in late | done:
             batch = tasks[task]
             for c in batch.failed:
@@ -592,15 +616,14 @@ class SignalEngine:
                 drafts.drop(c, "late")
             if batch.session.gpu_only and batch.started:  # a rung that ran past its time has failed
                 batch.session.mark_broken("missed the latency budget")
-            if batch.started:
-                self._stragglers.add(task)
-                task.add_done_callback(self._straggler_done)
-            else:
-                task.cancel()
         for task in done:
             batch = tasks[task]
             try:
                 ran = task.result()
+            except _RenderFailed:  # logged where it happened
+                for c in _unbuilt_or_built(batch):
+                    drafts.drop(c, "error")
+                continue
             except Exception as exc:
                 level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
                 log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
@@ -617,8 +640,9 @@ class SignalEngine:
                 row = rows[i] if rows is not None else None
                 # remembered from the CPU only: a GPU's run is cheap, and each run finds a lost GPU at once
                 if self._vote(c, row, provider, _ms(seconds), drafts) and row is not None and provider == CPU:
-                    self._votes[(symbol, c.name)] = _Remembered(weakref.ref(batch.session), batch.digests[c.name], row)
-        return rendered
+                    memo = _Remembered(weakref.ref(batch.session), batch.digests[c.name], row.copy())
+                    self._votes[(symbol, c.name)] = memo
+        return delivered[0]
 
     def _vote(
         self, c: LoadedComponent, row: npt.NDArray[np.float64] | None, provider: str, ms: float, drafts: _Drafts
@@ -659,9 +683,9 @@ class SignalEngine:
             log.debug("a late inference also failed: %s", task.exception())
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Let late session runs finish (their threads cannot be interrupted)."""
-        if self._stragglers:
-            await asyncio.wait(set(self._stragglers), timeout=timeout_s)
+        """Let late session runs and render threads finish (threads cannot be interrupted)."""
+        if pending := self._stragglers | self._renders:
+            await asyncio.wait(pending, timeout=timeout_s)
 
 
 def _unbuilt_or_built(batch: _Batch) -> list[LoadedComponent]:

@@ -103,7 +103,9 @@ class ComponentReport:
     weight: float
     version: str
     provider: str  # the provider the session BOUND (``ModelSession.provider``); "" if never loaded
-    latency_ms: float | None  # the run of the batch it was in; None when it never ran
+    # the run of the batch it was in; 0 for a vote repeated unrun (its input was its last vote's); None
+    # when it never ran
+    latency_ms: float | None
     status: Status
     reason: str | None = None  # set when dropped: a data-check code, "late", "error", "artifact_missing", ...
     horizon_minutes: int | None = None

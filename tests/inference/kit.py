@@ -260,9 +260,9 @@ class VanishingGpu:
     runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
     report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
     ORT raises when the device is gone. A run of a model named in :attr:`stalled` (its file name)
-    blocks until :attr:`released` is set: one far slower than usual (a TensorRT engine built on its
-    first run, a device shared with another job). Sessions asked for on the CPU alone are real and
-    untouched.
+    blocks (:attr:`stalling` set) until :attr:`released` is set: one far slower than usual (a TensorRT
+    engine built on its first run, a device shared with another job). Sessions asked for on the CPU
+    alone are real and untouched.
     """
 
     providers = ("CUDAExecutionProvider", CPU)
@@ -271,6 +271,7 @@ class VanishingGpu:
         self.lost = False
         self.stalled: set[str] = set()
         self.released = threading.Event()
+        self.stalling = threading.Event()  # set once a stalled run has begun
         self.built_on_cpu = 0
 
     def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
@@ -299,6 +300,7 @@ class _GpuSession:
         if self._gpu.lost:
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 999: unknown error ; GPU=0")
         if self._file in self._gpu.stalled:
+            self._gpu.stalling.set()
             self._gpu.released.wait(timeout=60.0)
         return self._real.run(outputs, feed)
 

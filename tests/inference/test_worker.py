@@ -34,7 +34,7 @@ from streaming.redis_keys import RedisKeys
 from streaming.redis_store import RedisStore
 from streaming.store import BarEvent, BookStatus
 from tests.helpers import eventually
-from tests.inference.kit import MINUTE, T0, artifacts, closing, history, model_cache, running_worker
+from tests.inference.kit import MINUTE, T0, VanishingGpu, artifacts, closing, history, model_cache, running_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,6 +340,28 @@ async def test_a_coarser_window_unchanged_since_the_last_close_is_not_run_again(
     again = await at(6)
     assert again["tcn_5m"].latency_ms and again["tcn_5m"].p_up == at_5m["tcn_5m"].p_up
     await engine.close()
+
+
+async def test_a_signal_cancelled_mid_run_leaves_no_run_behind_the_engines_close(models: Path) -> None:
+    """A worker shutting down cancels a signal still computing: the session run already in its thread
+    (it cannot be interrupted) is waited for by ``close()``, so nothing of the signal outlives it."""
+    gpu = VanishingGpu()
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
+    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    await registry.load()
+    gpu.stalled = {"tcn_1m.onnx"}  # after the warm-up runs
+    engine = SignalEngine(WorkerConfig(intervals=("1", "5", "60")), store, registry, WorkerMetrics(CollectorRegistry()))
+    signal = asyncio.create_task(engine.compute(BarEvent(SYMBOL, "1", close - MINUTE)))
+    await eventually(gpu.stalling.is_set, 10.0, what="the stalled run to begin")
+    signal.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await signal
+    asyncio.get_running_loop().call_later(0.3, gpu.released.set)  # the run returns a moment later
+    await engine.close(timeout_s=10.0)
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("infer-") and not t.done()]
+    assert gpu.released.is_set() and left == []
 
 
 async def test_an_old_event_is_judged_as_of_its_own_close(models: Path) -> None:
