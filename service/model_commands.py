@@ -103,7 +103,9 @@ def add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     st.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     st.add_argument("--artifacts", type=Path, default=Path("models/artifacts"))
     st.add_argument("--horizon", type=int, default=1, help="minutes ahead (the signal's H)")
-    st.add_argument("--per-series", type=int, default=8_000, help="validation windows per Bybit series (cap)")
+    st.add_argument(
+        "--per-series", type=int, default=25_000, help="validation windows per Bybit series (cap; default: all)"
+    )
     st.add_argument(
         "--drift-only", action="store_true", help="only recompute the drift statistics (the fitted ensemble stays)"
     )
