@@ -59,7 +59,7 @@ from inference.metrics import WorkerMetrics
 from inference.runtime import ModelSession
 from inference.score_store import MemoryScoreStore
 from inference.scorer import Scorer
-from inference.signal import Signal
+from inference.signal import NoSignal, Signal
 from inference.signal_store import MemorySignalStore
 from streaming.depth import BINS_PER_SIDE, DepthRow
 from streaming.errors import StoreError
@@ -337,20 +337,11 @@ async def _signals(
         comps = getattr(result, "components", ())
         voting.append(sum(1 for c in comps if c.status == "voted"))
     # every symbol at one close, concurrently, as the worker would after a minute close: first a
-    # minute inside the hour (xx:59, each symbol's xx:58 signal computed before it, as live: only the
-    # 1m windows moved since), then the top of the hour (every timeframe's window moved)
-    for close in (last_start - MINUTE_MS, last_start):
-        await store.write(_depth(names, close, mid))
-        await asyncio.gather(*(engine.compute(BarEvent(n, "1", close - 2 * MINUTE_MS)) for n in names))
-    await store.write(_depth(names, last_start, mid))
-    t = time.perf_counter()
-    inside = await asyncio.gather(*(engine.compute(BarEvent(n, "1", last_start - MINUTE_MS)) for n in names))
-    inside_s = time.perf_counter() - t
-    event_start = last_start
-    await store.write(_depth(names, last_start + MINUTE_MS, mid))
-    t = time.perf_counter()
-    results = await asyncio.gather(*(engine.compute(BarEvent(n, "1", event_start)) for n in names))
-    burst_s = time.perf_counter() - t
+    # minute inside the hour (the xx:59 close, each symbol's xx:58 signal computed before it, as live:
+    # only the 1m windows moved since), then the top of the hour (every timeframe's window moved)
+    await _burst(engine, store, names, last_start - 2 * MINUTE_MS, mid)
+    inside, inside_s = await _burst(engine, store, names, last_start - MINUTE_MS, mid)
+    results, burst_s = await _burst(engine, store, names, last_start, mid)
     scoring = await _burst_with_scoring(engine, names, last_start)
     await engine.close()
     reads = await _store_reads(base, last_start, redis_url, repeats)
@@ -381,6 +372,17 @@ async def _signals(
         "store_read": reads,
         "aim": {"p99_ms": 25, "symbols_within_1s": 50, "artifacts_mb": 100},
     }
+
+
+async def _burst(
+    engine: SignalEngine, store: WindowStore, names: list[str], start: int, mid: float
+) -> tuple[list[Signal | NoSignal], float]:
+    """Every symbol's signal for the 1m bar starting at ``start``, at once (its depth rows written
+    first, as the ingestor would have), and the seconds they took together."""
+    await store.write(_depth(names, start + MINUTE_MS, mid))
+    t = time.perf_counter()
+    results = await asyncio.gather(*(engine.compute(BarEvent(n, "1", start)) for n in names))
+    return list(results), time.perf_counter() - t
 
 
 def _remembered(result: object) -> int:

@@ -9,10 +9,9 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
    (12:05 for 5m) and is not in the store yet, re-read for at most ``coarse_wait_ms``;
 2. check each component's window (:class:`inference.checks.WindowCheck`, each window once); a
    failing one is dropped;
-3. render the inputs in a thread, one batch per artifact at a time (all EfficientNet timeframes of
-   the symbol in one ``session.run``), and run each batch as soon as its inputs are built, in threads
-   behind a semaphore, so rendering overlaps inference; a component whose window is exactly the one
-   its last vote for the symbol came from (a 5m window between 5m closes) repeats that vote, unrun;
+3. build the inputs and run the sessions (:class:`inference.runs.SessionRuns`: one batch per
+   artifact, rendering overlapping inference; a window unchanged since the component's last vote
+   repeats that vote, unrun);
    what is not back within the latency budget is dropped as ``late``; a ladder rung (the B3) whose
    rung below stands by has the first ``rung_share`` of it (half): late by then, it is dropped and
    the rung below runs in the rest, in the same signal;
@@ -26,14 +25,10 @@ engine. Per signal, judged on the exchange clock — "now" is the bar's close ti
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -43,10 +38,9 @@ from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.decision import decide, slot, stacker_for, vote_report, weighs
 from inference.ensemble import Economics, round_bp
-from inference.errors import InferenceError
 from inference.fallback import FALLBACK_INTERVAL, fallback_signal
 from inference.metrics import WorkerMetrics
-from inference.runtime import CPU, ModelSession, RuntimeFailure
+from inference.runs import Drafts, SessionRuns, Window, ms
 from inference.signal import BarRef, ComponentReport, Freshness, NoSignal, Signal, StageLatency, horizon_text
 from streaming.clock import ExchangeClock
 from streaming.errors import StoreError, StoreUnavailable
@@ -58,10 +52,6 @@ __all__ = ["SignalEngine", "decide", "vote_report"]
 log = logging.getLogger(__name__)
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
 def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
     """The bars closed at ``now``: a replayed or claimed event is judged as of its own close."""
     if bars and bars[-1].start + step <= now:
@@ -71,12 +61,6 @@ def _closed(bars: Sequence[Bar], step: int, now: int) -> list[Bar]:
 
 # A leader whose windows could not be decoded (a damaged book or status record): its readers drop out.
 _UNREADABLE = SymbolWindows(symbol="", bars={}, book=None, depth=[], status={})
-
-# A component ready to run: its window as (n, 5) OHLCV floats, its leader's for the same bars (or
-# None), and its checked depth window (or None).
-_Window = tuple[
-    LoadedComponent, npt.NDArray[np.float64], npt.NDArray[np.float64] | None, npt.NDArray[np.float32] | None
-]
 
 
 def _leader_window(
@@ -107,80 +91,6 @@ def _leader_window(
     return bars[-c.bars_needed :] if reason is None else f"leader_{reason}"
 
 
-def _digest(w: _Window) -> bytes:
-    """What a component's input is computed from (its window, its leader's, its depth rows, and how:
-    :attr:`LoadedComponent.input_key`), exactly."""
-    h = hashlib.blake2b(repr(w[0].input_key).encode(), digest_size=16)
-    for part in w[1:]:
-        if part is None:
-            h.update(b"-")
-            continue
-        h.update(f"{part.dtype.str}{part.shape}".encode())
-        h.update(np.ascontiguousarray(part).data)
-    return h.digest()
-
-
-class _RenderFailed(Exception):
-    """The render thread failed (logged there): the batches it had not built yet fail with it."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Remembered:
-    """A component's last vote for a symbol: the session that computed it, the digest of what its input
-    was computed from (:func:`_digest`), its output row."""
-
-    session: weakref.ref[ModelSession]
-    digest: bytes
-    row: npt.NDArray[np.float64]
-
-
-# A component's built input, or why it could not be built.
-_Built = tuple[LoadedComponent, npt.NDArray[np.float32] | str]
-# A batch's run: its output and the seconds it took; None: none of its inputs could be built.
-_Ran = tuple[npt.NDArray[np.float32], float] | None
-
-
-@dataclass
-class _Batch:
-    """One session's run in a signal: its components, and their inputs once the render thread has
-    built them (``inputs``, set on the event loop); ``members`` are those built, ``failed`` those not."""
-
-    session: ModelSession
-    components: list[LoadedComponent]
-    inputs: asyncio.Future[list[_Built]]
-    digests: dict[str, bytes] = field(default_factory=dict)  # by component: what its vote is remembered by
-    members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
-    failed: list[LoadedComponent] = field(default_factory=list)
-    started: bool = False
-
-
-@dataclass
-class _Drafts:
-    """Component reports being assembled: every component ends with exactly one."""
-
-    reports: dict[str, ComponentReport] = field(default_factory=dict)
-
-    def drop(self, c: LoadedComponent, reason: str, latency_ms: float | None = None) -> None:
-        provider = c.session.provider if c.session is not None else ""
-        self.reports[c.name] = ComponentReport(
-            c.name,
-            c.timeframe,
-            c.spec.horizon,
-            None,
-            c.weight,
-            c.spec.version,
-            provider,
-            latency_ms,
-            "dropped",
-            reason,
-            c.spec.horizon_min,
-            stands_in_for=c.spec.stands_in_for or None,
-        )
-
-    def vote(self, c: LoadedComponent, report: ComponentReport) -> None:
-        self.reports[c.name] = report
-
-
 class SignalEngine:
     """Windows + models ⇒ a :class:`Signal` or a :class:`NoSignal`, for one closed bar."""
 
@@ -199,15 +109,7 @@ class SignalEngine:
         self.metrics = metrics
         self.clock = ExchangeClock()
         self._wall_ms = wall_ms
-        self._sem = asyncio.Semaphore(config.inference_concurrency)
-        # A ladder rung's runs (GPU-only) have their own: a stalled GPU holds its slots, not the CPU's.
-        self._rung_sem = asyncio.Semaphore(config.inference_concurrency)
-        # Session runs that missed their budget but had started: a thread cannot be cancelled, so
-        # they hold their semaphore slot until they return (keeping concurrency honest).
-        self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
-        self._votes: dict[tuple[str, str], _Remembered] = {}  # by (symbol, component): inputs unchanged are not run
-        self._stragglers: set[asyncio.Task[_Ran]] = set()
-        self._renders: set[asyncio.Future[float]] = set()  # render threads still finishing a batch
+        self.runs = SessionRuns(config, metrics)
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
@@ -253,10 +155,10 @@ class SignalEngine:
         # A window with a rewritten closed bar waits for the ingestor's REST reconcile (store.revised_field).
         unreconciled = {iv for iv in self.config.intervals if windows.status.get(revised_field(iv))}
         checks = {iv: WindowCheck(bars, iv, now) for iv, bars in closed.items()}  # each window examined once
-        drafts = _Drafts()
-        runnable: list[_Window] = []
+        drafts = Drafts()
+        runnable: list[Window] = []
         stand_ins = models.stand_ins
-        standby: list[_Window] = []  # run only if their rung does not vote
+        standby: list[Window] = []  # run only if their rung does not vote
         arrays: dict[str, npt.NDArray[np.float64]] = {}
         for c in models.components:
             if c.disabled is not None:
@@ -280,8 +182,7 @@ class SignalEngine:
             else:
                 rung = stand_ins.get(c.name)
                 ready = rung is not None and rung.session is not None and rung.session.broken is None
-                window = arrays.get(c.timeframe)
-                if window is None or len(window) < c.bars_needed:  # each timeframe's floats once, its longest tail
+                if (window := arrays.get(c.timeframe)) is None:  # each timeframe's floats once: its longest tail
                     longest = max(d.bars_needed for d in models.components if d.timeframe == c.timeframe)
                     window = arrays[c.timeframe] = bars_to_array(closed[c.timeframe][-longest:])
                 lead_floats = None if lead is None else bars_to_array(lead)
@@ -291,8 +192,9 @@ class SignalEngine:
         deadline = t_read + budget_s
         backed = {id(stand_ins[c.name].session) for c, *_ in standby}  # rungs with a rung below, ready
         rung_deadline = t_read + self.config.rung_share * budget_s
-        t_render = await self._infer(
-            event.symbol, runnable, drafts, deadline, rung_deadline=rung_deadline, backed=backed
+        note = self.models.note_provider
+        t_render = await self.runs.run(
+            event.symbol, runnable, drafts, deadline, rung_deadline=rung_deadline, backed=backed, note=note
         )
         # The ladder: a component whose rung voted stands by; one whose rung did not runs now.
         fallen = [w for w in standby if drafts.reports[stand_ins[w[0].name].name].status != "voted"]
@@ -300,7 +202,7 @@ class SignalEngine:
             if all(c is not f for f, *_ in fallen):
                 drafts.drop(c, "standby")
         if fallen and time.perf_counter() < deadline:
-            await self._infer(event.symbol, fallen, drafts, deadline)
+            await self.runs.run(event.symbol, fallen, drafts, deadline, note=note)
         for c, *_ in fallen:  # no time left for the rung below: nothing started, nothing wasted
             if c.name not in drafts.reports:
                 drafts.drop(c, "late")
@@ -339,11 +241,11 @@ class SignalEngine:
         t_ens = time.perf_counter()
         wall = self._wall_ms()
         latency = StageLatency(
-            read=_ms(t_read - t0),
-            render=_ms(t_render - t_read),
-            infer=_ms(max(0.0, t_infer - t_render)),
-            ensemble=_ms(t_ens - t_infer),
-            total=_ms(t_ens - t0),
+            read=ms(t_read - t0),
+            render=ms(t_render - t_read),
+            infer=ms(max(0.0, t_infer - t_render)),
+            ensemble=ms(t_ens - t_infer),
+            total=ms(t_ens - t0),
             bar_close_to_publish=float(wall - now),
         )
         if result is not None:
@@ -483,215 +385,9 @@ class SignalEngine:
                 out[leader] = _UNREADABLE
         return out
 
-    def _build(
-        self, windows: Sequence[_Window], built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str]
-    ) -> list[_Built]:
-        """Model inputs (in the render thread). A window the renderer refuses yields its reason.
-
-        Components fed the same input (:attr:`LoadedComponent.input_key`) share one computation: ``built``
-        holds every input of the signal so far."""
-        out: list[_Built] = []
-        for c, ohlcv, lead, depth in windows:
-            key = c.input_key
-            if key not in built:
-                started = time.perf_counter()
-                try:
-                    built[key] = c.prepare(ohlcv, lead, depth)
-                # FeatureError / RenderError name a bad window; a bare ValueError or ArithmeticError from
-                # NumPy on an odd window still costs only these components, not the whole signal.
-                except (InferenceError, ValueError, ArithmeticError) as exc:
-                    built[key] = str(exc)
-                else:
-                    self.metrics.render_seconds.labels(c.renderer).observe(time.perf_counter() - started)
-            out.append((c, built[key]))
-        return out
-
-    async def _infer(
-        self,
-        symbol: str,
-        windows: Sequence[_Window],
-        drafts: _Drafts,
-        deadline: float,
-        rung_deadline: float | None = None,
-        backed: frozenset[int] | set[int] = frozenset(),
-    ) -> float:
-        """Build the inputs of ``windows`` and run them, one batch per session (all EfficientNet
-        timeframes in one ``session.run``); returns when the last input was built (``perf_counter``).
-
-        One thread builds the inputs batch by batch, and each batch's run starts as soon as its own
-        are built, so the rendering of one batch overlaps the inference of those before it. What is
-        not back by ``deadline`` is dropped as ``late``, and so is a ladder rung's whose rung below
-        stands by (its session's id in ``backed``) by ``rung_deadline``, so the rung below still has time.
-
-        A component reading exactly what its last vote for ``symbol`` was computed from (the same
-        window, leader window and depth rows, by :func:`_digest`), on the same CPU session, votes that
-        again with neither a render nor a run (latency 0): a 5m window between two 5m closes is read at
-        every 1m close."""
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        batches: dict[int, _Batch] = {}
-        groups: dict[int, list[_Window]] = {}
-        for w in windows:
-            c, session = w[0], w[0].session
-            assert session is not None  # enabled components have one
-            digest = _digest(w)
-            seen = self._votes.get((symbol, c.name))
-            if seen is not None and seen.digest == digest and seen.session() is session:
-                self._vote(c, seen.row, session.provider, 0.0, drafts)  # the same input: the same vote
-                continue
-            if id(session) not in batches:
-                batches[id(session)] = _Batch(session, [], loop.create_future())
-                groups[id(session)] = []
-            batches[id(session)].components.append(c)
-            batches[id(session)].digests[c.name] = digest
-            groups[id(session)].append(w)
-        if not batches:
-            return started
-        # a ladder rung with a rung below first (it has the earlier deadline), then the longest runs
-        # (by their last), so the slowest batch is not the last to start
-        order = sorted(batches, key=lambda k: (k not in backed, -self._run_s.get(batches[k].session.name, 0.0)))
-        delivered = [started]  # when the last batch's inputs were handed over (the render stage's end)
-        stop = threading.Event()  # set once the signal no longer waits: the thread builds no more
-
-        def deliver(batch: _Batch, built: list[_Built]) -> None:  # on the loop
-            delivered[0] = time.perf_counter()
-            if not batch.inputs.done():
-                batch.inputs.set_result(built)
-
-        def fail(exc: Exception) -> None:  # on the loop: every batch not yet built fails with it
-            delivered[0] = time.perf_counter()
-            for b in batches.values():
-                if not b.inputs.done():
-                    b.inputs.set_exception(_RenderFailed(exc))
-
-        def build_all() -> float:  # in the render thread
-            built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}
-            try:
-                for key in order:
-                    if stop.is_set():
-                        break
-                    loop.call_soon_threadsafe(deliver, batches[key], self._build(groups[key], built))
-            except Exception as exc:  # a renderer's bug costs the components not yet built, not the signal
-                log.exception("%s: building the inputs failed", symbol)
-                loop.call_soon_threadsafe(fail, exc)
-            return time.perf_counter()
-
-        render = asyncio.ensure_future(asyncio.to_thread(build_all))
-        # Not a TaskSupervisor's: these tasks live for one signal, are awaited together against its
-        # deadline, and the late ones are cancelled or kept as stragglers one by one.
-        tasks = {
-            asyncio.create_task(self._run(b), name=f"infer-{symbol}-{b.session.name}"): b for b in batches.values()
-        }
-        late: set[asyncio.Task[_Ran]] = set()
-        done: set[asyncio.Task[_Ran]] = set()
-        try:
-            rungs = {t for t, b in tasks.items() if id(b.session) in backed}
-            if rungs and rung_deadline is not None:
-                timeout = max(0.0, min(rung_deadline, deadline) - time.perf_counter())
-                _, late = await asyncio.wait(rungs, timeout=timeout)
-            if rest := set(tasks) - late:
-                done, also_late = await asyncio.wait(rest, timeout=max(0.0, deadline - time.perf_counter()))
-                late |= also_late
-        except asyncio.CancelledError:  # the signal itself is cancelled (a worker shutting down)
-            late = {t for t in tasks if not t.done()}
-            raise
-        finally:
-            stop.set()  # the render thread builds no more
-            if not render.done():  # it finishes the batch in hand in the background (close() waits)
-                self._renders.add(render)
-                render.add_done_callback(self._renders.discard)
-            for task in late:  # what has started runs on (a thread cannot be interrupted); the rest never will
-                if tasks[task].started:
-                    self._stragglers.add(task)
-                    task.add_done_callback(self._straggler_done)
-                else:
-                    task.cancel()
-        for task in late | done:
-            batch = tasks[task]
-            for c in batch.failed:
-                drafts.drop(c, "bad_values")
-        for task in late:
-            batch = tasks[task]
-            for c in _unbuilt_or_built(batch):
-                drafts.drop(c, "late")
-            if batch.session.gpu_only and batch.started:  # a rung that ran past its time has failed
-                batch.session.mark_broken("missed the latency budget")
-        for task in done:
-            batch = tasks[task]
-            try:
-                ran = task.result()
-            except _RenderFailed:  # logged where it happened
-                for c in _unbuilt_or_built(batch):
-                    drafts.drop(c, "error")
-                continue
-            except Exception as exc:
-                level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
-                log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
-                for c in _unbuilt_or_built(batch):  # a ladder rung's GPU failed: the rung below runs
-                    drafts.drop(c, "gpu_failed" if batch.session.gpu_only else "error")
-                continue
-            if ran is None:  # none of its inputs could be built
-                continue
-            logits, seconds = ran
-            out = np.asarray(logits, dtype=np.float64)
-            rows = out.reshape(len(batch.members), -1) if out.size and out.size % len(batch.members) == 0 else None
-            provider = batch.session.provider
-            for i, (c, _) in enumerate(batch.members):
-                row = rows[i] if rows is not None else None
-                # remembered from the CPU only: a GPU's run is cheap, and each run finds a lost GPU at once
-                if self._vote(c, row, provider, _ms(seconds), drafts) and row is not None and provider == CPU:
-                    memo = _Remembered(weakref.ref(batch.session), batch.digests[c.name], row.copy())
-                    self._votes[(symbol, c.name)] = memo
-        return delivered[0]
-
-    def _vote(
-        self, c: LoadedComponent, row: npt.NDArray[np.float64] | None, provider: str, ms: float, drafts: _Drafts
-    ) -> bool:
-        """Record ``c``'s vote from its output ``row`` (None: the run's output had the wrong size);
-        False when the row is not a vote (``bad_output``)."""
-        self.models.note_provider(c.name, provider)
-        report = vote_report(c, row, provider, ms) if row is not None else None
-        if report is None:
-            drafts.drop(c, "bad_output", ms)
-            return False
-        drafts.vote(c, report)
-        return True
-
-    async def _run(self, batch: _Batch) -> _Ran:
-        """The batch's session run, once its inputs are built (None: none could be)."""
-        for c, built in await batch.inputs:
-            if isinstance(built, str):
-                log.warning("%s: cannot build the input: %s", c.name, built)
-                batch.failed.append(c)
-            else:
-                batch.members.append((c, built))
-        if not batch.members:
-            return None
-        async with self._rung_sem if batch.session.gpu_only else self._sem:
-            batch.started = True
-            x = np.stack([x for _, x in batch.members])
-            started = time.perf_counter()
-            out = await asyncio.to_thread(batch.session.run, x)
-            seconds = time.perf_counter() - started
-            self._run_s[batch.session.name] = seconds
-            self.metrics.inference_seconds.labels(batch.session.name, batch.session.provider).observe(seconds)
-            return out, seconds
-
-    def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
-        self._stragglers.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a late inference also failed: %s", task.exception())
-
     async def close(self, timeout_s: float = 5.0) -> None:
         """Let late session runs and render threads finish (threads cannot be interrupted)."""
-        if pending := self._stragglers | self._renders:
-            await asyncio.wait(pending, timeout=timeout_s)
-
-
-def _unbuilt_or_built(batch: _Batch) -> list[LoadedComponent]:
-    """The batch's components but those whose input could not be built (dropped as ``bad_values``)."""
-    failed = {id(c) for c in batch.failed}
-    return [c for c in batch.components if id(c) not in failed]
+        await self.runs.close(timeout_s)
 
 
 # Reports of components not meant to run here: a ladder's idle rungs, an opt-in component the
