@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import orjson
@@ -340,6 +341,32 @@ async def test_a_coarser_window_unchanged_since_the_last_close_is_not_run_again(
     again = await at(6)
     assert again["tcn_5m"].latency_ms and again["tcn_5m"].p_up == at_5m["tcn_5m"].p_up
     await engine.close()
+
+
+async def test_a_signal_is_computed_while_the_event_loops_default_threads_are_all_busy(models: Path) -> None:
+    """The engine renders and runs in threads of its own: blocking work elsewhere in the process on
+    the loop's default executor (reloads, score decoding, ``asyncio.to_thread``) cannot hold a
+    signal's runs back past its budget (they used to queue behind it there and come back ``late``)."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
+    registry = ModelRegistry(models, prefer_gpu=False)
+    await registry.load()
+    config = WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=5_000.0)
+    engine = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    # more blocked jobs than the default pool has threads: every one of them is taken
+    blockers = [loop.run_in_executor(None, release.wait, 30.0) for _ in range(64)]
+    try:
+        s = await asyncio.wait_for(engine.compute(BarEvent(SYMBOL, "1", close - MINUTE)), 20.0)
+        assert isinstance(s, Signal)
+        assert [c.name for c in s.components if c.status != "voted"] == []
+        assert not any(b.done() for b in blockers)  # the default pool was held throughout
+    finally:
+        release.set()
+        await asyncio.gather(*blockers)
+        await engine.close()
 
 
 async def test_a_signal_cancelled_mid_run_leaves_no_run_behind_the_engines_close(models: Path) -> None:
