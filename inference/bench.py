@@ -340,8 +340,13 @@ async def _signals(
     # minute inside the hour (the xx:59 close, each symbol's xx:58 signal computed before it, as live:
     # only the 1m windows moved since), then the top of the hour (every timeframe's window moved)
     await _burst(engine, store, names, last_start - 2 * MINUTE_MS, mid)
+    runs_before = _session_runs(metrics)
     inside, inside_s = await _burst(engine, store, names, last_start - MINUTE_MS, mid)
+    runs_inside = _session_runs(metrics) - runs_before
     results, burst_s = await _burst(engine, store, names, last_start, mid)
+    runs_top = _session_runs(metrics) - runs_before - runs_inside
+    session_of = {c.name: c.session.name for c in engine.models.current.components if c.session is not None}
+    batches_top = sum(len(_ran(r, session_of)) for r in results)
     scoring = await _burst_with_scoring(engine, names, last_start)
     await engine.close()
     reads = await _store_reads(base, last_start, redis_url, repeats)
@@ -362,11 +367,15 @@ async def _signals(
             "seconds": round(burst_s, 3),
             "signals_per_s": round(symbols / burst_s, 1),
             "signals": sum(1 for r in results if getattr(r, "source", None) is not None),
+            # one per (symbol, model) run alone; batches waiting for a run slot share one run
+            "session_runs": runs_top,
+            "session_batches": batches_top,
         },
         "burst_inside_the_hour": {  # xx:59: only the 1m windows moved since each symbol's last signal
             "seconds": round(inside_s, 3),
             "signals": sum(1 for r in inside if getattr(r, "source", None) is not None),
             "votes_remembered_median": float(np.median([_remembered(r) for r in inside])),
+            "session_runs": runs_inside,
         },
         "burst_with_scoring": scoring | {"ratio_vs_burst": round(scoring["seconds"] / burst_s, 3)},
         "store_read": reads,
@@ -383,6 +392,23 @@ async def _burst(
     t = time.perf_counter()
     results = await asyncio.gather(*(engine.compute(BarEvent(n, "1", start)) for n in names))
     return list(results), time.perf_counter() - t
+
+
+def _session_runs(metrics: WorkerMetrics) -> int:
+    """``session.run`` calls so far, every model and provider together."""
+    return int(
+        sum(
+            sample.value
+            for family in metrics.inference_seconds.collect()
+            for sample in family.samples
+            if sample.name.endswith("_count")
+        )
+    )
+
+
+def _ran(result: object, session_of: dict[str, str]) -> set[str]:
+    """The sessions a signal's votes were run on (not remembered ones): a batch each."""
+    return {session_of[c.name] for c in getattr(result, "components", ()) if c.status == "voted" and c.latency_ms}
 
 
 def _remembered(result: object) -> int:

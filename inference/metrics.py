@@ -30,7 +30,8 @@ class WorkerMetrics:
         r = self.registry
         self.inference_seconds = Histogram(
             "candlecast_inference_seconds",
-            "ONNX Runtime run time of one batch, by model artifact and the provider it ran on.",
+            "ONNX Runtime run time of one session.run (a signal's batch, or several signals' merged), "
+            "by model artifact and the provider it ran on.",
             ["model", "provider"],
             buckets=_FAST,
             registry=r,

@@ -96,7 +96,8 @@ class _Batch:
     digests: dict[str, bytes] = field(default_factory=dict)  # by component: what its vote is remembered by
     members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
     failed: list[LoadedComponent] = field(default_factory=list)
-    started: bool = False
+    started: bool = False  # its rows are in a run (its own, or another signal's it was merged into)
+    ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]] | None = None  # set by the run its rows were in
 
     @property
     def components(self) -> list[LoadedComponent]:
@@ -152,6 +153,8 @@ class SessionRuns:
         self._renders: set[asyncio.Future[None]] = set()  # render threads still finishing a batch
         self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
         self._votes: dict[tuple[str, str], _Remembered] = {}  # by (symbol, component): inputs unchanged are not run
+        # Built batches waiting for a run slot, by session: the run that takes a slot takes them all.
+        self._waiting: dict[int, list[_Batch]] = {}
 
     def _build(
         self, windows: Sequence[Window], built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str]
@@ -332,7 +335,12 @@ class SessionRuns:
         return True
 
     async def _run(self, batch: _Batch) -> _Ran:
-        """The batch's session run, once its inputs are built (None: none could be)."""
+        """The batch's session run, once its inputs are built (None: none could be).
+
+        Batches of the same session waiting for a slot (other symbols' signals at the same close) go
+        into one ``session.run``, up to :data:`MERGE_ROWS` rows: the first to get a slot takes every
+        one waiting, the others find theirs done. A batch row's output does not depend on the rows
+        beside it (checked for every shipped model: bit-identical, tests/inference/test_worker.py)."""
         for c, built in await batch.inputs:
             if isinstance(built, str):
                 log.warning("%s: cannot build the input: %s", c.name, built)
@@ -341,17 +349,52 @@ class SessionRuns:
                 batch.members.append((c, built))
         if not batch.members:
             return None
-        rung = batch.session.gpu_only
-        async with self._rung_sem if rung else self._sem:
-            batch.started = True
-            x = np.stack([x for _, x in batch.members])
-            started = time.perf_counter()
-            pool = self._rung_pool if rung else self._run_pool
-            out = await asyncio.get_running_loop().run_in_executor(pool, batch.session.run, x)
-            seconds = time.perf_counter() - started
-            self._run_s[batch.session.name] = seconds
-            self.metrics.inference_seconds.labels(batch.session.name, batch.session.provider).observe(seconds)
-            return out, seconds
+        batch.ran = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(id(batch.session), [])
+        waiting.append(batch)
+        try:
+            async with self._rung_sem if batch.session.gpu_only else self._sem:
+                if not batch.started:  # not taken into a run yet: this run takes what waits beside it
+                    await self._run_merged(batch.session, _take(waiting))
+        finally:
+            if not batch.started:  # cancelled before a run took it
+                waiting.remove(batch)
+            if not waiting:
+                self._waiting.pop(id(batch.session), None)
+        return await batch.ran
+
+    async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:
+        """One ``session.run`` of ``batches``' rows; each batch's ``ran`` gets its rows' output, or the error."""
+        for b in batches:
+            b.started = True
+        sizes = [len(b.members) for b in batches]
+        x = np.stack([x for b in batches for _, x in b.members])
+        started = time.perf_counter()
+        pool = self._rung_pool if session.gpu_only else self._run_pool
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(pool, session.run, x)
+        except Exception as exc:
+            for b in batches:
+                _settle(b, exc)
+            return
+        except BaseException:  # this task cancelled under the run: the batches in it with it
+            for b in batches:
+                if b.ran is not None:
+                    b.ran.cancel()
+            raise
+        seconds = time.perf_counter() - started
+        self._run_s[session.name] = seconds * sizes[0] / len(x)  # the render order: one batch's share
+        self.metrics.inference_seconds.labels(session.name, session.provider).observe(seconds)
+        out = np.asarray(out)
+        if len(batches) == 1:
+            parts = [out]
+        elif out.size and out.size % len(x) == 0:  # rows in, rows out: each batch gets its own
+            rows = out.reshape(len(x), -1)
+            parts = np.split(rows, np.cumsum(sizes)[:-1])
+        else:  # an output that is not one row per input: no batch can vote from it (bad_output)
+            parts = [out[:0]] * len(batches)
+        for b, part in zip(batches, parts, strict=True):
+            _settle(b, (part, seconds))
 
     def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
         self._stragglers.discard(task)
@@ -365,6 +408,32 @@ class SessionRuns:
             await asyncio.wait(pending, timeout=timeout_s)
         for pool in (self._run_pool, self._rung_pool, self._render_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+# At most this many rows in one merged run (the first batch always goes in whole): past 16 the
+# per-row cost of the image models is flat, and a longer run only delays the signals in it.
+MERGE_ROWS = 64
+
+
+def _take(waiting: list[_Batch]) -> list[_Batch]:
+    """The first waiting batch and those after it while they fit in :data:`MERGE_ROWS` rows, removed."""
+    taken: list[_Batch] = []
+    rows = 0
+    while waiting and (not taken or rows + len(waiting[0].members) <= MERGE_ROWS):
+        batch = waiting.pop(0)
+        rows += len(batch.members)
+        taken.append(batch)
+    return taken
+
+
+def _settle(batch: _Batch, outcome: tuple[npt.NDArray[np.float32], float] | Exception) -> None:
+    assert batch.ran is not None  # set before the batch waits
+    if batch.ran.done():  # its task was cancelled meanwhile (a signal given up on)
+        return
+    if isinstance(outcome, Exception):
+        batch.ran.set_exception(outcome)
+    else:
+        batch.ran.set_result(outcome)
 
 
 def _not_failed(batch: _Batch) -> list[LoadedComponent]:

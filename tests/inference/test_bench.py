@@ -68,6 +68,9 @@ def test_bench_inference_runs_the_engine_and_compares_ort_with_the_given_baselin
     assert result["sources"] == {"ensemble": 5}
     assert result["ladder"] == {"efficientnet-b0": 5}  # no GPU here: the B0 rung, every signal
     assert result["burst"]["signals"] == 2
+    # 14 sessions (the four EfficientNet views share one) a symbol; runs merge batches, never add any
+    assert result["burst"]["session_batches"] == 28
+    assert 14 <= result["burst"]["session_runs"] <= 28
     inside = result["burst_inside_the_hour"]
     # at xx:59 the TCN and the B0 of 5m, 15m and 1h read the windows of their last vote: remembered
     assert inside["signals"] == 2 and inside["votes_remembered_median"] == 6

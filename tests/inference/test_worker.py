@@ -369,6 +369,57 @@ async def test_a_signal_is_computed_while_the_event_loops_default_threads_are_al
         await engine.close()
 
 
+async def test_one_models_batches_waiting_for_a_run_slot_share_one_run_and_vote_as_they_would_alone(
+    models: Path,
+) -> None:
+    """Four symbols at one close, the one run slot held (a stalled run) until every input is built:
+    each model's waiting batches go into a single ``session.run``, and every vote and every signal is
+    exactly what the symbol gets computed on its own (a row's output does not depend on its batch)."""
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}, symbols))
+    config = WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=30_000.0, inference_concurrency=1)
+    cpu = ModelRegistry(models, prefer_gpu=False)
+    await cpu.load()
+    alone_engine = SignalEngine(config, store, cpu, WorkerMetrics(CollectorRegistry()))
+    alone = [await alone_engine.compute(BarEvent(s, "1", close - MINUTE)) for s in symbols]
+    await alone_engine.close()
+
+    gpu = VanishingGpu()  # real CPU sessions under it; a run of tcn_1m.onnx blocks until released
+    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    await registry.load()
+    gpu.stalled = {"tcn_1m.onnx"}
+    metrics = WorkerMetrics(CollectorRegistry())
+    engine = SignalEngine(config, store, registry, metrics)
+
+    def count(metric: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(f"candlecast_{metric}_count", labels) or 0.0
+
+    def runs(model: str) -> float:
+        return count("inference_seconds", model=model, provider="CUDAExecutionProvider")
+
+    def built() -> bool:  # 2 TCN inputs and 2 EfficientNet images a symbol
+        return count("render_seconds", renderer="tcn_input") + count("render_seconds", renderer="composite") == 16
+
+    burst = asyncio.gather(*(engine.compute(BarEvent(s, "1", close - MINUTE)) for s in symbols))
+    try:
+        await eventually(gpu.stalling.is_set, 10.0, what="the first tcn_1m run to stall")
+        await eventually(built, 10.0, what="every input to be built")
+    finally:
+        gpu.released.set()
+    together = await burst
+    await engine.close()
+
+    assert runs("tcn_1m") == 2  # the stalled one, then the other three symbols' in one
+    assert runs("tcn_5m") == 1 and runs("efficientnet") == 1  # 4 symbols' rows, 8 images, one run
+    for a, t in zip(alone, together, strict=True):
+        assert isinstance(a, Signal) and isinstance(t, Signal)
+        assert {c.name: c.p_up for c in t.components} == {c.name: c.p_up for c in a.components}
+        assert (t.p_up, t.direction, t.expected_move_bp) == (a.p_up, a.direction, a.expected_move_bp)
+        assert all(c.status == "voted" for c in t.components)
+
+
 async def test_a_signal_cancelled_mid_run_leaves_no_run_behind_the_engines_close(models: Path) -> None:
     """A worker shutting down cancels a signal still computing: the session run already in its thread
     (it cannot be interrupted) is waited for by ``close()``, so nothing of the signal outlives it."""
