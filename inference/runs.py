@@ -85,7 +85,7 @@ _Built = tuple[LoadedComponent, npt.NDArray[np.float32] | str]
 _Ran = tuple[npt.NDArray[np.float32], float] | None
 
 
-@dataclass
+@dataclass(eq=False)  # a batch is itself, whatever it holds: found and removed by identity
 class _Batch:
     """One session's run in a signal: its windows, and their inputs once the render thread has built
     them (``inputs``, set on the event loop); ``members`` are those built, ``failed`` those not."""
@@ -359,8 +359,8 @@ class SessionRuns:
         finally:
             if not batch.started:  # cancelled before a run took it
                 waiting.remove(batch)
-            if not waiting:
-                self._waiting.pop(id(batch.session), None)
+            if not waiting and self._waiting.get(id(batch.session)) is waiting:
+                del self._waiting[id(batch.session)]
         return await batch.ran
 
     async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:

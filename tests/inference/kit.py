@@ -273,6 +273,7 @@ class VanishingGpu:
         self.released = threading.Event()
         self.stalling = threading.Event()  # set once a stalled run has begun
         self.built_on_cpu = 0
+        self.ran: list[tuple[str, int]] = []  # (file, rows) of every run, in order
 
     def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
         if providers == [CPU]:
@@ -302,6 +303,7 @@ class _GpuSession:
         if self._file in self._gpu.stalled:
             self._gpu.stalling.set()
             self._gpu.released.wait(timeout=60.0)
+        self._gpu.ran.append((self._file, len(next(iter(feed.values())))))
         return self._real.run(outputs, feed)
 
 

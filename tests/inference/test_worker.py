@@ -420,6 +420,44 @@ async def test_one_models_batches_waiting_for_a_run_slot_share_one_run_and_vote_
         assert all(c.status == "voted" for c in t.components)
 
 
+async def test_a_signal_given_up_while_its_batches_wait_for_a_slot_leaves_none_for_the_next_run(
+    models: Path,
+) -> None:
+    """Two symbols' signals behind one held run slot; the second is cancelled (a worker shutting down)
+    while its batches wait: none of its rows go into the runs that follow, the first signal's do."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}, ("BTCUSDT", "ETHUSDT")))
+    gpu = VanishingGpu()
+    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    await registry.load()
+    gpu.stalled = {"tcn_1m.onnx"}
+    gpu.ran.clear()  # the warm-up runs
+    config = WorkerConfig(intervals=("1", "5", "60"), latency_budget_ms=30_000.0, inference_concurrency=1)
+    metrics = WorkerMetrics(CollectorRegistry())
+    engine = SignalEngine(config, store, registry, metrics)
+
+    def built() -> float:
+        return sum(
+            metrics.registry.get_sample_value("candlecast_render_seconds_count", {"renderer": r}) or 0.0
+            for r in ("tcn_input", "composite")
+        )
+
+    first = asyncio.create_task(engine.compute(BarEvent("BTCUSDT", "1", close - MINUTE)))
+    await eventually(gpu.stalling.is_set, 10.0, what="the first signal's tcn_1m run to stall")
+    second = asyncio.create_task(engine.compute(BarEvent("ETHUSDT", "1", close - MINUTE)))
+    await eventually(lambda: built() == 8, 10.0, what="both signals' inputs to be built")
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    gpu.released.set()
+    signal = await first
+    await engine.close()
+    assert isinstance(signal, Signal) and all(c.status == "voted" for c in signal.components)
+    # the first signal's own rows only: 1 a TCN, 2 images (1m and 5m) in the EfficientNet's run
+    assert sorted(gpu.ran) == [("efficientnet.onnx", 2), ("tcn_1m.onnx", 1), ("tcn_5m.onnx", 1)]
+
+
 async def test_a_signal_cancelled_mid_run_leaves_no_run_behind_the_engines_close(models: Path) -> None:
     """A worker shutting down cancels a signal still computing: the session run already in its thread
     (it cannot be interrupted) is waited for by ``close()``, so nothing of the signal outlives it."""
