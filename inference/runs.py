@@ -7,7 +7,9 @@ batch runs as soon as its own inputs are built, so rendering overlaps inference.
 engine's own: one builds every signal's inputs in turn (building holds the GIL, so a second would only
 take turns with the first and with the threads returning from ONNX Runtime), and the session runs
 have as many threads as they have slots (``inference_concurrency``, the ladder's rungs as many again),
-so a run that holds a slot starts at once instead of queueing behind renders in a shared pool.
+so a run that holds a slot starts at once instead of queueing behind renders in a shared pool. Batches
+of one session waiting for a slot (other symbols' signals at the same close) share one run
+(:meth:`SessionRuns._run`).
 
 A component whose window, leader window and depth rows are exactly those its last vote for the
 symbol came from (a 5m window between two 5m closes), on the same CPU session, repeats
