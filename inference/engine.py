@@ -386,8 +386,8 @@ class SignalEngine:
         return out
 
     async def close(self, timeout_s: float = 5.0) -> None:
-        """Let late session runs and render threads finish (threads cannot be interrupted); the engine
-        computes nothing after."""
+        """Let late session runs and render threads finish (threads cannot be interrupted); a compute
+        after it raises ``RuntimeError`` (its threads are gone)."""
         await self.runs.close(timeout_s)
 
 

@@ -99,6 +99,7 @@ class _Batch:
     members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
     failed: list[LoadedComponent] = field(default_factory=list)
     started: bool = False  # its rows are in a run (its own, or another signal's it was merged into)
+    abandoned: bool = False  # its signal gave up on it before a run took it: never taken into one
     ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]] | None = None  # set by the run its rows were in
 
     @property
@@ -150,7 +151,7 @@ class SessionRuns:
         self._rung_pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="cc-rung")
         self._render_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cc-render")
         # Session runs that missed their budget but had started: a thread cannot be cancelled, so
-        # they hold their semaphore slot until they return (keeping concurrency honest).
+        # the one running holds its semaphore slot until it returns (keeping concurrency honest).
         self._stragglers: set[asyncio.Task[_Ran]] = set()
         self._renders: set[asyncio.Future[None]] = set()  # render threads still finishing a batch
         self._run_s: dict[str, float] = {}  # each session's last run, by name: the render order
@@ -278,6 +279,7 @@ class SessionRuns:
                     self._stragglers.add(task)
                     task.add_done_callback(self._straggler_done)
                 else:
+                    tasks[task].abandoned = True  # no run may take it while the cancellation is delivered
                     task.cancel()
         for task in late | done:
             batch = tasks[task]
@@ -339,10 +341,12 @@ class SessionRuns:
     async def _run(self, batch: _Batch) -> _Ran:
         """The batch's session run, once its inputs are built (None: none could be).
 
-        Batches of the same session waiting for a slot (other symbols' signals at the same close) go
-        into one ``session.run``, up to :data:`MERGE_ROWS` rows: the first to get a slot takes every
-        one waiting, the others find theirs done. A batch row's output does not depend on the rows
-        beside it (checked for every shipped model: bit-identical, tests/inference/test_worker.py)."""
+        Batches of the same CPU session waiting for a slot (other symbols' signals at the same close)
+        go into one ``session.run``, up to :data:`MERGE_ROWS` rows: the one that gets a slot takes
+        itself and the others waiting, and each of those returns as soon as that run is done, without
+        a slot of its own. With one ONNX Runtime thread a row's output does not depend on the rows
+        beside it (bit-identical for every shipped model, checked); a GPU session, or one on several
+        threads, is never merged (its kernels may depend on the batch size)."""
         for c, built in await batch.inputs:
             if isinstance(built, str):
                 log.warning("%s: cannot build the input: %s", c.name, built)
@@ -351,52 +355,56 @@ class SessionRuns:
                 batch.members.append((c, built))
         if not batch.members:
             return None
-        batch.ran = asyncio.get_running_loop().create_future()
+        ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]] = asyncio.get_running_loop().create_future()
+        batch.ran = ran
         waiting = self._waiting.setdefault(id(batch.session), [])
         waiting.append(batch)
+        sem = self._rung_sem if batch.session.gpu_only else self._sem
+        slot = asyncio.ensure_future(sem.acquire())
         try:
-            async with self._rung_sem if batch.session.gpu_only else self._sem:
-                if not batch.started:  # not taken into a run yet: this run takes what waits beside it
-                    await self._run_merged(batch.session, _take(waiting))
+            either: set[asyncio.Future[Any]] = {slot, ran}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if slot.done() and not slot.cancelled() and not batch.started:
+                await self._run_merged(batch.session, _take(waiting, batch, _mergeable(batch.session)))
         finally:
-            if not batch.started:  # cancelled before a run took it
+            if not slot.done():
+                slot.cancel()  # the run it waited for is done (or the signal is given up)
+            elif not slot.cancelled():
+                sem.release()
+            if not batch.started:  # given up before a run took it
+                batch.abandoned = True
                 waiting.remove(batch)
             if not waiting and self._waiting.get(id(batch.session)) is waiting:
                 del self._waiting[id(batch.session)]
-        return await batch.ran
+        return await ran
 
     async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:
-        """One ``session.run`` of ``batches``' rows; each batch's ``ran`` gets its rows' output, or the error."""
+        """One ``session.run`` of ``batches``' rows; each batch's ``ran`` gets its rows' output, or the
+        error (whatever fails, no batch is left waiting)."""
         for b in batches:
             b.started = True
-        sizes = [len(b.members) for b in batches]
-        x = np.stack([x for b in batches for _, x in b.members])
-        started = time.perf_counter()
-        pool = self._rung_pool if session.gpu_only else self._run_pool
         try:
-            out = await asyncio.get_running_loop().run_in_executor(pool, session.run, x)
-        except Exception as exc:
+            sizes = [len(b.members) for b in batches]
+            x = np.stack([x for b in batches for _, x in b.members])
+            started = time.perf_counter()
+            pool = self._rung_pool if session.gpu_only else self._run_pool
+            out = np.asarray(await asyncio.get_running_loop().run_in_executor(pool, session.run, x))
+            seconds = time.perf_counter() - started
+            self._run_s[session.name] = seconds * sizes[0] / len(x)  # the render order: one batch's share
+            self.metrics.inference_seconds.labels(session.name, session.provider).observe(seconds)
+            if len(batches) == 1:
+                parts = [out]
+            elif out.ndim and out.size and out.size % len(x) == 0:  # rows in, rows out: each its own
+                parts = np.split(out.reshape(len(x), -1), np.cumsum(sizes)[:-1])
+            else:  # an output that is not one row per input: no batch can vote from it (bad_output)
+                parts = [np.zeros(0, np.float32)] * len(batches)
+            for b, part in zip(batches, parts, strict=True):
+                _settle(b, (part, seconds))
+        except BaseException as exc:  # the others learn it as an error; a cancellation stays this task's
+            failure = exc if isinstance(exc, Exception) else RuntimeFailure(f"{session.name}: the run was cancelled")
             for b in batches:
-                _settle(b, exc)
-            return
-        except BaseException:  # this task cancelled under the run: the batches in it with it
-            for b in batches:
-                if b.ran is not None:
-                    b.ran.cancel()
+                _settle(b, failure)
             raise
-        seconds = time.perf_counter() - started
-        self._run_s[session.name] = seconds * sizes[0] / len(x)  # the render order: one batch's share
-        self.metrics.inference_seconds.labels(session.name, session.provider).observe(seconds)
-        out = np.asarray(out)
-        if len(batches) == 1:
-            parts = [out]
-        elif out.size and out.size % len(x) == 0:  # rows in, rows out: each batch gets its own
-            rows = out.reshape(len(x), -1)
-            parts = np.split(rows, np.cumsum(sizes)[:-1])
-        else:  # an output that is not one row per input: no batch can vote from it (bad_output)
-            parts = [out[:0]] * len(batches)
-        for b, part in zip(batches, parts, strict=True):
-            _settle(b, (part, seconds))
 
     def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
         self._stragglers.discard(task)
@@ -417,14 +425,21 @@ class SessionRuns:
 MERGE_ROWS = 64
 
 
-def _take(waiting: list[_Batch]) -> list[_Batch]:
-    """The first waiting batch and those after it while they fit in :data:`MERGE_ROWS` rows, removed."""
-    taken: list[_Batch] = []
-    rows = 0
-    while waiting and (not taken or rows + len(waiting[0].members) <= MERGE_ROWS):
-        batch = waiting.pop(0)
-        rows += len(batch.members)
-        taken.append(batch)
+def _mergeable(session: ModelSession) -> bool:
+    """A CPU session on one thread: its rows' outputs do not depend on the batch they run in."""
+    return session.provider == CPU and session.threads == 1
+
+
+def _take(waiting: list[_Batch], holder: _Batch, merge: bool) -> list[_Batch]:
+    """``holder`` and, when ``merge``, the batches waiting beside it (none given up) while they fit in
+    :data:`MERGE_ROWS` rows; all taken are removed from ``waiting``."""
+    waiting.remove(holder)
+    taken, rows = [holder], len(holder.members)
+    for b in list(waiting) if merge else []:
+        if not b.abandoned and rows + len(b.members) <= MERGE_ROWS:
+            waiting.remove(b)
+            taken.append(b)
+            rows += len(b.members)
     return taken
 
 

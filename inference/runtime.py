@@ -139,6 +139,11 @@ class ModelSession:
             raise RuntimeFailure(f"{self.name}: cannot load {self.path.name} on CPU: {exc}") from exc
 
     @property
+    def threads(self) -> int:
+        """ONNX Runtime's intra-op threads for this session."""
+        return self._threads
+
+    @property
     def provider(self) -> str:
         """The provider actually bound, e.g. ``CPUExecutionProvider`` even when CUDA was asked for."""
         providers: list[str] = self._session.get_providers()

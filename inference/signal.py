@@ -103,8 +103,8 @@ class ComponentReport:
     weight: float
     version: str
     provider: str  # the provider the session BOUND (``ModelSession.provider``); "" if never loaded
-    # the run of the batch it was in; 0 for a vote repeated unrun (its input was its last vote's); None
-    # when it never ran
+    # the run of the batch it was in (a run merged with other signals' batches of its model: that
+    # run's); 0 for a vote repeated unrun (its input was its last vote's); None when it never ran
     latency_ms: float | None
     status: Status
     reason: str | None = None  # set when dropped: a data-check code, "late", "error", "artifact_missing", ...

@@ -267,7 +267,10 @@ class VanishingGpu:
 
     providers = ("CUDAExecutionProvider", CPU)
 
-    def __init__(self) -> None:
+    def __init__(self, *, stall_cpu: bool = False) -> None:
+        """``stall_cpu``: sessions asked for on the CPU alone are wrapped too (they report the CPU
+        bound, and :attr:`stalled` and :attr:`ran` apply to them)."""
+        self.stall_cpu = stall_cpu
         self.lost = False
         self.stalled: set[str] = set()
         self.released = threading.Event()
@@ -276,7 +279,7 @@ class VanishingGpu:
         self.ran: list[tuple[str, int]] = []  # (file, rows) of every run, in order
 
     def build(self, path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
-        if providers == [CPU]:
+        if providers == [CPU] and not self.stall_cpu:
             self.built_on_cpu += 1
             return ort.InferenceSession(path, options, providers=providers)
         return _GpuSession(self, ort.InferenceSession(path, options, providers=[CPU]), providers, Path(path).name)

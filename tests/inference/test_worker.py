@@ -386,8 +386,8 @@ async def test_one_models_batches_waiting_for_a_run_slot_share_one_run_and_vote_
     alone = [await alone_engine.compute(BarEvent(s, "1", close - MINUTE)) for s in symbols]
     await alone_engine.close()
 
-    gpu = VanishingGpu()  # real CPU sessions under it; a run of tcn_1m.onnx blocks until released
-    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    gpu = VanishingGpu(stall_cpu=True)  # real CPU sessions; a run of tcn_1m.onnx blocks until released
+    registry = ModelRegistry(models, prefer_gpu=False, session_factory=gpu.build)
     await registry.load()
     gpu.stalled = {"tcn_1m.onnx"}
     metrics = WorkerMetrics(CollectorRegistry())
@@ -397,7 +397,7 @@ async def test_one_models_batches_waiting_for_a_run_slot_share_one_run_and_vote_
         return metrics.registry.get_sample_value(f"candlecast_{metric}_count", labels) or 0.0
 
     def runs(model: str) -> float:
-        return count("inference_seconds", model=model, provider="CUDAExecutionProvider")
+        return count("inference_seconds", model=model, provider=CPU)
 
     def built() -> bool:  # 2 TCN inputs and 2 EfficientNet images a symbol
         return count("render_seconds", renderer="tcn_input") + count("render_seconds", renderer="composite") == 16
@@ -428,8 +428,8 @@ async def test_a_signal_given_up_while_its_batches_wait_for_a_slot_leaves_none_f
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE
     await store.write(history(close, {"1": 80, "5": 70, "60": 20}, ("BTCUSDT", "ETHUSDT")))
-    gpu = VanishingGpu()
-    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    gpu = VanishingGpu(stall_cpu=True)
+    registry = ModelRegistry(models, prefer_gpu=False, session_factory=gpu.build)
     await registry.load()
     gpu.stalled = {"tcn_1m.onnx"}
     gpu.ran.clear()  # the warm-up runs
