@@ -342,9 +342,9 @@ async def _signals(
     await _burst(engine, store, names, last_start - 2 * MINUTE_MS, mid)
     runs_before = _session_runs(metrics)
     inside, inside_s = await _burst(engine, store, names, last_start - MINUTE_MS, mid)
-    runs_inside = _session_runs(metrics) - runs_before
+    runs_between = _session_runs(metrics)
     results, burst_s = await _burst(engine, store, names, last_start, mid)
-    runs_top = _session_runs(metrics) - runs_before - runs_inside
+    runs_top = _session_runs(metrics) - runs_between
     session_of = {c.name: c.session.name for c in engine.models.current.components if c.session is not None}
     batches_top = sum(len(_ran(r, session_of)) for r in results)
     scoring = await _burst_with_scoring(engine, names, last_start)
@@ -375,7 +375,7 @@ async def _signals(
             "seconds": round(inside_s, 3),
             "signals": sum(1 for r in inside if getattr(r, "source", None) is not None),
             "votes_remembered_median": float(np.median([_remembered(r) for r in inside])),
-            "session_runs": runs_inside,
+            "session_runs": runs_between - runs_before,
         },
         "burst_with_scoring": scoring | {"ratio_vs_burst": round(scoring["seconds"] / burst_s, 3)},
         "store_read": reads,

@@ -95,16 +95,25 @@ class _Batch:
     session: ModelSession
     windows: list[Window]
     inputs: asyncio.Future[list[_Built]]
+    ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]]  # set by the run its rows were in
     digests: dict[str, bytes] = field(default_factory=dict)  # by component: what its vote is remembered by
     members: list[tuple[LoadedComponent, npt.NDArray[np.float32]]] = field(default_factory=list)
     failed: list[LoadedComponent] = field(default_factory=list)
     started: bool = False  # its rows are in a run (its own, or another signal's it was merged into)
     abandoned: bool = False  # its signal gave up on it before a run took it: never taken into one
-    ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]] | None = None  # set by the run its rows were in
 
     @property
     def components(self) -> list[LoadedComponent]:
         return [w[0] for w in self.windows]
+
+    def settle(self, outcome: tuple[npt.NDArray[np.float32], float] | Exception) -> None:
+        """Hand the batch its rows' output, or the run's error (not once its task gave up on it)."""
+        if self.ran.done():
+            return
+        if isinstance(outcome, Exception):
+            self.ran.set_exception(outcome)
+        else:
+            self.ran.set_result(outcome)
 
 
 @dataclass
@@ -217,7 +226,7 @@ class SessionRuns:
                 self._vote(c, seen.row, session.provider, 0.0, drafts, note)  # the same input: the same vote
                 continue
             if (batch := batches.get(id(session))) is None:
-                batch = batches[id(session)] = _Batch(session, [], loop.create_future())
+                batch = batches[id(session)] = _Batch(session, [], loop.create_future(), loop.create_future())
             batch.windows.append(w)
             batch.digests[c.name] = digest
         if not batches:
@@ -355,14 +364,12 @@ class SessionRuns:
                 batch.members.append((c, built))
         if not batch.members:
             return None
-        ran: asyncio.Future[tuple[npt.NDArray[np.float32], float]] = asyncio.get_running_loop().create_future()
-        batch.ran = ran
         waiting = self._waiting.setdefault(id(batch.session), [])
         waiting.append(batch)
         sem = self._rung_sem if batch.session.gpu_only else self._sem
         slot = asyncio.ensure_future(sem.acquire())
         try:
-            either: set[asyncio.Future[Any]] = {slot, ran}
+            either: set[asyncio.Future[Any]] = {slot, batch.ran}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if slot.done() and not slot.cancelled() and not batch.started:
                 await self._run_merged(batch.session, _take(waiting, batch, _mergeable(batch.session)))
@@ -376,7 +383,7 @@ class SessionRuns:
                 waiting.remove(batch)
             if not waiting and self._waiting.get(id(batch.session)) is waiting:
                 del self._waiting[id(batch.session)]
-        return await ran
+        return await batch.ran
 
     async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:
         """One ``session.run`` of ``batches``' rows; each batch's ``ran`` gets its rows' output, or the
@@ -399,11 +406,11 @@ class SessionRuns:
             else:  # an output that is not one row per input: no batch can vote from it (bad_output)
                 parts = [np.zeros(0, np.float32)] * len(batches)
             for b, part in zip(batches, parts, strict=True):
-                _settle(b, (part, seconds))
+                b.settle((part, seconds))
         except BaseException as exc:  # the others learn it as an error; a cancellation stays this task's
             failure = exc if isinstance(exc, Exception) else RuntimeFailure(f"{session.name}: the run was cancelled")
             for b in batches:
-                _settle(b, failure)
+                b.settle(failure)
             raise
 
     def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
@@ -441,16 +448,6 @@ def _take(waiting: list[_Batch], holder: _Batch, merge: bool) -> list[_Batch]:
             taken.append(b)
             rows += len(b.members)
     return taken
-
-
-def _settle(batch: _Batch, outcome: tuple[npt.NDArray[np.float32], float] | Exception) -> None:
-    assert batch.ran is not None  # set before the batch waits
-    if batch.ran.done():  # its task was cancelled meanwhile (a signal given up on)
-        return
-    if isinstance(outcome, Exception):
-        batch.ran.set_exception(outcome)
-    else:
-        batch.ran.set_result(outcome)
 
 
 def _not_failed(batch: _Batch) -> list[LoadedComponent]:

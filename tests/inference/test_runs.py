@@ -40,7 +40,7 @@ async def test_a_batch_merged_into_another_signals_run_returns_with_that_run_not
     def batch(s: _Session) -> _Batch:
         built: asyncio.Future[Any] = loop.create_future()
         built.set_result([(SimpleNamespace(name=s.name), np.ones(4, np.float32))])
-        return _Batch(s, [], built)  # type: ignore[arg-type]
+        return _Batch(s, [], built, loop.create_future())  # type: ignore[arg-type]
 
     order: list[str] = []
 
