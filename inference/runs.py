@@ -168,6 +168,14 @@ class SessionRuns:
         # Built batches waiting for a run slot, by session: the run that takes a slot takes them all.
         self._waiting: dict[int, list[_Batch]] = {}
 
+    def waiting_rows(self) -> dict[str, int]:
+        """A snapshot of the rows built and waiting for a run slot, by session name."""
+        rows: dict[str, int] = {}
+        for batches in self._waiting.values():
+            for b in batches:
+                rows[b.session.name] = rows.get(b.session.name, 0) + len(b.members)
+        return rows
+
     def _build(
         self, windows: Sequence[Window], built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str]
     ) -> list[_Built]:

@@ -144,7 +144,7 @@ class RedisSignalFeed(_Feed):
                 log.exception("signal feed failed")
             finally:
                 self._set_up(False)
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await asyncio.shield(pubsub.aclose())
             delay = self._backoff.next_delay()
             log.info("signal feed: reconnecting in %.2f s", delay)
             await asyncio.sleep(delay)

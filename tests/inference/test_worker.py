@@ -399,16 +399,17 @@ async def test_one_models_batches_waiting_for_a_run_slot_share_one_run_and_vote_
     def runs(model: str) -> float:
         return count("inference_seconds", model=model, provider=CPU)
 
-    def built() -> bool:  # 2 TCN inputs and 2 EfficientNet images a symbol
-        return count("render_seconds", renderer="tcn_input") + count("render_seconds", renderer="composite") == 16
-
-    burst = asyncio.gather(*(engine.compute(BarEvent(s, "1", close - MINUTE)) for s in symbols))
+    # The first symbol's tcn_1m run takes the slot alone and stalls there; then the other three come,
+    # and every batch of all four waits for the slot (a 1m TCN row and 2 images a symbol).
+    first = asyncio.ensure_future(engine.compute(BarEvent(symbols[0], "1", close - MINUTE)))
     try:
         await eventually(gpu.stalling.is_set, 10.0, what="the first tcn_1m run to stall")
-        await eventually(built, 10.0, what="every input to be built")
+        rest = asyncio.gather(*(engine.compute(BarEvent(s, "1", close - MINUTE)) for s in symbols[1:]))
+        everything = {"tcn_1m": 3, "tcn_5m": 4, "efficientnet": 8}
+        await eventually(lambda: engine.runs.waiting_rows() == everything, 10.0, what="every batch to wait")
     finally:
         gpu.released.set()
-    together = await burst
+    together = [await first, *await rest]
     await engine.close()
 
     assert runs("tcn_1m") == 2  # the stalled one, then the other three symbols' in one
@@ -437,16 +438,11 @@ async def test_a_signal_given_up_while_its_batches_wait_for_a_slot_leaves_none_f
     metrics = WorkerMetrics(CollectorRegistry())
     engine = SignalEngine(config, store, registry, metrics)
 
-    def built() -> float:
-        return sum(
-            metrics.registry.get_sample_value("candlecast_render_seconds_count", {"renderer": r}) or 0.0
-            for r in ("tcn_input", "composite")
-        )
-
     first = asyncio.create_task(engine.compute(BarEvent("BTCUSDT", "1", close - MINUTE)))
     await eventually(gpu.stalling.is_set, 10.0, what="the first signal's tcn_1m run to stall")
     second = asyncio.create_task(engine.compute(BarEvent("ETHUSDT", "1", close - MINUTE)))
-    await eventually(lambda: built() == 8, 10.0, what="both signals' inputs to be built")
+    waiting = {"tcn_1m": 1, "tcn_5m": 2, "efficientnet": 4}  # the second's batches, and the first's not stalled
+    await eventually(lambda: engine.runs.waiting_rows() == waiting, 10.0, what="both signals' batches to wait")
     second.cancel()
     with pytest.raises(asyncio.CancelledError):
         await second
