@@ -12,6 +12,7 @@ import math
 import random
 import shutil
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -259,7 +260,8 @@ class VanishingGpu:
     Passed to the worker's sessions as their session factory (with :attr:`providers` as what the
     runtime offers): sessions asked for with a GPU provider first compute with a real CPU session but
     report ``CUDAExecutionProvider`` as bound, until :attr:`lost` is set: then every run raises what
-    ORT raises when the device is gone. A run of a model named in :attr:`stalled` (its file name)
+    ORT raises when the device is gone. A run of a model named in :attr:`slow` (its file name) takes
+    that much longer; one named in :attr:`stalled`
     blocks (:attr:`stalling` set) until :attr:`released` is set: one far slower than usual (a TensorRT
     engine built on its first run, a device shared with another job). Sessions asked for on the CPU
     alone are real and untouched.
@@ -275,6 +277,7 @@ class VanishingGpu:
         self.stalled: set[str] = set()
         self.released = threading.Event()
         self.stalling = threading.Event()  # set once a stalled run has begun
+        self.slow: dict[str, float] = {}  # by file: every run of it takes that many seconds longer
         self.built_on_cpu = 0
         self.ran: list[tuple[str, int]] = []  # (file, rows) of every run, in order
 
@@ -306,6 +309,7 @@ class _GpuSession:
         if self._file in self._gpu.stalled:
             self._gpu.stalling.set()
             self._gpu.released.wait(timeout=60.0)
+        time.sleep(self._gpu.slow.get(self._file, 0.0))
         self._gpu.ran.append((self._file, len(next(iter(feed.values())))))
         return self._real.run(outputs, feed)
 

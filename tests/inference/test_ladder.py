@@ -3,6 +3,7 @@ B3 fails on its GPU, the rule last; every signal says which ran (``ladder``)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import threading
@@ -11,13 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
-from inference.components import load_model_set
+from inference.components import ModelRegistry, load_model_set
+from inference.config import WorkerConfig
+from inference.engine import SignalEngine
 from inference.ensemble import stacked_p_up
 from inference.manifest import Component, EnsembleSpec, Manifest
+from inference.metrics import WorkerMetrics
 from inference.runtime import CPU, GpuNotBound, ModelSession, RuntimeFailure
 from inference.signal import NoSignal, Signal
+from streaming.memory_store import MemoryStore
 from streaming.redis_store import RedisStore
+from streaming.store import BarEvent
 from tests.inference.kit import (
     MINUTE,
     T0,
@@ -178,6 +185,45 @@ async def test_a_b3_past_its_share_of_the_budget_hands_the_same_signal_to_the_b0
             assert status(third)["efficientnet_1m"] == ("voted", None)
         finally:
             gpu.released.set()
+
+
+async def test_a_b3_late_only_for_queueing_behind_another_symbols_run_is_dropped_not_taken_down(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Two symbols at one close, one rung slot, every B3 run 3.5 s of the rung's 5 s: the first symbol's
+    B3 votes; the second's starts only when that run ends, so it is late and the B0 answers for it,
+    but its run had barely begun: the GPU is not taken down, and the next signal's B3 votes."""
+    gpu = VanishingGpu()
+    models = ladder(cache, tmp_path / "artifacts", ensemble=STACKER)
+    symbols = ("BTCUSDT", "ETHUSDT")
+    store = MemoryStore(window_bars=128)
+    await store.write(history(CLOSE, {"1": 60, "5": 60, "60": 20}, symbols))
+    registry = ModelRegistry(models, prefer_gpu=True, session_factory=gpu.build, available_providers=gpu.providers)
+    await registry.load()
+    config = WorkerConfig(
+        intervals=("1", "5", "60"), latency_budget_ms=20_000.0, rung_share=0.25, inference_concurrency=1
+    )
+    engine = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+    b3 = next(c for c in registry.current.enabled if c.name == "efficientnet_b3_1m").session
+    assert b3 is not None
+    gpu.slow["efficientnet_b3.onnx"] = 3.5
+    try:
+        burst = await asyncio.gather(*(engine.compute(BarEvent(s, "1", CLOSE - MINUTE)) for s in symbols))
+        assert all(isinstance(s, Signal) for s in burst)
+        ran, queued = sorted(burst, key=lambda s: status(s)["efficientnet_b3_1m"] != ("voted", None))
+        assert isinstance(ran, Signal) and isinstance(queued, Signal)
+        assert ran.ladder == "efficientnet-b3" and status(ran)["efficientnet_b3_1m"] == ("voted", None)
+        assert status(queued)["efficientnet_b3_1m"] == ("dropped", "late")
+        assert status(queued)["efficientnet_1m"] == ("voted", None) and queued.ladder == "efficientnet-b0"
+        assert b3.broken is None  # queueing is no GPU failure
+
+        gpu.slow.clear()
+        await store.write(history(CLOSE + MINUTE, {"1": 60, "5": 60, "60": 20}, symbols))
+        after = await engine.compute(BarEvent(queued.symbol, "1", CLOSE))
+        assert isinstance(after, Signal) and status(after)["efficientnet_b3_1m"] == ("voted", None)
+    finally:
+        gpu.slow.clear()
+        await engine.close()
 
 
 async def test_a_b3_with_no_b0_standing_by_keeps_the_whole_budget(
