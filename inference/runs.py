@@ -324,7 +324,8 @@ class SessionRuns:
                 continue
             except Exception as exc:
                 level = logging.WARNING if isinstance(exc, RuntimeFailure) else logging.ERROR
-                log.log(level, "%s: %s failed: %s", symbol, batch.session.name, exc)
+                # the message, not the exception: a record holding it would hold the failed run's frames
+                log.log(level, "%s: %s failed: %s", symbol, batch.session.name, str(exc))
                 for c in _not_failed(batch):  # a ladder rung's GPU failed: the rung below runs
                     drafts.drop(c, "gpu_failed" if batch.session.gpu_only else "error")
                 continue
@@ -397,6 +398,8 @@ class SessionRuns:
                 waiting.remove(batch)
             if not waiting and self._waiting.get(id(batch.session)) is waiting:
                 del self._waiting[id(batch.session)]
+            if batch.ran.done() and not batch.ran.cancelled():
+                batch.ran.exception()  # read: a run this task made that failed raises from it, not from here
         return await batch.ran
 
     async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  # see below
 import pytest
 import redis.asyncio as aioredis
 
@@ -14,6 +15,11 @@ from streaming.redis_store import RedisStore
 from streaming.sim.server import ExchangeSimulator, SimulatorConfig
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
+
+# hypothesis is imported here, at collection, and not left to its pytest plugin's end-of-run summary:
+# a run of tests that never import it (one file) would otherwise have the assertion rewriter parse it
+# deep in that hook's stack, where CPython 3.11.7 fails with "AST constructor recursion depth
+# mismatch" and the run exits 1 after every test passed.
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -28,7 +34,8 @@ def redis_url() -> str:
     import redis
 
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"tests need a real Redis at {url} (run them with `make test`): {exc}", pytrace=False)
     return url
