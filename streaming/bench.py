@@ -279,7 +279,7 @@ def _sample(metrics: IngestMetrics, kind: str) -> float:
 
 
 async def bench_ingest(
-    symbols: int = 100, frames: int = 200_000, rounds: int = 2, redis_url: str | None = None
+    symbols: int = 100, frames: int = 200_000, rounds: int = 3, redis_url: str | None = None
 ) -> dict[str, Any]:
     redis_url = bench_url(redis_url)
     names = [f"SYM{i:03d}USDT" for i in range(symbols)]

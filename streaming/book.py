@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -60,15 +61,33 @@ class _Side:
 
     def trim_low(self, keep: int) -> None:
         """Keep the ``keep`` highest prices (bids)."""
-        for price in self.prices[: max(0, len(self.prices) - keep)]:
-            del self.sizes[price]
-        del self.prices[: max(0, len(self.prices) - keep)]
+        if (extra := len(self.prices) - keep) > 0:  # rare: Bybit deletes what leaves the depth itself
+            for price in self.prices[:extra]:
+                del self.sizes[price]
+            del self.prices[:extra]
 
     def trim_high(self, keep: int) -> None:
         """Keep the ``keep`` lowest prices (asks)."""
-        for price in self.prices[keep:]:
-            del self.sizes[price]
-        del self.prices[keep:]
+        if len(self.prices) > keep:
+            for price in self.prices[keep:]:
+                del self.sizes[price]
+            del self.prices[keep:]
+
+
+# Floats of the book's decimals, by value, for depth sampling: a book samples its 200 numbers once a
+# second and ``float(Decimal)`` costs several times a dict lookup (the parser hands out one Decimal
+# object per wire string, whose hash is cached). Bounded by clearing when full, like the parser's.
+_FLOATS: dict[Decimal, float] = {}
+_FLOATS_MAX = 500_000
+
+
+def _floats(values: Iterable[Decimal]) -> list[float]:
+    try:
+        return [_FLOATS[d] for d in values]
+    except KeyError:
+        if len(_FLOATS) >= _FLOATS_MAX:
+            _FLOATS.clear()
+        return [_FLOATS[d] if d in _FLOATS else _FLOATS.setdefault(d, float(d)) for d in values]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,14 +173,10 @@ class OrderBook:
         return p, self._asks.sizes[p]
 
     def float_levels(self) -> tuple[list[float], list[float], list[float], list[float]]:
-        """Bid prices, bid sizes, ask prices, ask sizes as floats (ascending price), for sampling."""
-        b, a = self._bids, self._asks
-        return (
-            [float(p) for p in b.prices],
-            [float(b.sizes[p]) for p in b.prices],
-            [float(p) for p in a.prices],
-            [float(a.sizes[p]) for p in a.prices],
-        )
+        """Bid prices, bid sizes, ask prices, ask sizes as floats, for sampling: each side's prices and
+        sizes pair up by position, in no particular order (as :func:`~streaming.depth.sample_levels` takes them)."""
+        b, a = self._bids.sizes, self._asks.sizes
+        return _floats(b), _floats(b.values()), _floats(a), _floats(a.values())
 
     def view(self) -> BookView:
         bids = tuple((p, self._bids.sizes[p]) for p in reversed(self._bids.prices))

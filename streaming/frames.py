@@ -309,13 +309,10 @@ _BOOK_DECODER = msgspec.json.Decoder(_BookFrame)
 
 
 def _typed_levels(side: list[tuple[str, str]], where: str) -> tuple[Level, ...]:
-    out = []
-    for price, size in side:
-        try:
-            out.append((_POSITIVE[price], _NON_NEGATIVE[size]))
-        except KeyError:
-            out.append(_new_level(price, size, where))
-    return tuple(out)
+    try:  # every string seen before: the common case, in one comprehension
+        return tuple([(_POSITIVE[price], _NON_NEGATIVE[size]) for price, size in side])
+    except KeyError:
+        return tuple([_new_level(price, size, where) for price, size in side])
 
 
 def _typed_book(raw: str | bytes) -> BookUpdate | None:
@@ -326,16 +323,9 @@ def _typed_book(raw: str | bytes) -> BookUpdate | None:
         d = f.data
         if kind != "orderbook" or d.s != symbol or not 0 <= f.ts < _MAX_INT or not 0 <= d.u < _MAX_INT:
             return None
-        return BookUpdate(
-            topic=f.topic,
-            symbol=symbol,
-            depth=int(param),
-            kind=f.type,
-            ts=f.ts,
-            u=d.u,
-            seq=d.seq,
-            bids=_typed_levels(d.b, f.topic),
-            asks=_typed_levels(d.a, f.topic),
-        )
+        # positional (the fields' order: topic, symbol, depth, kind, ts, u, seq, bids, asks): half
+        # the cost of keywords on the path nine frames in ten take
+        bids, asks = _typed_levels(d.b, f.topic), _typed_levels(d.a, f.topic)
+        return BookUpdate(f.topic, symbol, int(param), f.type, f.ts, d.u, d.seq, bids, asks)
     except (msgspec.DecodeError, FrameError):
         return None

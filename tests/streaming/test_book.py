@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming.book import ApplyResult, BookState, OrderBook
+from streaming.depth import sample_levels, sample_row
 from streaming.frames import BookUpdate, Level, parse_frame
 from tests.streaming.kit import XRP_OB500_ZIP, Pair, book_update, levels
 
@@ -525,6 +527,11 @@ def test_book_matches_reference_model(steps: list[Step]) -> None:
             assert all(size > 0 for _, size in got_bids + got_asks)
             assert [p for p, _ in got_bids] == sorted((p for p, _ in got_bids), reverse=True)
             assert [p for p, _ in got_asks] == sorted(p for p, _ in got_asks)
+            # the ingestor's depth row (float_levels, in no order) bins what the ladders show
+            fast, reference = sample_levels(*book.float_levels(), 0), sample_row(book.view(), 0)
+            assert fast.mid == reference.mid
+            np.testing.assert_allclose(fast.bids, reference.bids, rtol=1e-6)
+            np.testing.assert_allclose(fast.asks, reference.asks, rtol=1e-6)
         elif book.state is BookState.NOT_READY:
             assert (got_bids, got_asks) == ((), ())
         else:
