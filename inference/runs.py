@@ -236,6 +236,9 @@ class SessionRuns:
                 continue
             if (batch := batches.get(id(session))) is None:
                 batch = batches[id(session)] = _Batch(session, [], loop.create_future(), loop.create_future())
+                # read once set, whoever awaits it: a batch whose task is gone (cancelled at shutdown
+                # while merged into another's run) leaves no "exception was never retrieved"
+                batch.ran.add_done_callback(lambda f: f.cancelled() or f.exception())
             batch.windows.append(w)
             batch.digests[c.name] = digest
         if not batches:
@@ -398,8 +401,6 @@ class SessionRuns:
                 waiting.remove(batch)
             if not waiting and self._waiting.get(id(batch.session)) is waiting:
                 del self._waiting[id(batch.session)]
-            if batch.ran.done() and not batch.ran.cancelled():
-                batch.ran.exception()  # read: a run this task made that failed raises from it, not from here
         return await batch.ran
 
     async def _run_merged(self, session: ModelSession, batches: list[_Batch]) -> None:
