@@ -50,18 +50,21 @@ class _Side:
         self.sizes = {p: s for p, s in levels if s != 0}
         self.prices = sorted(self.sizes)
 
-    def set(self, price: Decimal, size: Decimal) -> None:
-        if size == 0:
-            if self.sizes.pop(price, None) is not None:
-                del self.prices[bisect.bisect_left(self.prices, price)]
-        else:
-            if price not in self.sizes:
-                bisect.insort(self.prices, price)
-            self.sizes[price] = size
+    def update(self, levels: tuple[Level, ...]) -> None:
+        """Apply a delta's absolute sizes (size 0 deletes): one call per side, the loop inline —
+        the per-level method calls cost as much as the updates on the path every delta takes."""
+        sizes, prices = self.sizes, self.prices
+        for price, size in levels:
+            if size:
+                if price not in sizes:
+                    bisect.insort(prices, price)
+                sizes[price] = size
+            elif sizes.pop(price, None) is not None:
+                del prices[bisect.bisect_left(prices, price)]
 
     def trim_low(self, keep: int) -> None:
         """Keep the ``keep`` highest prices (bids)."""
-        if (extra := len(self.prices) - keep) > 0:  # rare: Bybit deletes what leaves the depth itself
+        if (extra := len(self.prices) - keep) > 0:
             for price in self.prices[:extra]:
                 del self.sizes[price]
             del self.prices[:extra]
@@ -122,22 +125,22 @@ class OrderBook:
         if msg.u != self.last_u + 1:
             self.invalidate(f"u gap: expected {self.last_u + 1}, got {msg.u}")
             return ApplyResult.INVALIDATED
-        for price, size in msg.bids:
-            self._bids.set(price, size)
-        for price, size in msg.asks:
-            self._asks.set(price, size)
+        self._bids.update(msg.bids)
+        self._asks.update(msg.asks)
         return self._after(msg)
 
     def _after(self, msg: BookUpdate) -> ApplyResult:
         self.last_u = msg.u
         self.ts = msg.ts
-        self._bids.trim_low(self.depth)
-        self._asks.trim_high(self.depth)
-        if not self._bids.prices or not self._asks.prices:
+        bids, asks = self._bids.prices, self._asks.prices
+        if len(bids) > self.depth or len(asks) > self.depth:  # rare: Bybit deletes what leaves the depth itself
+            self._bids.trim_low(self.depth)
+            self._asks.trim_high(self.depth)
+        if not bids or not asks:
             self.invalidate("empty side")
             return ApplyResult.INVALIDATED
-        if self._bids.prices[-1] >= self._asks.prices[0]:
-            self.invalidate(f"crossed: bid {self._bids.prices[-1]} >= ask {self._asks.prices[0]}")
+        if bids[-1] >= asks[0]:
+            self.invalidate(f"crossed: bid {bids[-1]} >= ask {asks[0]}")
             return ApplyResult.INVALIDATED
         self.state = BookState.READY
         self.reason = ""

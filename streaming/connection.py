@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from streaming.backoff import Backoff
 from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
-from streaming.frames import CommandResponse, Message, Pong, parse_frame
+from streaming.frames import BookUpdate, CommandResponse, KlineUpdate, Message, Pong, parse_frame
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.supervisor import TaskSupervisor
@@ -213,7 +213,19 @@ class FeedConnection:
                     ).inc()
                     handler.on_frame_error(self, raw, exc)
                     continue
-                if isinstance(msg, Pong):
+                if type(msg) is BookUpdate or type(msg) is KlineUpdate:  # data: all but a few frames
+                    topic = msg.topic
+                    self._last_rx[topic] = self.last_frame_at[topic] = time.monotonic()
+                    if topic not in self._delivered and topic in self._active:
+                        self._delivered.add(topic)
+                        self._healthy = self._active <= self._delivered
+                    try:
+                        handler.on_message(self, msg, recv_wall)
+                    except Exception:
+                        # A bug or an unforeseen value must cost one frame, not the connection.
+                        self._metrics.messages.labels(type="handler_error").inc()
+                        log.exception("[%s] handling %s failed; frame dropped", self.name, topic)
+                elif isinstance(msg, Pong):
                     self._metrics.messages.labels(type="pong").inc()
                     self._ping_sent_at = None
                 elif isinstance(msg, CommandResponse):
@@ -225,17 +237,6 @@ class FeedConnection:
                         fut.set_result(msg)
                     elif fut is None:
                         log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
-                else:
-                    self._last_rx[msg.topic] = self.last_frame_at[msg.topic] = time.monotonic()
-                    if msg.topic not in self._delivered and msg.topic in self._active:
-                        self._delivered.add(msg.topic)
-                        self._healthy = self._active <= self._delivered
-                    try:
-                        handler.on_message(self, msg, recv_wall)
-                    except Exception:
-                        # A bug or an unforeseen value must cost one frame, not the connection.
-                        self._metrics.messages.labels(type="handler_error").inc()
-                        log.exception("[%s] handling %s failed; frame dropped", self.name, msg.topic)
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     # A socket with a backlog returns frames without suspending; yield so the

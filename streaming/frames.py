@@ -102,11 +102,17 @@ def parse_frame(raw: str | bytes) -> Message:
     :class:`UnknownTopicError` (a ``FrameError``) means the frame was well formed but for a topic
     we do not consume (``publicTrade.*``, ``tickers.*``, ...).
     """
-    if raw.startswith(_BOOK_PREFIX_B if isinstance(raw, bytes) else _BOOK_PREFIX_S):  # type: ignore[arg-type]
+    fast: Message | None = None
+    if isinstance(raw, bytes):
+        if raw.startswith(_BOOK_PREFIX_B):
+            fast = _typed_book(raw)
+        elif raw.startswith(_KLINE_PREFIX_B):
+            fast = _typed_kline(raw)
+    elif raw.startswith(_BOOK_PREFIX_S):
         fast = _typed_book(raw)
-        if fast is not None:
-            return fast
-    return _parse_general(raw)
+    elif raw.startswith(_KLINE_PREFIX_S):
+        fast = _typed_kline(raw)
+    return fast if fast is not None else _parse_general(raw)
 
 
 def _parse_general(raw: str | bytes) -> Message:
@@ -277,14 +283,15 @@ def _parse_book(topic: str, depth: int, symbol: str, obj: dict[str, Any]) -> Boo
     )
 
 
-# -- the hot path: order-book frames decoded straight into typed structs ----------------------------
+# -- the hot paths: book and kline frames decoded straight into typed structs ----------------------
 #
-# Book frames are nine in ten of a feed. msgspec decodes and type-checks one in a single pass (the
-# JSON types: strings, 2-element levels, integers), then the same range checks and decimal cache as
-# the general path apply. Anything it does not accept as a valid book frame (a type error, a range
-# error, an unknown topic) goes through the general path instead, which names the problem: one
-# decoder's verdict, one set of error messages, and the typed path can only be faster, never laxer
-# (tests/streaming/test_frames.py checks both paths agree on every frame the fuzzer makes).
+# Book frames are nine in ten of a feed, klines most of the rest. msgspec decodes and type-checks one
+# in a single pass (the JSON types: strings, 2-element levels, integers, booleans), then the same
+# range checks and decimal cache as the general path apply. Anything it does not accept as a valid
+# frame (a type error, a range error, an unknown topic) goes through the general path instead, which
+# names the problem: one decoder's verdict, one set of error messages, and a typed path can only be
+# faster, never laxer (tests/streaming/test_frames.py checks both paths agree on every frame the
+# fuzzer makes).
 
 _BOOK_PREFIX_S = '{"topic":"orderbook.'
 _BOOK_PREFIX_B = _BOOK_PREFIX_S.encode()
@@ -309,10 +316,8 @@ _BOOK_DECODER = msgspec.json.Decoder(_BookFrame)
 
 
 def _typed_levels(side: list[tuple[str, str]], where: str) -> tuple[Level, ...]:
-    try:  # every string seen before: the common case, in one comprehension
-        return tuple([(_POSITIVE[price], _NON_NEGATIVE[size]) for price, size in side])
-    except KeyError:
-        return tuple([_new_level(price, size, where) for price, size in side])
+    """A side with a string not seen yet: each level validated (``FrameError`` if out of range) and cached."""
+    return tuple([_new_level(price, size, where) for price, size in side])
 
 
 def _typed_book(raw: str | bytes) -> BookUpdate | None:
@@ -323,9 +328,73 @@ def _typed_book(raw: str | bytes) -> BookUpdate | None:
         d = f.data
         if kind != "orderbook" or d.s != symbol or not 0 <= f.ts < _MAX_INT or not 0 <= d.u < _MAX_INT:
             return None
+        try:  # every string seen before: the common case, inline (a call per side costs as much as its lookups)
+            bids = tuple([(_POSITIVE[price], _NON_NEGATIVE[size]) for price, size in d.b])
+            asks = tuple([(_POSITIVE[price], _NON_NEGATIVE[size]) for price, size in d.a])
+        except KeyError:
+            bids, asks = _typed_levels(d.b, f.topic), _typed_levels(d.a, f.topic)
         # positional (the fields' order: topic, symbol, depth, kind, ts, u, seq, bids, asks): half
         # the cost of keywords on the path nine frames in ten take
-        bids, asks = _typed_levels(d.b, f.topic), _typed_levels(d.a, f.topic)
         return BookUpdate(f.topic, symbol, int(param), f.type, f.ts, d.u, d.seq, bids, asks)
+    except (msgspec.DecodeError, FrameError):
+        return None
+
+
+_KLINE_PREFIX_S = '{"topic":"kline.'
+_KLINE_PREFIX_B = _KLINE_PREFIX_S.encode()
+
+
+class _KlineItem(msgspec.Struct):
+    start: int
+    interval: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    confirm: bool
+    turnover: str = "0"
+
+
+class _KlineFrame(msgspec.Struct):
+    topic: str
+    ts: int
+    data: list[_KlineItem]
+
+
+_KLINE_DECODER = msgspec.json.Decoder(_KlineFrame)
+
+
+def _typed_kline(raw: str | bytes) -> KlineUpdate | None:
+    """The frame as a :class:`KlineUpdate` when it is a valid kline frame, else None (the general path decides)."""
+    try:
+        f = _KLINE_DECODER.decode(raw)
+        kind, interval, symbol = _route(f.topic)
+        if kind != "kline" or not 0 <= f.ts < _MAX_INT or not f.data:
+            return None
+        bars = []
+        for item in f.data:
+            if item.interval != interval or not 0 <= item.start < _MAX_INT:
+                return None
+            try:  # prices sit on the tick grid and repeat (the book's cache holds most of them)
+                o, h, lo, c = _POSITIVE[item.open], _POSITIVE[item.high], _POSITIVE[item.low], _POSITIVE[item.close]
+            except KeyError:
+                o, h, lo, c = (
+                    _cached(v, _POSITIVE, f.topic, positive=True) for v in (item.open, item.high, item.low, item.close)
+                )
+            # volumes grow with every push of a forming bar: caching them would only churn the cache
+            bar = Bar(
+                item.start,
+                o,
+                h,
+                lo,
+                c,
+                _dec(item.volume, f.topic, positive=False),
+                _dec(item.turnover, f.topic, positive=False),
+            )
+            if not bar.low <= min(bar.open, bar.close) or not max(bar.open, bar.close) <= bar.high:
+                return None
+            bars.append(KlineBar(bar, item.confirm))
+        return KlineUpdate(f.topic, symbol, interval, f.ts, tuple(bars))
     except (msgspec.DecodeError, FrameError):
         return None

@@ -221,26 +221,13 @@ class Ingestor:
         log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
 
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
-        if isinstance(msg, BookUpdate | KlineUpdate) and from_the_future(
-            msg.ts, recv_wall * 1000, self.config.max_future_ms
-        ):
-            # One frame from the future would top a window (no later bar could follow it) and move
-            # every clock that reads it. Real or replayed data are never ahead of the wall clock.
-            self.metrics.messages.labels(type="future").inc()
-            self._future += 1
-            if self._future <= 10 or self._future % 1000 == 0:
-                log.warning(
-                    "[%s] quarantined a %s frame stamped %d, %.0f s ahead of the local clock (%d so far)",
-                    conn.name,
-                    msg.topic,
-                    msg.ts,
-                    msg.ts / 1000 - recv_wall,
-                    self._future,
-                )
-            return
-        if isinstance(msg, BookUpdate):
+        if type(msg) is BookUpdate:
+            if self._from_the_future(conn, msg, recv_wall):
+                return
             self._on_book(conn, msg)
-        elif isinstance(msg, KlineUpdate):
+        elif type(msg) is KlineUpdate:
+            if self._from_the_future(conn, msg, recv_wall):
+                return
             self._on_kline(msg)
         else:
             return
@@ -248,6 +235,25 @@ class Ingestor:
         self._frames += 1
         if self._frames % 16 == 0:  # a sample is plenty for a latency histogram
             self.metrics.ingest_lag.observe(max(0.0, recv_wall - msg.ts / 1000.0))
+
+    def _from_the_future(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> bool:
+        """Quarantine (count, log, drop) a frame stamped ahead of the local clock: one such frame would
+        top a window (no later bar could follow it) and move every clock that reads it. Real or
+        replayed data are never ahead of the wall clock."""
+        if not from_the_future(msg.ts, recv_wall * 1000, self.config.max_future_ms):
+            return False
+        self.metrics.messages.labels(type="future").inc()
+        self._future += 1
+        if self._future <= 10 or self._future % 1000 == 0:
+            log.warning(
+                "[%s] quarantined a %s frame stamped %d, %.0f s ahead of the local clock (%d so far)",
+                conn.name,
+                msg.topic,
+                msg.ts,
+                msg.ts / 1000 - recv_wall,
+                self._future,
+            )
+        return True
 
     def _on_book(self, conn: FeedConnection, msg: BookUpdate) -> None:
         self._m_book[msg.kind].inc()
@@ -257,10 +263,10 @@ class Ingestor:
             return
         was = book.state
         result = book.apply(msg)
-        if result is ApplyResult.DROPPED:
-            self.metrics.deltas_dropped.inc()
-            return
-        if result is ApplyResult.INVALIDATED:
+        if result is not ApplyResult.APPLIED:
+            if result is ApplyResult.DROPPED:
+                self.metrics.deltas_dropped.inc()
+                return
             kind = book.reason.split(":", 1)[0].replace(" ", "_")
             self.metrics.book_resyncs.labels(reason=kind).inc()
             log.warning("[%s] %s book INVALID (%s); resyncing", conn.name, msg.symbol, book.reason)
@@ -268,10 +274,11 @@ class Ingestor:
             conn.resync(msg.topic)
             return
         slot = slot_start(msg.ts, self.config.depth_sample_ms)
-        if was is not BookState.READY or slot > self._last_slot.get(msg.symbol, -1):
-            if slot > self._last_slot.get(msg.symbol, -1):
-                self._last_slot[msg.symbol] = slot
-                self.writer.put_depth_row(msg.symbol, self.config.book_depth, sample_levels(*book.float_levels(), slot))
+        if slot > self._last_slot.get(msg.symbol, -1):  # the first update of a sampling slot: its row
+            self._last_slot[msg.symbol] = slot
+            self.writer.put_depth_row(msg.symbol, self.config.book_depth, sample_levels(*book.float_levels(), slot))
+            self._publish_book(msg.symbol)
+        elif was is not BookState.READY:
             self._publish_book(msg.symbol)
 
     def _publish_book(self, symbol: str) -> None:

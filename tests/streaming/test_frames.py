@@ -395,6 +395,26 @@ def test_malformed_frame_raises_frame_error_with_reason(raw: bytes, message: str
     assert type(info.value) is FrameError
 
 
+def _compact(raw: bytes) -> bytes | None:
+    try:
+        return json.dumps(json.loads(raw), separators=(",", ":")).encode()
+    except ValueError:
+        return None
+
+
+# Compact, as Bybit sends them: book and kline frames then start with the prefixes the typed paths take.
+MALFORMED_COMPACT = [
+    pytest.param(compact, p.values[1], id=p.id) for p in MALFORMED if (compact := _compact(p.values[0])) is not None
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), MALFORMED_COMPACT)
+def test_malformed_frame_sent_compact_is_refused_by_the_typed_paths_too(raw: bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message) as info:
+        parse_frame(raw)
+    assert type(info.value) is FrameError
+
+
 def test_malformed_book_message_names_the_topic() -> None:
     with pytest.raises(FrameError, match=r"^orderbook\.50\.BTCUSDT: "):
         parse_frame(_with(_BOOK, ("data", "u"), -1))
@@ -630,20 +650,29 @@ def test_topic_parameter_junk_gives_a_message_or_frame_error(kind: str, param: s
 
 @FUZZ
 @given(near_valid_frames())
-def test_the_typed_book_path_agrees_with_the_general_one(raw: str) -> None:
-    """Book frames (nine in ten of a feed) take a typed msgspec decode; it must accept exactly what
-    the general path accepts, with the same result, and leave everything else to it."""
+def test_the_typed_paths_agree_with_the_general_one(raw: str) -> None:
+    """Book frames (nine in ten of a feed) and klines (most of the rest) take a typed msgspec decode;
+    each must accept exactly what the general path accepts, with the same result, and leave
+    everything else to it."""
     compact = json.dumps(json.loads(raw), separators=(",", ":"))  # as Bybit sends them
     for frame in (compact, compact.encode()):
-        typed = frames._typed_book(frame)
         try:
             general: object = frames._parse_general(frame)
         except FrameError:
             general = None
-        if isinstance(general, BookUpdate):
-            assert typed == general
-        else:
-            assert typed is None
+        for typed_path, message_type in ((frames._typed_book, BookUpdate), (frames._typed_kline, KlineUpdate)):
+            typed = typed_path(frame)
+            if isinstance(general, message_type):
+                assert typed == general
+            else:
+                assert typed is None
+
+
+def test_a_real_kline_frame_takes_the_typed_path() -> None:
+    raw = json.dumps(_kline_frame(), separators=(",", ":"))
+    assert raw.startswith(frames._KLINE_PREFIX_S)
+    typed = frames._typed_kline(raw)
+    assert typed is not None and typed == frames._parse_general(raw) == parse_frame(raw)
 
 
 def test_a_real_book_frame_takes_the_typed_path() -> None:
