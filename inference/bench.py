@@ -33,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import os
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from io import BytesIO
@@ -434,28 +435,36 @@ async def _fill(store: WindowStore, base: Bars, names: list[str], last_start: in
 
 
 async def _store_reads(base: Bars, last_start: int, redis_url: str, repeats: int) -> dict[str, Any]:
-    """``read_symbol`` of one symbol holding full windows and 300 depth rows, from a real Redis
-    (a fresh key prefix, deleted after) and from the memory store, with and without the 64 s of depth
-    the heatmap CNN reads: median and p99 ms, and Redis over memory."""
+    """``read_symbol`` of one symbol holding full windows and 300 depth rows, with and without the 64 s
+    of depth the heatmap CNN reads, each read after a new 1m bar was written, as at a live close: from
+    a real Redis (a fresh key prefix, deleted after) decoding every record, as the worker's store
+    reading it (the bars decoded at its last read reused: ``reuse_decoded``), and from the memory
+    store. Median and p99 ms, and Redis over memory."""
     close = last_start + MINUTE_MS
     mid = float(base.close[-1])
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
-    redis = RedisStore(client, prefix=f"bench-{uuid.uuid4().hex[:8]}", window_bars=WINDOW, depth_rows=300)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    redis = RedisStore(client, prefix=prefix, window_bars=WINDOW, depth_rows=300)
+    reused = RedisStore(client, prefix=prefix, window_bars=WINDOW, depth_rows=300, reuse_decoded=True)
     memory = MemoryStore(window_bars=WINDOW, depth_rows=300)
     try:
         for store in (redis, memory):
             await _fill(store, base, [READ_SYMBOL], last_start)
             for k in range(5):  # 5 x 70 one-second rows: the 300 the ingestor keeps
                 await store.write(_depth([READ_SYMBOL], close - (4 - k) * 70_000, mid))
+        newest = (await memory.read_symbol(READ_SYMBOL, ("1",), 50, with_depth=False)).bars["1"][-1]
+        later = (newest._replace(start=newest.start + k * MINUTE_MS) for k in itertools.count(1))
         out: dict[str, Any] = {"symbol_rows": {"bars_per_window": WINDOW, "depth_rows": 300}}
         for label, after in (("without_depth", None), ("with_depth", close - 65_000)):
             ms = {}
-            for name, store in (("redis", redis), ("memory", memory)):
-                ms[name] = await _read_ms(store, after, repeats)
+            for name, store in (("redis", redis), ("redis_reused", reused), ("memory", memory)):
+                ms[name] = await _read_ms(store, after, repeats, later)
             out[label] = {
                 "redis_ms": ms["redis"],
+                "redis_reused_ms": ms["redis_reused"],
                 "memory_ms": ms["memory"],
                 "redis_minus_memory_p50_ms": round(ms["redis"]["p50"] - ms["memory"]["p50"], 3),
+                "redis_reused_minus_memory_p50_ms": round(ms["redis_reused"]["p50"] - ms["memory"]["p50"], 3),
             }
         return out
     except StoreError as exc:  # the store's own error for a Redis that does not answer
@@ -466,9 +475,12 @@ async def _store_reads(base: Bars, last_start: int, redis_url: str, repeats: int
         await redis.close()
 
 
-async def _read_ms(store: WindowStore, depth_after_ms: int | None, repeats: int) -> dict[str, float]:
+async def _read_ms(
+    store: WindowStore, depth_after_ms: int | None, repeats: int, later: Iterator[Bar]
+) -> dict[str, float]:
     times = []
     for _ in range(repeats + 5):
+        await store.write(WriteBatch(bars={(READ_SYMBOL, "1"): [next(later)]}))  # a close: one new 1m bar
         t = time.perf_counter()
         windows = await store.read_symbol(
             READ_SYMBOL, INTERVALS, 50, with_depth=depth_after_ms is not None, depth_after_ms=depth_after_ms

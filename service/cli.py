@@ -289,7 +289,7 @@ async def _cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.require_redis("the worker reads windows and events from Redis and shares them with other workers")
     metrics = WorkerMetrics()
-    store = compose.open_store(settings)
+    store = compose.open_store(settings, reuse_decoded=settings.worker_reuse_decoded)
     io = compose.open_worker_io(settings, store)
     worker = compose.worker(settings, store, io, metrics)
     models = worker.models

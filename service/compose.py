@@ -74,7 +74,9 @@ def ingest_config(settings: Settings, ws_url: str | None = None, rest_url: str |
     )
 
 
-def open_store(settings: Settings) -> WindowStore:
+def open_store(settings: Settings, *, reuse_decoded: bool = False) -> WindowStore:
+    """The window store of ``settings``; ``reuse_decoded`` for a process that computes signals: a
+    Redis store then decodes only the bars each read finds new (see :class:`RedisStore`)."""
     if settings.redis_url is None:
         log.warning("CANDLECAST_REDIS_URL is not set: using the in-memory store (this process only)")
         return MemoryStore(window_bars=settings.window_bars, depth_rows=settings.depth_window)
@@ -84,6 +86,7 @@ def open_store(settings: Settings) -> WindowStore:
         prefix=settings.redis_prefix,
         window_bars=settings.window_bars,
         depth_rows=settings.depth_window,
+        reuse_decoded=reuse_decoded,
     )
 
 

@@ -144,7 +144,7 @@ async def _run_once(
             # the data, would stop every new one. It owns its namespace and starts it empty.
             prefix = f"{settings.redis_prefix}-replay"[:32]
             settings = settings.model_copy(update={"redis_prefix": prefix})
-        store = compose.open_store(settings)
+        store = compose.open_store(settings, reuse_decoded=settings.worker_reuse_decoded)  # its worker reads it
         stack.push_async_callback(store.close)
         if isinstance(store, RedisStore):
             try:

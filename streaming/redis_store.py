@@ -82,7 +82,13 @@ class RedisStore:
         window_bars: int = 256,
         depth_rows: int = 300,
         events_maxlen: int = 100_000,
+        reuse_decoded: bool = False,
     ) -> None:
+        """``reuse_decoded``: keep each window's bars as decoded by the last :meth:`read_symbol` of it,
+        by their stored record, and decode only the records that are new (a worker reads every window
+        of a symbol at each of its closes, and between two closes a window changes by a bar or two).
+        A record maps to one bar whatever reads it, so a reused bar is the one decoding would give;
+        what is kept is one window's bars per window read, replaced at each read."""
         self._r = client
         self.prefix = prefix
         self.window_bars = window_bars
@@ -91,6 +97,7 @@ class RedisStore:
         self.keys = RedisKeys(prefix)
         self._upsert = client.register_script(_UPSERT_WINDOW)
         self._unsent_events: deque[BarEvent] = deque(maxlen=100_000)
+        self._decoded: dict[tuple[str, str], dict[bytes | str, Bar]] | None = {} if reuse_decoded else None
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RedisStore:
@@ -190,12 +197,7 @@ class RedisStore:
         for i, iv in enumerate(intervals):
             # One damaged record costs its window (the components reading it are dropped), not the
             # whole symbol; its content is never repeated (it may hold anything).
-            bars[iv] = []
-            for member in replies[i]:
-                try:
-                    bars[iv].append(decode_bar(member))
-                except (StoreError, ValueError, UnicodeDecodeError):
-                    corrupt.add(iv)
+            bars[iv] = self._decode_window(symbol, iv, replies[i], corrupt)
             if iv in corrupt:
                 log.error("%s: undecodable records skipped", self.keys.kline(symbol, iv))
         try:
@@ -206,6 +208,26 @@ class RedisStore:
             raise StoreError(f"corrupt data under {self.keys.symbol_scope(symbol)}: {exc}") from exc
         rows = _depth_rows(replies[n + 2], self.keys.depth(symbol, depth)) if with_depth else []
         return SymbolWindows(symbol=symbol, bars=bars, book=book, depth=rows, status=status, corrupt=frozenset(corrupt))
+
+    def _decode_window(
+        self, symbol: str, interval: str, members: Sequence[bytes | str], corrupt: set[str]
+    ) -> list[Bar]:
+        known = self._decoded.get((symbol, interval), {}) if self._decoded is not None else {}
+        decoded: dict[bytes | str, Bar] = {}
+        out = []
+        for member in members:
+            bar = known.get(member)
+            if bar is None:
+                try:
+                    bar = decode_bar(member)
+                except (StoreError, ValueError, UnicodeDecodeError):
+                    corrupt.add(interval)
+                    continue
+            decoded[member] = bar
+            out.append(bar)
+        if self._decoded is not None:
+            self._decoded[(symbol, interval)] = decoded
+        return out
 
     async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
         with store_errors():

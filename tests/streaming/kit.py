@@ -56,12 +56,24 @@ def book_update(
 
 @contextlib.asynccontextmanager
 async def scratch_store(
-    redis_url: str, tag: str, *, window_bars: int, depth_rows: int, cluster: bool = False
+    redis_url: str,
+    tag: str,
+    *,
+    window_bars: int,
+    depth_rows: int,
+    cluster: bool = False,
+    reuse_decoded: bool = False,
 ) -> AsyncIterator[RedisStore]:
     """A RedisStore under a fresh ``{tag}<hex>`` prefix (``cluster``: ``redis_url`` names a Redis Cluster
     node); its keys are deleted and it is closed after."""
     client = connect(redis_url, cluster=cluster)
-    store = RedisStore(client, prefix=f"{tag}{uuid.uuid4().hex[:10]}", window_bars=window_bars, depth_rows=depth_rows)
+    store = RedisStore(
+        client,
+        prefix=f"{tag}{uuid.uuid4().hex[:10]}",
+        window_bars=window_bars,
+        depth_rows=depth_rows,
+        reuse_decoded=reuse_decoded,
+    )
     try:
         yield store
     finally:

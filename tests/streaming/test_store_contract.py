@@ -45,14 +45,16 @@ def row(ts: int, level: float = 1.0) -> DepthRow:
     )
 
 
-@pytest.fixture(params=["redis", "memory", "redis-cluster"])
+@pytest.fixture(params=["redis", "redis-reusing", "memory", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[WindowStore]:
+    """``redis-reusing``: the worker's store, which decodes only the records a read finds new."""
     if request.param == "memory":
         yield MemoryStore(window_bars=WINDOW, depth_rows=4)
         return
     cluster = request.param == "redis-cluster"
     url = request.getfixturevalue("redis_cluster").url if cluster else redis_url
-    async with scratch_store(url, "t", window_bars=WINDOW, depth_rows=4, cluster=cluster) as rs:
+    reuse = request.param == "redis-reusing"
+    async with scratch_store(url, "t", window_bars=WINDOW, depth_rows=4, cluster=cluster, reuse_decoded=reuse) as rs:
         yield rs
 
 
@@ -84,6 +86,52 @@ async def test_revised_bar_replaces_and_is_reported(store: WindowStore) -> None:
     assert res.inserted[("BTCUSDT", "1")] == 0
     w = await store.read_symbol("BTCUSDT", ["1"], 50)
     assert [str(b.close) for b in w.bars["1"]] == ["100.5", "100.75"]
+
+
+async def test_every_read_returns_what_is_stored_then(store: WindowStore) -> None:
+    """Read, change the window (a bar revised, new bars, the oldest trimmed), read again: the second
+    read is the window as it is now (a store reusing the first read's bars must not serve them)."""
+    await write_bars(store, [bar(i) for i in range(WINDOW)])
+    first = (await store.read_symbol("BTCUSDT", ["1"], 50)).bars["1"]
+    assert [b.start for b in first] == [T0 + i * MINUTE_MS for i in range(WINDOW)]
+    await write_bars(store, [bar(WINDOW - 1, close="100.75"), bar(WINDOW), bar(WINDOW + 1)])
+    second = (await store.read_symbol("BTCUSDT", ["1"], 50)).bars["1"]
+    assert second == [bar(i) for i in range(2, WINDOW - 1)] + [
+        bar(WINDOW - 1, close="100.75"),
+        bar(WINDOW),
+        bar(WINDOW + 1),
+    ]
+
+
+async def test_the_worker_store_decodes_only_the_records_a_read_finds_new(redis_url: str) -> None:
+    async with (
+        scratch_store(redis_url, "t", window_bars=WINDOW, depth_rows=4, reuse_decoded=True) as reusing,
+        scratch_store(redis_url, "t", window_bars=WINDOW, depth_rows=4) as decoding,
+    ):
+        for s in (reusing, decoding):
+            await write_bars(s, [bar(i) for i in range(WINDOW)])
+        before = [(await s.read_symbol("BTCUSDT", ["1"], 50)).bars["1"] for s in (reusing, decoding)]
+        for s in (reusing, decoding):
+            await write_bars(s, [bar(WINDOW)])
+        after = [(await s.read_symbol("BTCUSDT", ["1"], 50)).bars["1"] for s in (reusing, decoding)]
+        assert after[0] == after[1] == [bar(i) for i in range(1, WINDOW + 1)]
+        # the same objects for the records both reads found (decoded once), a new one for the new bar
+        assert all(a is b for a, b in zip(after[0][:-1], before[0][1:], strict=True))
+        assert not any(a is b for a, b in zip(after[1][:-1], before[1][1:], strict=True))
+
+
+async def test_a_corrupt_record_is_found_at_every_read_of_the_worker_store(redis_url: str) -> None:
+    async with scratch_store(redis_url, "t", window_bars=WINDOW, depth_rows=4, reuse_decoded=True) as store:
+        await write_bars(store, [bar(0), bar(1)])
+        assert not (await store.read_symbol("BTCUSDT", ["1"], 50)).corrupt
+        raw = aioredis.Redis.from_url(redis_url)
+        try:
+            await raw.zadd(store.keys.kline("BTCUSDT", "1"), {"garbage|secret": T0 + 2 * MINUTE_MS})
+        finally:
+            await raw.aclose()
+        for _ in range(2):
+            w = await store.read_symbol("BTCUSDT", ["1"], 50)
+            assert w.corrupt == frozenset({"1"}) and w.bars["1"] == [bar(0), bar(1)]
 
 
 async def test_a_revised_window_is_marked_in_the_same_write_and_an_identical_rewrite_is_not(
