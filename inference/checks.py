@@ -20,12 +20,55 @@ from streaming.depth import DepthRow
 from streaming.klines import Bar, interval_ms, last_closed_start
 from streaming.store import BookStatus
 
-__all__ = ["WindowCheck", "bars_to_array", "check_book", "check_window", "depth_window"]
+__all__ = ["BarFacts", "WindowCheck", "bars_to_array", "check_book", "check_window", "depth_window"]
+
+_Row = tuple[float, float, float, float, float]
 
 
-def check_window(bars: Sequence[Bar], interval: str, need: int, now_ms: int) -> str | None:
+class BarFacts:
+    """What the checks and the features need of one window's bars — each bar's soundness and its
+    values as floats — carried from one signal of the window to the next.
+
+    A worker reads the same bars at every close (the stores hand out the same objects), and working
+    either out costs far more than a lookup: about 2 µs and 1.2 µs a bar, and a signal examines some
+    1,600 bars. Facts are keyed by the bar's value, so a carried one is what working it out would
+    give. ``known``: the facts of the window's previous signal; of those, only the bars examined again
+    are carried on (a fact is looked up there, then kept here), so nothing outlives the window."""
+
+    __slots__ = ("_rows", "_rows_known", "_sound", "_sound_known")
+
+    def __init__(self, known: BarFacts | None = None) -> None:
+        self._sound_known: dict[Bar, bool] = known._sound if known is not None else {}
+        self._rows_known: dict[Bar, _Row] = known._rows if known is not None else {}
+        self._sound: dict[Bar, bool] = {}
+        self._rows: dict[Bar, _Row] = {}
+
+    def sound(self, b: Bar) -> bool:
+        try:
+            if (ok := self._sound.get(b)) is None:
+                ok = self._sound[b] = self._sound_known[b] if b in self._sound_known else _sound(b)
+        except TypeError:  # a signaling NaN cannot be hashed (a damaged record): never carried
+            return _sound(b)
+        return ok
+
+    def row(self, b: Bar) -> _Row:
+        try:
+            if (row := self._rows.get(b)) is None:
+                row = self._rows[b] = self._rows_known.get(b) or _row(b)
+        except TypeError:
+            return _row(b)
+        return row
+
+
+def _row(b: Bar) -> _Row:
+    return float(b.open), float(b.high), float(b.low), float(b.close), float(b.volume)
+
+
+def check_window(
+    bars: Sequence[Bar], interval: str, need: int, now_ms: int, facts: BarFacts | None = None
+) -> str | None:
     """``None`` if the newest ``need`` bars can be used at exchange time ``now_ms``, else a reason."""
-    return WindowCheck(bars, interval, now_ms).reason(need)
+    return WindowCheck(bars, interval, now_ms, facts).reason(need)
 
 
 class WindowCheck:
@@ -36,8 +79,9 @@ class WindowCheck:
     holed (which is named before bad values), so the scan stops there; the newest bad bar found on
     the way answers the tails between."""
 
-    def __init__(self, bars: Sequence[Bar], interval: str, now_ms: int) -> None:
+    def __init__(self, bars: Sequence[Bar], interval: str, now_ms: int, facts: BarFacts | None = None) -> None:
         self._bars = bars
+        self._sound = facts.sound if facts is not None else _sound
         self._step = interval_ms(interval)
         self._expected = last_closed_start(now_ms, self._step)
         self._scanned = len(bars)  # bars[_scanned:] have been examined
@@ -68,7 +112,7 @@ class WindowCheck:
             b = bars[i]
             if i > 0 and b.start - bars[i - 1].start != step:
                 self._hole = i
-            if self._bad < 0 and not _sound(b):
+            if self._bad < 0 and not self._sound(b):
                 self._bad = i
             i -= 1
         self._scanned = min(self._scanned, i + 1)
@@ -126,6 +170,7 @@ def depth_window(
     return out
 
 
-def bars_to_array(bars: Sequence[Bar]) -> npt.NDArray[np.float64]:
+def bars_to_array(bars: Sequence[Bar], facts: BarFacts | None = None) -> npt.NDArray[np.float64]:
     """(n, 5) open, high, low, close, volume as float64, for the feature and rendering code."""
-    return np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars], dtype=np.float64).reshape(-1, 5)
+    rows = [facts.row(b) for b in bars] if facts is not None else [_row(b) for b in bars]
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)

@@ -33,7 +33,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from inference.checks import WindowCheck, bars_to_array, check_window
+from inference.checks import BarFacts, WindowCheck, bars_to_array, check_window
 from inference.components import LoadedComponent, ModelRegistry, ModelSet
 from inference.config import WorkerConfig
 from inference.decision import decide, slot, stacker_for, vote_report, weighs
@@ -69,6 +69,7 @@ def _leader_window(
     closed: Mapping[str, list[Bar]],
     leaders: Mapping[str, SymbolWindows] | None,
     now: int,
+    facts: Callable[[str, str], BarFacts],
 ) -> list[Bar] | str | None:
     """The leader's window a component reads beside the symbol's (None: it reads none; the leader
     itself reads its own window twice), or why it cannot: ``leader_not_ingested`` (the service does
@@ -87,7 +88,7 @@ def _leader_window(
     if held.status.get(revised_field(c.timeframe)):
         return "leader_unreconciled_window"
     bars = _closed(held.bars[c.timeframe], interval_ms(c.timeframe), now)
-    reason = check_window(bars, c.timeframe, c.bars_needed, now)
+    reason = check_window(bars, c.timeframe, c.bars_needed, now, facts(c.leader, c.timeframe))
     return bars[-c.bars_needed :] if reason is None else f"leader_{reason}"
 
 
@@ -110,6 +111,8 @@ class SignalEngine:
         self.clock = ExchangeClock()
         self._wall_ms = wall_ms
         self.runs = SessionRuns(config, metrics)
+        # Per (symbol, interval): the facts of the bars its last signal examined (see BarFacts).
+        self._facts: dict[tuple[str, str], BarFacts] = {}
 
     async def compute(self, event: BarEvent) -> Signal | NoSignal:
         """The signal at the close of ``event``'s bar (an event of the finest interval)."""
@@ -154,7 +157,14 @@ class SignalEngine:
         closed = {iv: _closed(windows.bars.get(iv, []), interval_ms(iv), now) for iv in self.config.intervals}
         # A window with a rewritten closed bar waits for the ingestor's REST reconcile (store.revised_field).
         unreconciled = {iv for iv in self.config.intervals if windows.status.get(revised_field(iv))}
-        checks = {iv: WindowCheck(bars, iv, now) for iv, bars in closed.items()}  # each window examined once
+        facts: dict[tuple[str, str], BarFacts] = {}
+
+        def facts_of(symbol: str, interval: str) -> BarFacts:
+            if (f := facts.get((symbol, interval))) is None:
+                f = facts[(symbol, interval)] = BarFacts(self._facts.get((symbol, interval)))
+            return f
+
+        checks = {iv: WindowCheck(bars, iv, now, facts_of(event.symbol, iv)) for iv, bars in closed.items()}
         drafts = Drafts()
         runnable: list[Window] = []
         stand_ins = models.stand_ins
@@ -175,7 +185,7 @@ class SignalEngine:
                 drafts.drop(c, "unreconciled_window")
             elif (reason := checks[c.timeframe].reason(c.bars_needed)) is not None:
                 drafts.drop(c, reason)
-            elif isinstance(lead := _leader_window(c, event.symbol, closed, leaders, now), str):
+            elif isinstance(lead := _leader_window(c, event.symbol, closed, leaders, now, facts_of), str):
                 drafts.drop(c, lead)
             elif isinstance(depth := self._depth_window(c, windows, now), str):
                 drafts.drop(c, depth)
@@ -184,10 +194,13 @@ class SignalEngine:
                 ready = rung is not None and rung.session is not None and rung.session.broken is None
                 if (window := arrays.get(c.timeframe)) is None:  # each timeframe's floats once: its longest tail
                     longest = max(d.bars_needed for d in models.components if d.timeframe == c.timeframe)
-                    window = arrays[c.timeframe] = bars_to_array(closed[c.timeframe][-longest:])
-                lead_floats = None if lead is None else bars_to_array(lead)
+                    window = arrays[c.timeframe] = bars_to_array(
+                        closed[c.timeframe][-longest:], facts_of(event.symbol, c.timeframe)
+                    )
+                lead_floats = None if lead is None else bars_to_array(lead, facts_of(c.leader or "", c.timeframe))
                 (standby if ready else runnable).append((c, window[-c.bars_needed :], lead_floats, depth))
 
+        self._facts.update(facts)  # every window's facts are in: what the next signal starts from
         budget_s = self.config.latency_budget_ms / 1000.0
         deadline = t_read + budget_s
         backed = {id(stand_ins[c.name].session) for c, *_ in standby}  # rungs with a rung below, ready

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.checks import WindowCheck, bars_to_array, check_book, check_window
+from inference.checks import BarFacts, WindowCheck, bars_to_array, check_book, check_window
 from streaming.klines import Bar
 from streaming.store import BookStatus
 
@@ -109,6 +109,42 @@ def test_one_window_check_answers_every_need_as_the_contract_does(
         window = [b._replace(start=b.start + offset) for b in window]
     check = WindowCheck(window, "1", NOW)
     assert [check.reason(need) for need in needs] == [_reference(window, need, NOW, M) for need in needs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    changed=st.dictionaries(
+        st.integers(0, 29), st.sampled_from(["close=0", "close=NaN", "volume=-1", "high=99.5", "close=100.25"])
+    ),
+    needs=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+)
+def test_facts_carried_from_the_last_check_answer_as_a_fresh_check(changed: dict[int, str], needs: list[int]) -> None:
+    """A window checked and converted with the facts of its previous signal (another window: some bars
+    the same, some with other values at the same start) is judged and converted as without them."""
+    before = bars(30)
+    facts = BarFacts()
+    WindowCheck(before, "1", NOW, facts).reason(30)
+    bars_to_array(before, facts)
+    after = [
+        bars(1, start=b.start, **dict([changed[i].split("=")]))[0] if i in changed else b for i, b in enumerate(before)
+    ]
+    carried = BarFacts(facts)
+    check = WindowCheck(after, "1", NOW, carried)
+    assert [check.reason(n) for n in needs] == [_reference(after, n, NOW, M) for n in needs]
+    if check.reason(30) is None:
+        assert bars_to_array(after, carried).tolist() == bars_to_array(after).tolist()
+
+
+def test_facts_keep_only_the_bars_examined_since_and_take_a_signaling_nan() -> None:
+    facts = BarFacts()
+    for k in range(50):  # a window moving on a bar a close: what is carried stays one window
+        facts = BarFacts(facts)
+        window = bars(30, start=T0 + (k - 29) * M)
+        assert WindowCheck(window, "1", T0 + (k + 1) * M + 5_000, facts).reason(30) is None
+        assert bars_to_array(window, facts).shape == (30, 5)
+    assert len(facts._sound) == len(facts._rows) == 30
+    # a damaged record can hold a signaling NaN, which cannot be hashed: judged, never carried
+    assert check_window(bars(30, close="sNaN"), "1", 30, NOW, BarFacts()) == "bad_values"
 
 
 def test_book_checks() -> None:

@@ -343,6 +343,41 @@ async def test_a_coarser_window_unchanged_since_the_last_close_is_not_run_again(
     await engine.close()
 
 
+async def test_what_the_engine_carries_to_the_next_close_is_judged_by_the_bars_values(models: Path) -> None:
+    """The engine carries each window's bar checks and floats from one close to the next (BarFacts):
+    a signal of an engine that computed the close before is the one a fresh engine computes, and a
+    bar whose values changed (the same start, now inconsistent) is judged again and refused."""
+    store = MemoryStore(window_bars=128)
+    close = T0 + 60 * MINUTE
+    registry = ModelRegistry(models, prefer_gpu=False)
+    await registry.load()
+    config = WorkerConfig(intervals=("1", "5", "60"))
+    carrying = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+    fresh = SignalEngine(config, store, registry, WorkerMetrics(CollectorRegistry()))
+    await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
+    assert isinstance(await carrying.compute(BarEvent(SYMBOL, "1", close - MINUTE)), Signal)
+    now = close + MINUTE
+    await store.write(history(now, {"1": 80, "5": 70, "60": 20}))
+    event = BarEvent(SYMBOL, "1", now - MINUTE)
+    carried, computed = await carrying.compute(event), await fresh.compute(event)
+    assert isinstance(carried, Signal) and isinstance(computed, Signal)
+    assert [(c.name, c.status, c.p_up) for c in carried.components] == [
+        (c.name, c.status, c.p_up) for c in computed.components
+    ]
+    assert carried.p_up == computed.p_up
+
+    windows = await store.read_symbol(SYMBOL, ("1", "5", "60"), 50)
+    *older, last = windows.bars["1"]
+    broken = older[-1]._replace(close=older[-1].high * 2)  # the close above the high, the same start
+    damaged = dataclasses.replace(windows, bars=windows.bars | {"1": [*older[:-1], broken, last]})
+    again = await carrying.signal_at(event, damaged, registry.current)
+    by_name = {c.name: c for c in again.components}
+    assert {by_name[n].reason for n in ("tcn_1m", "efficientnet_1m")} == {"bad_values"}
+    assert by_name["tcn_5m"].status == "voted"
+    await carrying.close()
+    await fresh.close()
+
+
 async def test_a_signal_is_computed_while_the_event_loops_default_threads_are_all_busy(models: Path) -> None:
     """The engine renders and runs in threads of its own: blocking work elsewhere in the process on
     the loop's default executor (reloads, score decoding, ``asyncio.to_thread``) cannot hold a
