@@ -197,10 +197,14 @@ class SignalEngine:
                     window = arrays[c.timeframe] = bars_to_array(
                         closed[c.timeframe][-longest:], facts_of(event.symbol, c.timeframe)
                     )
-                lead_floats = None if lead is None else bars_to_array(lead, facts_of(c.leader or "", c.timeframe))
+                lead_floats = (
+                    None if lead is None or c.leader is None else bars_to_array(lead, facts_of(c.leader, c.timeframe))
+                )
                 (standby if ready else runnable).append((c, window[-c.bars_needed :], lead_floats, depth))
 
-        self._facts.update(facts)  # every window's facts are in: what the next signal starts from
+        for f in facts.values():  # every window's facts are in: what the next signal starts from
+            f.settle()
+        self._facts.update(facts)
         budget_s = self.config.latency_budget_ms / 1000.0
         deadline = t_read + budget_s
         backed = {id(stand_ins[c.name].session) for c, *_ in standby}  # rungs with a rung below, ready

@@ -291,13 +291,17 @@ def _parse_book(topic: str, depth: int, symbol: str, obj: dict[str, Any]) -> Boo
 # frame (a type error, a range error, an unknown topic) goes through the general path instead, which
 # names the problem: one decoder's verdict, one set of error messages, and a typed path can only be
 # faster, never laxer (tests/streaming/test_frames.py checks both paths agree on every frame the
-# fuzzer makes).
+# fuzzer makes). msgspec skips a field its struct does not declare without checking it as orjson
+# does (an invalid UTF-8 string, a number out of a double's range, nesting past the recursion limit),
+# so the structs declare every field Bybit sends and forbid the rest: a frame with anything else
+# takes the general path; and any exception of the typed decode, not only its own, sends the frame
+# there too.
 
 _BOOK_PREFIX_S = '{"topic":"orderbook.'
 _BOOK_PREFIX_B = _BOOK_PREFIX_S.encode()
 
 
-class _BookData(msgspec.Struct):
+class _BookData(msgspec.Struct, forbid_unknown_fields=True):
     s: str
     b: list[tuple[str, str]]
     a: list[tuple[str, str]]
@@ -305,11 +309,12 @@ class _BookData(msgspec.Struct):
     seq: int = 0
 
 
-class _BookFrame(msgspec.Struct):
+class _BookFrame(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     type: Literal["snapshot", "delta"]
     ts: int
     data: _BookData
+    cts: int | None = None  # the matching engine's time: checked for type, not used
 
 
 _BOOK_DECODER = msgspec.json.Decoder(_BookFrame)
@@ -336,7 +341,7 @@ def _typed_book(raw: str | bytes) -> BookUpdate | None:
         # positional (the fields' order: topic, symbol, depth, kind, ts, u, seq, bids, asks): half
         # the cost of keywords on the path nine frames in ten take
         return BookUpdate(f.topic, symbol, int(param), f.type, f.ts, d.u, d.seq, bids, asks)
-    except (msgspec.DecodeError, FrameError):
+    except Exception:  # whatever it is, the general path names it
         return None
 
 
@@ -344,7 +349,7 @@ _KLINE_PREFIX_S = '{"topic":"kline.'
 _KLINE_PREFIX_B = _KLINE_PREFIX_S.encode()
 
 
-class _KlineItem(msgspec.Struct):
+class _KlineItem(msgspec.Struct, forbid_unknown_fields=True):
     start: int
     interval: str
     open: str
@@ -354,12 +359,15 @@ class _KlineItem(msgspec.Struct):
     volume: str
     confirm: bool
     turnover: str = "0"
+    end: int | None = None  # checked for type, not used (as ``timestamp``)
+    timestamp: int | None = None
 
 
-class _KlineFrame(msgspec.Struct):
+class _KlineFrame(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
     ts: int
     data: list[_KlineItem]
+    type: str | None = None  # "snapshot": checked for type, not used
 
 
 _KLINE_DECODER = msgspec.json.Decoder(_KlineFrame)
@@ -396,5 +404,5 @@ def _typed_kline(raw: str | bytes) -> KlineUpdate | None:
                 return None
             bars.append(KlineBar(bar, item.confirm))
         return KlineUpdate(f.topic, symbol, interval, f.ts, tuple(bars))
-    except (msgspec.DecodeError, FrameError):
+    except Exception:  # whatever it is, the general path names it
         return None

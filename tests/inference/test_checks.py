@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from decimal import Decimal
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,6 +146,13 @@ def test_facts_keep_only_the_bars_examined_since_and_take_a_signaling_nan() -> N
     assert len(facts._sound) == len(facts._rows) == 30
     # a damaged record can hold a signaling NaN, which cannot be hashed: judged, never carried
     assert check_window(bars(30, close="sNaN"), "1", 30, NOW, BarFacts()) == "bad_values"
+
+    # "0" and "-0" are equal Decimals (one key) but not equal floats: a zero volume is never carried
+    facts = BarFacts()
+    assert bars_to_array(bars(1, volume="-0"), facts)[0, 4] == 0.0
+    again = BarFacts(facts)
+    assert not np.signbit(bars_to_array(bars(1, volume="0"), again)[0, 4])
+    assert np.signbit(bars_to_array(bars(1, volume="-0"), BarFacts(again))[0, 4])
 
 
 def test_book_checks() -> None:
