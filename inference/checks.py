@@ -47,8 +47,10 @@ class BarFacts:
 
     def sound(self, b: Bar) -> bool:
         try:
-            if (ok := self._sound.get(b)) is None:
-                ok = self._sound[b] = self._sound_known[b] if b in self._sound_known else _sound(b)
+            ok = self._sound.get(b)
+            if ok is None:
+                ok = self._sound_known.get(b)
+                self._sound[b] = ok = _sound(b) if ok is None else ok
         except TypeError:  # a signaling NaN cannot be hashed (a damaged record): never carried
             return _sound(b)
         return ok

@@ -102,15 +102,11 @@ def parse_frame(raw: str | bytes) -> Message:
     :class:`UnknownTopicError` (a ``FrameError``) means the frame was well formed but for a topic
     we do not consume (``publicTrade.*``, ``tickers.*``, ...).
     """
+    book, kline = _PREFIXES_B if isinstance(raw, bytes) else _PREFIXES_S
     fast: Message | None = None
-    if isinstance(raw, bytes):
-        if raw.startswith(_BOOK_PREFIX_B):
-            fast = _typed_book(raw)
-        elif raw.startswith(_KLINE_PREFIX_B):
-            fast = _typed_kline(raw)
-    elif raw.startswith(_BOOK_PREFIX_S):
+    if raw.startswith(book):  # type: ignore[arg-type]
         fast = _typed_book(raw)
-    elif raw.startswith(_KLINE_PREFIX_S):
+    elif raw.startswith(kline):  # type: ignore[arg-type]
         fast = _typed_kline(raw)
     return fast if fast is not None else _parse_general(raw)
 
@@ -215,10 +211,15 @@ def _parse_kline(topic: str, interval: str, symbol: str, obj: dict[str, Any]) ->
             volume=_dec(item.get("volume"), topic, positive=False),
             turnover=_dec(item.get("turnover", "0"), topic, positive=False),
         )
-        if not bar.low <= min(bar.open, bar.close) or not max(bar.open, bar.close) <= bar.high:
+        if not _consistent(bar):
             raise FrameError(f"{topic}: inconsistent OHLC at start {bar.start}")
         bars.append(KlineBar(bar, confirm))
     return KlineUpdate(topic=topic, symbol=symbol, interval=interval, ts=ts, bars=tuple(bars))
+
+
+def _consistent(bar: Bar) -> bool:
+    """Open and close within [low, high]."""
+    return bar.low <= min(bar.open, bar.close) and max(bar.open, bar.close) <= bar.high
 
 
 # Validated decimals by their wire string. A book's prices and sizes repeat all day, and building
@@ -347,6 +348,8 @@ def _typed_book(raw: str | bytes) -> BookUpdate | None:
 
 _KLINE_PREFIX_S = '{"topic":"kline.'
 _KLINE_PREFIX_B = _KLINE_PREFIX_S.encode()
+_PREFIXES_S = (_BOOK_PREFIX_S, _KLINE_PREFIX_S)  # what a frame starts with to take a typed path
+_PREFIXES_B = (_BOOK_PREFIX_B, _KLINE_PREFIX_B)
 
 
 class _KlineItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -400,7 +403,7 @@ def _typed_kline(raw: str | bytes) -> KlineUpdate | None:
                 _dec(item.volume, f.topic, positive=False),
                 _dec(item.turnover, f.topic, positive=False),
             )
-            if not bar.low <= min(bar.open, bar.close) or not max(bar.open, bar.close) <= bar.high:
+            if not _consistent(bar):
                 return None
             bars.append(KlineBar(bar, item.confirm))
         return KlineUpdate(f.topic, symbol, interval, f.ts, tuple(bars))

@@ -221,22 +221,18 @@ class Ingestor:
         log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
 
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
-        if type(msg) is BookUpdate:
-            if self._from_the_future(conn, msg, recv_wall):
-                return
-            self._on_book(conn, msg)
-        elif type(msg) is KlineUpdate:
-            if self._from_the_future(conn, msg, recv_wall):
-                return
-            self._on_kline(msg)
-        else:
+        if not isinstance(msg, BookUpdate | KlineUpdate) or self._quarantine_future(conn, msg, recv_wall):
             return
+        if isinstance(msg, BookUpdate):
+            self._on_book(conn, msg)
+        else:
+            self._on_kline(msg)
         self.clock.observe(msg.ts)
         self._frames += 1
         if self._frames % 16 == 0:  # a sample is plenty for a latency histogram
             self.metrics.ingest_lag.observe(max(0.0, recv_wall - msg.ts / 1000.0))
 
-    def _from_the_future(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> bool:
+    def _quarantine_future(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> bool:
         """Quarantine (count, log, drop) a frame stamped ahead of the local clock: one such frame would
         top a window (no later bar could follow it) and move every clock that reads it. Real or
         replayed data are never ahead of the wall clock."""
@@ -263,10 +259,10 @@ class Ingestor:
             return
         was = book.state
         result = book.apply(msg)
-        if result is not ApplyResult.APPLIED:
-            if result is ApplyResult.DROPPED:
-                self.metrics.deltas_dropped.inc()
-                return
+        if result is ApplyResult.DROPPED:
+            self.metrics.deltas_dropped.inc()
+            return
+        if result is ApplyResult.INVALIDATED:
             kind = book.reason.split(":", 1)[0].replace(" ", "_")
             self.metrics.book_resyncs.labels(reason=kind).inc()
             log.warning("[%s] %s book INVALID (%s); resyncing", conn.name, msg.symbol, book.reason)

@@ -213,8 +213,7 @@ class RedisStore:
         self, symbol: str, interval: str, members: Sequence[bytes | str], corrupt: set[str]
     ) -> list[Bar]:
         known = self._decoded.get((symbol, interval), {}) if self._decoded is not None else {}
-        decoded: dict[bytes | str, Bar] = {}
-        out = []
+        decoded: dict[bytes | str, Bar] = {}  # in the window's order (a sorted set's members are unique)
         for member in members:
             bar = known.get(member)
             if bar is None:
@@ -224,10 +223,9 @@ class RedisStore:
                     corrupt.add(interval)
                     continue
             decoded[member] = bar
-            out.append(bar)
         if self._decoded is not None:
             self._decoded[(symbol, interval)] = decoded
-        return out
+        return list(decoded.values())
 
     async def bars_after(self, symbol: str, interval: str, start: int) -> list[Bar]:
         with store_errors():
