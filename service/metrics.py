@@ -203,6 +203,13 @@ class ApiMetrics:
             ["kind"],
             registry=r,
         )
+        self.ws_wire_frames = Counter(
+            "candlecast_api_ws_wire_frames_total",
+            "Signal frames written straight to the client's socket, serialised once per publish (the other signal"
+            " frames in candlecast_api_ws_messages_sent_total went through ASGI: a client whose socket was full, or a"
+            " server without the wire path).",
+            registry=r,
+        )
         self.ws_messages_dropped = Counter(
             "candlecast_api_ws_messages_dropped_total",
             "Frames never delivered because their client's queue was full (the client is then closed).",

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.settings import ConfigError, Settings
+from service.ws_wire import WireProtocol
 
 __all__ = ["ApiServer", "server_config"]
 
@@ -46,7 +47,7 @@ def server_config(
         "host": bind,
         "port": settings.api_port if port is None else port,
         "ws_max_size": settings.api_ws_max_frame_bytes,
-        "ws": "websockets-sansio",
+        "ws": WireProtocol,  # uvicorn's websockets-sansio, plus the fan-out's wire path
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from inference.signal import NoSignal, Signal
 from service.metrics import Freshness
+from service.ws_wire import text_frame
 from streaming.clock import MAX_AHEAD_MS, ExchangeClock, from_the_future
 from streaming.klines import interval_ms
 
@@ -43,12 +44,13 @@ class CachedSignal:
     signal: Signal
     raw: bytes  # the JSON exactly as the worker wrote it: served as is, never re-serialised
     frame: str  # the WebSocket push, built once and shared by every subscriber
+    wire: bytes  # ``frame`` as one serialised WebSocket text frame (:mod:`service.ws_wire`)
 
     @classmethod
     def build(cls, signal: Signal, raw: bytes) -> CachedSignal:
         # symbol is [A-Z0-9]+ (validated by Settings and matched against them): safe to splice in.
-        frame = '{"op":"signal","symbol":"' + signal.symbol + '","signal":' + raw.decode() + "}"
-        return cls(signal, raw, frame)
+        payload = b'{"op":"signal","symbol":"' + signal.symbol.encode() + b'","signal":' + raw + b"}"
+        return cls(signal, raw, payload.decode(), text_frame(payload))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """The WebSocket hub: ``/ws`` connections, their send queues and the fan-out of new signals.
 
 The protocol — what a client may send and what it gets back — is :mod:`service.ws_protocol`'s,
-without I/O; this module only moves frames. A publish writes the frame (built once per signal) to
-each subscriber at once when its socket takes it, with no task per send
-(:func:`streaming.eager.start_eagerly`); a send that must wait for a slow peer goes on as that
-client's one sending task, and what follows queues behind it, bounded (``api_ws_queue`` frames). A
-publish that finds the queue full closes that client with 1013 (slow consumer) instead of waiting
-or dropping silently, so nobody else is slowed down. A connection's receiver is owned by a
+without I/O; this module only moves frames. A publish writes the frame (serialised once per signal)
+straight to each subscriber's socket where the server offers that path (:mod:`service.ws_wire`) and
+nothing waits before it; otherwise it sends through ASGI, at once when the socket takes it, with no
+task per send (:func:`streaming.eager.start_eagerly`). A send that must wait for a slow peer goes
+on as that client's one sending task, and what follows queues behind it, bounded (``api_ws_queue``
+frames). A publish that finds the queue full closes that client with 1013 (slow consumer) instead
+of waiting or dropping silently, so nobody else is slowed down. A connection's receiver is owned by a
 :class:`~streaming.supervisor.TaskSupervisor` and cancelled, with its sending task, when it ends;
 :meth:`WsHub.close` ends them all with 1001.
 """
@@ -38,6 +39,7 @@ from service.ws_protocol import (
     WsSession,
     unavailable_frame,
 )
+from service.ws_wire import WireWrite, wire_write
 from streaming.eager import start_eagerly
 from streaming.supervisor import TaskSupervisor
 
@@ -53,6 +55,7 @@ class _Client:
     session: WsSession
     pending: deque[tuple[bool, str]] = field(default_factory=deque)  # (is a signal, frame), behind `sending`
     sending: asyncio.Task[None] | None = None  # the send waiting for the peer, if one is
+    write: WireWrite | None = None  # the connection's straight-to-the-socket path, if its server has one
     done: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
@@ -94,6 +97,7 @@ class WsHub:
         self._closing = False
         self._sent_signal = metrics.ws_messages_sent.labels("signal")
         self._sent_control = metrics.ws_messages_sent.labels("control")
+        self._sent_wire = metrics.ws_wire_frames
         self._servable: dict[str, bool] = {}  # per symbol, as last told to its subscribers
         self._tasks = TaskSupervisor("ws hub")
 
@@ -120,13 +124,23 @@ class WsHub:
 
     # -- fan-out -----------------------------------------------------------------------------------
     def publish(self, cached: CachedSignal) -> None:
-        """Send ``cached`` to every subscriber of its symbol; a full queue closes its client (1013)."""
+        """Send ``cached`` to every subscriber of its symbol; a full queue closes its client (1013).
+
+        Straight to the socket, the frame serialised once (:mod:`service.ws_wire`), for each client
+        with nothing waiting before it whose connection takes it; through ASGI for the others."""
         self._servable[cached.signal.symbol] = True
         subscribers = self._by_symbol.get(cached.signal.symbol)
         if not subscribers:
             return
+        wire, written = cached.wire, 0
         for client in tuple(subscribers):
-            self._push(client, cached.frame, signal=True)
+            if client.sending is None and client.write is not None and not client.done.is_set() and client.write(wire):
+                written += 1
+            else:
+                self._push(client, cached.frame, signal=True)
+        if written:
+            self._sent_signal.inc(written)
+            self._sent_wire.inc(written)
 
     def _push(self, client: _Client, frame: str, *, signal: bool = False) -> None:
         """Send now if nothing waits before it (most often done at once); else queue, in order."""
@@ -218,7 +232,7 @@ class WsHub:
             check_key=self._check_key,
             performance=self._performance,
         )
-        client = _Client(next(self._ids), ws, session)
+        client = _Client(next(self._ids), ws, session, write=wire_write(ws.scope))
         self._clients.add(client)
         self._idle.clear()
         self._metrics.ws_clients.inc()

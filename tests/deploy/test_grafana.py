@@ -125,6 +125,7 @@ REQUIRED_SERIES = {
         "candlecast_api_ws_connections_total",
         "candlecast_api_ws_slow_consumer_closes_total",
         "candlecast_api_ws_messages_sent_total",
+        "candlecast_api_ws_wire_frames_total",
         "candlecast_api_ws_messages_dropped_total",
         "candlecast_api_signal_feed_up",
         "candlecast_api_signal_available",

@@ -76,16 +76,19 @@ async def serving(
     registry: CollectorRegistry | None = None,
     app: FastAPI | None = None,
     feed_up: bool = True,
+    ws: Any = None,
     **kwargs: Any,
 ) -> AsyncIterator[Api]:
     """``create_app(settings)`` served by a real uvicorn on a free loopback port.
 
     With ``feed_up`` (the default) it yields only once the signal feed is subscribed and primed,
     as readiness reports it: a signal published before that would reach the cache by the prime,
-    not by pub/sub, and a test counting pub/sub updates would depend on who wins the start-up race."""
+    not by pub/sub, and a test counting pub/sub updates would depend on who wins the start-up race.
+    ``ws``: uvicorn's WebSocket implementation, when not the production one (:func:`server_config`'s)."""
     registry = registry if registry is not None else CollectorRegistry()
     app = app if app is not None else create_app(settings, registry=registry, **kwargs)
-    server = ApiServer(server_config(app, settings, host="127.0.0.1", port=0))
+    overrides = {} if ws is None else {"ws": ws}
+    server = ApiServer(server_config(app, settings, host="127.0.0.1", port=0, **overrides))
     await server.start()
     try:
         if feed_up:

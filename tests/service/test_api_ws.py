@@ -1,6 +1,8 @@
 """The WebSocket subscription against a real uvicorn and a real Redis: last value on subscribe, every
 new signal pushed with the audit stream's content, errors that keep the connection, the limits, the
-slow-consumer policy (1013, others unaffected) and 200 subscribers at once."""
+slow-consumer policy (1013, others unaffected), a client that falls behind and catches up (every
+signal, in order) and 200 subscribers at once — each fan-out test on the production server (signal
+frames straight to the socket) and on plain uvicorn (every frame through ASGI)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import zlib
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -16,11 +19,13 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from inference.signal import Signal
+from inference.signal_store import MemorySignalStore
 from tests.helpers import eventually
 from tests.service.kit import (
     MINUTE,
     SYMBOLS,
     T0,
+    Api,
     api_settings,
     make_signal,
     next_signal,
@@ -36,6 +41,20 @@ from tests.service.kit import (
 
 pytestmark = pytest.mark.timeout(60)
 
+# "wire": the production server (service.ws_wire), signal frames written straight to the socket;
+# "asgi": uvicorn's own websockets-sansio, every frame through ASGI (a server without the wire path).
+SERVERS = {"wire": None, "asgi": "websockets-sansio"}
+
+
+@pytest.fixture(params=list(SERVERS))
+def server(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def wire_frames(api: Api) -> float:
+    return api.sample("candlecast_api_ws_wire_frames_total")
+
 
 async def audit_entry(redis_url: str, key: str, start: int) -> bytes:
     """The JSON of the audit stream entry for bar ``start`` (stored compressed)."""
@@ -49,9 +68,12 @@ async def audit_entry(redis_url: str, key: str, start: int) -> bytes:
     raise AssertionError(f"no audit entry for {start} in {key}")
 
 
-async def test_subscribers_get_the_last_value_then_every_new_signal_as_audited(redis_url: str) -> None:
+async def test_subscribers_get_the_last_value_then_every_new_signal_as_audited(redis_url: str, server: str) -> None:
     prefix = unique_prefix()
-    async with redis_signals(redis_url, prefix) as store, serving(api_settings(redis_url, prefix)) as api:
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(api_settings(redis_url, prefix), ws=SERVERS[server]) as api,
+    ):
         async with ws_connect(api.ws_url) as early, ws_connect(api.ws_url) as other:
             # Subscribed before anything is published: ack, then "unavailable" for now.
             ack, snap = await subscribe(early, ["btcusdt"])
@@ -103,6 +125,9 @@ async def test_subscribers_get_the_last_value_then_every_new_signal_as_audited(r
         await eventually(lambda: api.sample("candlecast_api_ws_clients") == 0, 5)
         # early: 2 pushes; late: the snapshot and a push; other: one ETH push.
         assert api.sample("candlecast_api_ws_messages_sent_total", kind="signal") == 5
+        # The pushes went straight to the sockets where the server has the wire path; the snapshot,
+        # a reply, always goes through ASGI.
+        assert wire_frames(api) == (4 if server == "wire" else 0)
 
 
 async def test_malformed_messages_get_error_frames_and_keep_the_connection(redis_url: str) -> None:
@@ -153,6 +178,21 @@ async def test_malformed_messages_get_error_frames_and_keep_the_connection(redis
         assert (code, frames) == (1009, [])
 
 
+@contextlib.asynccontextmanager
+async def slow_and_fast(api: Api) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """Two BTCUSDT subscribers: one that reads only when the test reads (``max_queue=1``: the client
+    library stops reading the socket as soon as a frame waits; a tiny receive buffer), and one that
+    reads as usual."""
+    port = int(api.base_url.rsplit(":", 1)[1])
+    async with (
+        ws_connect(api.ws_url, sock=slow_socket(port), max_queue=1) as slow,
+        ws_connect(api.ws_url) as fast,
+    ):
+        await subscribe(slow, ["BTCUSDT"])
+        await subscribe(fast, ["BTCUSDT"])
+        yield slow, fast
+
+
 def slow_socket(port: int) -> socket.socket:
     """A client socket with a tiny receive buffer, so a client that stops reading backs up fast."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -162,42 +202,75 @@ def slow_socket(port: int) -> socket.socket:
     return sock
 
 
-async def test_a_slow_consumer_is_closed_with_1013_and_nobody_else_waits(redis_url: str) -> None:
+async def test_a_slow_consumer_is_closed_with_1013_and_nobody_else_waits(redis_url: str, server: str) -> None:
     prefix = unique_prefix()
     settings = api_settings(redis_url, prefix, api_ws_queue=16, api_ws_max_symbols=8)
-    async with redis_signals(redis_url, prefix) as store, serving(settings) as api:
-        port = int(api.base_url.rsplit(":", 1)[1])
-        # max_queue=1: the client library stops reading the socket as soon as a frame waits.
-        async with (
-            ws_connect(api.ws_url, sock=slow_socket(port), max_queue=1) as slow,
-            ws_connect(api.ws_url) as fast,
-        ):
-            await subscribe(slow, ["BTCUSDT"])
-            await subscribe(fast, ["BTCUSDT"])
-            # Publish in step with the fast client (big frames, ~10 KB each) until the slow one,
-            # which reads nothing, has filled the socket buffers and its queue of 16.
-            published = 0
-            while api.sample("candlecast_api_ws_slow_consumer_closes_total") == 0:
-                assert published < 2000, "the slow consumer was never closed"
-                start = T0 + published * MINUTE
-                await store.publish(make_signal(start, components=60))
-                got = await next_signal(fast)
-                assert got["signal"]["bar"]["start"] == start
-                published += 1
-            # Everyone else keeps receiving.
-            for k in range(published, published + 3):
-                await store.publish(make_signal(T0 + k * MINUTE, components=60))
-                assert (await next_signal(fast))["signal"]["bar"]["start"] == T0 + k * MINUTE
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(settings, ws=SERVERS[server]) as api,
+        slow_and_fast(api) as (slow, fast),
+    ):
+        # Publish in step with the fast client (big frames, ~10 KB each) until the slow one,
+        # which reads nothing, has filled the socket buffers and its queue of 16.
+        published = 0
+        while api.sample("candlecast_api_ws_slow_consumer_closes_total") == 0:
+            assert published < 2000, "the slow consumer was never closed"
+            start = T0 + published * MINUTE
+            await store.publish(make_signal(start, components=60))
+            got = await next_signal(fast)
+            assert got["signal"]["bar"]["start"] == start
+            published += 1
+        # Everyone else keeps receiving.
+        for k in range(published, published + 3):
+            await store.publish(make_signal(T0 + k * MINUTE, components=60))
+            assert (await next_signal(fast))["signal"]["bar"]["start"] == T0 + k * MINUTE
 
-            # The slow client, once it reads again: what was already on the wire, then 1013.
-            code, frames = await read_until_closed(slow)
-            assert code == 1013
-            assert sum(f["op"] == "signal" for f in frames) < published
-            assert api.sample("candlecast_api_ws_slow_consumer_closes_total") == 1
-            assert api.sample("candlecast_api_ws_messages_dropped_total") >= 17  # its queue of 16 + one
-            assert api.sample("candlecast_api_ws_connections_total", reason="slow_consumer") == 1
-            await send_json(fast, {"op": "ping"})
-            assert (await recv_json(fast))["op"] == "pong"
+        # The slow client, once it reads again: what was already on the wire, then 1013.
+        code, frames = await read_until_closed(slow)
+        assert code == 1013
+        assert sum(f["op"] == "signal" for f in frames) < published
+        assert api.sample("candlecast_api_ws_slow_consumer_closes_total") == 1
+        assert api.sample("candlecast_api_ws_messages_dropped_total") >= 17  # its queue of 16 + one
+        assert api.sample("candlecast_api_ws_connections_total", reason="slow_consumer") == 1
+        await send_json(fast, {"op": "ping"})
+        assert (await recv_json(fast))["op"] == "pong"
+
+
+async def test_a_client_that_falls_behind_then_reads_gets_every_signal_in_order(server: str) -> None:
+    """A client stops reading until frames queue for it, then reads while publishes go on, one each
+    turn of the event loop (the in-process store: each one reaches the hub): it gets every signal
+    once and in order — none written straight to its socket ahead of those queued before it."""
+    store = MemorySignalStore()
+    settings = api_settings(None, api_ws_queue=2000)
+    async with (
+        serving(settings, signal_store=store, ws=SERVERS[server]) as api,
+        slow_and_fast(api) as (behind, pace),
+    ):
+        starts: list[int] = []
+
+        async def publish() -> None:
+            starts.append(T0 + len(starts) * MINUTE)
+            await store.publish(make_signal(starts[-1], components=60))
+
+        def unsent() -> float:  # frames to the client behind not yet handed to its socket
+            return 2 * len(starts) - api.sample("candlecast_api_ws_messages_sent_total", kind="signal")
+
+        while unsent() < 5:  # in step with the other client, until frames queue for this one
+            assert len(starts) < 2000, "frames never queued for a client that reads nothing"
+            await publish()
+            assert (await next_signal(pace))["signal"]["bar"]["start"] == starts[-1]
+        total = len(starts) + 300
+
+        async def read(ws: ClientConnection, n: int) -> list[int]:
+            return [(await next_signal(ws, within=10))["signal"]["bar"]["start"] for _ in range(n)]
+
+        reading, pacing = asyncio.create_task(read(behind, total)), asyncio.create_task(read(pace, 300))
+        while len(starts) < total:
+            await publish()
+            await asyncio.sleep(0)
+        got, paced = await asyncio.wait_for(asyncio.gather(reading, pacing), 30)
+        assert got == starts and paced == starts[-300:]
+        assert api.sample("candlecast_api_ws_slow_consumer_closes_total") == 0
 
 
 async def test_a_ping_flood_is_closed_with_1008_and_the_other_clients_keep_receiving(redis_url: str) -> None:
@@ -225,10 +298,13 @@ async def test_a_ping_flood_is_closed_with_1008_and_the_other_clients_keep_recei
         assert (await next_signal(other))["signal"]["bar"]["start"] == T0
 
 
-async def test_two_hundred_subscribers_all_receive_a_publish(redis_url: str) -> None:
+async def test_two_hundred_subscribers_all_receive_a_publish(redis_url: str, server: str) -> None:
     prefix = unique_prefix()
     n = 200
-    async with redis_signals(redis_url, prefix) as store, serving(api_settings(redis_url, prefix)) as api:
+    async with (
+        redis_signals(redis_url, prefix) as store,
+        serving(api_settings(redis_url, prefix), ws=SERVERS[server]) as api,
+    ):
         clients: list[ClientConnection] = []
         try:
             for batch in range(0, n, 50):
@@ -240,6 +316,7 @@ async def test_two_hundred_subscribers_all_receive_a_publish(redis_url: str) -> 
             frames = await asyncio.gather(*(next_signal(ws, within=15) for ws in clients))
             assert all(Signal.from_json(orjson.dumps(f["signal"])) == s for f in frames)
             assert api.sample("candlecast_api_ws_messages_sent_total", kind="signal") == n
+            assert wire_frames(api) == (n if server == "wire" else 0)
             assert api.sample("candlecast_api_ws_slow_consumer_closes_total") == 0
         finally:
             await asyncio.gather(*(ws.close() for ws in clients))
