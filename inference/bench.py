@@ -64,6 +64,7 @@ from inference.signal import NoSignal, Signal
 from inference.signal_store import MemorySignalStore
 from streaming.depth import BINS_PER_SIDE, DepthRow
 from streaming.errors import StoreError
+from streaming.heap import freeze_start_up_heap
 from streaming.klines import Bar
 from streaming.memory_store import MemoryStore
 from streaming.redis_client import bench_url
@@ -314,6 +315,7 @@ async def _signals(
     opt_in = [c.name for c in Manifest.load(artifacts / "manifest.json").components if c.opt_in]
     registry = ModelRegistry(artifacts, prefer_gpu=True, threads=threads, metrics=metrics, opt_in=opt_in)
     await registry.load()
+    freeze_start_up_heap()  # as `candlecast worker` does once its models are loaded
     engine = SignalEngine(config, store, registry, metrics)
     # one symbol, the latest closes one after another (each judged as of its own close)
     latencies = []

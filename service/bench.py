@@ -29,6 +29,7 @@ from websockets.asyncio.client import connect
 
 from inference.runtime import CPU
 from inference.signal import BarRef, ComponentReport, Direction, Freshness, Signal, StageLatency
+from streaming.heap import freeze_start_up_heap
 
 __all__ = ["bench_api", "sample_signal"]
 
@@ -100,6 +101,7 @@ def _serve(port_pipe: Any) -> None:
         # the production server settings (no per-message deflate, frame limit), quiet
         server = ApiServer(server_config(app, settings, host="127.0.0.1", port=0, log_level="error"))
         await server.start()
+        freeze_start_up_heap()  # as `candlecast api` does once started
         port_pipe.send(server.port)
         await asyncio.get_running_loop().run_in_executor(None, port_pipe.recv)
         await server.close()
@@ -138,6 +140,7 @@ def _serve_ceiling(port_pipe: Any) -> None:
                 subscribers.discard(ws)
 
         async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None) as server:
+            freeze_start_up_heap()  # as the service does
             port_pipe.send(server.sockets[0].getsockname()[1])
             await asyncio.get_running_loop().run_in_executor(None, port_pipe.recv)
 

@@ -26,6 +26,7 @@ from service.inspect import inspect_symbol
 from service.model_commands import add_model_commands, print_json
 from service.settings import ConfigError, load_settings
 from streaming.errors import StoreUnavailable
+from streaming.heap import freeze_start_up_heap
 from streaming.ingestor import Ingestor
 from streaming.metrics import IngestMetrics
 from streaming.recorder import record
@@ -247,6 +248,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     replay = None if args.replay is None else (list(args.replay) or [Path(x) for x in DEFAULT_REPLAY])
     if replay is None and (args.loop or args.start_offset_bars is not None):
         raise ConfigError("--loop and --start-offset-bars apply to a replay: add --replay")
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    listening.add_done_callback(lambda _url: freeze_start_up_heap())  # start-up is done
     await run_service(
         settings,
         compose.ingest_config(settings),
@@ -255,6 +258,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         speed=args.speed,
         replay_offset_bars=args.start_offset_bars,
         loop=args.loop,
+        bound=listening,
     )
     return 0
 
@@ -328,8 +332,10 @@ async def _cmd_api(args: argparse.Namespace) -> int:
 
 
 async def _announce_and_run(banner: str, part: Coroutine[Any, Any, None]) -> int:
-    """Say on the console what a long-running part serves, then run it until it ends or is cancelled."""
+    """Say on the console what a long-running part serves, then — its start-up heap frozen — run it
+    until it ends or is cancelled."""
     print(banner, flush=True)
+    freeze_start_up_heap()
     await part
     return 0
 

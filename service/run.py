@@ -46,7 +46,8 @@ async def run_service(
 ) -> None:
     """Run until cancelled, or until a replay reaches the end of its data (then again from its start
     with ``loop``: a fresh namespace each time). ``replay_offset_bars``: history before the replay
-    clock (None: chosen from the data). ``bound`` (tests) receives the API's base URL once it listens."""
+    clock (None: chosen from the data). ``bound`` receives the API's base URL once it listens, start-up
+    done (the CLI freezes the start-up heap then; tests learn the URL)."""
     while True:
         try:
             await _run_once(settings, ingest, worker_config, replay, speed, replay_offset_bars, bound)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,14 @@ SHARED = ROOT.parent / "shared"
 ARTIFACTS = ROOT / "models" / "artifacts"  # the shipped models
 SHIPPED_WINDOW = 250  # bars per window the shipped models need: 241 for linear_1m (TCNs: 64 + 33), with slack
 DATA_1M = SHARED / "data" / "klines_1m"
+
+
+@pytest.fixture(autouse=True)
+def _heap_unfrozen() -> Iterator[None]:
+    """A benchmark run in-process freezes its start-up heap, as the services do: not the test run's."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -239,3 +240,17 @@ def test_candlecast_symbols_is_honoured_by_a_replay_that_has_their_files(bybit_b
     files = [bybit_btc_1m, bybit_btc_1m.with_name("bybit_linear_ETHUSDT_1m.csv.gz")]
     assert replayed_symbols(load_settings(), files) == ["BTCUSDT", "ETHUSDT"]  # not set: the files'
     assert replayed_symbols(load_settings(symbols=["ethusdt"]), files) == ["ETHUSDT"]  # set: honoured
+
+
+async def test_a_long_running_command_runs_with_its_start_up_heap_frozen() -> None:
+    """`candlecast ingest`, `worker` and `api` run their part through this, once started."""
+    from service.cli import _announce_and_run
+
+    seen: list[int] = []
+
+    async def part() -> None:
+        seen.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    assert await _announce_and_run("serving", part()) == 0
+    assert seen and seen[0] > 0
