@@ -132,26 +132,40 @@ class WsHub:
         subscribers = self._by_symbol.get(cached.signal.symbol)
         if not subscribers:
             return
-        wire, written = cached.wire, 0
+        written = 0
         for client in tuple(subscribers):
-            if client.sending is None and client.write is not None and not client.done.is_set() and client.write(wire):
-                written += 1
-            else:
-                self._push(client, cached.frame, signal=True)
+            written += self._push(client, cached.frame, signal=True, wire=cached.wire)
         if written:
             self._sent_signal.inc(written)
             self._sent_wire.inc(written)
 
-    def _push(self, client: _Client, frame: str, *, signal: bool = False) -> None:
-        """Send now if nothing waits before it (most often done at once); else queue, in order."""
+    def _push(self, client: _Client, frame: str, *, signal: bool = False, wire: bytes | None = None) -> bool:
+        """Send now if nothing waits before it (most often done at once); else queue, in order. With
+        ``wire`` (``frame`` serialised), straight to the socket where the connection takes it: True
+        then, and the caller counts the frame sent."""
         if client.done.is_set():
-            return
+            return False
         if client.sending is None:
+            if wire is not None and self._write(client, wire):
+                return True
             self._send(client, frame, signal)
         elif len(client.pending) < self.limits.queue:
             client.pending.append((signal, frame))
         else:
             self._evict(client)
+        return False
+
+    def _write(self, client: _Client, wire: bytes) -> bool:
+        """The wire path's write; a failure of it (a transport past what it expects) is logged and
+        the frame goes through ASGI instead, which deals with the connection as it always has."""
+        if client.write is None:
+            return False
+        try:
+            return client.write(wire)
+        except Exception:
+            log.exception("ws %d: writing straight to the socket failed; sending through ASGI", client.id)
+            client.write = None
+            return False
 
     def _send(self, client: _Client, frame: str, signal: bool) -> None:
         task = start_eagerly(self._send_one(client, frame, signal), f"ws-{client.id}-send")

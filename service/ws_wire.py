@@ -7,16 +7,18 @@ frame is serialised once per signal (:func:`text_frame`, by the ``websockets`` l
 serialiser) and :class:`WireProtocol` offers, as the ASGI extension :data:`WIRE` in the connection's
 scope, a ``write`` that hands those bytes to the socket's transport when — and only when — the
 connection is plainly open: handshake done, no close sent or received, no compression extension
-(the frame is unframed text), and the transport not paused by flow control. Otherwise ``write``
-answers False, writes nothing, and the caller sends through ASGI as before, which waits for a full
-socket or raises for a closed one exactly as it always did. Frames from both paths go to the same
-transport in call order, so a connection's frames stay in the order they were sent.
+(the frame is plain text), the transport not paused by flow control, and no ASGI send of this
+connection still under way (one waiting for the socket to drain would otherwise be overtaken).
+Otherwise ``write`` answers False, writes nothing, and the caller sends through ASGI as before,
+which waits for a full socket or raises for a closed one exactly as it always did. So a
+connection's frames reach the socket in the order they were sent, by either path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -45,9 +47,18 @@ def wire_write(scope: object) -> WireWrite | None:
 class WireProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, offering :data:`WIRE` to the application."""
 
+    _sends = 0  # ASGI sends under way (one may be waiting for the transport to drain)
+
     async def run_asgi(self) -> None:
         self.scope["extensions"][WIRE] = {"write": self.write_frame}
         await super().run_asgi()
+
+    async def send(self, message: ASGISendEvent) -> None:
+        self._sends += 1
+        try:
+            await super().send(message)
+        finally:
+            self._sends -= 1
 
     def write_frame(self, frame: bytes) -> bool:
         """Write ``frame`` (from :func:`text_frame`) now if the connection is plainly open; False
@@ -55,7 +66,8 @@ class WireProtocol(WebSocketsSansIOProtocol):
         # OPEN: handshake done (not an HTTP answer instead), no close sent or received. A lost
         # connection's transport is closing. A paused one is full: ASGI's send waits for it.
         if (
-            self.conn.state is not State.OPEN
+            self._sends
+            or self.conn.state is not State.OPEN
             or self.transport.is_closing()
             or not self.writable.is_set()
             or self.conn.extensions

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from inference.signal import Signal
 from inference.signal_store import MemorySignalStore
+from service.ws_wire import WireProtocol
 from tests.helpers import eventually
 from tests.service.kit import (
     MINUTE,
@@ -296,6 +297,34 @@ async def test_a_ping_flood_is_closed_with_1008_and_the_other_clients_keep_recei
         await eventually(lambda: api.sample("candlecast_api_ws_connections_total", reason="rate_limited") == 1)
         await store.publish(make_signal(T0))
         assert (await next_signal(other))["signal"]["bar"]["start"] == T0
+
+
+class _BrokenWire(WireProtocol):
+    """The production protocol with a wire path that fails (as on a transport past what it expects)."""
+
+    def write_frame(self, frame: bytes) -> bool:
+        raise RuntimeError("this transport takes no writes")
+
+
+async def test_a_failing_wire_path_falls_back_to_asgi_and_the_feed_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemorySignalStore()
+    async with (
+        serving(api_settings(None), signal_store=store, ws=_BrokenWire) as api,
+        ws_connect(api.ws_url) as one,
+        ws_connect(api.ws_url) as two,
+    ):
+        await subscribe(one, ["BTCUSDT"])
+        await subscribe(two, ["BTCUSDT"])
+        for k in range(3):
+            await store.publish(make_signal(T0 + k * MINUTE))
+            for ws in (one, two):
+                assert (await next_signal(ws))["signal"]["bar"]["start"] == T0 + k * MINUTE
+        assert wire_frames(api) == 0
+        assert api.sample("candlecast_api_ws_messages_sent_total", kind="signal") == 6
+        failed = [r for r in caplog.records if "writing straight to the socket failed" in r.getMessage()]
+        assert len(failed) == 2  # once per connection: it sends through ASGI from then on
 
 
 async def test_two_hundred_subscribers_all_receive_a_publish(redis_url: str, server: str) -> None:

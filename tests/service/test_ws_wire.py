@@ -51,12 +51,15 @@ def test_only_a_well_formed_extension_is_taken_for_a_write() -> None:
 
 
 class _App:
-    """Accepts one WebSocket at a time, keeps its ``write``, closes it (1000) when the client sends
-    "close" and tries a write at once after sending the close (``after_close``: whether it wrote)."""
+    """Accepts one WebSocket at a time and keeps its ``write``. On "close" it closes (1000) and tries a
+    write at once after sending the close (``after_close``: whether it wrote). On "send" it sends "A"
+    through ASGI while the transport is paused, lets the transport resume and, before that send has
+    run on, tries to write "B" (``during_send``)."""
 
     def __init__(self) -> None:
         self.write: WireWrite | None = None
         self.after_close: bool | None = None
+        self.during_send: bool | None = None
         self.accepted = asyncio.Event()
         self.closed = asyncio.Event()
 
@@ -74,6 +77,14 @@ class _App:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if message.get("text") == "send" and self.write is not None:
+                protocol = self.write.__self__  # type: ignore[attr-defined]
+                protocol.pause_writing()  # as the transport does past its high-water mark
+                sending = asyncio.ensure_future(send({"type": "websocket.send", "text": "A"}))
+                await asyncio.sleep(0)  # the send now waits for the transport to drain
+                protocol.resume_writing()
+                self.during_send = self.write(text_frame(b"B"))
+                await sending
             if message.get("text") == "close":
                 await send({"type": "websocket.close", "code": 1000})
                 if self.write is not None:  # before the peer can answer the close
@@ -82,9 +93,9 @@ class _App:
 
 
 @asynccontextmanager
-async def wire_server(ws: Any = WireProtocol) -> AsyncIterator[tuple[_App, str]]:
+async def wire_server(ws: Any = WireProtocol, *, deflate: bool = False) -> AsyncIterator[tuple[_App, str]]:
     app = _App()
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=ws, log_config=None, ws_per_message_deflate=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=ws, log_config=None, ws_per_message_deflate=deflate)
     server = ApiServer(config)
     await server.start()
     try:
@@ -104,6 +115,24 @@ async def test_a_written_frame_arrives_as_a_message_in_order_with_the_asgi_ones(
         write = await written(app)
         assert write(text_frame(b'{"n":1}')) and write(text_frame("ünïcode".encode()))
         assert [await asyncio.wait_for(client.recv(), 5) for _ in range(2)] == ['{"n":1}', "ünïcode"]
+
+
+async def test_no_write_while_an_asgi_send_is_under_way() -> None:
+    """A send that waited for the transport to drain goes first; a write in between would overtake it."""
+    async with wire_server() as (app, url), ws_connect(url) as client:
+        write = await written(app)
+        await client.send("send")
+        assert await asyncio.wait_for(client.recv(), 5) == "A"
+        assert app.during_send is False
+        assert write(text_frame(b"C"))  # nothing under way any more
+        assert await asyncio.wait_for(client.recv(), 5) == "C"
+
+
+async def test_no_write_on_a_compressed_connection() -> None:
+    async with wire_server(deflate=True) as (app, url), ws_connect(url, compression="deflate") as client:
+        write = await written(app)
+        assert not write(text_frame(b"plain"))  # the library would have compressed it
+        await client.send("close")
 
 
 async def test_no_write_once_the_connection_closes() -> None:
