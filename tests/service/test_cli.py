@@ -254,3 +254,17 @@ async def test_a_long_running_command_runs_with_its_start_up_heap_frozen() -> No
     gc.unfreeze()
     assert await _announce_and_run("serving", part()) == 0
     assert seen and seen[0] > 0
+
+
+def test_the_one_process_run_freezes_its_heap_once_the_api_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import main
+    from tests.service.test_run import short_file
+
+    for var in ("CANDLECAST_REDIS_URL", "CANDLECAST_API_KEYS", "CANDLECAST_SYMBOLS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CANDLECAST_API_PORT", "0")
+    gc.unfreeze()
+    assert main(["run", "--replay", str(short_file(tmp_path, 400)), "--speed", "3000"]) == 0  # to the end of the data
+    assert gc.get_freeze_count() > 0
