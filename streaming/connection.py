@@ -201,6 +201,8 @@ class FeedConnection:
 
     async def _receive(self, ws: ClientConnection) -> None:
         handler = self._handler
+        # Read once a frame; these maps are only ever cleared in place, never replaced.
+        last_rx, last_frame_at, delivered = self._last_rx, self.last_frame_at, self._delivered
         n = 0
         try:
             async for raw in ws:
@@ -215,8 +217,8 @@ class FeedConnection:
                     continue
                 if type(msg) is BookUpdate or type(msg) is KlineUpdate:  # data: all but a few frames
                     topic = msg.topic
-                    self._last_rx[topic] = self.last_frame_at[topic] = time.monotonic()
-                    if topic not in self._delivered and topic in self._active:
+                    last_rx[topic] = last_frame_at[topic] = time.monotonic()
+                    if topic not in delivered and topic in self._active:
                         self._delivered.add(topic)
                         self._healthy = self._active <= self._delivered
                     try:

@@ -86,9 +86,7 @@ class Ingestor:
         self._closed = False
         self._frames = 0
         self._future = 0  # frames quarantined for a timestamp ahead of the wall clock
-        # Labelled children resolved once: ``labels()`` costs about a microsecond per call.
-        self._m_kline = metrics.messages.labels(type="kline")
-        self._m_book = {k: metrics.messages.labels(type=f"book_{k}") for k in ("snapshot", "delta")}
+        self._counts = metrics.frames.counts  # bumped once a frame: plain ints, no lock
         shards = self._shards()
         limiter = RateLimiter(config.connects_per_minute / 60.0, burst=max(2, len(shards)))
         self.connections = [
@@ -221,23 +219,25 @@ class Ingestor:
         log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
 
     def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None:
-        if not isinstance(msg, BookUpdate | KlineUpdate) or self._quarantine_future(conn, msg, recv_wall):
+        # exact types, as the parser makes them: cheaper than isinstance on every frame
+        if type(msg) is not BookUpdate and type(msg) is not KlineUpdate:
             return
-        if isinstance(msg, BookUpdate):
+        if from_the_future(msg.ts, recv_wall * 1000, self.config.max_future_ms):
+            self._quarantine(conn, msg, recv_wall)
+            return
+        if type(msg) is BookUpdate:
             self._on_book(conn, msg)
-        else:
+        elif type(msg) is KlineUpdate:
             self._on_kline(msg)
         self.clock.observe(msg.ts)
         self._frames += 1
         if self._frames % 16 == 0:  # a sample is plenty for a latency histogram
             self.metrics.ingest_lag.observe(max(0.0, recv_wall - msg.ts / 1000.0))
 
-    def _quarantine_future(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> bool:
+    def _quarantine(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> None:
         """Quarantine (count, log, drop) a frame stamped ahead of the local clock: one such frame would
         top a window (no later bar could follow it) and move every clock that reads it. Real or
         replayed data are never ahead of the wall clock."""
-        if not from_the_future(msg.ts, recv_wall * 1000, self.config.max_future_ms):
-            return False
         self.metrics.messages.labels(type="future").inc()
         self._future += 1
         if self._future <= 10 or self._future % 1000 == 0:
@@ -249,25 +249,17 @@ class Ingestor:
                 msg.ts / 1000 - recv_wall,
                 self._future,
             )
-        return True
 
     def _on_book(self, conn: FeedConnection, msg: BookUpdate) -> None:
-        self._m_book[msg.kind].inc()
+        self._counts[msg.kind] += 1
         book = self.books.get(msg.symbol)
         if book is None or msg.depth != self.config.book_depth:
             self.metrics.messages.labels(type="unknown_topic").inc()
             return
         was = book.state
         result = book.apply(msg)
-        if result is ApplyResult.DROPPED:
-            self.metrics.deltas_dropped.inc()
-            return
-        if result is ApplyResult.INVALIDATED:
-            kind = book.reason.split(":", 1)[0].replace(" ", "_")
-            self.metrics.book_resyncs.labels(reason=kind).inc()
-            log.warning("[%s] %s book INVALID (%s); resyncing", conn.name, msg.symbol, book.reason)
-            self._publish_book(msg.symbol)
-            conn.resync(msg.topic)
+        if result is not ApplyResult.APPLIED:
+            self._not_applied(conn, msg, book, result)
             return
         slot = slot_start(msg.ts, self.config.depth_sample_ms)
         if slot > self._last_slot.get(msg.symbol, -1):  # the first update of a sampling slot: its row
@@ -276,6 +268,16 @@ class Ingestor:
             self._publish_book(msg.symbol)
         elif was is not BookState.READY:
             self._publish_book(msg.symbol)
+
+    def _not_applied(self, conn: FeedConnection, msg: BookUpdate, book: OrderBook, result: ApplyResult) -> None:
+        if result is ApplyResult.DROPPED:
+            self.metrics.deltas_dropped.inc()
+            return
+        kind = book.reason.split(":", 1)[0].replace(" ", "_")  # INVALIDATED
+        self.metrics.book_resyncs.labels(reason=kind).inc()
+        log.warning("[%s] %s book INVALID (%s); resyncing", conn.name, msg.symbol, book.reason)
+        self._publish_book(msg.symbol)
+        conn.resync(msg.topic)
 
     def _publish_book(self, symbol: str) -> None:
         book = self.books[symbol]
@@ -295,7 +297,7 @@ class Ingestor:
         self.metrics.book_ready.labels(symbol=symbol).set(1 if book.ready else 0)
 
     def _on_kline(self, msg: KlineUpdate) -> None:
-        self._m_kline.inc()
+        self._counts["kline"] += 1
         if msg.symbol not in self.books or msg.interval not in self.config.intervals:
             self.metrics.messages.labels(type="unknown_topic").inc()
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -55,6 +56,39 @@ class _LastMessageAge(Collector):
         return [age]
 
 
+class HotCounts(Collector):
+    """The children of a labelled counter that every frame bumps, counted as plain integers and
+    folded into the counter at each collection (a scrape, a test's ``get_sample_value``).
+
+    A Prometheus child's ``inc`` takes a lock: on the receive path, once a frame, that cost as much
+    as applying the frame to its order book. Here the event loop, the one writer, adds to ``counts``
+    (``counts[key] += 1``) and a collection, under its own lock (scrapes may overlap), adds what is
+    new since the last one to the child; an int read is atomic, so nothing is lost or counted twice.
+    """
+
+    def __init__(self, counter: Counter, labels: Mapping[str, str]) -> None:
+        self.counter = counter
+        self.counts = dict.fromkeys(labels, 0)  # hot-path key -> frames so far
+        self._children = {key: counter.labels(value) for key, value in labels.items()}
+        self._folded = dict.fromkeys(labels, 0)
+        self._lock = threading.Lock()
+
+    def fold(self) -> None:
+        with self._lock:
+            for key, child in self._children.items():
+                seen = self.counts[key]
+                if seen > self._folded[key]:
+                    child.inc(seen - self._folded[key])
+                    self._folded[key] = seen
+
+    def describe(self) -> Iterable[Metric]:
+        return self.counter.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        self.fold()
+        return self.counter.collect()
+
+
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -64,8 +98,11 @@ class IngestMetrics:
             "WebSocket frames received, by decoded type (kline, book_snapshot, book_delta, ack, pong, "
             "malformed, unknown_topic).",
             ["type"],
-            registry=r,
+            registry=None,  # registered through ``frames``, which folds the hot counts in first
         )
+        # Data frames by kind, bumped once a frame by the ingestor (keys: a book update's ``kind``, "kline").
+        self.frames = HotCounts(self.messages, {"snapshot": "book_snapshot", "delta": "book_delta", "kline": "kline"})
+        r.register(self.frames)
         self.reconnects = Counter(
             "candlecast_ingest_reconnects_total", "WebSocket reconnects, by reason.", ["reason"], registry=r
         )

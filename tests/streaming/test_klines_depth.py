@@ -10,7 +10,7 @@ import pytest
 
 from streaming.backoff import Backoff
 from streaming.book import BookView
-from streaming.depth import BINS_PER_SIDE, decode_row, encode_row, sample_row
+from streaming.depth import BAND, BINS_PER_SIDE, decode_row, encode_row, sample_levels, sample_row
 from streaming.errors import StoreError
 from streaming.klines import (
     MINUTE_MS,
@@ -38,6 +38,43 @@ def test_contiguity() -> None:
     assert is_contiguous([0, m, 2 * m], m)
     assert not is_contiguous([0, m, 3 * m], m)
     assert is_contiguous([], m)
+
+
+def _bin_one_side(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    idx = np.floor(offsets).astype(np.int64)
+    keep = (idx >= 0) & (idx < BINS_PER_SIDE)
+    return np.bincount(idx[keep], weights=sizes[keep], minlength=BINS_PER_SIDE).astype(np.float32)
+
+
+def test_one_pass_depth_binning_equals_binning_each_side_on_its_own() -> None:
+    # sample_levels bins both sides in one bincount; each row must be bit for bit what binning each
+    # side by itself gives (the rows models were trained on), on the tick grid where levels sit
+    # exactly on bin edges, with levels beyond the band on both sides, and in any order
+    rng = random.Random(5)
+    for case in range(300):
+        tick = rng.choice([0.01, 0.1, 0.5, 1e-5])
+        mid_ticks = rng.randrange(1_000, 2_000_000)
+        spread = rng.randrange(1, 5)
+        n_bids, n_asks = rng.randrange(1, 60), rng.randrange(1, 60)
+        far = int(mid_ticks * 0.03)  # some levels beyond the ±2 % band
+        bid_t = rng.sample(range(mid_ticks - far, mid_ticks), n_bids)
+        ask_t = rng.sample(range(mid_ticks + spread, mid_ticks + spread + far), n_asks)
+        if case % 3 == 0:  # every level on the same few prices: bins fill from several levels
+            bid_t = [mid_ticks - 1 - i % 7 for i in range(n_bids)]
+        bp = [float(f"{t * tick:.10g}") for t in bid_t]
+        ap = [float(f"{t * tick:.10g}") for t in ask_t]
+        bs = [round(rng.uniform(0.001, 50), 3) for _ in bp]
+        aq = [round(rng.uniform(0.001, 50), 3) for _ in ap]
+        row = sample_levels(bp, bs, ap, aq, 60_000)
+        mid = (np.max(bp) + np.min(ap)) / 2.0
+        width = mid * BAND / BINS_PER_SIDE
+        assert row.mid == mid and row.ts == 60_000
+        bids = _bin_one_side((mid - np.array(bp)) / width, np.array(bs))
+        asks = _bin_one_side((np.array(ap) - mid) / width, np.array(aq))
+        assert np.array_equal(row.bids, bids), case
+        assert np.array_equal(row.asks, asks), case
+        assert row.bids.dtype == row.asks.dtype == np.float32
+        assert len(row.bids) == len(row.asks) == BINS_PER_SIDE
 
 
 def test_bar_encoding_keeps_exact_strings() -> None:
