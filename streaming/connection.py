@@ -219,8 +219,8 @@ class FeedConnection:
                     topic = msg.topic
                     last_rx[topic] = last_frame_at[topic] = time.monotonic()
                     if topic not in delivered and topic in self._active:
-                        self._delivered.add(topic)
-                        self._healthy = self._active <= self._delivered
+                        delivered.add(topic)
+                        self._healthy = self._active <= delivered
                     try:
                         handler.on_message(self, msg, recv_wall)
                     except Exception:

@@ -59,16 +59,19 @@ def sample_levels(
     ``mid - p`` in IEEE arithmetic, and each bin sums its own side's sizes in their given order.
     """
     n_bids = len(bid_prices)
-    mid = (max(bid_prices) + min(ask_prices)) / 2.0
+    if len(bid_sizes) != n_bids or len(ask_sizes) != len(ask_prices):
+        counts = f"bids {n_bids}/{len(bid_sizes)}, asks {len(ask_prices)}/{len(ask_sizes)}"
+        raise ValueError(f"prices and sizes differ in number: {counts}")
+    offsets = np.array([*bid_prices, *ask_prices], dtype=np.float64)
+    mid = float(offsets[:n_bids].max() + offsets[n_bids:].min()) / 2.0  # NumPy's: a NaN price makes mid NaN
     width = mid * BAND / BINS_PER_SIDE
-    offsets = np.array(bid_prices + ask_prices)
     offsets -= mid
     offsets[:n_bids] *= -1.0  # bids: distance below mid
     offsets /= width
     idx = np.floor(offsets).astype(np.int64)
     keep = (idx >= 0) & (idx < BINS_PER_SIDE)
     idx[n_bids:] += BINS_PER_SIDE
-    sizes = np.array(bid_sizes + ask_sizes)
+    sizes = np.array([*bid_sizes, *ask_sizes], dtype=np.float64)
     binned = np.bincount(idx[keep], weights=sizes[keep], minlength=2 * BINS_PER_SIDE).astype(np.float32)
     return DepthRow(ts=slot_ts, mid=mid, bids=binned[:BINS_PER_SIDE], asks=binned[BINS_PER_SIDE:])
 

@@ -61,6 +61,9 @@ def test_one_pass_depth_binning_equals_binning_each_side_on_its_own() -> None:
         ask_t = rng.sample(range(mid_ticks + spread, mid_ticks + spread + far), n_asks)
         if case % 3 == 0:  # every level on the same few prices: bins fill from several levels
             bid_t = [mid_ticks - 1 - i % 7 for i in range(n_bids)]
+        if case % 5 == 0:  # crossed: bids above mid and asks below it land outside their side's bins
+            bid_t += [mid_ticks + spread + 3, mid_ticks + 2 * far]
+            ask_t += [mid_ticks - 2, mid_ticks - 2 * far]
         bp = [float(f"{t * tick:.10g}") for t in bid_t]
         ap = [float(f"{t * tick:.10g}") for t in ask_t]
         bs = [round(rng.uniform(0.001, 50), 3) for _ in bp]
@@ -75,6 +78,16 @@ def test_one_pass_depth_binning_equals_binning_each_side_on_its_own() -> None:
         assert np.array_equal(row.asks, asks), case
         assert row.bids.dtype == row.asks.dtype == np.float32
         assert len(row.bids) == len(row.asks) == BINS_PER_SIDE
+
+
+def test_depth_sampling_refuses_unpaired_levels_and_keeps_a_nan_price_visible() -> None:
+    with pytest.raises(ValueError, match="differ in number"):
+        sample_levels([99.0, 98.0], [1.0], [101.0], [1.0], 0)
+    with pytest.raises(ValueError, match="differ in number"):
+        sample_levels([99.0], [1.0], [101.0], [], 0)
+    with np.errstate(invalid="ignore"):  # NaN offsets cast to integers: NumPy warns, and bins nothing
+        row = sample_levels([99.0, float("nan")], [1.0, 1.0], [101.0], [1.0], 0)
+    assert np.isnan(row.mid) and row.bids.sum() == 0 and row.asks.sum() == 0
 
 
 def test_bar_encoding_keeps_exact_strings() -> None:
