@@ -31,7 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from streaming.backoff import Backoff
 from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
-from streaming.frames import BookUpdate, CommandResponse, KlineUpdate, Message, Pong, parse_frame
+from streaming.frames import BookUpdate, CommandResponse, KlineUpdate, Pong, parse_frame
 from streaming.metrics import IngestMetrics
 from streaming.ratelimit import RateLimiter
 from streaming.supervisor import TaskSupervisor
@@ -54,7 +54,9 @@ class FeedHandler(Protocol):
 
     def on_connected(self, conn: FeedConnection) -> None: ...
 
-    def on_message(self, conn: FeedConnection, msg: Message, recv_wall: float) -> None: ...
+    def on_message(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> None:
+        """A data frame (a book or kline update); acks and pongs stay with the connection."""
+        ...
 
     def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None: ...
 
