@@ -68,7 +68,7 @@ def _digest(w: Window) -> bytes:
 
 
 class _RenderFailed(Exception):
-    """The render thread failed (logged there): the batches it had not built yet fail with it."""
+    """Building a batch's inputs failed in a way the renderer does not name (logged there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,22 +254,24 @@ class SessionRuns:
             if not batch.inputs.done():
                 batch.inputs.set_result(built)
 
-        def fail(exc: Exception) -> None:  # on the loop: every batch not yet built fails with it
+        def fail(batch: _Batch, exc: Exception) -> None:  # on the loop
             delivered[0] = time.perf_counter()
-            for b in batches.values():
-                if not b.inputs.done():
-                    b.inputs.set_exception(_RenderFailed(exc))
+            if not batch.inputs.done():
+                batch.inputs.set_exception(_RenderFailed(exc))
 
         def build_all() -> None:  # in the render thread
             built: dict[tuple[Any, ...], npt.NDArray[np.float32] | str] = {}
-            try:
-                for key in order:
-                    if stop.is_set():
-                        break
-                    loop.call_soon_threadsafe(deliver, batches[key], self._build(batches[key].windows, built))
-            except Exception as exc:  # a renderer's bug costs the components not yet built, not the signal
-                log.exception("%s: building the inputs failed", symbol)
-                loop.call_soon_threadsafe(fail, exc)
+            for key in order:
+                if stop.is_set():
+                    break
+                batch = batches[key]
+                try:
+                    inputs = self._build(batch.windows, built)
+                except Exception as exc:  # a renderer's bug costs its own batch, not the others nor the signal
+                    log.exception("%s: building the inputs of %s failed", symbol, batch.session.name)
+                    loop.call_soon_threadsafe(fail, batch, exc)
+                else:
+                    loop.call_soon_threadsafe(deliver, batch, inputs)
 
         render = loop.run_in_executor(self._render_pool, build_all)
         # Not a TaskSupervisor's: these tasks live for one signal, are awaited together against its

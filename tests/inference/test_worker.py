@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import onnxruntime as ort
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -263,18 +266,37 @@ async def test_components_that_miss_the_latency_budget_are_left_out_and_counted(
     assert all(c.status == "voted" for c in s.components)
 
 
-async def test_a_renderer_that_breaks_costs_the_inputs_it_did_not_build_not_the_signal(
+class _SlowRuns:
+    """A real session whose every run takes ``delay_s`` longer."""
+
+    def __init__(self, real: ort.InferenceSession, delay_s: float) -> None:
+        self._real, self._delay_s = real, delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def run(self, outputs: Any, feed: dict[str, Any]) -> Any:
+        time.sleep(self._delay_s)
+        return self._real.run(outputs, feed)
+
+
+def _tcn_1m_slowest(path: str, options: ort.SessionOptions, /, *, providers: list[str]) -> Any:
+    real = ort.InferenceSession(path, options, providers=providers)
+    return _SlowRuns(real, 0.2) if Path(path).name == "tcn_1m.onnx" else real
+
+
+async def test_a_renderer_that_breaks_costs_its_own_batch_not_the_others_nor_the_signal(
     models: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The render thread builds one session's batch at a time, the slowest run first (the EfficientNet's,
-    by its last run), and each batch runs once built. A renderer failing in a way it does not name
-    (here NumPy, under the TCN's features) drops the components it had not built yet as ``error``:
-    the batch already built still votes, a vote remembered from the last close (the unchanged 5m
-    window's TCN) still counts, and the signal is served."""
+    """The render thread builds one session's batch at a time, the slowest run first (here the 1m
+    TCN's, slowed), and each batch runs once built. A renderer failing in a way it does not name (here
+    NumPy, under the TCN's features) drops that batch's components as ``error``: the batch built after
+    it still votes, a vote remembered from the last close (the unchanged 5m window's TCN) still
+    counts, and the signal is served."""
     store = MemoryStore(window_bars=128)
     close = T0 + 60 * MINUTE
     await store.write(history(close, {"1": 80, "5": 70, "60": 20}))
-    registry = ModelRegistry(models, prefer_gpu=False)
+    registry = ModelRegistry(models, prefer_gpu=False, session_factory=_tcn_1m_slowest)
     await registry.load()
     engine = SignalEngine(WorkerConfig(intervals=("1", "5", "60")), store, registry, WorkerMetrics(CollectorRegistry()))
     event = BarEvent(SYMBOL, "1", close - MINUTE)
