@@ -5,8 +5,9 @@ Per connection (bybit_protocol.md §2, §7):
 * subscribe the shard's topics once per new connection, in batches of ``batch_size`` args with
   distinct ``req_id``s, and check every ack; a ``success:false`` ack is reported to the handler and
   counted — the topic is not retried on this connection (an alert, not a retry loop);
-* an app-level ``{"op":"ping"}`` every 20 s from its own task; the receive loop yields regularly so
-  a burst of frames cannot starve it; no pong within ``pong_timeout_s`` ⇒ reconnect;
+* an app-level ``{"op":"ping"}`` every 20 s from its own task; no pong within ``pong_timeout_s`` ⇒
+  reconnect. Frames are handled in the connection's receive callback, one socket read at a time, so
+  a burst of frames cannot starve the pinger (what goes through ``recv()`` yields regularly too);
 * a per-topic silence watchdog (a busy socket can look alive while one topic stopped);
 * reconnect with capped, jittered exponential backoff that resets after a healthy connection, and a
   shared connect-rate budget across all connections.
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 
 from streaming.backoff import Backoff
 from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
@@ -65,6 +67,32 @@ class FeedHandler(Protocol):
     def on_subscribe_failed(self, conn: FeedConnection, topics: Sequence[str], ret_msg: str) -> None: ...
 
     def on_disconnected(self, conn: FeedConnection, reason: str) -> None: ...
+
+
+_WHOLE = (Opcode.TEXT, Opcode.BINARY)  # a data frame with ``fin`` set is a whole message
+
+
+class _DeliveringConnection(ClientConnection):
+    """websockets' client connection that hands each whole message to ``deliver`` as soon as its
+    protocol has parsed it, in the same callback, instead of queuing it for ``recv()``: the ingest's
+    hot path then costs no queue, no ``recv()`` coroutine and no task wake-up per frame (measured in
+    ``candlecast bench ingest``). Handled at once, frames need no flow control: nothing piles up.
+
+    Anything else (a fragmented message, a frame before ``deliver`` is set) takes the
+    library's path, and from then on every data frame does, so the order of frames is kept.
+    """
+
+    deliver: Callable[[bytes], None] | None = None
+    queued = False  # a data frame went to recv(): ``deliver`` must not be set any more
+
+    def process_event(self, event: Any) -> None:
+        deliver = self.deliver
+        if deliver is not None and type(event) is Frame and event.fin and event.opcode in _WHOLE:
+            deliver(event.data if type(event.data) is bytes else bytes(event.data))
+            return
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES:
+            self.deliver, self.queued = None, True
+        super().process_event(event)
 
 
 class FeedConnection:
@@ -159,6 +187,7 @@ class FeedConnection:
                 max_size=2**22,
                 max_queue=1024,
                 compression=None,
+                create_connection=_DeliveringConnection,
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             log.warning("[%s] connect to %s failed: %s", self.name, self.url, exc)
@@ -202,45 +231,12 @@ class FeedConnection:
             self._resync_queue.get_nowait()
 
     async def _receive(self, ws: ClientConnection) -> None:
-        handler = self._handler
-        # Read once a frame; these maps are only ever cleared in place, never replaced.
-        last_rx, last_frame_at, delivered = self._last_rx, self.last_frame_at, self._delivered
+        if isinstance(ws, _DeliveringConnection) and not ws.queued:
+            ws.deliver = self._deliver
         n = 0
         try:
-            async for raw in ws:
-                recv_wall = time.time()
-                try:
-                    msg = parse_frame(raw)
-                except FrameError as exc:
-                    self._metrics.messages.labels(
-                        type="unknown_topic" if isinstance(exc, UnknownTopicError) else "malformed"
-                    ).inc()
-                    handler.on_frame_error(self, raw, exc)
-                    continue
-                if type(msg) is BookUpdate or type(msg) is KlineUpdate:  # data: all but a few frames
-                    topic = msg.topic
-                    last_rx[topic] = last_frame_at[topic] = time.monotonic()
-                    if topic not in delivered and topic in self._active:
-                        delivered.add(topic)
-                        self._healthy = self._active <= delivered
-                    try:
-                        handler.on_message(self, msg, recv_wall)
-                    except Exception:
-                        # A bug or an unforeseen value must cost one frame, not the connection.
-                        self._metrics.messages.labels(type="handler_error").inc()
-                        log.exception("[%s] handling %s failed; frame dropped", self.name, topic)
-                elif isinstance(msg, Pong):
-                    self._metrics.messages.labels(type="pong").inc()
-                    self._ping_sent_at = None
-                elif isinstance(msg, CommandResponse):
-                    self._metrics.messages.labels(type="ack").inc()
-                    if msg.conn_id and not self.conn_id:
-                        self.conn_id = msg.conn_id
-                    fut = self._acks.pop(msg.req_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
-                    elif fut is None:
-                        log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
+            async for raw in ws:  # only what the connection did not deliver itself
+                self._deliver(raw)
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     # A socket with a backlog returns frames without suspending; yield so the
@@ -249,6 +245,47 @@ class FeedConnection:
         except websockets.ConnectionClosed as exc:
             if not self._close_reason:
                 self._close_reason = "server_closed" if exc.rcvd is not None else "connection_lost"
+        finally:
+            if isinstance(ws, _DeliveringConnection):
+                ws.deliver = None
+
+    def _deliver(self, raw: str | bytes) -> None:
+        """One received frame: decoded and handed on. Never raises: a bug or an unforeseen value
+        costs one frame, not the connection (this runs inside the connection's receive callback)."""
+        recv_wall = time.time()
+        try:
+            try:
+                msg = parse_frame(raw)
+            except FrameError as exc:
+                kind = "unknown_topic" if isinstance(exc, UnknownTopicError) else "malformed"
+                self._metrics.messages.labels(type=kind).inc()
+                self._handler.on_frame_error(self, raw, exc)
+                return
+            if type(msg) is BookUpdate or type(msg) is KlineUpdate:  # data: all but a few frames
+                topic = msg.topic
+                self._last_rx[topic] = self.last_frame_at[topic] = time.monotonic()
+                if topic not in self._delivered and topic in self._active:
+                    self._delivered.add(topic)
+                    self._healthy = self._active <= self._delivered
+                self._handler.on_message(self, msg, recv_wall)
+            elif isinstance(msg, Pong):
+                self._metrics.messages.labels(type="pong").inc()
+                self._ping_sent_at = None
+            elif isinstance(msg, CommandResponse):
+                self._on_response(msg)
+        except Exception:
+            self._metrics.messages.labels(type="handler_error").inc()
+            log.exception("[%s] handling a frame failed; frame dropped: %.200r", self.name, raw)
+
+    def _on_response(self, msg: CommandResponse) -> None:
+        self._metrics.messages.labels(type="ack").inc()
+        if msg.conn_id and not self.conn_id:
+            self.conn_id = msg.conn_id
+        fut = self._acks.pop(msg.req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        elif fut is None:
+            log.warning("[%s] response to unknown req_id %r: %s", self.name, msg.req_id, msg.ret_msg)
 
     async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a helper; an unexpected error in it closes the connection instead of vanishing."""
