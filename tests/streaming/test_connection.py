@@ -5,6 +5,8 @@ handler's bug costs one frame, not the connection."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from streaming.connection import FeedConnection
+from streaming.connection import _DELIVER_PER_CALLBACK, FeedConnection
 from streaming.errors import FrameError
 from streaming.frames import BookUpdate, KlineUpdate
 from streaming.metrics import IngestMetrics
@@ -55,11 +57,16 @@ async def exchange() -> AsyncIterator[Callable[[Script], str]]:
         yield start
 
 
-class Recorder:
-    """A FeedHandler that keeps what it is given; ``fail_on`` makes it raise for that book ``u``."""
+FALLBACK = "go through recv() from now on"
 
-    def __init__(self, fail_on: int | None = None) -> None:
+
+class Recorder:
+    """A FeedHandler that keeps what it is given; ``fail_on`` makes it raise for that book ``u``,
+    ``stall_on`` makes it hold the loop a moment there (so the socket fills behind it)."""
+
+    def __init__(self, fail_on: int | None = None, stall_on: int | None = None) -> None:
         self.fail_on = fail_on
+        self.stall_on = stall_on
         self.received: list[tuple[str, int]] = []
         self.connected = 0
         self.errors: list[FrameError] = []
@@ -71,6 +78,8 @@ class Recorder:
         assert isinstance(msg, BookUpdate)
         if msg.u == self.fail_on:
             raise RuntimeError("a bug in the handler")
+        if msg.u == self.stall_on:
+            time.sleep(0.3)
         self.received.append((msg.kind, msg.u))
 
     def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None:
@@ -99,7 +108,7 @@ async def run_feed(url: str, handler: Recorder, until: Callable[[], bool]) -> tu
 
 
 async def test_frames_keep_their_order_when_a_fragmented_message_is_among_them(
-    exchange: Callable[[Script], str],
+    exchange: Callable[[Script], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Whole messages are handled in the connection's receive callback; a fragmented one goes through
     ``recv()``, and every frame after it too, or the one after it would overtake it."""
@@ -118,9 +127,14 @@ async def test_frames_keep_their_order_when_a_fragmented_message_is_among_them(
     assert handler.received == [("snapshot", u) for u in (1, 2, 3, 4, 5)]
     assert len(handler.errors) == 1 and "not JSON" in str(handler.errors[0])
     assert conn.connection_number == 1
+    assert [r.message for r in caplog.records if FALLBACK in r.message] == [
+        f"a fragmented message: this connection's frames {FALLBACK}"
+    ]
 
 
-async def test_a_handler_that_raises_costs_one_frame_not_the_connection(exchange: Callable[[Script], str]) -> None:
+async def test_a_handler_that_raises_costs_one_frame_not_the_connection(
+    exchange: Callable[[Script], str], caplog: pytest.LogCaptureFixture
+) -> None:
     async def script(ws: ServerConnection) -> None:
         for u in (1, 2, 3):
             await ws.send(snapshot(u))
@@ -131,3 +145,33 @@ async def test_a_handler_that_raises_costs_one_frame_not_the_connection(exchange
     assert conn.connection_number == 1 and handler.connected == 1  # never reconnected
     errors = metrics.registry.get_sample_value("candlecast_ingest_messages_total", {"type": "handler_error"})
     assert errors == 1.0
+    assert not [r for r in caplog.records if FALLBACK in r.message]  # every frame delivered by the callback
+
+
+async def test_a_backlog_is_handled_a_slice_per_loop_turn(exchange: Callable[[Script], str]) -> None:
+    """One socket read can hold a thousand frames when the feed is behind: the connection hands on at
+    most ``_DELIVER_PER_CALLBACK`` of them before the event loop runs anything else, and keeps their order."""
+    total = 3000
+
+    async def script(ws: ServerConnection) -> None:
+        for u in range(1, total + 1):
+            await ws.send(snapshot(u))
+
+    handler = Recorder(stall_on=1)  # the rest of the burst piles up in the socket meanwhile
+    per_turn: list[int] = []
+
+    async def probe() -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(0)
+            per_turn.append(len(handler.received) - seen)
+            seen = len(handler.received)
+
+    prober = asyncio.create_task(probe())
+    try:
+        await run_feed(exchange(script), handler, lambda: len(handler.received) == total)
+    finally:
+        prober.cancel()
+    assert handler.received == [("snapshot", u) for u in range(1, total + 1)]
+    assert max(per_turn) <= _DELIVER_PER_CALLBACK
+    assert sum(n == _DELIVER_PER_CALLBACK for n in per_turn) >= 2  # a backlog did build up, and was sliced
