@@ -334,7 +334,7 @@ class FeedConnection:
                 self._on_response(msg)
         except Exception:
             self._metrics.messages.labels(type="handler_error").inc()
-            log.exception("[%s] handling a frame failed; frame dropped: %.200r", self.name, raw)
+            log.exception("[%s] handling a frame failed; frame dropped: %r", self.name, raw[:200])
 
     def _on_response(self, msg: CommandResponse) -> None:
         self._metrics.messages.labels(type="ack").inc()

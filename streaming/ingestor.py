@@ -216,7 +216,7 @@ class Ingestor:
                 self._publish_book(symbol)
 
     def on_frame_error(self, conn: FeedConnection, raw: str | bytes, exc: FrameError) -> None:
-        log.warning("[%s] bad frame (%s): %.200r", conn.name, exc, raw)
+        log.warning("[%s] bad frame (%s): %r", conn.name, exc, raw[:200])  # sliced first: a frame can be megabytes
 
     def on_message(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> None:
         if from_the_future(msg.ts, recv_wall * 1000, self.config.max_future_ms):
