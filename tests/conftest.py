@@ -33,7 +33,7 @@ _TALKS_TO_REDIS = frozenset({"redis_url", "own_redis", "redis_cluster"})
 
 
 @pytest.fixture(autouse=True)
-def _heap_unfrozen(request: pytest.FixtureRequest) -> Iterator[None]:
+def _heap_per_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """A benchmark run in-process freezes its start-up heap, as the services do: not the test run's.
 
     A test that talks to Redis collects its garbage before it ends, so a connection it leaves open is
