@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import State
 
 from streaming.backoff import Backoff
 from streaming.errors import ConnectionLost, FrameError, UnknownTopicError
@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 _YIELD_EVERY = 64  # frames taken from recv() between explicit yields to the event loop
 # Whole messages handed on in one receive callback before the event loop runs anything else: about
-# 3 ms of handling at the 11-13 µs a frame bench ingest measures. Every slice costs a pause and a
-# resume of reading and gives the writer a turn: 64 a slice measured 14.8 µs of client CPU a frame,
-# 256 13.2, unsliced 12.2.
+# 2.5 ms of handling at the 9-10 µs a frame bench ingest measures. Every slice costs a pause and a
+# resume of reading and gives the writer a turn (smaller flushes, more of them): client CPU a frame
+# measured 10.1-10.8 µs at 64 a slice, 8.7-9.6 at 256, 8.0-9.2 unsliced.
 _DELIVER_PER_CALLBACK = 256
 _HELPER_CANCEL_TIMEOUT_S = 5.0
 # A book that needs a fresh snapshot again and again (a broken feed) must not turn into a
@@ -75,79 +75,175 @@ class FeedHandler(Protocol):
     def on_disconnected(self, conn: FeedConnection, reason: str) -> None: ...
 
 
-_WHOLE = (Opcode.TEXT, Opcode.BINARY)  # a data frame with ``fin`` set is a whole message
+# First header byte of a frame: FIN, no RSV bit (no extension is negotiated), the opcode.
+_WHOLE_TEXT, _WHOLE_BINARY = 0x81, 0x82  # a whole message in one frame
+_CONTROL = frozenset({0x88, 0x89, 0x8A})  # close, ping, pong (never fragmented)
 
 
 class _DeliveringConnection(ClientConnection):
-    """websockets' client connection that hands each whole message to ``deliver`` as soon as its
-    protocol has parsed it, in the receive callback, instead of queuing it for ``recv()``: the
-    ingest's hot path then costs no queue, no ``recv()`` coroutine and no task wake-up per frame
-    (measured in ``candlecast bench ingest``).
+    """websockets' client connection that splits the server's frames itself and hands each whole
+    message to ``deliver`` from the receive callback: the ingest's hot path then costs neither the
+    library's generator-based frame parser nor its queue, ``recv()`` coroutine and task wake-up per
+    frame (measured in ``candlecast bench ingest``).
+
+    The library keeps everything else. It parses the opening handshake (fed one line at a time, so
+    it stops exactly at the end of the response and its parser is left at a frame boundary), and it
+    gets every control frame (close, ping, pong) whole, in order, so closing handshakes and pongs are
+    its own. Anything else (a fragmented message, an RSV bit, a reserved opcode, a masked frame, a
+    message over ``max_size``, a data frame before ``deliver`` is set) hands the rest of the stream to
+    the library from that frame on: it fails the connection as the protocol says, or queues the
+    frames for ``recv()``, and every later frame of this connection takes that path too, so frames
+    keep their order (logged: the connection is slower from then on).
 
     One socket read can hold over a thousand frames when the feed is behind. At most
-    ``_DELIVER_PER_CALLBACK`` are handled per loop callback: past that, reading pauses and the rest of
-    the read's events wait in order, handled as many at a time from callbacks of their own, so the
-    writer, the pinger and (in ``candlecast run``) the API keep their turns.
+    ``_DELIVER_PER_CALLBACK`` are handed on per loop callback: past that, reading pauses and the rest
+    waits, in order, for a callback of its own, so the writer, the pinger and (in ``candlecast run``)
+    the API keep their turns.
 
-    Anything else (a fragmented message, a frame before ``deliver`` is set) takes the library's
-    ``recv()`` path, and from then on every data frame does, so the order of frames is kept (logged:
-    the connection is slower from then on). A message that is not valid UTF-8 reaches the decoder,
-    which refuses it as a malformed frame; through ``recv()`` the library closes the connection (1007).
+    A message that is not valid UTF-8 reaches the decoder, which refuses it as a malformed frame;
+    through ``recv()`` the library closes the connection (1007).
     """
 
     deliver: Callable[[bytes], None] | None = None
-    queued = False  # a data frame went to recv(): ``deliver`` must not be set any more
-    _budget = 0  # whole messages this callback may still deliver
-    _waiting: deque[Any] | None = None  # events past the budget, in order
+    queued = False  # the library has the stream: ``deliver`` must not be set any more
+    _own = False  # this class splits the frames (from the end of the handshake until it hands over)
+    _buf = b""  # received bytes not handled yet start at ``_buf[_pos]``, at a frame boundary
+    _pos = 0
+    _parts: list[bytes] | None = None  # a frame too long for what arrived: the reads since
+    _need = 0  # bytes ``_buf[_pos:]`` plus ``_parts`` must reach before that frame is whole
+    _have = 0
+    _paused = False  # reading is paused by this class: a slice's budget is spent
 
     def data_received(self, data: bytes) -> None:
-        self._budget = _DELIVER_PER_CALLBACK
-        super().data_received(data)
-
-    def process_event(self, event: Any) -> None:
-        if self._waiting is not None:  # behind the ones already waiting
-            self._waiting.append(event)
+        if not self._own:
+            if self.protocol.state is State.CONNECTING:
+                self._handshake(data)
+            else:
+                super().data_received(data)
             return
-        deliver = self.deliver
-        if deliver is not None and type(event) is Frame and event.fin and event.opcode in _WHOLE:
-            if self._budget <= 0:
-                self._waiting = deque([event])
-                self.transport.pause_reading()
-                self.loop.call_soon(self._deliver_waiting)
+        if self._parts is not None:  # the rest of a long frame: join only once it is whole
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
                 return
-            self._budget -= 1
-            deliver(event.data if type(event.data) is bytes else bytes(event.data))
-            return
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and not self.queued:
-            why = "a fragmented message" if deliver is not None else "a data frame before the feed was ready"
-            log.warning("%s: this connection's frames go through recv() from now on", why)
-            self.deliver, self.queued = None, True
-        super().process_event(event)
+            data, self._parts = b"".join(self._parts), None
+        rest = len(self._buf) - self._pos
+        self._buf, self._pos = (self._buf[self._pos :] + data if rest else data), 0
+        self._split()
+
+    def eof_received(self) -> None:
+        self._to_library("")  # a partial frame left: the library's error for it (1006)
+        super().eof_received()
 
     def stop(self) -> None:
-        """The receive loop is over: events still waiting are dropped (as frames left in recv()'s
-        queue were) and later frames go to recv()'s queue."""
+        """The receive loop is over: frames not handled yet, and later ones, go to ``recv()``'s
+        queue (nobody reads it; the library pauses reading when it is full)."""
+        self._to_library("")
         self.deliver, self.queued = None, True
-        if self._waiting is not None:
-            self._waiting = None
+
+    def _handshake(self, data: bytes) -> None:
+        """Feed the HTTP response one line at a time; the bytes after it are frames and ours."""
+        start = 0
+        while self.protocol.state is State.CONNECTING:
+            end = data.find(b"\n", start) + 1
+            if not end:
+                super().data_received(data[start:])
+                return
+            super().data_received(data[start:end])
+            start = end
+        if self.protocol.state is State.OPEN and not self.protocol.reader.buffer:
+            self._own, self._buf, self._pos = True, data[start:], 0
+            self._split()
+        elif start < len(data):
+            super().data_received(data[start:])
+
+    def _split(self) -> None:
+        """Handle whole frames from ``_pos`` on, at most a slice's worth."""
+        buf, pos, size = self._buf, self._pos, len(self._buf)
+        budget, limit = _DELIVER_PER_CALLBACK, self.protocol.max_message_size
+        why = ""
+        while size - pos >= 2:
+            head, length = buf[pos], buf[pos + 1]
+            if length & 0x80:
+                why = "a masked frame"  # a server's frames are not masked: the library fails it (1002)
+                break
+            start = pos + 2
+            if length >= 126:
+                start = pos + (4 if length == 126 else 10)
+                if size < start:
+                    break
+                length = int.from_bytes(buf[pos + 2 : start], "big")
+            end = start + length
+            if head in (_WHOLE_TEXT, _WHOLE_BINARY):
+                deliver = self.deliver
+                if deliver is None:
+                    why = "a data frame before the feed was ready"
+                    break
+                if limit is not None and length > limit:
+                    why = "a message over max_size"  # the library fails the connection (1009)
+                    break
+                if end > size:
+                    self._wait_for(end - pos)
+                    break
+                if not budget:
+                    self._buf, self._pos = buf, pos
+                    self._pause()
+                    return
+                budget -= 1
+                pos = end
+                self._buf, self._pos = buf, pos
+                deliver(buf[start:end])
+                if not self._own:  # stopped from inside ``deliver``: the library has the rest
+                    return
+            elif head in _CONTROL and length <= 125:
+                if end > size:
+                    break
+                self._buf, self._pos = buf, end
+                ClientConnection.data_received(self, buf[pos:end])  # its own: pong, ping, close
+                pos = end
+                if self.protocol.state is not State.OPEN:  # closing: the library discards the rest
+                    break
+            else:
+                opcode = head & 0x0F
+                fragment = opcode == 0 or (opcode in (1, 2) and not head & 0xF0)
+                why = "a fragmented message" if fragment else f"a frame with first byte {head:#04x}"
+                break
+        self._buf, self._pos = buf, pos
+        if why or self.protocol.state is not State.OPEN:
+            self._to_library(why)  # it fails the connection as the protocol says, or queues for recv()
+
+    def _wait_for(self, need: int) -> None:
+        """The frame at ``_pos`` needs ``need`` bytes from there: collect reads until they are in."""
+        if need - (len(self._buf) - self._pos) > 65536:  # long: no re-copy of what is in per read
+            self._parts, self._need, self._have = [], need, len(self._buf) - self._pos
+
+    def _to_library(self, why: str) -> None:
+        """From here on the library parses this connection's frames (``recv()`` gets the data)."""
+        if not self._own:
+            return
+        if why:
+            log.warning("%s: this connection's frames go through recv() from now on", why)
+        rest = self._buf[self._pos :] + b"".join(self._parts or ())
+        self._own, self._buf, self._pos, self._parts = False, b"", 0, None
+        self.deliver, self.queued = None, True
+        if rest and not self.protocol.reader.eof:  # after EOF the library's error stands (1006)
+            super().data_received(rest)
+        if self._paused:
+            self._paused = False
             self._resume()
 
-    def _deliver_waiting(self) -> None:
-        events = self._waiting
-        if events is None:  # stopped meanwhile
-            return
-        self._waiting = None
-        self._budget = _DELIVER_PER_CALLBACK
-        while events:
-            self.process_event(events.popleft())
-            if (again := self._waiting_events()) is not None:  # the budget is spent again
-                again.extend(events)
-                return
-        self._resume()
+    def _pause(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+        self.loop.call_soon(self._go_on)
 
-    def _waiting_events(self) -> deque[Any] | None:
-        """``_waiting`` as it is now (read through a call: ``process_event`` may have set it)."""
-        return self._waiting
+    def _go_on(self) -> None:
+        if not self._own or not self._paused:  # handed to the library meanwhile
+            return
+        self._paused = False
+        self._split()
+        if not self._paused and self._own:
+            self._resume()
 
     def _resume(self) -> None:
         if not self.recv_messages.paused:  # recv()'s own flow control may hold reading paused
