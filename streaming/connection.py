@@ -109,9 +109,8 @@ class _DeliveringConnection(ClientConnection):
     _own = False  # this class splits the frames (from the end of the handshake until it hands over)
     _buf = b""  # received bytes not handled yet start at ``_buf[_pos]``, at a frame boundary
     _pos = 0
-    _parts: list[bytes] | None = None  # a frame too long for what arrived: the reads since
-    _need = 0  # bytes ``_buf[_pos:]`` plus ``_parts`` must reach before that frame is whole
-    _have = 0
+    _parts: bytearray | None = None  # a frame much longer than what arrived: it and the reads since
+    _need = 0  # the length ``_parts`` must reach before that frame is whole
     _paused = False  # reading is paused by this class: a slice's budget is spent
 
     def data_received(self, data: bytes) -> None:
@@ -121,14 +120,14 @@ class _DeliveringConnection(ClientConnection):
             else:
                 super().data_received(data)
             return
-        if self._parts is not None:  # the rest of a long frame: join only once it is whole
-            self._parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+        if self._parts is not None:  # the rest of a long frame: one copy once it is whole
+            self._parts += data
+            if len(self._parts) < self._need:
                 return
-            data, self._parts = b"".join(self._parts), None
-        rest = len(self._buf) - self._pos
-        self._buf, self._pos = (self._buf[self._pos :] + data if rest else data), 0
+            self._buf, self._pos, self._parts = bytes(self._parts), 0, None
+        else:
+            rest = len(self._buf) - self._pos
+            self._buf, self._pos = (self._buf[self._pos :] + data if rest else data), 0
         self._split()
 
     def eof_received(self) -> None:
@@ -183,8 +182,9 @@ class _DeliveringConnection(ClientConnection):
                     why = "a message over max_size"  # the library fails the connection (1009)
                     break
                 if end > size:
+                    self._buf, self._pos = buf, pos
                     self._wait_for(end - pos)
-                    break
+                    return
                 if not budget:
                     self._buf, self._pos = buf, pos
                     self._pause()
@@ -213,9 +213,11 @@ class _DeliveringConnection(ClientConnection):
             self._to_library(why)  # it fails the connection as the protocol says, or queues for recv()
 
     def _wait_for(self, need: int) -> None:
-        """The frame at ``_pos`` needs ``need`` bytes from there: collect reads until they are in."""
-        if need - (len(self._buf) - self._pos) > 65536:  # long: no re-copy of what is in per read
-            self._parts, self._need, self._have = [], need, len(self._buf) - self._pos
+        """The frame at ``_pos`` needs ``need`` bytes from there. Far from it: collect the reads in
+        one buffer (linear in what arrives, however it is cut) instead of re-joining per read."""
+        if need - (len(self._buf) - self._pos) > 4096:
+            self._parts, self._need = bytearray(self._buf[self._pos :]), need
+            self._buf, self._pos = b"", 0
 
     def _to_library(self, why: str) -> None:
         """From here on the library parses this connection's frames (``recv()`` gets the data)."""
@@ -223,7 +225,7 @@ class _DeliveringConnection(ClientConnection):
             return
         if why:
             log.warning("%s: this connection's frames go through recv() from now on", why)
-        rest = self._buf[self._pos :] + b"".join(self._parts or ())
+        rest = self._buf[self._pos :] + (self._parts or b"")
         self._own, self._buf, self._pos, self._parts = False, b"", 0, None
         self.deliver, self.queued = None, True
         if rest and not self.protocol.reader.eof:  # after EOF the library's error stands (1006)
@@ -238,12 +240,18 @@ class _DeliveringConnection(ClientConnection):
         self.loop.call_soon(self._go_on)
 
     def _go_on(self) -> None:
-        if not self._own or not self._paused:  # handed to the library meanwhile
+        if not self._paused:  # handed to the library meanwhile (which resumed reading)
             return
         self._paused = False
-        self._split()
-        if not self._paused and self._own:
+        self._split()  # may pause again, or hand the stream to the library
+        if not self._paused:
             self._resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Nothing waiting is handed on after this: the protocol is closed."""
+        self._own, self._buf, self._pos, self._parts, self._paused = False, b"", 0, None, False
+        self.deliver, self.queued = None, True
+        super().connection_lost(exc)
 
     def _resume(self) -> None:
         if not self.recv_messages.paused:  # recv()'s own flow control may hold reading paused

@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from streaming.connection import _DELIVER_PER_CALLBACK, FeedConnection
@@ -376,7 +377,7 @@ async def test_frames_before_the_feed_is_ready_go_through_recv_in_order(
 @pytest.mark.parametrize("end", ["fin", "reset"])
 async def test_a_stream_that_ends_inside_a_frame_loses_only_that_frame(raw_exchange: RawExchange, end: str) -> None:
     async def script(writer: asyncio.StreamWriter) -> None:
-        cut = wire(snapshot(2, levels=100).encode())
+        cut = wire(snapshot(2, levels=400).encode())  # long enough to be collected read by read
         writer.write(wire(snapshot(1).encode()) + cut[: len(cut) // 2])
         await writer.drain()
         await asyncio.sleep(0.05)
@@ -387,5 +388,71 @@ async def test_a_stream_that_ends_inside_a_frame_loses_only_that_frame(raw_excha
     raw_exchange.script = script
     handler = Recorder()
     _, metrics = await run_feed(raw_exchange.url, handler, lambda: raw_exchange.connections == 2)
-    assert handler.received == [("snapshot", 1)]
+    assert handler.received == [("snapshot", 1)] and handler.errors == []
     assert metrics.registry.get_sample_value("candlecast_ingest_reconnects_total", {"reason": "connection_lost"}) == 1.0
+
+
+@pytest.mark.parametrize("tail", ["fragment", "close"])
+async def test_a_hand_over_after_a_full_slice_keeps_reading(raw_exchange: RawExchange, tail: str) -> None:
+    """A slice's budget is spent (reading paused), and the frame the connection hands to the library
+    comes in the slice after: reading resumes, so a later read still arrives (or the close completes)."""
+    n = _DELIVER_PER_CALLBACK + 44
+    frames = b"".join(wire(snapshot(u).encode()) for u in range(1, n + 1))
+    last = snapshot(n + 1).encode()
+    handed = (
+        wire(last[:40], 0x01) + wire(last[40:], 0x80) if tail == "fragment" else wire(Close(4000, "").serialize(), 0x88)
+    )
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(frames + handed)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(wire(snapshot(n + 2).encode()))  # a later read
+        await writer.drain()
+
+    raw_exchange.script = script
+    handler = Recorder()
+    if tail == "fragment":
+        await run_feed(raw_exchange.url, handler, lambda: len(handler.received) == n + 2)
+        assert handler.received == [("snapshot", u) for u in range(1, n + 3)]
+    else:
+        await run_feed(raw_exchange.url, handler, lambda: raw_exchange.connections == 2)
+        assert handler.received == [("snapshot", u) for u in range(1, n + 1)]
+        assert raw_exchange.close_codes()[:1] == [4000]
+
+
+async def test_nothing_is_handed_on_after_the_connection_is_lost(raw_exchange: RawExchange) -> None:
+    """The transport is aborted between two slices (as the watchdog does): the frames still waiting
+    are not delivered on the closed connection, and a ping among them raises nothing in the loop."""
+    total = 6 * _DELIVER_PER_CALLBACK
+    frames = b"".join(
+        wire(snapshot(u).encode()) + (wire(b"hi", 0x89) if u % 50 == 0 else b"") for u in range(1, total + 1)
+    )
+    late: list[int] = []
+    loop_errors: list[object] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context.get("exception")))
+
+    class Aborting(Recorder):
+        def on_message(self, conn: FeedConnection, msg: BookUpdate | KlineUpdate, recv_wall: float) -> None:
+            ws = conn._ws
+            assert ws is not None and isinstance(msg, BookUpdate)
+            if ws.protocol.state is State.CLOSED:
+                late.append(msg.u)
+            if msg.u == _DELIVER_PER_CALLBACK + 5:
+                loop.call_soon(ws.transport.abort)
+            super().on_message(conn, msg, recv_wall)
+
+    async def script(writer: asyncio.StreamWriter) -> None:
+        writer.write(frames)
+        await writer.drain()
+
+    raw_exchange.script = script
+    handler = Aborting()
+    try:
+        await run_feed(raw_exchange.url, handler, lambda: raw_exchange.connections == 2)
+        await asyncio.sleep(0.1)
+    finally:
+        loop.set_exception_handler(None)
+    assert late == [] and loop_errors == []
+    assert len(handler.received) < total
