@@ -138,7 +138,6 @@ class _DeliveringConnection(ClientConnection):
         """The receive loop is over: frames not handled yet, and later ones, go to ``recv()``'s
         queue (nobody reads it; the library pauses reading when it is full)."""
         self._to_library("")
-        self.deliver, self.queued = None, True
 
     def _handshake(self, data: bytes) -> None:
         """Feed the HTTP response one line at a time; the bytes after it are frames and ours."""
@@ -222,12 +221,11 @@ class _DeliveringConnection(ClientConnection):
     def _to_library(self, why: str) -> None:
         """From here on the library parses this connection's frames (``recv()`` gets the data)."""
         if not self._own:
+            self.deliver, self.queued = None, True
             return
         if why:
             log.warning("%s: this connection's frames go through recv() from now on", why)
-        rest = self._buf[self._pos :] + (self._parts or b"")
-        self._own, self._buf, self._pos, self._parts = False, b"", 0, None
-        self.deliver, self.queued = None, True
+        rest = self._release()
         if rest and not self.protocol.reader.eof:  # after EOF the library's error stands (1006)
             super().data_received(rest)
         if self._paused:
@@ -249,9 +247,16 @@ class _DeliveringConnection(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Nothing waiting is handed on after this: the protocol is closed."""
-        self._own, self._buf, self._pos, self._parts, self._paused = False, b"", 0, None, False
-        self.deliver, self.queued = None, True
+        self._release()
+        self._paused = False
         super().connection_lost(exc)
+
+    def _release(self) -> bytes:
+        """Stop splitting frames; the bytes not handled yet, from a frame boundary on."""
+        rest = self._buf[self._pos :] + (self._parts or b"")
+        self._own, self._buf, self._pos, self._parts = False, b"", 0, None
+        self.deliver, self.queued = None, True
+        return rest
 
     def _resume(self) -> None:
         if not self.recv_messages.paused:  # recv()'s own flow control may hold reading paused
